@@ -1,0 +1,145 @@
+"""Run configuration: a dataclass whose fields become command-line flags.
+
+`TrainConfig` holds what every train script accepts (DESIGN.md's contract). A script subclasses
+it as `Hyperparameters`, changing defaults or adding fields; `parse_config` turns any such class
+into flags (field foo_bar -> --foo-bar), rejects unknown or contradictory flags with one line,
+and fills the defaults that depend on other flags (small-model presets, per-dataset targets).
+"""
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from kit.errors import UserError
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str = field(default="fineweb", metadata={"choices": ["fineweb", "webmix", "synthetic"], "help": "dataset (or give --train-files/--val-files)"})
+    train_files: str = field(default="", metadata={"help": "glob of training shards (replaces --data)"})
+    val_files: str = field(default="", metadata={"help": "glob of validation shards; the first is used"})
+    align_bos: bool = field(default=False, metadata={"help": "start every training sequence at a document start (token 50256)"})
+    # length and batch
+    max_steps: int = field(default=4768, metadata={"help": "optimizer steps; the LR schedule scales with it"})
+    batch_tokens: int = field(default=524_288, metadata={"help": "tokens per optimizer step (all ranks, all micro-steps)"})
+    seq_len: int = 1024
+    micro_batch: int = field(default=0, metadata={"help": "sequences per forward pass and rank; 0 picks the largest that fits"})
+    # validation
+    target_loss: typing.Optional[float] = field(default=None, metadata={"help": "stop at the first validation loss <= this; default per dataset (fineweb 3.3821, webmix 3.64)"})
+    val_every: int = field(default=250, metadata={"help": "validate every N steps (and at the first and last step); 0: only at the end"})
+    val_tokens: int = 10_485_760
+    extra_val: bool = field(default=True, metadata={"help": "also report the dataset's further validation sets (webmix: fineweb_sample_val.bin)"})
+    # model
+    model_size: str = field(default="124m", metadata={"choices": ["tiny", "124m", "350m", "774m", "1558m"]})
+    attn: str = field(default="manual", metadata={"choices": ["manual", "sdpa"], "help": "manual: explicit softmax(QK^T)V; sdpa: torch's fused kernels"})
+    # optimizer and schedule
+    lr: float = 6e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    grad_clip: float = field(default=1.0, metadata={"help": "max global gradient norm; 0 disables"})
+    warmup_steps: int = field(default=700, metadata={"help": "warmup length for a run of --reference-steps steps (scaled with --max-steps)"})
+    reference_steps: int = field(default=4768, metadata={"help": "the run length the schedule lengths are given for"})
+    min_lr_frac: float = field(default=0.1, metadata={"help": "the cosine ends at lr * this"})
+    fused_adamw: bool = False
+    # system
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
+    dtype: str = field(default="auto", metadata={"choices": ["auto", "bf16", "fp32"], "help": "auto: bf16 autocast on CUDA, fp32 on CPU"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    seed: int = 1337
+    out_dir: str = field(default="", metadata={"help": "run directory; default logs/<script>_<time>"})
+    resume: str = field(default="", metadata={"help": "checkpoint file, or a run directory (its newest checkpoint)"})
+    save_every: int = field(default=0, metadata={"help": "write a checkpoint every N steps; 0: never"})
+    keep_checkpoints: int = field(default=2, metadata={"help": "how many of the newest checkpoints to keep"})
+    export: bool = field(default=True, metadata={"help": "write the final weights as model.safetensors"})
+    progress: str = field(default="auto", metadata={"choices": ["auto", "bar", "lines"], "help": "auto: a bar on a terminal, one line per step otherwise"})
+
+
+# Defaults for small models: a flag the user did not give takes these values.
+SIZE_PRESETS = {
+    "tiny": {"seq_len": 128, "batch_tokens": 1024, "val_tokens": 4096, "val_every": 10, "lr": 3e-3},
+}
+SYNTHETIC_PRESET = {"val_tokens": 16_384}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see --help)")
+
+
+def parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected 0 or 1, got {text!r}")
+
+
+def parse_optional_float(text: str):
+    return None if text.lower() in ("none", "") else float(text)
+
+
+FLAG_TYPES = {bool: parse_bool, int: int, float: float, str: str, typing.Optional[float]: parse_optional_float}
+
+
+def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
+    parser = OneLineParser(description=description, argument_default=argparse.SUPPRESS)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        kind = FLAG_TYPES.get(hint)
+        if kind is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: no flag type for {hint}")
+        help_text = f.metadata.get("help", "")
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            type=kind,
+            choices=f.metadata.get("choices"),
+            help=f"{help_text} (default: {f.default})".strip(),
+        )
+    return parser
+
+
+def parse_config(cls, argv=None, world_size: int = 1, description: str = ""):
+    """Parse argv into cls; return (config, set of fields the user gave explicitly)."""
+    given = vars(build_parser(cls, description).parse_args(argv))
+    cfg = cls(**given)
+    explicit = set(given)
+    presets = dict(SIZE_PRESETS.get(cfg.model_size, {}))
+    if cfg.data == "synthetic" and not cfg.train_files:
+        presets = {**SYNTHETIC_PRESET, **presets}
+    for name, value in presets.items():
+        if name not in explicit and hasattr(cfg, name):
+            setattr(cfg, name, value)
+    check_config(cfg, explicit, world_size)
+    return cfg, explicit
+
+
+def check_config(cfg, explicit: set, world_size: int) -> None:
+    """Reject contradictory or impossible settings with one line each."""
+    if cfg.train_files and "data" in explicit:
+        raise UserError("--train-files replaces --data: give one of them")
+    if bool(cfg.train_files) != bool(cfg.val_files):
+        raise UserError("--train-files and --val-files go together")
+    for name in ("max_steps", "batch_tokens", "seq_len", "val_tokens", "reference_steps"):
+        if getattr(cfg, name) <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be positive")
+    for name in ("micro_batch", "val_every", "save_every", "warmup_steps"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"--{name.replace('_', '-')} must not be negative")
+    per_step = cfg.seq_len * world_size
+    if cfg.batch_tokens % per_step:
+        raise UserError(f"--batch-tokens {cfg.batch_tokens} is not a multiple of --seq-len {cfg.seq_len} x {world_size} rank(s)")
+    seqs_per_rank = cfg.batch_tokens // per_step
+    if cfg.micro_batch and seqs_per_rank % cfg.micro_batch:
+        raise UserError(f"--micro-batch {cfg.micro_batch} does not divide the {seqs_per_rank} sequences per rank and step")
+    if cfg.val_tokens < cfg.seq_len:
+        raise UserError(f"--val-tokens {cfg.val_tokens} is shorter than one sequence (--seq-len {cfg.seq_len})")
+
+
+def config_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

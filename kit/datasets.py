@@ -1,0 +1,106 @@
+"""Which shard files a run reads: `--data fineweb | webmix | synthetic` or explicit globs."""
+
+import glob
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kit import hub
+from kit.errors import DataError
+from kit.shards import EOT, shard_is_complete, write_shard
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = REPO_ROOT / "data"
+
+# The target each dataset is judged by when --target-loss is not given (None: run all steps).
+TARGET_LOSS = {"fineweb": 3.3821, "webmix": 3.64, "synthetic": None, "files": None}
+
+
+@dataclass
+class DataFiles:
+    name: str
+    train: list[Path]
+    val: Path
+    extra_val: dict  # name -> Path: further validation sets reported beside the main one
+
+
+def resolve(cfg, is_main: bool = True) -> DataFiles:
+    """Map the config's data flags to files, downloading or generating them where needed."""
+    if cfg.train_files:
+        return DataFiles("files", expand_glob(cfg.train_files, "--train-files"), expand_glob(cfg.val_files, "--val-files")[0], {})
+    if cfg.data == "fineweb":
+        return fineweb_files(cfg, is_main)
+    if cfg.data == "webmix":
+        return webmix_files()
+    if cfg.data == "synthetic":
+        return synthetic_files(is_main)
+    raise DataError(f"unknown --data {cfg.data!r}")
+
+
+def expand_glob(pattern: str, flag: str) -> list[Path]:
+    files = sorted(Path(p) for p in glob.glob(pattern))
+    if not files:
+        raise DataError(f"{flag} {pattern!r} matches no file")
+    return files
+
+
+def fineweb_files(cfg, is_main: bool) -> DataFiles:
+    """FineWeb-10B shards in data/fineweb10B, downloading the ones this run needs."""
+    folder = DATA_DIR / "fineweb10B"
+    needed_tokens = cfg.max_steps * cfg.batch_tokens
+    num_train = min(103, max(1, math.ceil(needed_tokens / hub.FINEWEB_SHARD_TOKENS)))
+    names = hub.fineweb_filenames(num_train)
+    missing = [n for n in names if not shard_is_complete(folder / n)]
+    if missing and is_main:
+        print(f"fetching {len(missing)} FineWeb shard(s) into {folder} ({needed_tokens / 1e9:.2f}B tokens needed)")
+        for name in missing:
+            hub.download_shard(hub.FINEWEB_REPO, name, folder)
+    return DataFiles("fineweb", [folder / n for n in names[1:]], folder / names[0], {})
+
+
+def webmix_files() -> DataFiles:
+    folder = DATA_DIR / "webmix"
+    train = sorted(folder.glob("webmix_train_*.bin"))
+    val = folder / "webmix_val_000000.bin"
+    if not train or not val.exists():
+        raise DataError(f"webmix shards are missing in {folder}; run `python data/webmix.py` (it reads ../shared/data/webmix)")
+    extra = {"fineweb_sample": folder / "fineweb_sample_val.bin"}
+    return DataFiles("webmix", train, val, {k: v for k, v in extra.items() if v.exists()})
+
+
+# Synthetic data: a deterministic token stream with learnable structure, for smoke tests.
+SYNTHETIC_VOCAB = 512
+SYNTHETIC_TRAIN_TOKENS = 1 << 20
+SYNTHETIC_VAL_TOKENS = 1 << 16
+
+
+def synthetic_tokens(num_tokens: int, seed: int) -> np.ndarray:
+    """Documents of 64..512 tokens; inside each, token t+1 = (5 * t + 3) % 512 most of the time."""
+    rng = np.random.default_rng(seed)
+    out = np.empty(num_tokens, dtype=np.int64)
+    i = 0
+    while i < num_tokens:
+        length = int(rng.integers(64, 512))
+        doc = np.empty(length, dtype=np.int64)
+        doc[0] = EOT
+        doc[1] = rng.integers(SYNTHETIC_VOCAB)
+        noise = rng.random(length) < 0.1
+        random_tokens = rng.integers(SYNTHETIC_VOCAB, size=length)
+        for j in range(2, length):
+            doc[j] = random_tokens[j] if noise[j] else (5 * doc[j - 1] + 3) % SYNTHETIC_VOCAB
+        take = min(length, num_tokens - i)
+        out[i : i + take] = doc[:take]
+        i += take
+    return out
+
+
+def synthetic_files(is_main: bool) -> DataFiles:
+    folder = DATA_DIR / "synthetic"
+    train, val = folder / "synthetic_train_000001.bin", folder / "synthetic_val_000000.bin"
+    if is_main and not (shard_is_complete(train) and shard_is_complete(val)):
+        folder.mkdir(parents=True, exist_ok=True)
+        write_shard(train, synthetic_tokens(SYNTHETIC_TRAIN_TOKENS, seed=1))
+        write_shard(val, synthetic_tokens(SYNTHETIC_VAL_TOKENS, seed=2))
+    return DataFiles("synthetic", [train], val, {})

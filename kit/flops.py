@@ -1,0 +1,30 @@
+"""Training FLOPs per token, and model FLOPs utilisation (MFU).
+
+Count (the PaLM paper's convention, as nanoGPT and llm.c use):
+  - every nn.Linear weight does one multiply-add per token in the forward pass: 2 * W FLOPs;
+    the tied output head is a Linear too, so it is counted, while embedding lookups are not;
+  - attention scores QK^T and the weighted sum AV cost 2 * T * d each per token and layer
+    (T = sequence length, d = width), counted over the full T x T square even though half of
+    it is masked, so MFU is comparable across attention kernels;
+  - the backward pass costs twice the forward: training FLOPs = 3 x forward.
+So flops_per_token = 6 * linear_weights + 12 * n_layer * d * T.
+"""
+
+import torch.nn as nn
+
+
+def linear_weight_count(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def attention_flops_per_token(n_layer: int, width: int, seq_len: int) -> int:
+    return 12 * n_layer * width * seq_len
+
+
+def flops_per_token(model: nn.Module, n_layer: int, width: int, seq_len: int) -> int:
+    return 6 * linear_weight_count(model) + attention_flops_per_token(n_layer, width, seq_len)
+
+
+def mfu(tokens_per_s: float, flops_per_tok: int, peak_flops):
+    """Achieved training FLOP/s over the device's peak; None when the peak is unknown."""
+    return None if not peak_flops else tokens_per_s * flops_per_tok / peak_flops

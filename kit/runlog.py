@@ -1,0 +1,121 @@
+"""Run directories: log.txt, config.json, metrics.jsonl, summary.json; progress display.
+
+Only rank 0 writes. log.txt opens with the command, git commit, versions, the device and the
+script's own source, then has one greppable line per step ("step 12/4768 | loss ...").
+"""
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from kit.datasets import REPO_ROOT
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        commit = out.stdout.strip() or "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        return commit + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def default_run_dir(script: str) -> Path:
+    stamp = time.strftime("%Y%m%d_%H%M%S")
+    return REPO_ROOT / "logs" / f"{Path(script).stem}_{stamp}_{os.getpid()}"
+
+
+def versions() -> str:
+    cuda = torch.version.cuda or "none"
+    return f"python {platform.python_version()} | torch {torch.__version__} (cuda {cuda}) | numpy {np.__version__}"
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Writes a run directory. With enabled=False (ranks > 0) every method does nothing."""
+
+    def __init__(self, run_dir, enabled: bool = True, progress: str = "auto", total_steps: int = 0):
+        self.dir = Path(run_dir)
+        self.enabled = enabled
+        self.use_bar = enabled and (progress == "bar" or (progress == "auto" and sys.stdout.isatty()))
+        self.bar = None
+        self.total_steps = total_steps
+        if enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.dir / "log.txt", "a", buffering=1)
+            self._metrics = open(self.dir / "metrics.jsonl", "a", buffering=1)
+
+    def header(self, command: list, script_path: str, device_line: str, config: dict) -> None:
+        if not self.enabled:
+            return
+        write_json_atomic(self.dir / "config.json", config)
+        lines = [
+            f"command: {' '.join(command)}",
+            f"git commit: {git_commit()}",
+            f"versions: {versions()}",
+            device_line,
+            f"started: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        ]
+        for line in lines:
+            self.print(line)
+        source = Path(script_path).read_text() if Path(script_path).exists() else ""
+        self._log.write(f"----- source of {script_path} -----\n{source}\n----- end of source -----\n")
+
+    def print(self, line: str) -> None:
+        """A line for the console and log.txt (the console line goes above the bar)."""
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
+        self._log.write(line + "\n")
+
+    def metric(self, event: dict) -> None:
+        if self.enabled:
+            self._metrics.write(json.dumps(event) + "\n")
+
+    def step(self, step: int, event: dict) -> None:
+        """One training step: a metrics event, a log line, and the bar or a console line."""
+        if not self.enabled:
+            return
+        self.metric(event)
+        line = (
+            f"step {step}/{self.total_steps} | loss {event['loss']:.4f} | lr {event['lr']:.3e} | grad_norm {event['grad_norm']:.3f} | "
+            f"{event['step_ms']:.1f} ms | {event['tokens_per_s']:,.0f} tok/s | train_time {event['train_time_ms'] / 1000:.1f}s"
+        )
+        self._log.write(line + "\n")
+        if self.use_bar:
+            if self.bar is None:
+                self.bar = tqdm(total=self.total_steps, initial=step - 1, unit="step", dynamic_ncols=True)
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"loss {event['loss']:.3f} | {event['tokens_per_s']:,.0f} tok/s")
+        else:
+            print(line, flush=True)
+
+    def summary(self, summary: dict) -> None:
+        if self.enabled:
+            write_json_atomic(self.dir / "summary.json", summary)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        self._log.close()
+        self._metrics.close()

@@ -1,0 +1,335 @@
+"""The training loop every train_gpt2*.py script runs.
+
+A script hands `main` a `Recipe`: its config class, how to build the model, how to build the
+optimizers, and (optionally) its LR schedule. Everything else lives here: data, gradient
+accumulation, DDP, evaluation, timing, logging, checkpoints, and clean exits on bad input.
+
+Timing follows the public speedrun: `train_time` counts only optimizer steps (synchronised
+before and after); compilation, the warm-up pass and evaluation are excluded. Wall time is
+everything from the start of `main`.
+"""
+
+import contextlib
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from kit import checkpoint, datasets, flops, hw
+from kit.config import config_dict, parse_config
+from kit.errors import OutOfMemory, TrainingDiverged, UserError
+from kit.loader import TrainStream, validation_batches
+from kit.optim import set_learning_rates, warmup_cosine
+from kit.runlog import RunLog, default_run_dir, git_commit
+
+MAX_AUTO_MICRO_BATCH = 128
+CPU_AUTO_MICRO_BATCH = 16
+MEMORY_HEADROOM = 0.85  # the auto micro-batch may use this share of GPU memory in its probe
+
+
+@dataclass
+class Recipe:
+    """What a train script varies; the rest of the run is shared."""
+
+    config_cls: type
+    build_model: Callable  # cfg -> nn.Module whose forward(x, y) returns the loss
+    build_optimizers: Callable  # (model, cfg) -> list of optimizers with 'base_lr' in each group
+    script: str
+    lr_schedule: Callable = warmup_cosine  # (step, cfg) -> LR multiplier
+    description: str = ""
+
+
+def main(recipe: Recipe, argv=None) -> int:
+    """Run a script's recipe; return the exit code (0 ok, else a UserError's code)."""
+    try:
+        Trainer(recipe, argv).run()
+        return 0
+    except UserError as err:
+        print(f"{Path(recipe.script).name}: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    finally:
+        hw.shutdown_distributed()
+
+
+def divisors_descending(n: int, at_most: int) -> list[int]:
+    return [d for d in range(min(n, at_most), 0, -1) if n % d == 0]
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, argv=None):
+        self.started = time.perf_counter()
+        self.recipe = recipe
+        self.ddp = hw.dist_from_env()
+        self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description)
+        self.device = hw.pick_device(self.cfg.device, self.ddp)
+        hw.init_distributed(self.ddp, self.device)
+        self.dtype = hw.pick_dtype(self.cfg.dtype, self.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.argv = sys.argv if argv is None else [recipe.script, *argv]
+
+    # ----- set-up -----
+
+    def setup(self) -> None:
+        cfg, ddp = self.cfg, self.ddp
+        torch.manual_seed(cfg.seed)
+        self.files = datasets.resolve(cfg, ddp.is_main)
+        hw.barrier()  # rank 0 downloads or generates data first
+        self.target = cfg.target_loss if "target_loss" in self.explicit else datasets.TARGET_LOSS[self.files.name]
+        self.model = self.recipe.build_model(cfg).to(self.device)
+        self.seqs_per_rank = cfg.batch_tokens // (cfg.seq_len * ddp.world_size)
+        self.micro_batch = cfg.micro_batch or self.auto_micro_batch()
+        self.accum_steps = self.seqs_per_rank // self.micro_batch
+        self.stream = TrainStream(self.files.train, cfg.seq_len, self.micro_batch, ddp.rank, ddp.world_size, cfg.align_bos)
+        self.optimizers = self.recipe.build_optimizers(self.model, cfg)
+        self.step, self.train_time_ms, resumed_from = 0, 0.0, None
+        if cfg.resume:
+            resumed_from = checkpoint.find(cfg.resume)
+            payload = checkpoint.load(resumed_from, self.model, self.optimizers, self.stream)
+            self.step, self.train_time_ms = payload["step"], payload["train_time_ms"]
+        self.start_step = self.step
+        self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
+        self.last_val, self.reached_at = None, None
+        self.step_ms, self.tokens_this_run, self.time_this_run_ms = [], 0, 0.0
+        run_dir = cfg.out_dir or (resumed_from.parent.parent if resumed_from else default_run_dir(self.recipe.script))
+        self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps)
+        self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, cfg.attn), config_dict(cfg))
+        self.describe_run(resumed_from)
+        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.eval_model = self.train_model
+        if ddp.enabled:
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+
+    def describe_run(self, resumed_from) -> None:
+        cfg = self.cfg
+        self.n_params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        width = getattr(self.model.config, "n_embd", 0)
+        layers = getattr(self.model.config, "n_layer", 0)
+        self.flops_per_token = flops.flops_per_token(self.model, layers, width, cfg.seq_len)
+        self.peak_flops = hw.peak_flops(hw.device_name(self.device))
+        self.log.print(
+            f"model: {cfg.model_size} ({self.n_params / 1e6:.2f}M parameters, {self.flops_per_token / 1e9:.3f} GFLOP per training token) | "
+            f"data: {self.files.name} ({len(self.files.train)} train shard(s), val {self.files.val.name}) | target: {self.target}"
+        )
+        self.log.print(
+            f"batch: {cfg.batch_tokens} tokens/step = {self.ddp.world_size} rank(s) x {self.accum_steps} accumulation step(s) x "
+            f"micro-batch {self.micro_batch} x seq {cfg.seq_len} | steps: {cfg.max_steps} | compile: {cfg.compile} | fused AdamW: {cfg.fused_adamw}"
+        )
+        if resumed_from:
+            self.log.print(f"resumed from {resumed_from} at step {self.step} (train time so far {self.train_time_ms / 1000:.1f}s)")
+
+    def auto_micro_batch(self) -> int:
+        """The largest micro-batch (a divisor of the per-rank sequences) whose fwd+bwd fits."""
+        if self.device.type != "cuda":
+            return divisors_descending(self.seqs_per_rank, CPU_AUTO_MICRO_BATCH)[0]
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        chosen = 1
+        for b in divisors_descending(self.seqs_per_rank, MAX_AUTO_MICRO_BATCH):
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            try:
+                self.forward_backward(self.model, self.random_batch(b))
+                fits = torch.cuda.max_memory_allocated(self.device) < MEMORY_HEADROOM * total
+            except torch.OutOfMemoryError:
+                fits = False
+            self.model.zero_grad(set_to_none=True)
+            if fits:
+                chosen = b
+                break
+        torch.cuda.empty_cache()
+        return hw.all_reduce_min(chosen, self.device)
+
+    def random_batch(self, batch: int):
+        vocab = getattr(getattr(self.model, "config", None), "vocab_size", 50257)
+        x = torch.randint(0, vocab, (batch, self.cfg.seq_len + 1), device=self.device)
+        return x[:, :-1], x[:, 1:]
+
+    # ----- one step -----
+
+    def forward_backward(self, model, batch, scale: float = 1.0):
+        x, y = batch
+        with hw.autocast(self.device, self.dtype):
+            loss = model(x, y)
+        (loss * scale).backward()
+        return loss.detach()
+
+    def to_device(self, batch):
+        x, y = batch
+        if self.device.type == "cuda":
+            return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
+        return x, y
+
+    def train_step(self) -> tuple[float, float, float]:
+        """One optimizer step over accum_steps micro-batches; returns (loss, grad_norm, lr)."""
+        total = torch.zeros((), device=self.device)
+        for i in range(self.accum_steps):
+            last = i == self.accum_steps - 1
+            sync = contextlib.nullcontext() if (last or not self.ddp.enabled) else self.train_model.no_sync()
+            with sync:
+                total += self.forward_backward(self.train_model, self.to_device(self.stream.next_batch()), 1.0 / self.accum_steps)
+        clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        lr = set_learning_rates(self.optimizers, self.recipe.lr_schedule(self.step, self.cfg))
+        for opt in self.optimizers:
+            opt.step()
+        self.model.zero_grad(set_to_none=True)
+        loss = hw.all_reduce_sum(total / self.accum_steps) / self.ddp.world_size
+        return loss.item(), grad_norm.item(), lr
+
+    def warm_up(self) -> float:
+        """One untimed fwd+bwd so compilation and kernel set-up stay out of the training time."""
+        t0 = time.perf_counter()
+        self.forward_backward(self.train_model, self.random_batch(self.micro_batch))
+        self.model.zero_grad(set_to_none=True)
+        hw.synchronize(self.device)
+        return time.perf_counter() - t0
+
+    # ----- evaluation -----
+
+    @torch.no_grad()
+    def evaluate(self, path, strict: bool) -> float:
+        self.eval_model.eval()
+        total = torch.zeros(2, device=self.device, dtype=torch.float64)
+        for batch in validation_batches(path, self.cfg.val_tokens, self.cfg.seq_len, self.micro_batch, self.ddp.rank, self.ddp.world_size, strict):
+            x, y = self.to_device(batch)
+            with hw.autocast(self.device, self.dtype):
+                loss = self.eval_model(x, y)
+            total += torch.stack([loss.double() * y.numel(), torch.tensor(float(y.numel()), device=self.device, dtype=torch.float64)])
+        self.eval_model.train()
+        hw.all_reduce_sum(total)
+        return (total[0] / total[1]).item()
+
+    def validate(self) -> float:
+        t0 = time.perf_counter()
+        event = {"type": "val", "step": self.step, "tokens": self.step * self.cfg.batch_tokens, "train_time_ms": self.train_time_ms}
+        event["val_loss"] = self.evaluate(self.files.val, strict=True)
+        if self.cfg.extra_val:
+            for name, path in self.files.extra_val.items():
+                event[f"val_loss_{name}"] = self.evaluate(path, strict=False)
+        event["eval_s"] = time.perf_counter() - t0
+        self.eval_time_s += event["eval_s"]
+        self.log.metric(event)
+        extras = "".join(f" | {k[9:]} {v:.4f}" for k, v in event.items() if k.startswith("val_loss_"))
+        self.log.print(f"val step {self.step}/{self.cfg.max_steps} | val_loss {event['val_loss']:.4f}{extras} | train_time {self.train_time_ms / 1000:.1f}s | eval {event['eval_s']:.1f}s")
+        self.last_val = event
+        return event["val_loss"]
+
+    def validation_due(self) -> bool:
+        if self.step == self.cfg.max_steps:
+            return True
+        if self.step == self.start_step and self.start_step > 0:
+            return False  # the run that saved this checkpoint validated here already
+        return self.cfg.val_every > 0 and self.step % self.cfg.val_every == 0
+
+    # ----- the run -----
+
+    def run(self) -> None:
+        self.setup()
+        try:
+            self.status = self.loop()
+        except torch.OutOfMemoryError:
+            self.status = "out_of_memory"
+            smaller = divisors_descending(self.seqs_per_rank, self.micro_batch - 1) or [None]
+            hint = f"try --micro-batch {smaller[0]}" if smaller[0] else "try a shorter --seq-len or a smaller model"
+            raise OutOfMemory(f"CUDA out of memory at micro-batch {self.micro_batch} (seq-len {self.cfg.seq_len}); {hint}") from None
+        finally:
+            self.finish()
+
+    def loop(self) -> str:
+        cfg = self.cfg
+        self.warmup_s = self.warm_up()
+        self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s")
+        while True:
+            if self.validation_due():
+                val_loss = self.validate()
+                if self.target is not None and val_loss <= self.target:
+                    self.reached_at = dict(self.last_val)
+                    return "reached_target"
+            if self.step == cfg.max_steps:
+                return "completed"
+            self.timed_step()
+            if cfg.save_every and self.step % cfg.save_every == 0 and self.ddp.is_main:
+                path = checkpoint.save(self.log.dir, self.step, self.model, self.optimizers, self.stream, self.train_time_ms, config_dict(cfg), cfg.keep_checkpoints)
+                self.log.print(f"checkpoint: {path}")
+
+    def timed_step(self) -> None:
+        hw.synchronize(self.device)
+        t0 = time.perf_counter()
+        loss, grad_norm, lr = self.train_step()
+        hw.synchronize(self.device)
+        dt_ms = (time.perf_counter() - t0) * 1000
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            last_good = checkpoint.latest(self.log.dir)
+            self.status = "diverged"
+            keep = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved (use --save-every N)"
+            raise TrainingDiverged(f"loss became {loss} at step {self.step + 1} (grad norm {grad_norm}); stopped, {keep}; try a lower --lr")
+        self.step += 1
+        self.train_time_ms += dt_ms
+        self.time_this_run_ms += dt_ms
+        self.tokens_this_run += self.cfg.batch_tokens
+        self.step_ms.append(dt_ms)
+        tokens_per_s = self.cfg.batch_tokens / (dt_ms / 1000)
+        self.log.step(self.step, {
+            "type": "train", "step": self.step, "tokens": self.step * self.cfg.batch_tokens, "train_time_ms": self.train_time_ms,
+            "loss": loss, "lr": lr, "grad_norm": grad_norm, "step_ms": dt_ms, "tokens_per_s": tokens_per_s,
+        })
+
+    def finish(self) -> None:
+        """summary.json (also after a failure), the final weights, and the closing line."""
+        cfg, status = self.cfg, self.status
+        tokens_per_s = self.tokens_this_run / (self.time_this_run_ms / 1000) if self.time_this_run_ms else None
+        median_ms = statistics.median(self.step_ms[min(5, len(self.step_ms) - 1):]) if self.step_ms else None
+        steady_tokens_per_s = cfg.batch_tokens / (median_ms / 1000) if median_ms else None
+        reached = self.reached_at is not None
+        summary = {
+            "script": Path(self.recipe.script).name,
+            "git_commit": git_commit(),
+            "device_name": hw.device_name(self.device),
+            "world_size": self.ddp.world_size,
+            "status": status,
+            "data": self.files.name,
+            "target_loss": self.target,
+            "reached_target": reached,
+            "time_to_target_s": self.reached_at["train_time_ms"] / 1000 if reached else None,
+            "tokens_to_target": self.reached_at["tokens"] if reached else None,
+            "train_time_s": self.train_time_ms / 1000,
+            "wall_time_s": time.perf_counter() - self.started,
+            "warmup_s": self.warmup_s,
+            "eval_time_s": self.eval_time_s,
+            "final_val_loss": self.last_val["val_loss"] if self.last_val else None,
+            "final_val": self.last_val,
+            "steps": self.step,
+            "tokens": self.step * cfg.batch_tokens,
+            "tokens_per_s": tokens_per_s,
+            "median_step_ms": median_ms,
+            "steady_tokens_per_s": steady_tokens_per_s,
+            "mfu": flops.mfu(tokens_per_s, self.flops_per_token, self.peak_flops) if tokens_per_s else None,
+            "steady_mfu": flops.mfu(steady_tokens_per_s, self.flops_per_token, self.peak_flops) if median_ms else None,
+            "peak_mem_gib": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None,
+            "n_params": self.n_params,
+            "flops_per_token": self.flops_per_token,
+            "micro_batch": self.micro_batch,
+            "accum_steps": self.accum_steps,
+            "compile": cfg.compile,
+            "attn": cfg.attn,
+            "dtype": str(self.dtype).replace("torch.", ""),
+        }
+        self.log.summary(summary)
+        if status in ("reached_target", "completed") and cfg.export and self.ddp.is_main:
+            path = checkpoint.export_safetensors(self.model, Path(self.log.dir) / "model.safetensors")
+            self.log.print(f"weights: {path}")
+        if status == "reached_target":
+            self.log.print(f"reached val loss {summary['final_val_loss']:.4f} <= {self.target} at step {self.step}: "
+                           f"train time {summary['time_to_target_s']:.1f}s, wall time {summary['wall_time_s']:.1f}s")
+        elif status == "completed":
+            self.log.print(f"finished {self.step} steps: final val loss {summary['final_val_loss']:.4f} (target {self.target}), "
+                           f"train time {summary['train_time_s']:.1f}s, wall time {summary['wall_time_s']:.1f}s")
+        self.log.print(f"run directory: {self.log.dir}")
+        self.log.close()
