@@ -14,7 +14,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from kit.errors import DataError
-from kit.shards import read_header, shard_is_complete
+from kit.shards import read_header
 
 FINEWEB_REPO = "kjj0/fineweb10B-gpt2"
 FINEWEB_VAL = "fineweb_val_000000.bin"
@@ -57,51 +57,67 @@ def no_network_message(what: str, reason) -> str:
     )
 
 
-def download_shard(repo_id: str, filename: str, dest_dir, progress: bool = True, timeout: float = 30.0) -> Path:
-    """Fetch one shard into dest_dir unless a complete copy is there; resume a `.part` file."""
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    dest = dest_dir / filename
-    if shard_is_complete(dest):
+def download_shard(repo_id: str, filename: str, dest_dir, progress: bool = True) -> Path:
+    """Fetch one token shard into dest_dir unless a complete copy is there."""
+    return download_file(repo_id, filename, Path(dest_dir) / Path(filename).name, read_header, progress)
+
+
+def download_file(repo_id: str, remote_name: str, dest: Path, validate, progress: bool = True, timeout: float = 30.0) -> Path:
+    """Fetch repo_id/remote_name to dest; skip it when validate(dest) passes, resume a `.part` file.
+
+    validate(path) raises DataError for an incomplete or corrupt file.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if passes(validate, dest):
         return dest
-    part = dest_dir / (filename + ".part")
+    part = dest.with_name(dest.name + ".part")
     if dest.exists():  # present but incomplete: keep its bytes as a partial download
         os.replace(dest, part)
     have = part.stat().st_size if part.exists() else 0
     headers = request_headers()
     if have:
         headers["Range"] = f"bytes={have}-"
-    request = urllib.request.Request(file_url(repo_id, filename), headers=headers)
+    request = urllib.request.Request(file_url(repo_id, remote_name), headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and have:  # the part file already holds every byte
-            return finish_download(part, dest)
-        raise DataError(f"download of {filename} failed: HTTP {err.code} from {request.full_url}") from None
+            return finish_download(part, dest, validate)
+        raise DataError(f"download of {remote_name} failed: HTTP {err.code} from {request.full_url}") from None
     except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
-        raise DataError(no_network_message(filename, getattr(err, "reason", err))) from None
+        raise DataError(no_network_message(remote_name, getattr(err, "reason", err))) from None
     with response:
         if response.status == 200:
             have = 0  # the server ignored the range: start over
         total = have + int(response.headers.get("Content-Length", 0) or 0)
-        mode = "ab" if have else "wb"
-        bar = tqdm(total=total or None, initial=have, unit="B", unit_scale=True, desc=filename, disable=not progress)
+        bar = tqdm(total=total or None, initial=have, unit="B", unit_scale=True, desc=dest.name, disable=None if progress else True)
         try:
-            with open(part, mode) as f:
+            with open(part, "ab" if have else "wb") as f:
                 while chunk := response.read(CHUNK_BYTES):
                     f.write(chunk)
                     bar.update(len(chunk))
         except (socket.timeout, ConnectionError, OSError) as err:
-            raise DataError(f"download of {filename} broke off ({err}); run again to resume from {part}") from None
+            raise DataError(f"download of {remote_name} broke off ({err}); run again to resume from {part}") from None
         finally:
             bar.close()
-    return finish_download(part, dest)
+    return finish_download(part, dest, validate)
 
 
-def finish_download(part: Path, dest: Path) -> Path:
-    """Check the downloaded bytes as a shard; move them into place or delete them."""
+def passes(validate, path: Path) -> bool:
+    if not path.exists():
+        return False
     try:
-        read_header(part)
+        validate(path)
+        return True
+    except DataError:
+        return False
+
+
+def finish_download(part: Path, dest: Path, validate) -> Path:
+    """Check the downloaded bytes; move them into place, or delete them."""
+    try:
+        validate(part)
     except DataError as err:
         part.unlink(missing_ok=True)
         raise DataError(f"downloaded {dest.name} is corrupt and was deleted: {err}") from None
