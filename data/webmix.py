@@ -2,6 +2,7 @@
 
     python data/webmix.py                      # from ../shared/data/webmix into data/webmix/
     python data/webmix.py --source DIR --dest DIR
+    python data/webmix.py --only webmix_val_000000.bin   # some files only
 
 webmix is real English text (blogs, Wikipedia, IMDB reviews) in the FineWeb shard format; we
 measure on it because FineWeb's hosts are unreachable from our machines. Already staged files
@@ -19,8 +20,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kit.datasets import data_dir  # noqa: E402
+
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "webmix"
-DEFAULT_DEST = REPO / "data" / "webmix"
 CHUNK = 1 << 22
 
 
@@ -70,7 +74,7 @@ def stage(source: Path, dest: Path, only=None) -> list[Path]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", default=str(DEFAULT_SOURCE), help="folder with MANIFEST.json and the .xz files")
-    parser.add_argument("--dest", default=str(DEFAULT_DEST))
+    parser.add_argument("--dest", default=str(data_dir() / "webmix"), help="default: data/webmix (or $KIT_DATA_DIR/webmix)")
     parser.add_argument("--only", nargs="*", help="stage only these files (names as in MANIFEST.json)")
     args = parser.parse_args(argv)
     try:

@@ -2,6 +2,7 @@
 
 import glob
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,7 +13,11 @@ from kit.errors import DataError
 from kit.shards import EOT, shard_is_complete, write_shard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_DIR = REPO_ROOT / "data"
+
+
+def data_dir() -> Path:
+    """Where datasets live: data/ in the repo, or $KIT_DATA_DIR (another disk, or tests)."""
+    return Path(os.environ.get("KIT_DATA_DIR") or REPO_ROOT / "data")
 
 # The target each dataset is judged by when --target-loss is not given (None: run all steps).
 TARGET_LOSS = {"fineweb": 3.3821, "webmix": 3.64, "synthetic": None, "files": None}
@@ -48,7 +53,7 @@ def expand_glob(pattern: str, flag: str) -> list[Path]:
 
 def fineweb_files(cfg, is_main: bool) -> DataFiles:
     """FineWeb-10B shards in data/fineweb10B, downloading the ones this run needs."""
-    folder = DATA_DIR / "fineweb10B"
+    folder = data_dir() / "fineweb10B"
     needed_tokens = cfg.max_steps * cfg.batch_tokens
     num_train = min(103, max(1, math.ceil(needed_tokens / hub.FINEWEB_SHARD_TOKENS)))
     names = hub.fineweb_filenames(num_train)
@@ -61,7 +66,7 @@ def fineweb_files(cfg, is_main: bool) -> DataFiles:
 
 
 def webmix_files() -> DataFiles:
-    folder = DATA_DIR / "webmix"
+    folder = data_dir() / "webmix"
     train = sorted(folder.glob("webmix_train_*.bin"))
     val = folder / "webmix_val_000000.bin"
     if not train or not val.exists():
@@ -97,7 +102,7 @@ def synthetic_tokens(num_tokens: int, seed: int) -> np.ndarray:
 
 
 def synthetic_files(is_main: bool) -> DataFiles:
-    folder = DATA_DIR / "synthetic"
+    folder = data_dir() / "synthetic"
     train, val = folder / "synthetic_train_000001.bin", folder / "synthetic_val_000000.bin"
     if is_main and not (shard_is_complete(train) and shard_is_complete(val)):
         folder.mkdir(parents=True, exist_ok=True)

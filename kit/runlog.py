@@ -20,9 +20,15 @@ from kit.datasets import REPO_ROOT
 
 
 def git_commit() -> str:
+    """HEAD of the checkout (with -dirty for uncommitted changes); GIT_COMMIT overrides it for
+    copies of the tree that carry no git history (such as a remote GPU machine's)."""
+    if os.environ.get("GIT_COMMIT"):
+        return os.environ["GIT_COMMIT"]
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
-        commit = out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        if out.returncode != 0:
+            return "unknown"
+        commit = out.stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
         return commit + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):

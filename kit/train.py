@@ -149,7 +149,7 @@ class Trainer:
     def random_batch(self, batch: int):
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", 50257)
         x = torch.randint(0, vocab, (batch, self.cfg.seq_len + 1), device=self.device)
-        return x[:, :-1], x[:, 1:]
+        return x[:, :-1].contiguous(), x[:, 1:].contiguous()
 
     # ----- one step -----
 
@@ -184,10 +184,22 @@ class Trainer:
         return loss.item(), grad_norm.item(), lr
 
     def warm_up(self) -> float:
-        """One untimed fwd+bwd so compilation and kernel set-up stay out of the training time."""
+        """Untimed passes that compile and set up kernels, so the training time excludes them.
+
+        One fwd+bwd on the first real batch (same shapes and strides as training, so a compiled
+        model does not recompile at step 1; the stream is rewound and the gradients dropped), and
+        one no-grad forward for evaluation.
+        """
         t0 = time.perf_counter()
-        self.forward_backward(self.train_model, self.random_batch(self.micro_batch))
+        position = self.stream.state_dict()
+        batch = self.to_device(self.stream.next_batch())
+        self.stream.load_state_dict(position)
+        self.forward_backward(self.train_model, batch)
         self.model.zero_grad(set_to_none=True)
+        with torch.no_grad(), hw.autocast(self.device, self.dtype):
+            self.eval_model.eval()
+            self.eval_model(*batch)
+            self.eval_model.train()
         hw.synchronize(self.device)
         return time.perf_counter() - t0
 

@@ -1,0 +1,140 @@
+"""Shared test helpers: a tiny fast run configuration, in-process runs, a stand-in hub server."""
+
+import http.server
+import json
+import os
+import re
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kit.shards import EOT, write_shard  # noqa: E402
+
+# A tiny model on short sequences: a step takes ~0.1 s on two CPU cores.
+FAST = ["--model-size", "tiny", "--device", "cpu", "--seq-len", "32", "--batch-tokens", "256",
+        "--val-tokens", "512", "--export", "0", "--progress", "lines"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_data_dir(tmp_path_factory, monkeypatch):
+    """Datasets (synthetic shards, downloads) go to a per-session folder, never the repo's data/."""
+    folder = tmp_path_factory.getbasetemp() / "kit_data"
+    folder.mkdir(exist_ok=True)
+    monkeypatch.setenv("KIT_DATA_DIR", str(folder))
+    return folder
+
+
+def run_baseline(argv, capsys=None):
+    """Run train_gpt2.py's recipe in this process; return (exit code, stderr lines)."""
+    import train_gpt2
+    from kit.train import main
+
+    code = main(train_gpt2.RECIPE, [str(a) for a in argv])
+    err = capsys.readouterr().err if capsys else ""
+    return code, [line for line in err.splitlines() if line.strip()]
+
+
+def read_metrics(run_dir, kind="train"):
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["type"] == kind]
+
+
+def make_documents(num_tokens, seed=0, doc_len=(5, 40)):
+    """A token stream of documents, each starting with EOT."""
+    rng = np.random.default_rng(seed)
+    out = []
+    while sum(map(len, out)) < num_tokens:
+        n = int(rng.integers(*doc_len))
+        out.append(np.concatenate([[EOT], rng.integers(0, 1000, size=n - 1)]))
+    return np.concatenate(out)[:num_tokens]
+
+
+def make_shard(path, num_tokens, seed=0):
+    tokens = make_documents(num_tokens, seed)
+    write_shard(path, tokens)
+    return tokens
+
+
+class FakeHub:
+    """Serves files under the hub's URL layout: /{datasets/}<repo>/resolve/<revision>/<path>.
+
+    Honours Range requests, counts requests per file, and records the Range header of each.
+    """
+
+    def __init__(self):
+        self.files = {}  # "owner/name/path/in/repo" -> bytes
+        self.requests = []  # (path, range header or None)
+        hub = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                m = re.match(r"^/(?:datasets/)?([^/]+/[^/]+)/resolve/[^/]+/(.+)$", self.path)
+                key = f"{m.group(1)}/{m.group(2)}" if m else None
+                hub.requests.append((key, self.headers.get("Range")))
+                if key not in hub.files:
+                    self.send_error(404)
+                    return
+                data = hub.files[key]
+                start = 0
+                if self.headers.get("Range"):
+                    start = int(re.match(r"bytes=(\d+)-", self.headers["Range"]).group(1))
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                self.wfile.write(data[start:])
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def requests_for(self, key):
+        return [r for r in self.requests if r[0] == key]
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    hub = FakeHub()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield hub
+    hub.close()
+
+
+@pytest.fixture
+def dead_endpoint(monkeypatch):
+    """HF_ENDPOINT pointing at a closed local port: every download fails as with no network."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+
+
+def subprocess_env(**extra):
+    env = dict(os.environ)
+    env.update({k: str(v) for k, v in extra.items()})
+    env["PYTHONPATH"] = str(REPO)
+    return env

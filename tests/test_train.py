@@ -1,0 +1,236 @@
+"""The training loop end to end on CPU: smoke run, resume, DDP equivalence, bad input."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, REPO, make_shard, read_metrics, run_baseline, subprocess_env
+from kit import checkpoint
+
+SUMMARY_KEYS = {"script", "git_commit", "device_name", "target_loss", "reached_target", "time_to_target_s", "wall_time_s",
+                "tokens_to_target", "final_val_loss", "steps", "tokens_per_s", "mfu", "peak_mem_gib"}
+
+
+def test_smoke_command_trains_and_writes_a_valid_summary(tmp_path, isolated_data_dir):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "train_gpt2.py", "--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--max-steps", "20", "--out-dir", str(out)]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(KIT_DATA_DIR=isolated_data_dir), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["steps"] == 20 and summary["status"] == "completed" and summary["script"] == "train_gpt2.py"
+    train = read_metrics(out)
+    assert [e["step"] for e in train] == list(range(1, 21))
+    assert {"step", "tokens", "train_time_ms", "loss", "lr", "tokens_per_s"} <= set(train[0])
+    assert train[-1]["loss"] < train[0]["loss"] - 1.0
+    vals = read_metrics(out, "val")
+    assert vals[-1]["val_loss"] < vals[0]["val_loss"] - 1.0
+    assert summary["final_val_loss"] == vals[-1]["val_loss"]
+    log = (out / "log.txt").read_text()
+    assert log.startswith("command: ") and "git commit:" in log and "versions:" in log and "class Hyperparameters" in log
+    assert "step 20/20 | loss" in log
+    assert (out / "model.safetensors").exists() and json.loads((out / "config.json").read_text())["max_steps"] == 20
+
+
+def test_stops_at_the_target(tmp_path):
+    code, _ = run_baseline([*FAST, "--data", "synthetic", "--max-steps", "30", "--val-every", "5", "--target-loss", "9.5", "--out-dir", tmp_path])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    vals = read_metrics(tmp_path, "val")
+    assert summary["reached_target"] and summary["status"] == "reached_target"
+    assert vals[-1]["val_loss"] <= 9.5 < vals[-2]["val_loss"]
+    assert summary["steps"] == vals[-1]["step"] < 30
+    assert summary["tokens_to_target"] == summary["steps"] * 256
+    assert summary["time_to_target_s"] == pytest.approx(vals[-1]["train_time_ms"] / 1000)
+
+
+def test_resume_continues_the_same_loss_curve(tmp_path):
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "20", "--val-every", "0"]
+    assert run_baseline([*flags, "--save-every", "10", "--out-dir", tmp_path / "full"])[0] == 0
+    ckpt = tmp_path / "full" / "checkpoints" / "ckpt_step000010.pt"
+    assert ckpt.exists() and not list(ckpt.parent.glob("*.tmp"))
+    assert run_baseline([*flags, "--resume", ckpt, "--out-dir", tmp_path / "resumed"])[0] == 0
+    full = {e["step"]: e["loss"] for e in read_metrics(tmp_path / "full")}
+    resumed = {e["step"]: e["loss"] for e in read_metrics(tmp_path / "resumed")}
+    assert sorted(resumed) == list(range(11, 21))
+    for step, loss in resumed.items():
+        assert abs(loss - full[step]) <= 1e-6, (step, loss, full[step])
+    final = [json.loads((tmp_path / d / "summary.json").read_text())["final_val_loss"] for d in ("full", "resumed")]
+    assert abs(final[0] - final[1]) <= 1e-6
+
+
+def test_resume_from_a_run_directory_appends_to_it(tmp_path):
+    flags = [*FAST, "--data", "synthetic", "--val-every", "0"]
+    assert run_baseline([*flags, "--max-steps", "4", "--save-every", "2", "--out-dir", tmp_path])[0] == 0
+    assert run_baseline([*flags, "--max-steps", "6", "--resume", tmp_path])[0] == 0
+    assert [e["step"] for e in read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ddp_two_processes_equal_one_with_twice_the_accumulation(tmp_path, isolated_data_dir):
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "0", "--micro-batch", "2", "--export", "1"]
+    env = subprocess_env(KIT_DATA_DIR=isolated_data_dir)
+    single = subprocess.run([sys.executable, "train_gpt2.py", *flags, "--out-dir", str(tmp_path / "one")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_gpt2.py", *flags, "--out-dir", str(tmp_path / "two")],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    one, two = json.loads((tmp_path / "one" / "summary.json").read_text()), json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (one["world_size"], one["accum_steps"]) == (1, 4) and (two["world_size"], two["accum_steps"]) == (2, 2)
+    for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")):
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    from safetensors.torch import load_file
+
+    w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=1e-4)
+
+
+def test_exported_weights_load_into_the_model(tmp_path):
+    assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "0", "--export", "1", "--out-dir", tmp_path])[0] == 0
+    import train_gpt2
+    from kit.config import parse_config
+    from safetensors.torch import load_model
+
+    cfg, _ = parse_config(train_gpt2.Hyperparameters, FAST)
+    model = train_gpt2.build_model(cfg)
+    load_model(model, str(tmp_path / "model.safetensors"))
+    assert model.lm_head.weight is model.wte.weight
+
+
+# ----- bad input: one line, a non-zero exit, nothing lost -----
+
+def assert_one_line_error(code, err, expected_code, fragment):
+    assert code == expected_code, err
+    assert len(err) == 1, err
+    assert fragment in err[0], err
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--bogus", "1"], "unrecognized arguments: --bogus"),
+    (["--model-size", "huge"], "invalid choice: 'huge'"),
+    (["--compile", "maybe"], "expected 0 or 1"),
+    (["--data", "webmix", "--train-files", "a*", "--val-files", "b*"], "--train-files replaces --data"),
+    (["--train-files", "a*"], "--train-files and --val-files go together"),
+    (["--batch-tokens", "1000"], "is not a multiple of --seq-len 32"),
+    (["--micro-batch", "3"], "--micro-batch 3 does not divide the 8 sequences"),
+    (["--max-steps", "0"], "--max-steps must be positive"),
+    (["--val-tokens", "16"], "shorter than one sequence"),
+])
+def test_bad_flags(flags, fragment, capsys):
+    data = [] if "--train-files" in flags else ["--data", "synthetic"]
+    code, err = run_baseline([*FAST, *data, *flags], capsys)
+    assert_one_line_error(code, err, 2, fragment)
+
+
+def shard_pair(tmp_path, val_tokens=2000):
+    make_shard(tmp_path / "train.bin", 20000)
+    make_shard(tmp_path / "val.bin", val_tokens, seed=5)
+    return tmp_path / "train.bin", tmp_path / "val.bin"
+
+
+def test_wrong_magic(tmp_path, capsys):
+    train, val = shard_pair(tmp_path)
+    raw = bytearray(train.read_bytes())
+    raw[0] = 7
+    train.write_bytes(bytes(raw))
+    code, err = run_baseline([*FAST, "--train-files", train, "--val-files", val, "--max-steps", "2"], capsys)
+    assert_one_line_error(code, err, 3, "magic number")
+
+
+def test_truncated_shard(tmp_path, capsys):
+    train, val = shard_pair(tmp_path)
+    train.write_bytes(train.read_bytes()[:-100])
+    code, err = run_baseline([*FAST, "--train-files", train, "--val-files", val, "--max-steps", "2"], capsys)
+    assert_one_line_error(code, err, 3, "truncated")
+
+
+def test_too_few_validation_tokens(tmp_path, capsys):
+    train, val = shard_pair(tmp_path, val_tokens=300)
+    code, err = run_baseline([*FAST, "--train-files", train, "--val-files", val, "--max-steps", "2"], capsys)
+    assert_one_line_error(code, err, 3, "fewer than --val-tokens 512")
+
+
+def test_glob_matching_nothing(tmp_path, capsys):
+    code, err = run_baseline([*FAST, "--train-files", tmp_path / "none*.bin", "--val-files", tmp_path / "v*.bin"], capsys)
+    assert_one_line_error(code, err, 3, "matches no file")
+
+
+def test_missing_webmix(capsys):
+    code, err = run_baseline([*FAST, "--data", "webmix"], capsys)
+    assert_one_line_error(code, err, 3, "python data/webmix.py")
+
+
+def test_fineweb_without_network(dead_endpoint, capsys):
+    code, err = run_baseline([*FAST, "--data", "fineweb", "--max-steps", "2"], capsys)
+    assert_one_line_error(code, err, 3, "cannot download fineweb_val_000000.bin")
+
+
+def test_resume_from_missing_or_foreign_checkpoint(tmp_path, capsys):
+    code, err = run_baseline([*FAST, "--data", "synthetic", "--resume", tmp_path / "nope.pt"], capsys)
+    assert_one_line_error(code, err, 2, "no such checkpoint")
+    assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "2", "--save-every", "2", "--out-dir", tmp_path / "a"])[0] == 0
+    code, err = run_baseline([*FAST, "--data", "synthetic", "--model-size", "124m", "--micro-batch", "1", "--resume", tmp_path / "a"], capsys)
+    assert_one_line_error(code, err, 2, "different model")
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(checkpoint.latest(tmp_path / "a").read_bytes()[:1000])
+    code, err = run_baseline([*FAST, "--data", "synthetic", "--resume", torn], capsys)
+    assert_one_line_error(code, err, 2, "cannot read the checkpoint")
+
+
+class Sabotaged(torch.nn.Module):
+    """Wraps the baseline model; from training forward number `at` on, applies `action`."""
+
+    def __init__(self, inner, at, action):
+        super().__init__()
+        self.inner, self.at, self.action, self.calls = inner, at, action, 0
+        self.config = inner.config
+
+    def forward(self, x, y=None):
+        out = self.inner(x, y)
+        if self.training:
+            self.calls += 1
+            if self.calls >= self.at:
+                return self.action(out)
+        return out
+
+
+def run_sabotaged(argv, at, action, capsys):
+    import train_gpt2
+    from kit.train import Recipe, main
+
+    recipe = Recipe(train_gpt2.Hyperparameters, lambda cfg: Sabotaged(train_gpt2.build_model(cfg), at, action),
+                    train_gpt2.build_optimizers, script=train_gpt2.__file__)
+    code = main(recipe, [str(a) for a in argv])
+    return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    # training forward 1 is the warm-up; forward k + 1 is step k (one micro-step per step)
+    code, err = run_sabotaged([*FAST, "--data", "synthetic", "--max-steps", "10", "--save-every", "1", "--out-dir", tmp_path],
+                              at=4, action=lambda loss: loss * float("nan"), capsys=capsys)
+    assert_one_line_error(code, err, 4, "loss became nan at step 3")
+    assert "ckpt_step000002.pt" in err[0]
+    good = checkpoint.latest(tmp_path)
+    assert good.name == "ckpt_step000002.pt"
+    state = torch.load(good, weights_only=False)
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["steps"] == 2
+
+
+def test_out_of_memory_names_a_smaller_micro_batch(tmp_path, capsys):
+    def out_of_memory(_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    code, err = run_sabotaged([*FAST, "--data", "synthetic", "--max-steps", "10", "--save-every", "1", "--out-dir", tmp_path],
+                              at=3, action=out_of_memory, capsys=capsys)
+    assert_one_line_error(code, err, 5, "out of memory at micro-batch 8")
+    assert "try --micro-batch 4" in err[0]
+    assert checkpoint.latest(tmp_path).name == "ckpt_step000001.pt"
+    assert math.isfinite(json.loads((tmp_path / "summary.json").read_text())["train_time_s"])
