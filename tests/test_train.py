@@ -234,3 +234,13 @@ def test_out_of_memory_names_a_smaller_micro_batch(tmp_path, capsys):
     assert "try --micro-batch 4" in err[0]
     assert checkpoint.latest(tmp_path).name == "ckpt_step000001.pt"
     assert math.isfinite(json.loads((tmp_path / "summary.json").read_text())["train_time_s"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_run_uses_bf16_and_reports_memory(tmp_path):
+    code, _ = run_baseline(["--model-size", "tiny", "--data", "synthetic", "--device", "cuda", "--max-steps", "3",
+                            "--export", "0", "--out-dir", tmp_path])
+    assert code == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["dtype"] == "bfloat16" and summary["peak_mem_gib"] > 0 and summary["micro_batch"] >= 1
+    assert "attention: manual" in (tmp_path / "log.txt").read_text()
