@@ -33,7 +33,7 @@ class TrainConfig:
     extra_val: bool = field(default=True, metadata={"help": "also report the dataset's further validation sets (webmix: fineweb_sample_val.bin)"})
     # model
     model_size: str = field(default="124m", metadata={"choices": ["tiny", "124m", "350m", "774m", "1558m"]})
-    attn: str = field(default="manual", metadata={"choices": ["manual", "sdpa"], "help": "manual: explicit softmax(QK^T)V; sdpa: torch's fused kernels"})
+    attn: str = field(default="manual", metadata={"choices": ["manual", "sdpa", "flex"], "help": "manual: explicit softmax(QK^T)V; sdpa: torch's fused kernels; flex: FlexAttention"})
     # optimizer and schedule
     lr: float = 6e-4
     beta1: float = 0.9

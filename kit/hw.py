@@ -108,7 +108,7 @@ def describe_device(device: torch.device, dtype: torch.dtype, attn: str) -> str:
         return f"device: cpu ({torch.get_num_threads()} threads) | dtype: {dtype_name(dtype)} | attention: {attn}"
     major, minor = torch.cuda.get_device_capability(device)
     total = torch.cuda.get_device_properties(device).total_memory / 2**30
-    path = attn
+    path = {"flex": "flex (FlexAttention, compiled Triton kernel)"}.get(attn, attn)
     if attn == "sdpa":
         flash = major >= 8 and dtype != torch.float32
         path = "sdpa (flash kernel eligible)" if flash else "sdpa (no flash kernel: needs sm80+ and bf16; memory-efficient or math kernel)"
@@ -129,6 +129,23 @@ PEAK_BF16_FLOPS = {
     "RTX 4090": 165.2e12,
     "RTX 3090": 71e12,
 }
+
+
+def measured_matmul_flops(size: int = 8192, repeats: int = 10) -> float:
+    """bf16 matrix-product FLOP/s on the current GPU (random data, median of timed products)."""
+    a = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(size, size, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        a @ b
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end) / 1000)
+    return 2 * size**3 / sorted(times)[len(times) // 2]
 
 
 def peak_flops(name: str):

@@ -4,6 +4,7 @@ Variants replace one part (attention, MLP, embedding, head) and keep the rest; e
 small module so a variant script can swap it without copying the others.
 """
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -51,7 +52,31 @@ def sdpa_causal_attention(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-ATTENTION = {"manual": manual_causal_attention, "sdpa": sdpa_causal_attention}
+@functools.lru_cache(maxsize=8)
+def causal_block_mask(seq_len: int, device: str):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(lambda b, h, q, kv: q >= kv, None, None, seq_len, seq_len, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def compiled_flex_attention():
+    """FlexAttention is only fast compiled; on the CPU the eager (unfused) version is used."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_causal_attention(q, k, v):
+    """FlexAttention with a causal block mask (fully masked blocks are skipped)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    mask = causal_block_mask(q.size(-2), str(q.device))
+    kernel = compiled_flex_attention() if q.is_cuda else flex_attention
+    return kernel(q, k, v, block_mask=mask)
+
+
+ATTENTION = {"manual": manual_causal_attention, "sdpa": sdpa_causal_attention, "flex": flex_causal_attention}
 
 
 class CausalSelfAttention(nn.Module):

@@ -302,6 +302,7 @@ class Trainer:
         reached = self.reached_at is not None
         summary = {
             "script": Path(self.recipe.script).name,
+            "flags": self.argv[1:],
             "git_commit": git_commit(),
             "device_name": hw.device_name(self.device),
             "world_size": self.ddp.world_size,
@@ -316,6 +317,7 @@ class Trainer:
             "warmup_s": self.warmup_s,
             "eval_time_s": self.eval_time_s,
             "final_val_loss": self.last_val["val_loss"] if self.last_val else None,
+            **{f"final_{k}": v for k, v in (self.last_val or {}).items() if k.startswith("val_loss_")},
             "final_val": self.last_val,
             "steps": self.step,
             "tokens": self.step * cfg.batch_tokens,

@@ -7,7 +7,7 @@ import torch
 
 from kit.config import TrainConfig
 from kit.flops import flops_per_token
-from kit.model import GPT, MODEL_SIZES, gpt_config, manual_causal_attention, sdpa_causal_attention
+from kit.model import GPT, MODEL_SIZES, flex_causal_attention, gpt_config, manual_causal_attention, sdpa_causal_attention
 from kit.optim import adamw, scaled_warmup_steps, warmup_cosine
 
 
@@ -16,12 +16,16 @@ def random_qkv(B=2, H=3, T=17, D=8, device="cpu", dtype=torch.float32):
     return [torch.randn(B, H, T, D, generator=g).to(device=device, dtype=dtype) for _ in range(3)]
 
 
-def test_manual_attention_equals_sdpa():
-    q, k, v = random_qkv()
-    torch.testing.assert_close(manual_causal_attention(q, k, v), sdpa_causal_attention(q, k, v), atol=1e-5, rtol=1e-5)
+ATTENTIONS = {"manual": manual_causal_attention, "sdpa": sdpa_causal_attention, "flex": flex_causal_attention}
 
 
-@pytest.mark.parametrize("attn", ["manual", "sdpa"])
+@pytest.mark.parametrize("attn", ["sdpa", "flex"])
+def test_attention_kernels_equal_the_manual_one(attn):
+    q, k, v = random_qkv(T=160)  # flex works in blocks of 128: T crosses one block edge
+    torch.testing.assert_close(ATTENTIONS[attn](q, k, v), manual_causal_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["manual", "sdpa", "flex"])
 def test_model_is_causal(attn):
     torch.manual_seed(0)
     model = GPT(gpt_config("tiny", block_size=32, attn=attn)).eval()
@@ -35,9 +39,9 @@ def test_model_is_causal(attn):
     assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])  # the change does reach later positions
 
 
-@pytest.mark.parametrize("attn", ["manual", "sdpa"])
+@pytest.mark.parametrize("attn", ["manual", "sdpa", "flex"])
 def test_attention_kernels_are_causal(attn):
-    fn = {"manual": manual_causal_attention, "sdpa": sdpa_causal_attention}[attn]
+    fn = ATTENTIONS[attn]
     q, k, v = random_qkv()
     k2, v2 = k.clone(), v.clone()
     k2[:, :, 9:] += 1.0
@@ -106,7 +110,8 @@ def test_schedule_at_reference_length_and_scaled():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_manual_attention_equals_sdpa_on_gpu_bf16():
+@pytest.mark.parametrize("attn", ["sdpa", "flex"])
+def test_attention_kernels_equal_the_manual_one_on_gpu_bf16(attn):
     q, k, v = random_qkv(B=4, H=12, T=1024, D=64, device="cuda", dtype=torch.bfloat16)
-    out, ref = manual_causal_attention(q, k, v).float(), sdpa_causal_attention(q, k, v).float()
+    out, ref = ATTENTIONS[attn](q, k, v).float(), manual_causal_attention(q, k, v).float()
     assert ((out - ref).norm() / ref.norm()).item() < 1e-2

@@ -1,0 +1,200 @@
+"""Reading run directories back: comparison tables, loss curves, and records/RESULTS.md.
+
+A run directory is what kit.train writes (summary.json, metrics.jsonl, config.json). A record
+is a folder under records/ with a record.json naming its runs:
+
+    {"title": "...", "gpu": "NVIDIA H200", "commit": "...", "command": "...",
+     "table": "training" | "throughput", "runs": {"label": "relative/run/dir", ...},
+     "baseline": "label", "notes": "...", "plot": true,
+     "flags": {"label": "--attn sdpa"}}   # only for runs whose summary.json lacks its flags
+
+`write_results` turns every record into a section of records/RESULTS.md and of the README
+(between the results markers), so no figure is ever typed by hand.
+"""
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+
+README_START = "<!-- results:start (written by scripts/compare.py --records) -->"
+README_END = "<!-- results:end -->"
+BOOKKEEPING_FLAGS = {"--out-dir", "--progress"}
+
+
+@dataclass
+class Run:
+    label: str
+    path: Path
+    summary: dict
+    vals: list = field(default_factory=list)  # validation events from metrics.jsonl
+    train: list = field(default_factory=list)  # training-step events
+
+    @property
+    def flags(self) -> str:
+        """The run's command-line flags, less the bookkeeping ones (--out-dir, --progress)."""
+        words, kept = list(self.summary.get("flags") or []), []
+        while words:
+            word = words.pop(0)
+            if word in BOOKKEEPING_FLAGS:
+                words = words[1:]
+            else:
+                kept.append(word)
+        return shlex.join(kept)
+
+
+def load_run(path, label: str = None) -> Run:
+    path = Path(path)
+    summary = json.loads((path / "summary.json").read_text())
+    events = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()] if (path / "metrics.jsonl").exists() else []
+    return Run(label or path.name, path, summary, [e for e in events if e["type"] == "val"], [e for e in events if e["type"] == "train"])
+
+
+def steady_step_ms(run: Run, skip: int = 5, count: int = None):
+    """Median step time after `skip` warm-up steps (over `count` steps, or all that follow)."""
+    times = [e["step_ms"] for e in run.train][skip:]
+    times = times[:count] if count else times
+    if not times:
+        return None
+    times = sorted(times)
+    mid = len(times) // 2
+    return times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+
+
+def fmt(value, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return format(value, spec)
+
+
+def ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if (a and b) else "-"
+
+
+def training_table(runs: list[Run], baseline: Run = None) -> str:
+    """Time-to-target comparison: one row per run, ratios against the baseline row."""
+    baseline = baseline or (runs[0] if runs else None)
+    head = ("| run | script | flags | target | reached | time to target (train / wall) | tokens to target | final val loss | "
+            "fineweb_sample | tokens/s | MFU | peak GiB | speed vs baseline | time to target vs baseline |")
+    lines = [head, "|" + "---|" * 14]
+    for r in runs:
+        s, b = r.summary, baseline.summary
+        ttt = f"{fmt(s.get('time_to_target_s'), '.1f')} s / {fmt(s.get('wall_time_s'), '.1f')} s" if s.get("reached_target") else f"- / {fmt(s.get('wall_time_s'), '.1f')} s"
+        time_ratio = ratio(b.get("time_to_target_s"), s.get("time_to_target_s")) if s.get("reached_target") and b.get("reached_target") else "-"
+        lines.append(
+            f"| {r.label} | {s.get('script')} | `{r.flags}` | {fmt(s.get('target_loss'))} | {fmt(s.get('reached_target'))} | {ttt} | "
+            f"{fmt(s.get('tokens_to_target'), ',')} | {fmt(s.get('final_val_loss'), '.4f')} | {fmt(s.get('final_val_loss_fineweb_sample'), '.4f')} | "
+            f"{fmt(s.get('steady_tokens_per_s'), ',.0f')} | {fmt(s.get('steady_mfu'), '.1%')} | {fmt(s.get('peak_mem_gib'), '.1f')} | "
+            f"{ratio(s.get('steady_tokens_per_s'), b.get('steady_tokens_per_s'))} | {time_ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def throughput_table(runs: list[Run], baseline: Run = None, reference_steps: int = 4768) -> str:
+    """Speed comparison: steady-state ms/step, tokens/s, MFU, memory, projected full-run time."""
+    baseline = baseline or (runs[0] if runs else None)
+    head = f"| run | flags | micro-batch | ms/step | tokens/s | MFU | peak GiB | projected {reference_steps} steps | vs baseline |"
+    lines = [head, "|" + "---|" * 9]
+    for r in runs:
+        s = r.summary
+        ms = s.get("median_step_ms")
+        lines.append(
+            f"| {r.label} | `{r.flags}` | {fmt(s.get('micro_batch'))} | {fmt(ms, '.1f')} | {fmt(s.get('steady_tokens_per_s'), ',.0f')} | "
+            f"{fmt(s.get('steady_mfu'), '.1%')} | {fmt(s.get('peak_mem_gib'), '.1f')} | {fmt(ms * reference_steps / 3.6e6 if ms else None, '.2f')} h | "
+            f"{ratio(s.get('steady_tokens_per_s'), baseline.summary.get('steady_tokens_per_s'))} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(runs: list[Run], out_dir, target=None) -> list[Path]:
+    """Validation loss against training time and against tokens: loss_vs_time.png, loss_vs_tokens.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = target if target is not None else next((r.summary.get("target_loss") for r in runs if r.summary.get("target_loss")), None)
+    written = []
+    for name, xkey, xlabel, scale in [("loss_vs_time.png", "train_time_ms", "training time (s)", 1e-3), ("loss_vs_tokens.png", "tokens", "tokens (millions)", 1e-6)]:
+        fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+        for r in runs:
+            points = [(e[xkey] * scale, e["val_loss"]) for e in r.vals]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=r.label)
+        if target is not None:
+            ax.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target {target}")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation loss")
+        finite = [e["val_loss"] for r in runs for e in r.vals if e["step"] > 0]
+        if finite:
+            ax.set_ylim(min(finite + [target or min(finite)]) - 0.1, max(finite) + 0.1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out_dir / name)
+        plt.close(fig)
+        written.append(out_dir / name)
+    return written
+
+
+# ----- records -----
+
+def load_record(folder: Path) -> dict:
+    record = json.loads((folder / "record.json").read_text())
+    record["folder"] = folder
+    record["loaded"] = [load_run(folder / rel, label) for label, rel in record["runs"].items()]
+    for run in record["loaded"]:  # runs made before summary.json recorded its flags
+        if "flags" not in run.summary and label_flags(record, run.label) is not None:
+            run.summary["flags"] = shlex.split(label_flags(record, run.label))
+    return record
+
+
+def label_flags(record: dict, label: str):
+    return record.get("flags", {}).get(label)
+
+
+def record_section(record: dict, heading: str = "##", link_prefix: str = "") -> str:
+    runs = record["loaded"]
+    baseline = next((r for r in runs if r.label == record.get("baseline")), runs[0] if runs else None)
+    folder = record["folder"].name
+    parts = [f"{heading} {record['title']}", "",
+             f"GPU: {record.get('gpu', '-')} · commit `{record.get('commit', '-')}` · folder `records/{folder}/`", ""]
+    if record.get("command"):
+        parts += [f"Command: `{record['command']}`", ""]
+    table = throughput_table if record.get("table") == "throughput" else training_table
+    parts += [table(runs, baseline), ""]
+    if record.get("plot") and (record["folder"] / "loss_vs_time.png").exists():
+        parts += [f"![validation loss against training time]({link_prefix}{folder}/loss_vs_time.png)", ""]
+    if record.get("notes"):
+        parts += [record["notes"], ""]
+    return "\n".join(parts)
+
+
+def write_results(records_dir, readme=None) -> Path:
+    """Regenerate records/RESULTS.md (and the README's results section) from every record.json."""
+    records_dir = Path(records_dir)
+    records = [load_record(f) for f in sorted(records_dir.iterdir()) if (f / "record.json").exists()]
+    for record in records:
+        if record.get("plot"):
+            plot_curves(record["loaded"], record["folder"])
+    body = ["# Results", "", "Written by `python scripts/compare.py --records` from the record.json files in this folder;",
+            "every figure was measured on the GPU named, with the command and commit given.", ""]
+    body += [record_section(r) for r in records]
+    out = records_dir / "RESULTS.md"
+    out.write_text("\n".join(body).rstrip() + "\n")
+    if readme is not None and Path(readme).exists():
+        update_readme(Path(readme), [record_section(r, "###", "records/") for r in records if r.get("readme", True)])
+    return out
+
+
+def update_readme(readme: Path, sections: list[str]) -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise ValueError(f"{readme} has no results markers ({README_START} ... {README_END})")
+    head, rest = text.split(README_START, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + README_START + "\n\n" + "\n".join(sections).rstrip() + "\n\n" + README_END + tail)

@@ -1,0 +1,136 @@
+"""Throughput benchmark: time (script, flags) configurations side by side on one GPU.
+
+    python scripts/bench.py --rows scripts/rows/throughput.json --common "--data webmix" --out logs/bench
+    python scripts/bench.py --row "defaults=train_gpt2.py" --row "sdpa=train_gpt2.py --attn sdpa" --out logs/bench
+
+Each row runs as its own process for --warmup-steps + --steps optimizer steps (validation only
+on a small set at the end, no export); its ms/step is the median over the --steps steps after
+the warm-up ones. Same model size and batch across rows unless a row's flags say otherwise.
+MFU is taken against the GPU's datasheet bf16 peak (kit/hw.py), or, for a GPU not in that
+table, against a bf16 matrix product measured here (--peak-flops overrides both).
+Writes bench.json and bench.md into --out, and prints the table.
+"""
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kit import hw, report  # noqa: E402
+
+
+def parse_row(text: str) -> dict:
+    label, _, command = text.partition("=")
+    words = shlex.split(command)
+    if not label or not words or not words[0].endswith(".py"):
+        raise SystemExit(f"bench: a row is 'label=script.py [flags]', got {text!r}")
+    return {"label": label, "script": words[0], "flags": words[1:]}
+
+
+def load_rows(args) -> list[dict]:
+    rows = [parse_row(r) for r in args.row or []]
+    if args.rows:
+        for entry in json.loads(Path(args.rows).read_text()):
+            rows.append({"label": entry["label"], "script": entry.get("script", "train_gpt2.py"), "flags": shlex.split(entry.get("flags", ""))})
+    if not rows:
+        raise SystemExit("bench: give --row or --rows")
+    return rows
+
+
+def peak_for(device_name: str, override):
+    """(peak FLOP/s, where it came from)."""
+    if override:
+        return override, "given"
+    peak = hw.peak_flops(device_name)
+    if peak:
+        return peak, "datasheet"
+    if device_name != "cpu":
+        return hw.measured_matmul_flops(), "measured bf16 matmul"
+    return None, "none"
+
+
+def run_row(row: dict, args, out: Path) -> dict:
+    run_dir = out / row["label"]
+    cmd = [sys.executable, row["script"], *shlex.split(args.common), *row["flags"],
+           "--max-steps", str(args.warmup_steps + args.steps), "--val-every", "0", "--val-tokens", str(args.val_tokens),
+           "--export", "0", "--progress", "lines", "--out-dir", str(run_dir)]
+    print(f"[bench] {row['label']}: {shlex.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    with open(out / f"{row['label']}.console.txt", "w") as console:
+        try:
+            code = subprocess.run(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT, timeout=args.row_timeout).returncode
+        except subprocess.TimeoutExpired:
+            code = 124
+            console.write(f"bench: row stopped after --row-timeout {args.row_timeout}s\n")
+    result = {**row, "exit_code": code, "run_dir": str(run_dir), "process_s": time.perf_counter() - t0}
+    if code != 0 or not (run_dir / "summary.json").exists():
+        tail = (out / f"{row['label']}.console.txt").read_text().strip().splitlines()[-1:] or [""]
+        print(f"[bench] {row['label']} failed (exit {code}): {tail[0]}", flush=True)
+        return result
+    run = report.load_run(run_dir, row["label"])
+    ms = report.steady_step_ms(run, skip=args.warmup_steps, count=args.steps)
+    s = run.summary
+    result.update(ms_per_step=ms, tokens_per_s=s["tokens"] / s["steps"] / (ms / 1000), micro_batch=s["micro_batch"],
+                  peak_mem_gib=s["peak_mem_gib"], flops_per_token=s["flops_per_token"], device_name=s["device_name"],
+                  batch_tokens=s["tokens"] // s["steps"], attn=s["attn"], dtype=s["dtype"], compile=s["compile"])
+    return result
+
+
+def add_mfu(results: list[dict], peak_override) -> str:
+    device = next((r["device_name"] for r in results if "device_name" in r), "cpu")
+    peak, source = peak_for(device, peak_override)
+    for r in results:
+        if "tokens_per_s" in r:
+            r["mfu"] = r["tokens_per_s"] * r["flops_per_token"] / peak if peak else None
+    return f"{device}; MFU against {fmt_flops(peak)} ({source})"
+
+
+def fmt_flops(peak) -> str:
+    return f"{peak / 1e12:.1f} TFLOP/s" if peak else "no known peak"
+
+
+def markdown(results: list[dict], header: str) -> str:
+    base = next((r for r in results if "tokens_per_s" in r), None)
+    lines = [f"Device: {header}", "", "| row | flags | micro-batch | ms/step | tokens/s | MFU | peak GiB | vs first row |", "|" + "---|" * 8]
+    for r in results:
+        if "tokens_per_s" not in r:
+            lines.append(f"| {r['label']} | `{shlex.join(r['flags'])}` | failed (exit {r['exit_code']}) | - | - | - | - | - |")
+            continue
+        lines.append(
+            f"| {r['label']} | `{shlex.join(r['flags'])}` | {r['micro_batch']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
+            f"{report.fmt(r['mfu'], '.1%')} | {report.fmt(r['peak_mem_gib'], '.1f')} | {report.ratio(r['tokens_per_s'], base['tokens_per_s'])} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--row", action="append", help="'label=script.py flags...' (repeatable)")
+    parser.add_argument("--rows", help="JSON list of {label, script, flags}")
+    parser.add_argument("--common", default="", help="flags added to every row (before the row's own)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
+    parser.add_argument("--warmup-steps", type=int, default=3, help="steps before the timed ones")
+    parser.add_argument("--val-tokens", type=int, default=65_536, help="validation tokens of the single end-of-run validation")
+    parser.add_argument("--row-timeout", type=float, help="seconds a row may run before it is stopped and marked failed")
+    parser.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU (default: datasheet or measured)")
+    parser.add_argument("--out", default=str(REPO / "logs" / time.strftime("bench_%Y%m%d_%H%M%S")))
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = [run_row(row, args, out) for row in load_rows(args)]
+    header = add_mfu(results, args.peak_flops)
+    table = markdown(results, header)
+    (out / "bench.json").write_text(json.dumps({"device": header, "steps": args.steps, "warmup_steps": args.warmup_steps, "rows": results}, indent=2) + "\n")
+    (out / "bench.md").write_text(table + "\n")
+    print(table)
+    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Compare run directories: a markdown table, loss curves, and the regenerated results pages.
+
+    python scripts/compare.py logs/base logs/variant [--baseline logs/base] [--out reports/x]
+    python scripts/compare.py logs/a logs/b --throughput        # speed columns instead of time-to-target
+    python scripts/compare.py --records                         # rewrite records/RESULTS.md and README's results
+
+The table has, per run: script, flags, target, whether it was reached, time to target (training
+and wall), tokens to target, final validation loss (main set and fineweb_sample), steady tokens/s,
+MFU, peak memory, and ratios to the baseline row (speed, and time to target when both reached).
+With --out, the table goes to compare.md and the curves to loss_vs_time.png / loss_vs_tokens.png.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kit import report  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="*", help="run directories (each with summary.json)")
+    parser.add_argument("--baseline", help="the run the ratios are taken against (default: the first)")
+    parser.add_argument("--throughput", action="store_true", help="speed table (ms/step, MFU, projected time)")
+    parser.add_argument("--out", help="folder for compare.md and the PNG plots")
+    parser.add_argument("--target", type=float, help="target line on the plots (default: the runs' target)")
+    parser.add_argument("--records", action="store_true", help="regenerate records/RESULTS.md and the README results section")
+    parser.add_argument("--records-dir", default=str(REPO / "records"))
+    parser.add_argument("--readme", default=str(REPO / "README.md"))
+    args = parser.parse_args(argv)
+    if args.records:
+        print(f"wrote {report.write_results(args.records_dir, args.readme)}")
+        return 0
+    found = [Path(r) for r in args.runs if (Path(r) / "summary.json").exists()]
+    for missing in sorted(set(map(Path, args.runs)) - set(found)):
+        print(f"skipping {missing}: no summary.json", file=sys.stderr)
+    if not found:
+        parser.error("no run directory with a summary.json given")
+    runs = [report.load_run(p) for p in found]
+    baseline = report.load_run(args.baseline) if args.baseline else runs[0]
+    table = (report.throughput_table if args.throughput else report.training_table)(runs, baseline)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "compare.md").write_text(table + "\n")
+        for path in report.plot_curves(runs, out, args.target):
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

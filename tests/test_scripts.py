@@ -1,0 +1,130 @@
+"""The harness: bench.py, sweep.py and compare.py (tables, plots, results pages)."""
+
+import importlib.util
+import json
+import statistics
+
+import pytest
+
+from conftest import FAST, REPO
+from kit import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(folder, *, reached, time_s, tokens_per_s, val_curve, target=3.64, script="train_gpt2.py", flags=("--data", "webmix")):
+    """A run directory as kit.train writes it, with chosen numbers."""
+    folder.mkdir(parents=True)
+    events = [{"type": "val", "step": 100 * i, "tokens": 100 * i * 524288, "train_time_ms": 1000.0 * time_s * i / (len(val_curve) - 1), "val_loss": v}
+              for i, v in enumerate(val_curve)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    last = events[-1]
+    summary = {"script": script, "flags": [*flags, "--out-dir", str(folder)], "target_loss": target, "reached_target": reached,
+               "time_to_target_s": time_s if reached else None, "wall_time_s": time_s + 30, "tokens_to_target": last["tokens"] if reached else None,
+               "final_val_loss": val_curve[-1], "final_val_loss_fineweb_sample": val_curve[-1] + 0.4, "steady_tokens_per_s": tokens_per_s,
+               "steady_mfu": 0.25, "peak_mem_gib": 20.5, "median_step_ms": 524288 / tokens_per_s * 1000, "micro_batch": 32, "status": "reached_target" if reached else "completed"}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    base = fake_run(tmp_path / "base", reached=True, time_s=400.0, tokens_per_s=500_000, val_curve=[10.9, 4.0, 3.6])
+    fast = fake_run(tmp_path / "fast", reached=True, time_s=100.0, tokens_per_s=1_000_000, val_curve=[10.9, 3.8, 3.5], flags=("--data", "webmix", "--attn", "sdpa"))
+    slow = fake_run(tmp_path / "slow", reached=False, time_s=50.0, tokens_per_s=250_000, val_curve=[10.9, 5.0])
+    return base, fast, slow
+
+
+def test_training_table_rows_and_ratios(two_runs):
+    runs = [report.load_run(p) for p in two_runs]
+    lines = report.training_table(runs).splitlines()
+    assert len(lines) == 2 + 3
+    base, fast, slow = lines[2:]
+    assert "| base | train_gpt2.py | `--data webmix` | 3.64 | yes | 400.0 s / 430.0 s |" in base
+    assert "--out-dir" not in fast and "`--data webmix --attn sdpa`" in fast
+    assert fast.endswith("| 2.00x | 4.00x |")  # twice the tokens/s, a quarter of the time to target
+    assert "| no | - / 80.0 s |" in slow and slow.endswith("| 0.50x | - |")
+    assert "| 3.6000 | 4.0000 | 500,000 |" in base  # final val loss, fineweb_sample (final + 0.4 here), tokens/s
+
+
+def test_compare_writes_table_and_plots(two_runs, tmp_path, capsys):
+    compare = load_script("compare")
+    assert compare.main([*map(str, two_runs), "--out", str(tmp_path / "cmp")]) == 0
+    assert "| fast |" in (tmp_path / "cmp" / "compare.md").read_text()
+    for name in ("loss_vs_time.png", "loss_vs_tokens.png"):
+        assert (tmp_path / "cmp" / name).read_bytes()[:8] == PNG_MAGIC
+    assert "| base |" in capsys.readouterr().out
+
+
+def test_compare_throughput_table(two_runs):
+    runs = [report.load_run(p) for p in two_runs]
+    rows = report.throughput_table(runs, reference_steps=1000).splitlines()[2:]
+    assert "| 1048.6 | 500,000 | 25.0% | 20.5 | 0.29 h | 1.00x |" in rows[0]  # 524288 / 500k tokens/s = 1048.6 ms
+    assert rows[1].endswith("| 2.00x |")
+
+
+def test_records_regenerate_results_and_readme(two_runs, tmp_path):
+    records = tmp_path / "records"
+    folder = records / "2026-01-01_example"
+    folder.mkdir(parents=True)
+    for p in two_runs[:2]:
+        p.rename(folder / p.name)
+    (folder / "record.json").write_text(json.dumps({"title": "Example record", "gpu": "NVIDIA H200", "commit": "abc123", "command": "python x.py",
+                                                   "runs": {"baseline": "base", "variant": "fast"}, "plot": True, "notes": "One run each."}))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# Kit\n\nintro\n\n{report.README_START}\nstale table\n{report.README_END}\n\n## Layout\n")
+    out = report.write_results(records, readme)
+    results = out.read_text()
+    assert "## Example record" in results and "commit `abc123`" in results and "| variant |" in results and "One run each." in results
+    assert (folder / "loss_vs_time.png").read_bytes()[:8] == PNG_MAGIC
+    text = readme.read_text()
+    assert "stale table" not in text and "### Example record" in text and "records/2026-01-01_example/loss_vs_time.png" in text
+    assert text.startswith("# Kit\n\nintro") and text.rstrip().endswith("## Layout")
+    readme.write_text("# no markers\n")
+    with pytest.raises(ValueError, match="no results markers"):
+        report.write_results(records, readme)
+
+
+def test_bench_mfu_is_the_hand_count(tmp_path):
+    bench = load_script("bench")
+    common = " ".join(FAST[:-4]) + " --data synthetic"  # FAST without its --export/--progress (bench sets them)
+    code = bench.main(["--row", "tiny=train_gpt2.py", "--common", common, "--steps", "3", "--warmup-steps", "1",
+                       "--val-tokens", "512", "--peak-flops", "1e12", "--out", str(tmp_path)])
+    assert code == 0
+    row = json.loads((tmp_path / "bench.json").read_text())["rows"][0]
+    d, layers, vocab, seq = 64, 2, 50257, 32
+    by_hand = 6 * (layers * 12 * d * d + d * vocab) + 12 * layers * d * seq
+    assert row["flops_per_token"] == by_hand
+    times = [e["step_ms"] for e in report.load_run(tmp_path / "tiny").train][1:4]
+    assert row["ms_per_step"] == pytest.approx(statistics.median(times))
+    assert row["tokens_per_s"] == pytest.approx(256 / (row["ms_per_step"] / 1000))
+    assert row["mfu"] == pytest.approx(row["tokens_per_s"] * by_hand / 1e12)
+    assert "| tiny |" in (tmp_path / "bench.md").read_text()
+
+
+def test_sweep_survives_a_failing_configuration_and_resumes(tmp_path, capsys):
+    sweep = load_script("sweep")
+    argv = ["train_gpt2.py", "--grid", "seq-len=32,40", "--out", str(tmp_path), "--", *FAST, "--data", "synthetic", "--max-steps", "2"]
+    assert sweep.main(argv) == 1  # seq-len 40 does not divide the batch: that run fails, the sweep goes on
+    manifest = json.loads((tmp_path / "sweep.json").read_text())
+    codes = {r["label"]: r["exit_code"] for r in manifest["runs"]}
+    assert codes["seq-len=32"] == 0 and codes["seq-len=40"] == 2
+    assert json.loads((tmp_path / "seq-len=32" / "summary.json").read_text())["steps"] == 2
+    assert "| seq-len=32 |" in (tmp_path / "sweep.md").read_text()
+    capsys.readouterr()
+    sweep.main(argv)
+    assert "seq-len=32: finished before, skipped" in capsys.readouterr().out
+
+
+def test_sweep_grid_is_the_product():
+    sweep = load_script("sweep")
+    runs = sweep.combinations(sweep.parse_grid(["seq-len=1024,2048,4096,8192,16384", "attn=manual,sdpa"]))
+    assert len(runs) == 10
+    assert runs[0] == {"label": "seq-len=1024_attn=manual", "flags": ["--seq-len", "1024", "--attn", "manual"]}
