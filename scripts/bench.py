@@ -123,11 +123,13 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = [run_row(row, args, out) for row in load_rows(args)]
-    header = add_mfu(results, args.peak_flops)
-    table = markdown(results, header)
-    (out / "bench.json").write_text(json.dumps({"device": header, "steps": args.steps, "warmup_steps": args.warmup_steps, "rows": results}, indent=2) + "\n")
-    (out / "bench.md").write_text(table + "\n")
+    results = []
+    for row in load_rows(args):  # the files are rewritten after every row, so a stopped bench keeps what it measured
+        results.append(run_row(row, args, out))
+        header = add_mfu(results, args.peak_flops)
+        table = markdown(results, header)
+        (out / "bench.json").write_text(json.dumps({"device": header, "steps": args.steps, "warmup_steps": args.warmup_steps, "rows": results}, indent=2) + "\n")
+        (out / "bench.md").write_text(table + "\n")
     print(table)
     return 0 if all(r["exit_code"] == 0 for r in results) else 1
 
