@@ -4,7 +4,7 @@ A run directory is what kit.train writes (summary.json, metrics.jsonl, config.js
 is a folder under records/ with a record.json naming its runs:
 
     {"title": "...", "gpu": "NVIDIA H200", "commit": "...", "command": "...",
-     "table": "training" | "throughput", "runs": {"label": "relative/run/dir", ...},
+     "table": "training" | "throughput" | "bench", "runs": {"label": "relative/run/dir", ...},
      "baseline": "label", "notes": "...", "plot": true,
      "flags": {"label": "--attn sdpa"}}   # only for runs whose summary.json lacks its flags
 
@@ -165,8 +165,11 @@ def record_section(record: dict, heading: str = "##", link_prefix: str = "") -> 
              f"GPU: {record.get('gpu', '-')} · commit `{record.get('commit', '-')}` · folder `records/{folder}/`", ""]
     if record.get("command"):
         parts += [f"Command: `{record['command']}`", ""]
-    table = throughput_table if record.get("table") == "throughput" else training_table
-    parts += [table(runs, baseline), ""]
+    if record.get("table") == "bench":  # bench.py's own table, written when it ran
+        parts += [(record["folder"] / "bench.md").read_text().strip(), ""]
+    else:
+        table = throughput_table if record.get("table") == "throughput" else training_table
+        parts += [table(runs, baseline), ""]
     if record.get("plot") and (record["folder"] / "loss_vs_time.png").exists():
         parts += [f"![validation loss against training time]({link_prefix}{folder}/loss_vs_time.png)", ""]
     if record.get("notes"):
