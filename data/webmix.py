@@ -51,7 +51,7 @@ def decompress_verified(source: Path, dest: Path, expected_sha256: str) -> None:
     os.replace(tmp, dest)
 
 
-def stage(source: Path, dest: Path, only=None) -> list[Path]:
+def stage(source: Path, dest: Path, only=None, skip_missing: bool = False) -> list[Path]:
     manifest = json.loads((source / "MANIFEST.json").read_text())
     dest.mkdir(parents=True, exist_ok=True)
     staged = []
@@ -64,6 +64,8 @@ def stage(source: Path, dest: Path, only=None) -> list[Path]:
         else:
             packed = source / (name + ".xz")
             if not packed.exists():
+                if skip_missing:
+                    continue
                 raise FileNotFoundError(f"{packed} is missing")
             decompress_verified(packed, target, info["sha256"])
             print(f"{name}: {info['tokens']:,} tokens, checksum ok")
@@ -76,9 +78,10 @@ def main(argv=None) -> int:
     parser.add_argument("--source", default=str(DEFAULT_SOURCE), help="folder with MANIFEST.json and the .xz files")
     parser.add_argument("--dest", default=str(data_dir() / "webmix"), help="default: data/webmix (or $KIT_DATA_DIR/webmix)")
     parser.add_argument("--only", nargs="*", help="stage only these files (names as in MANIFEST.json)")
+    parser.add_argument("--skip-missing", action="store_true", help="stage the files the source has, skip the others (staging in parts)")
     args = parser.parse_args(argv)
     try:
-        stage(Path(args.source), Path(args.dest), args.only)
+        stage(Path(args.source), Path(args.dest), args.only, args.skip_missing)
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

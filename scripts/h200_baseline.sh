@@ -13,4 +13,4 @@ common="--data webmix --max-steps $STEPS --val-every 0 --export 0 --progress lin
 python3 train_gpt2.py $common --out-dir "$OUTDIR/defaults" || echo "defaults run failed"
 python3 train_gpt2.py $common --attn sdpa --compile 1 --fused-adamw 1 --out-dir "$OUTDIR/sdpa_compile_fused" || echo "sdpa+compile+fused run failed"
 python3 train_gpt2.py $common --attn sdpa --fused-adamw 1 --max-steps 20 --out-dir "$OUTDIR/sdpa_fused" || echo "sdpa+fused run failed"
-python3 scripts/summarize.py "$OUTDIR"/defaults "$OUTDIR"/sdpa_compile_fused "$OUTDIR"/sdpa_fused --steps 4768
+python3 scripts/compare.py --throughput "$OUTDIR"/defaults "$OUTDIR"/sdpa_compile_fused "$OUTDIR"/sdpa_fused

@@ -159,3 +159,12 @@ def test_webmix_staging_verifies_checksums(tmp_path):
     (tmp_path / "dest" / "webmix_val_000000.bin").unlink()
     assert webmix.main(["--source", str(tmp_path / "src"), "--dest", str(tmp_path / "dest")]) == 1
     assert not (tmp_path / "dest" / "webmix_val_000000.bin").exists()
+
+
+def test_webmix_staging_in_parts(tmp_path):
+    webmix = load_script("webmix")
+    make_webmix_source(tmp_path / "src")
+    (tmp_path / "src" / "webmix_val_000000.bin.xz").unlink()  # this part has not arrived yet
+    assert webmix.main(["--source", str(tmp_path / "src"), "--dest", str(tmp_path / "dest")]) == 1
+    assert webmix.main(["--source", str(tmp_path / "src"), "--dest", str(tmp_path / "dest"), "--skip-missing"]) == 0
+    assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["webmix_train_000001.bin"]
