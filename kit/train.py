@@ -110,8 +110,8 @@ class Trainer:
     def describe_run(self, resumed_from) -> None:
         cfg = self.cfg
         self.n_params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
-        width = getattr(self.model.config, "n_embd", 0)
-        layers = getattr(self.model.config, "n_layer", 0)
+        model_config = getattr(self.model, "config", None)
+        width, layers = getattr(model_config, "n_embd", 0), getattr(model_config, "n_layer", 0)
         self.flops_per_token = flops.flops_per_token(self.model, layers, width, cfg.seq_len)
         self.peak_flops = hw.peak_flops(hw.device_name(self.device))
         self.log.print(
