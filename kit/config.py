@@ -49,6 +49,7 @@ class TrainConfig:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda | cuda:N"})
     dtype: str = field(default="auto", metadata={"choices": ["auto", "bf16", "fp32"], "help": "auto: bf16 autocast on CUDA, fp32 on CPU"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    memory_cap_gib: float = field(default=0.0, metadata={"help": "cap this process's GPU memory (e.g. 24 to check a 24 GB card's fit); 0: no cap"})
     seed: int = 1337
     out_dir: str = field(default="", metadata={"help": "run directory; default logs/<script>_<time>"})
     resume: str = field(default="", metadata={"help": "checkpoint file, or a run directory (its newest checkpoint)"})
@@ -60,7 +61,7 @@ class TrainConfig:
 
 # Defaults for small models: a flag the user did not give takes these values.
 SIZE_PRESETS = {
-    "tiny": {"seq_len": 128, "batch_tokens": 1024, "val_tokens": 4096, "val_every": 10, "lr": 3e-3},
+    "tiny": {"seq_len": 128, "batch_tokens": 1024, "val_tokens": 4096, "val_every": 10, "lr": 3e-3, "compile": False},
 }
 SYNTHETIC_PRESET = {"val_tokens": 16_384}
 
@@ -104,16 +105,21 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(cls, argv=None, world_size: int = 1, description: str = ""):
-    """Parse argv into cls; return (config, set of fields the user gave explicitly)."""
+def parse_config(cls, argv=None, world_size: int = 1, description: str = "", data_presets=None):
+    """Parse argv into cls; return (config, set of fields the user gave explicitly).
+
+    Defaults that depend on other flags, for the fields the user did not give: a script's
+    per-dataset presets, then the synthetic-data preset, then the model-size preset (the later wins).
+    """
     given = vars(build_parser(cls, description).parse_args(argv))
     cfg = cls(**given)
     explicit = set(given)
-    presets = dict(SIZE_PRESETS.get(cfg.model_size, {}))
+    presets = dict((data_presets or {}).get(cfg.data, {})) if not cfg.train_files else {}
     if cfg.data == "synthetic" and not cfg.train_files:
-        presets = {**SYNTHETIC_PRESET, **presets}
+        presets.update(SYNTHETIC_PRESET)
+    presets.update(SIZE_PRESETS.get(cfg.model_size, {}))
     for name, value in presets.items():
-        if name not in explicit and hasattr(cfg, name):
+        if name not in explicit:
             setattr(cfg, name, value)
     check_config(cfg, explicit, world_size)
     return cfg, explicit

@@ -108,7 +108,7 @@ def describe_device(device: torch.device, dtype: torch.dtype, attn: str) -> str:
         return f"device: cpu ({torch.get_num_threads()} threads) | dtype: {dtype_name(dtype)} | attention: {attn}"
     major, minor = torch.cuda.get_device_capability(device)
     total = torch.cuda.get_device_properties(device).total_memory / 2**30
-    path = {"flex": "flex (FlexAttention, compiled Triton kernel)"}.get(attn, attn)
+    path = {"flex": "flex (FlexAttention, compiled Triton kernel)", "dense": "dense reference (SDPA with a materialised mask)"}.get(attn, attn)
     if attn == "sdpa":
         flash = major >= 8 and dtype != torch.float32
         path = "sdpa (flash kernel eligible)" if flash else "sdpa (no flash kernel: needs sm80+ and bf16; memory-efficient or math kernel)"

@@ -43,6 +43,9 @@ class Recipe:
     script: str
     lr_schedule: Callable = warmup_cosine  # (step, cfg) -> LR multiplier
     description: str = ""
+    before_step: Callable = None  # (step, model, optimizers, cfg): other schedules (windows, momentum), before each step and validation
+    validate_at: Callable = None  # (step, cfg) -> bool: when to validate, replacing --val-every
+    data_presets: dict = None  # {dataset: {field: value}}: defaults per --data for flags not given
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -66,13 +69,16 @@ class Trainer:
         self.started = time.perf_counter()
         self.recipe = recipe
         self.ddp = hw.dist_from_env()
-        self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description)
+        self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description, recipe.data_presets)
         self.device = hw.pick_device(self.cfg.device, self.ddp)
         hw.init_distributed(self.ddp, self.device)
         self.dtype = hw.pick_dtype(self.cfg.dtype, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+            if self.cfg.memory_cap_gib:  # e.g. prove that a configuration fits a 24 GB card on a bigger one
+                total = torch.cuda.get_device_properties(self.device).total_memory
+                torch.cuda.set_per_process_memory_fraction(min(1.0, self.cfg.memory_cap_gib * 2**30 / total), self.device)
         self.argv = sys.argv if argv is None else [recipe.script, *argv]
 
     # ----- set-up -----
@@ -100,7 +106,8 @@ class Trainer:
         self.step_ms, self.tokens_this_run, self.time_this_run_ms = [], 0, 0.0
         run_dir = cfg.out_dir or (resumed_from.parent.parent if resumed_from else default_run_dir(self.recipe.script))
         self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps)
-        self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, cfg.attn), config_dict(cfg))
+        attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
+        self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
         self.describe_run(resumed_from)
         self.train_model = torch.compile(self.model) if cfg.compile else self.model
         self.eval_model = self.train_model
@@ -110,9 +117,12 @@ class Trainer:
     def describe_run(self, resumed_from) -> None:
         cfg = self.cfg
         self.n_params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
-        model_config = getattr(self.model, "config", None)
-        width, layers = getattr(model_config, "n_embd", 0), getattr(model_config, "n_layer", 0)
-        self.flops_per_token = flops.flops_per_token(self.model, layers, width, cfg.seq_len)
+        if hasattr(self.model, "flops_per_token"):  # a model whose attention spans less than seq_len counts itself
+            self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
+        else:
+            model_config = getattr(self.model, "config", None)
+            width, layers = getattr(model_config, "n_embd", 0), getattr(model_config, "n_layer", 0)
+            self.flops_per_token = flops.flops_per_token(self.model, layers, width, cfg.seq_len)
         self.peak_flops = hw.peak_flops(hw.device_name(self.device))
         self.log.print(
             f"model: {cfg.model_size} ({self.n_params / 1e6:.2f}M parameters, {self.flops_per_token / 1e9:.3f} GFLOP per training token) | "
@@ -129,7 +139,7 @@ class Trainer:
         """The largest micro-batch (a divisor of the per-rank sequences) whose fwd+bwd fits."""
         if self.device.type != "cuda":
             return divisors_descending(self.seqs_per_rank, CPU_AUTO_MICRO_BATCH)[0]
-        total = torch.cuda.get_device_properties(self.device).total_memory
+        total = self.usable_memory()
         chosen = 1
         for b in divisors_descending(self.seqs_per_rank, MAX_AUTO_MICRO_BATCH):
             torch.cuda.empty_cache()
@@ -145,6 +155,12 @@ class Trainer:
                 break
         torch.cuda.empty_cache()
         return hw.all_reduce_min(chosen, self.device)
+
+    def usable_memory(self) -> int:
+        """GPU memory this process may use: the card's, or --memory-cap-gib (enforced by PyTorch)."""
+        total = torch.cuda.get_device_properties(self.device).total_memory
+        cap = int(self.cfg.memory_cap_gib * 2**30)
+        return min(total, cap) if cap else total
 
     def random_batch(self, batch: int):
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", 50257)
@@ -238,6 +254,8 @@ class Trainer:
             return True
         if self.step == self.start_step and self.start_step > 0:
             return False  # the run that saved this checkpoint validated here already
+        if self.recipe.validate_at is not None:
+            return self.recipe.validate_at(self.step, self.cfg)
         return self.cfg.val_every > 0 and self.step % self.cfg.val_every == 0
 
     # ----- the run -----
@@ -259,6 +277,8 @@ class Trainer:
         self.warmup_s = self.warm_up()
         self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s")
         while True:
+            if self.recipe.before_step is not None:
+                self.recipe.before_step(self.step, self.model, self.optimizers, cfg)
             if self.validation_due():
                 val_loss = self.validate()
                 if self.target is not None and val_loss <= self.target:

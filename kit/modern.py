@@ -1,0 +1,252 @@
+"""Model parts of the modern GPT-2 speedrun recipe (the public modded-nanogpt line of records).
+
+What differs from kit.model's GPT-2:
+  - RMS norm without gains; QK-norm; rotary positions instead of learned ones;
+  - ReLU^2 MLP; zero-initialised output projections;
+  - value embeddings: extra token embeddings mixed into the attention values of the first and
+    last layers;
+  - U-net skips: outputs of the first half of the layers are added, with learned weights, to
+    the inputs of the second half; every block also mixes in the embedding x0;
+  - attention within documents only (token 50256 starts a document) and within a sliding
+    window counted in blocks of 128 tokens: long windows in some layers, half-length in the
+    others, the length set from outside (it grows during training);
+  - untied output head with logit soft-capping.
+
+Attention runs through FlexAttention with a block-sparse mask built from the batch itself
+(fully masked blocks are skipped), or through a dense reference path (`attn="dense"`: the
+same mask, materialised, given to SDPA) that the tests and CPU runs use.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EOT = 50256
+BLOCK = 128  # tokens per attention block: windows and the block-sparse mask count in these
+MAX_WINDOW_BLOCKS = 14  # the long window's final length: 14 blocks = 1792 tokens
+
+
+@dataclass
+class ModernConfig:
+    vocab_size: int = 50304  # 50257 padded to a multiple of 128 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 6
+    head_dim: int = 128
+    n_embd: int = 768
+    max_seq_len: int = 16384
+    value_embeds: int = 3
+    attn: str = "flex"  # flex (GPU) | dense (the reference; FlexAttention has no backward on the CPU)
+    attn_scale: float = 0.12  # with QK-norm, a fixed scale instead of 1/sqrt(head_dim)
+    softcap: float = 15.0
+    long_window_layers: tuple = ()  # empty: every 4th layer and the last
+
+
+MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
+
+
+def rms_norm(x):
+    return F.rms_norm(x, (x.size(-1),))
+
+
+# ----- attention masks -----
+
+def document_ids(idx):
+    """Document number of every token: it counts the 50256 tokens up to and including it."""
+    return (idx == EOT).cumsum(-1)
+
+
+def mask_allows(q, kv, doc_q, doc_kv, window_blocks):
+    """The attention rule: causal, same document, and fewer than window_blocks blocks back."""
+    return (q >= kv) & (doc_q == doc_kv) & ((q // BLOCK - kv // BLOCK) < window_blocks)
+
+
+def dense_mask(docs, window_blocks):
+    """The rule materialised: a (B, 1, T, T) bool mask (True: may attend)."""
+    pos = torch.arange(docs.size(-1), device=docs.device)
+    return mask_allows(pos[:, None], pos[None, :], docs[:, :, None], docs[:, None, :], window_blocks)[:, None]
+
+
+def ordered_blocks(dense):
+    """(B, n, n) block flags -> (counts (B, 1, n), kv block indices (B, 1, n, n)), listed ones first."""
+    counts = dense.sum(-1, dtype=torch.int32)
+    indices = dense.to(torch.int8).argsort(dim=-1, descending=True, stable=True).to(torch.int32)
+    return counts[:, None].contiguous(), indices[:, None].contiguous()
+
+
+def flex_block_mask(docs, window_blocks):
+    """A FlexAttention BlockMask for mask_allows, built from block-level document ranges.
+
+    Documents are contiguous, so blocks q and kv share a document iff their document ranges
+    overlap, and every pair inside lies in one document iff both blocks are inside the same one.
+    Pairs that are all allowed are 'full' (no per-element check); partly allowed ones check the
+    rule per element. (The window is whole blocks, so the compiled kernel would not need it in
+    the element check, but the eager CPU path applies the element check everywhere.)
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    B, T = docs.shape
+    n = T // BLOCK
+    first, last = docs.view(B, n, BLOCK)[..., 0], docs.view(B, n, BLOCK)[..., -1]
+    qb = torch.arange(n, device=docs.device)[:, None]
+    kb = torch.arange(n, device=docs.device)[None, :]
+    within = (qb >= kb) & ((qb - kb) < window_blocks)
+    shares_doc = (first[:, :, None] <= last[:, None, :]) & (last[:, :, None] >= first[:, None, :])
+    one_doc = (first[:, :, None] == last[:, None, :]) & (last[:, :, None] == first[:, None, :])
+    full = within & (qb > kb) & one_doc
+    partial = within & shares_doc & ~full
+
+    def element_rule(b, h, q, kv):
+        return mask_allows(q, kv, docs[b, q], docs[b, kv], window_blocks)
+
+    return BlockMask.from_kv_blocks(*ordered_blocks(partial), *ordered_blocks(full), BLOCK_SIZE=BLOCK, mask_mod=element_rule)
+
+
+def flex_kernel_options(device):
+    """Smaller tiles on GPUs with less shared memory per SM than Ampere/Hopper datacenter parts
+    (sm86/sm89: ~100 KB), where the default tiles for head_dim 128 do not fit."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) in ((8, 6), (8, 9)):
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 32}
+    return None
+
+
+def flex_attention_fn(q):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from kit.model import compiled_flex_attention
+
+    return compiled_flex_attention() if q.is_cuda else flex_attention
+
+
+# ----- layers -----
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0):
+        super().__init__()
+        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x):  # x: (B, T, H, D)
+        T = x.size(1)
+        cos, sin = self.cos[None, :T, None, :], self.sin[None, :T, None, :]
+        x1, x2 = x.float().chunk(2, dim=-1)
+        return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
+
+
+def hidden_linear(fan_in: int, fan_out: int, zero: bool = False) -> nn.Linear:
+    """Bias-free Linear, uniform init with std 0.5 / sqrt(fan_in), or zeros for output projections."""
+    layer = nn.Linear(fan_in, fan_out, bias=False)
+    with torch.no_grad():
+        if zero:
+            layer.weight.zero_()
+        else:
+            bound = math.sqrt(3) * 0.5 / math.sqrt(fan_in)
+            layer.weight.uniform_(-bound, bound)
+    return layer
+
+
+class ModernAttention(nn.Module):
+    def __init__(self, cfg: ModernConfig):
+        super().__init__()
+        self.cfg = cfg
+        inner = cfg.n_head * cfg.head_dim
+        self.qkv = hidden_linear(cfg.n_embd, 3 * inner)
+        self.proj = hidden_linear(inner, cfg.n_embd, zero=True)
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len)
+        self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # (own values, value embedding)
+
+    def forward(self, x, value_embed, mask):
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.cfg.n_head, self.cfg.head_dim).unbind(2)
+        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
+        if value_embed is not None:
+            v = self.value_mix[0] * v + self.value_mix[1] * value_embed.view_as(v)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        if self.cfg.attn == "flex":
+            y = flex_attention_fn(q)(q, k, v, block_mask=mask, scale=self.cfg.attn_scale, kernel_options=flex_kernel_options(q.device))
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.cfg.attn_scale)
+        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+
+
+class ReluSquaredMLP(nn.Module):
+    def __init__(self, cfg: ModernConfig):
+        super().__init__()
+        self.up = hidden_linear(cfg.n_embd, 4 * cfg.n_embd)
+        self.down = hidden_linear(4 * cfg.n_embd, cfg.n_embd, zero=True)
+
+    def forward(self, x):
+        return self.down(F.relu(self.up(x)).square())
+
+
+class ModernBlock(nn.Module):
+    def __init__(self, cfg: ModernConfig):
+        super().__init__()
+        self.attn = ModernAttention(cfg)
+        self.mlp = ReluSquaredMLP(cfg)
+        self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # (stream, embedding x0)
+
+    def forward(self, x, x0, value_embed, mask):
+        x = self.residual_mix[0] * x + self.residual_mix[1] * x0
+        x = x + self.attn(rms_norm(x), value_embed, mask)
+        return x + self.mlp(rms_norm(x))
+
+
+class ModernGPT(nn.Module):
+    """model(idx) -> logits; model(idx, targets) -> mean cross-entropy (fp32)."""
+
+    def __init__(self, cfg: ModernConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_head * cfg.head_dim) for _ in range(cfg.value_embeds))
+        self.blocks = nn.ModuleList(ModernBlock(cfg) for _ in range(cfg.n_layer))
+        self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2))
+        self.lm_head = hidden_linear(cfg.n_embd, cfg.vocab_size, zero=True)
+        self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
+        long_layers = cfg.long_window_layers or tuple(range(0, cfg.n_layer, 4)) + (cfg.n_layer - 1,)
+        self.long_window = [i in long_layers for i in range(cfg.n_layer)]
+
+    def set_window(self, long_blocks: int) -> None:
+        """Attention span of the long-window layers, in blocks of 128 tokens (the others get half)."""
+        self.window_blocks.fill_(max(1, int(long_blocks)))
+
+    def layer_value_embeds(self, idx):
+        """Value embeddings for the first and the last `value_embeds` layers; None in between."""
+        ve = [embed(idx) for embed in self.value_embeds]
+        n, L = len(ve), self.config.n_layer
+        return [ve[i] if i < n else ve[i - (L - n)] if i >= L - n else None for i in range(L)]
+
+    def masks(self, idx):
+        docs = document_ids(idx)
+        long, short = self.window_blocks, torch.clamp(self.window_blocks // 2, min=1)
+        build = flex_block_mask if self.config.attn == "flex" else dense_mask
+        return build(docs, long), build(docs, short)
+
+    def forward(self, idx, targets=None):
+        long_mask, short_mask = self.masks(idx)
+        x = x0 = rms_norm(self.embed(idx))
+        value_embeds = self.layer_value_embeds(idx)
+        skips, half = [], self.config.n_layer // 2
+        for i, block in enumerate(self.blocks):
+            if i >= half and skips:
+                x = x + self.skip_weights[i - half] * skips.pop()
+            x = block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask)
+            if i < half:
+                skips.append(x)
+        logits = self.lm_head(rms_norm(x)).float()
+        logits = self.config.softcap * torch.tanh(logits / self.config.softcap)
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """kit.flops' count, with attention spanning at most the longest window (its final length)."""
+        from kit.flops import linear_weight_count
+
+        span = min(seq_len, MAX_WINDOW_BLOCKS * BLOCK)
+        return 6 * linear_weight_count(self) + 12 * self.config.n_layer * self.config.n_head * self.config.head_dim * span

@@ -1,0 +1,196 @@
+"""The speedrun recipe: Muon, document/window attention masks, schedules, and a smoke run."""
+
+import json
+import warnings
+
+import pytest
+import torch
+
+from conftest import read_metrics
+from kit.modern import (BLOCK, EOT, MAX_WINDOW_BLOCKS, MODERN_SIZES, ModernConfig, ModernGPT, dense_mask, document_ids,
+                        flex_block_mask)
+from kit.muon import Muon, newton_schulz
+
+warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+
+
+@pytest.mark.parametrize("shape", [(256, 1024), (1024, 256), (64, 200)])
+def test_newton_schulz_gives_singular_values_near_one(shape):
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    X = newton_schulz(G).float()
+    s = torch.linalg.svdvals(X)
+    assert s.min() > 0.6 and s.max() < 1.25  # the quintic's band around 1, not exactly 1
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    orthogonal = U @ Vh
+    assert (X * orthogonal).sum() / (X.norm() * orthogonal.norm()) > 0.97  # it points along U V^T
+    assert X.shape == G.shape
+
+
+def test_newton_schulz_on_a_square_matrix_lifts_most_singular_values():
+    s = torch.linalg.svdvals(newton_schulz(torch.randn(512, 512, generator=torch.Generator().manual_seed(2))).float())
+    inside = ((s > 0.6) & (s < 1.25)).float().mean()
+    assert inside > 0.9  # only the smallest few of a square Gaussian matrix stay below the band
+
+
+def test_muon_step_is_the_scaled_orthogonalised_momentum():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(96, 32))
+    g = torch.randn(96, 32)
+    p.grad = g.clone()
+    before = p.detach().clone()
+    Muon([p], lr=0.1, momentum=0.9, nesterov=True).step()
+    # first step: buffer = 0.1 g; nesterov direction = g + 0.9 (0.1 g - g) = 0.19 g, same direction as g
+    expected = before - 0.1 * (96 / 32) ** 0.5 * newton_schulz(0.19 * g)
+    torch.testing.assert_close(p.detach(), expected, atol=2e-2, rtol=0)
+    with pytest.raises(ValueError, match="2-D parameters only"):
+        Muon([torch.nn.Parameter(torch.zeros(3))])
+
+
+def token_batch(B=2, T=4 * BLOCK, seed=0, eots=((0, 100, 300), (50, 400))):
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, 1000, (B, T), generator=g)
+    for b, positions in enumerate(eots):
+        idx[b, list(positions)] = EOT
+    return idx
+
+
+@pytest.mark.parametrize("window", [1, 2, 3, 4])
+def test_flex_block_mask_equals_the_dense_rule(window):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    idx = token_batch()
+    docs, w = document_ids(idx), torch.tensor(window)
+    q, k, v = (torch.randn(2, 2, idx.size(1), 32, generator=torch.Generator().manual_seed(i)) for i in range(3))
+    out = flex_attention(q, k, v, block_mask=flex_block_mask(docs, w), scale=0.12)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense_mask(docs, w), scale=0.12)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
+def listed(num, indices):
+    """The (batch, q block, kv block) triples a BlockMask lists."""
+    return {(b, qb, int(indices[b, 0, qb, i])) for b in range(num.size(0)) for qb in range(num.size(2)) for i in range(int(num[b, 0, qb]))}
+
+
+@pytest.mark.parametrize("window", [1, 2, 4])
+def test_block_mask_structure(window):
+    """Full blocks are entirely allowed, partial ones partly, unlisted ones not at all."""
+    idx = token_batch(eots=((0, 130, 131, 300), (0,)))
+    docs = document_ids(idx)
+    mask = flex_block_mask(docs, torch.tensor(window))
+    dense = dense_mask(docs, torch.tensor(window))[:, 0]
+    full, partial = listed(mask.full_kv_num_blocks, mask.full_kv_indices), listed(mask.kv_num_blocks, mask.kv_indices)
+    assert not full & partial
+    n = idx.size(1) // BLOCK
+    for b in range(idx.size(0)):
+        for qb in range(n):
+            for kb in range(n):
+                tile = dense[b, qb * BLOCK:(qb + 1) * BLOCK, kb * BLOCK:(kb + 1) * BLOCK]
+                if (b, qb, kb) in full:
+                    assert tile.all()
+                elif (b, qb, kb) in partial:
+                    assert tile.any()
+                else:
+                    assert not tile.any()
+    assert (0, 1, 0) not in full | partial if window == 1 else (0, 1, 0) in partial  # the window is counted in blocks
+
+
+def tiny_model(attn, seq_len=2 * BLOCK, window=2, seed=0):
+    torch.manual_seed(seed)
+    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=seq_len, attn=attn)).eval()
+    with torch.no_grad():  # the zero-initialised projections and head would hide every dependency
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.set_window(window)
+    return model
+
+
+@pytest.mark.parametrize("attn", ["dense", "flex"])
+def test_modern_model_is_causal(attn):
+    model = tiny_model(attn)
+    x = token_batch(T=2 * BLOCK, eots=((0, 90), (0,)))
+    t = 150
+    changed = x.clone()
+    changed[:, t + 1:] = torch.randint(0, 1000, (2, x.size(1) - t - 1))
+    changed[0, 200] = EOT  # a new document starting later changes nothing before it either
+    with torch.no_grad():
+        a, b = model(x), model(changed)
+    torch.testing.assert_close(a[:, :t + 1], b[:, :t + 1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])
+
+
+@pytest.mark.parametrize("attn", ["dense", "flex"])
+def test_documents_do_not_see_each_other(attn):
+    model = tiny_model(attn)
+    x = token_batch(T=2 * BLOCK, eots=((0, 90), (0,)))
+    changed = x.clone()
+    changed[0, 1:90] = torch.randint(0, 1000, (89,))  # rewrite the first document of sequence 0
+    with torch.no_grad():
+        a, b = model(x), model(changed)
+    torch.testing.assert_close(a[0, 90:], b[0, 90:], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a[0, :90], b[0, :90])
+
+
+def test_window_limits_how_far_back_attention_reaches():
+    """With 1-block windows, a token in block 2 cannot see block 0 (two layers reach one block further)."""
+    model = tiny_model("dense", seq_len=3 * BLOCK, window=1)
+    x = token_batch(T=3 * BLOCK, eots=((0,), (0,)))
+    changed = x.clone()
+    changed[:, 1:BLOCK] = torch.randint(0, 1000, (2, BLOCK - 1))
+    with torch.no_grad():
+        a, b = model(x), model(changed)
+    # short windows are max(1, 1 // 2) = 1 block too: layer 1 sees block 1, which saw block 0 only if in the same block
+    torch.testing.assert_close(a[:, 2 * BLOCK:], b[:, 2 * BLOCK:], atol=1e-5, rtol=1e-5)
+    model.set_window(3)
+    with torch.no_grad():
+        assert not torch.allclose(model(x)[:, 2 * BLOCK:], model(changed)[:, 2 * BLOCK:])
+
+
+def test_value_embeddings_go_to_the_first_and_last_layers():
+    model = ModernGPT(ModernConfig(n_layer=12, n_head=2, head_dim=32, n_embd=64, max_seq_len=BLOCK, attn="dense"))
+    idx = torch.zeros(1, 4, dtype=torch.long)
+    per_layer = model.layer_value_embeds(idx)
+    firsts = [model.value_embeds[i](idx) for i in range(3)]
+    for layer, source in [(0, 0), (1, 1), (2, 2), (9, 0), (10, 1), (11, 2)]:
+        assert torch.equal(per_layer[layer], firsts[source])
+    assert all(per_layer[i] is None for i in range(3, 9))
+
+
+def test_schedules_at_their_boundaries():
+    import train_gpt2_speedrun as sr
+
+    cfg = sr.Hyperparameters()
+    assert sr.constant_then_cooldown(0, cfg) == 1.0
+    assert sr.constant_then_cooldown(round(0.6 * cfg.max_steps) - 1, cfg) == 1.0
+    assert sr.constant_then_cooldown(cfg.max_steps, cfg) == pytest.approx(0.1)
+    assert sr.constant_then_cooldown(round(0.8 * cfg.max_steps), cfg) == pytest.approx(0.55, abs=1e-3)
+    assert sr.long_window_blocks(0, cfg) == 1 and sr.long_window_blocks(cfg.max_steps, cfg) == MAX_WINDOW_BLOCKS
+    assert sr.muon_momentum(0, cfg) == pytest.approx(0.85) and sr.muon_momentum(300, cfg) == pytest.approx(0.95)
+    assert sr.muon_momentum(cfg.max_steps, cfg) == pytest.approx(0.95)
+    assert sr.validate_at(125, cfg) and not sr.validate_at(130, cfg) and sr.validate_at(1750, cfg)  # every 10 in the last 20%
+
+
+def test_speedrun_smoke_run(tmp_path):
+    import train_gpt2_speedrun as sr
+    from kit.train import main
+
+    code = main(sr.RECIPE, ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "256",
+                            "--val-tokens", "512", "--max-steps", "8", "--export", "0", "--out-dir", str(tmp_path)])
+    assert code == 0
+    train = read_metrics(tmp_path)
+    assert train[-1]["loss"] < train[0]["loss"] - 1.0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["script"] == "train_gpt2_speedrun.py" and summary["steps"] == 8
+    assert "attention: dense" in (tmp_path / "log.txt").read_text()
+
+
+def test_speedrun_webmix_preset_and_seq_len_check(capsys):
+    import train_gpt2_speedrun as sr
+    from kit.config import parse_config
+    from kit.train import main
+
+    cfg, _ = parse_config(sr.Hyperparameters, ["--data", "webmix"], data_presets=sr.DATA_PRESETS)
+    assert cfg.max_steps == 440 and cfg.batch_tokens == 393_216
+    cfg, _ = parse_config(sr.Hyperparameters, ["--data", "webmix", "--max-steps", "300"], data_presets=sr.DATA_PRESETS)
+    assert cfg.max_steps == 300
+    code = main(sr.RECIPE, ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--seq-len", "100", "--batch-tokens", "200"])
+    assert code == 2 and "multiple of 128" in capsys.readouterr().err
