@@ -194,3 +194,20 @@ def test_speedrun_webmix_preset_and_seq_len_check(capsys):
     assert cfg.max_steps == 300
     code = main(sr.RECIPE, ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--seq-len", "100", "--batch-tokens", "200"])
     assert code == 2 and "multiple of 128" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_flex_path_equals_dense_on_gpu_with_gradients():
+    idx = token_batch().cuda()
+    models = {attn: tiny_model(attn, seq_len=4 * BLOCK).cuda().train() for attn in ("dense", "flex")}
+    models["flex"].load_state_dict(models["dense"].state_dict())
+    y = torch.roll(idx, -1, dims=1)
+    losses, grads = {}, {}
+    for attn, model in models.items():
+        model.set_window(2)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(idx, y)
+        loss.backward()
+        losses[attn], grads[attn] = loss.item(), model.blocks[0].attn.qkv.weight.grad.float()
+    assert losses["flex"] == pytest.approx(losses["dense"], rel=1e-2)
+    assert ((grads["flex"] - grads["dense"]).norm() / grads["dense"].norm()).item() < 5e-2
