@@ -83,6 +83,14 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     return [adam, muon]
 
 
+def micro_batch_for_memory(cfg: Hyperparameters, usable_bytes: int) -> int:
+    """Sequences per micro-batch: 16,384 tokens per 20 GiB of GPU memory (1 on a 24 GB card, 6 on an
+    H200), a first guess to check with --memory-cap-gib 24. Probing is no use here: the probe runs
+    the model uncompiled, where FlexAttention recompiles per shape and then falls back to a kernel
+    that materialises every score (seen on an H200: see records/2026-11-28_h200_speedrun_first_contact)."""
+    return max(1, int(usable_bytes / 2**30 / 20 * 16_384 / cfg.seq_len))
+
+
 def constant_then_cooldown(step: int, cfg: Hyperparameters) -> float:
     """1 until the last cooldown_frac of the run, then linearly down to 0.1 at max_steps."""
     progress = step / cfg.max_steps
@@ -117,7 +125,8 @@ def validate_at(step: int, cfg: Hyperparameters) -> bool:
 
 
 RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, lr_schedule=constant_then_cooldown,
-                description=__doc__.splitlines()[0], before_step=before_step, validate_at=validate_at, data_presets=DATA_PRESETS)
+                description=__doc__.splitlines()[0], before_step=before_step, validate_at=validate_at, data_presets=DATA_PRESETS,
+                micro_batch_rule=micro_batch_for_memory)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

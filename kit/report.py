@@ -4,7 +4,7 @@ A run directory is what kit.train writes (summary.json, metrics.jsonl, config.js
 is a folder under records/ with a record.json naming its runs:
 
     {"title": "...", "gpu": "NVIDIA H200", "commit": "...", "command": "...",
-     "table": "training" | "throughput" | "bench", "runs": {"label": "relative/run/dir", ...},
+     "table": "training" | "throughput" | "bench" | "none", "runs": {"label": "relative/run/dir", ...},
      "baseline": "label", "notes": "...", "plot": true,
      "flags": {"label": "--attn sdpa"}}   # only for runs whose summary.json lacks its flags
 
@@ -167,6 +167,8 @@ def record_section(record: dict, heading: str = "##", link_prefix: str = "") -> 
         parts += [f"Command: `{record['command']}`", ""]
     if record.get("table") == "bench":  # bench.py's own table, written when it ran
         parts += [(record["folder"] / "bench.md").read_text().strip(), ""]
+    elif record.get("table") == "none" or not runs:  # a run that measured nothing: its notes say why
+        pass
     else:
         table = throughput_table if record.get("table") == "throughput" else training_table
         parts += [table(runs, baseline), ""]

@@ -46,6 +46,7 @@ class Recipe:
     before_step: Callable = None  # (step, model, optimizers, cfg): other schedules (windows, momentum), before each step and validation
     validate_at: Callable = None  # (step, cfg) -> bool: when to validate, replacing --val-every
     data_presets: dict = None  # {dataset: {field: value}}: defaults per --data for flags not given
+    micro_batch_rule: Callable = None  # (cfg, usable GPU bytes) -> sequences per micro-batch, instead of probing
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -140,6 +141,9 @@ class Trainer:
         if self.device.type != "cuda":
             return divisors_descending(self.seqs_per_rank, CPU_AUTO_MICRO_BATCH)[0]
         total = self.usable_memory()
+        if self.recipe.micro_batch_rule is not None:  # models whose probe would be misleading (e.g. eager FlexAttention)
+            wanted = self.recipe.micro_batch_rule(self.cfg, total)
+            return divisors_descending(self.seqs_per_rank, max(1, wanted))[0]
         chosen = 1
         for b in divisors_descending(self.seqs_per_rank, MAX_AUTO_MICRO_BATCH):
             torch.cuda.empty_cache()

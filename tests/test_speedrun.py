@@ -169,6 +169,14 @@ def test_schedules_at_their_boundaries():
     assert sr.validate_at(125, cfg) and not sr.validate_at(130, cfg) and sr.validate_at(1750, cfg)  # every 10 in the last 20%
 
 
+def test_micro_batch_rule_fits_small_cards():
+    import train_gpt2_speedrun as sr
+
+    cfg = sr.Hyperparameters()
+    assert sr.micro_batch_for_memory(cfg, 24 * 2**30) == 1
+    assert sr.micro_batch_for_memory(cfg, int(139.8 * 2**30)) == 6
+
+
 def test_speedrun_smoke_run(tmp_path):
     import train_gpt2_speedrun as sr
     from kit.train import main
