@@ -51,6 +51,12 @@ class Hyperparameters(TrainConfig):
     adam_beta2: float = 0.95
     cooldown_frac: float = field(default=0.4, metadata={"help": "share of the steps over which the LR falls linearly to 10%"})
     reference_steps: int = 1770
+    # ablation switches: each turns one component of the recipe off
+    muon: bool = field(default=True, metadata={"help": "0: Adam (lr --adam-hidden-lr) for the hidden matrices too"})
+    adam_hidden_lr: float = 0.003
+    value_embeds: int = field(default=3, metadata={"help": "value embeddings (0: none)"})
+    unet: bool = field(default=True, metadata={"help": "U-net skip connections"})
+    window_schedule: bool = field(default=True, metadata={"help": "0: the longest window from the first step"})
     late_val_every: int = field(default=10, metadata={"help": "validate this often in the last --late-val-frac of the run, where the target is crossed"})
     late_val_frac: float = 0.2
 
@@ -64,7 +70,8 @@ def build_model(cfg: Hyperparameters):
         from kit.errors import UserError
 
         raise UserError(f"--seq-len {cfg.seq_len}: the speedrun's attention works in blocks of 128 tokens; use a multiple of 128")
-    return ModernGPT(ModernConfig(**MODERN_SIZES[cfg.model_size], max_seq_len=cfg.seq_len, attn=attn))
+    return ModernGPT(ModernConfig(**MODERN_SIZES[cfg.model_size], max_seq_len=cfg.seq_len, attn=attn,
+                                  value_embeds=cfg.value_embeds, unet=cfg.unet))
 
 
 def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
@@ -76,7 +83,11 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
         {"params": embeds, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr},
         {"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr},
     ]
+    if not cfg.muon:  # ablation: everything on Adam
+        adam_groups.append({"params": hidden, "lr": cfg.adam_hidden_lr, "base_lr": cfg.adam_hidden_lr})
     adam = torch.optim.Adam(adam_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=1e-10, fused=cfg.fused_adamw or None)
+    if not cfg.muon:
+        return [adam]
     muon = Muon(hidden, lr=cfg.muon_lr, momentum=cfg.muon_momentum)
     for group in muon.param_groups:
         group["base_lr"] = cfg.muon_lr
@@ -102,6 +113,8 @@ def constant_then_cooldown(step: int, cfg: Hyperparameters) -> float:
 
 def long_window_blocks(step: int, cfg: Hyperparameters) -> int:
     """From 1 block of 128 tokens at the start to MAX_WINDOW_BLOCKS at the end, growing linearly."""
+    if not cfg.window_schedule:
+        return MAX_WINDOW_BLOCKS
     return max(1, math.ceil(MAX_WINDOW_BLOCKS * step / cfg.max_steps))
 
 
@@ -113,8 +126,10 @@ def muon_momentum(step: int, cfg: Hyperparameters) -> float:
 
 def before_step(step: int, model: ModernGPT, optimizers, cfg: Hyperparameters) -> None:
     model.set_window(long_window_blocks(step, cfg))
-    for group in optimizers[1].param_groups:
-        group["momentum"] = muon_momentum(step, cfg)
+    for opt in optimizers:
+        if isinstance(opt, Muon):
+            for group in opt.param_groups:
+                group["momentum"] = muon_momentum(step, cfg)
 
 
 def validate_at(step: int, cfg: Hyperparameters) -> bool:

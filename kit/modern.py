@@ -42,6 +42,7 @@ class ModernConfig:
     attn_scale: float = 0.12  # with QK-norm, a fixed scale instead of 1/sqrt(head_dim)
     softcap: float = 15.0
     long_window_layers: tuple = ()  # empty: every 4th layer and the last
+    unet: bool = True  # U-net skips from the first half of the layers to the second
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -205,7 +206,7 @@ class ModernGPT(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_head * cfg.head_dim) for _ in range(cfg.value_embeds))
         self.blocks = nn.ModuleList(ModernBlock(cfg) for _ in range(cfg.n_layer))
-        self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2))
+        self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet else None
         self.lm_head = hidden_linear(cfg.n_embd, cfg.vocab_size, zero=True)
         self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
         long_layers = cfg.long_window_layers or tuple(range(0, cfg.n_layer, 4)) + (cfg.n_layer - 1,)
@@ -219,9 +220,14 @@ class ModernGPT(nn.Module):
         """Value embeddings for the first and the last `value_embeds` layers; None in between."""
         ve = [embed(idx) for embed in self.value_embeds]
         n, L = len(ve), self.config.n_layer
+        if n == 0:
+            return [None] * L
         return [ve[i] if i < n else ve[i - (L - n)] if i >= L - n else None for i in range(L)]
 
+    @torch.compiler.disable
     def masks(self, idx):
+        """Built eagerly even in a compiled model: a new BlockMask each batch is an input to the
+        compiled graph, not something to trace (tracing it ties the graph to the window length)."""
         docs = document_ids(idx)
         long, short = self.window_blocks, torch.clamp(self.window_blocks // 2, min=1)
         build = flex_block_mask if self.config.attn == "flex" else dense_mask
@@ -233,7 +239,7 @@ class ModernGPT(nn.Module):
         value_embeds = self.layer_value_embeds(idx)
         skips, half = [], self.config.n_layer // 2
         for i, block in enumerate(self.blocks):
-            if i >= half and skips:
+            if i >= half and skips and self.skip_weights is not None:
                 x = x + self.skip_weights[i - half] * skips.pop()
             x = block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask)
             if i < half:

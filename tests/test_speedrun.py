@@ -169,6 +169,28 @@ def test_schedules_at_their_boundaries():
     assert sr.validate_at(125, cfg) and not sr.validate_at(130, cfg) and sr.validate_at(1750, cfg)  # every 10 in the last 20%
 
 
+def test_ablation_switches_remove_their_component():
+    import train_gpt2_speedrun as sr
+    from kit.config import parse_config
+
+    def built(*flags):
+        cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", *flags])
+        model = sr.build_model(cfg)
+        return cfg, model, sr.build_optimizers(model, cfg)
+
+    cfg, model, opts = built()
+    assert len(model.value_embeds) == 3 and model.skip_weights is not None and any(isinstance(o, Muon) for o in opts)
+    cfg, model, opts = built("--muon", "0")
+    assert len(opts) == 1 and not isinstance(opts[0], Muon)
+    assert {id(p) for g in opts[0].param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    _, model, _ = built("--value-embeds", "0")
+    assert len(model.value_embeds) == 0 and model.layer_value_embeds(torch.zeros(1, 4, dtype=torch.long)) == [None, None]
+    _, model, _ = built("--unet", "0")
+    assert model.skip_weights is None
+    cfg, _, _ = built("--window-schedule", "0")
+    assert sr.long_window_blocks(0, cfg) == MAX_WINDOW_BLOCKS
+
+
 def test_micro_batch_rule_fits_small_cards():
     import train_gpt2_speedrun as sr
 
