@@ -94,6 +94,9 @@ class Trainer:
         self.seqs_per_rank = cfg.batch_tokens // (cfg.seq_len * ddp.world_size)
         self.micro_batch = cfg.micro_batch or self.auto_micro_batch()
         self.accum_steps = self.seqs_per_rank // self.micro_batch
+        # evaluation batches all of one size (a divisor of each rank's share), so a compiled model meets one shape
+        val_seqs_per_rank = max(1, cfg.val_tokens // cfg.seq_len // ddp.world_size)
+        self.eval_micro_batch = divisors_descending(val_seqs_per_rank, self.micro_batch)[0]
         self.stream = TrainStream(self.files.train, cfg.seq_len, self.micro_batch, ddp.rank, ddp.world_size, cfg.align_bos)
         self.optimizers = self.recipe.build_optimizers(self.model, cfg)
         self.step, self.train_time_ms, resumed_from = 0, 0.0, None
@@ -218,7 +221,7 @@ class Trainer:
         self.model.zero_grad(set_to_none=True)
         with torch.no_grad(), hw.autocast(self.device, self.dtype):
             self.eval_model.eval()
-            self.eval_model(*batch)
+            self.eval_model(*(t[: self.eval_micro_batch] for t in batch))  # the evaluation batch shape
             self.eval_model.train()
         hw.synchronize(self.device)
         return time.perf_counter() - t0
@@ -229,7 +232,7 @@ class Trainer:
     def evaluate(self, path, strict: bool) -> float:
         self.eval_model.eval()
         total = torch.zeros(2, device=self.device, dtype=torch.float64)
-        for batch in validation_batches(path, self.cfg.val_tokens, self.cfg.seq_len, self.micro_batch, self.ddp.rank, self.ddp.world_size, strict):
+        for batch in validation_batches(path, self.cfg.val_tokens, self.cfg.seq_len, self.eval_micro_batch, self.ddp.rank, self.ddp.world_size, strict):
             x, y = self.to_device(batch)
             with hw.autocast(self.device, self.dtype):
                 loss = self.eval_model(x, y)
