@@ -1,7 +1,8 @@
 """The speedrun recipe: GPT-2 small-class model trained with the public speedrun's techniques.
 
 Model (kit/modern.py): 12 layers, width 768, 6 heads of 128; rotary positions, QK-norm, ReLU^2
-MLP, value embeddings, U-net skips, untied head with logit soft-capping, attention within
+MLP, value embeddings, U-net skips, untied head with logit soft-capping (its matmul in FP8 on
+GPUs that have FP8: sm89 4090, sm90 H100/H200; bf16 on sm86 3090), attention within
 documents and long/short sliding windows (FlexAttention, block-sparse) whose length grows
 during training. Optimizers: Muon for the hidden matrices, Adam for embeddings, head and
 scalars. Schedules: constant learning rate, then a linear cooldown to 10% over the last
@@ -27,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from kit.config import TrainConfig
+from kit.fp8 import gpu_has_fp8
 from kit.modern import MAX_WINDOW_BLOCKS, MODERN_SIZES, ModernConfig, ModernGPT
 from kit.muon import Muon
 from kit.train import Recipe, main
@@ -51,6 +53,7 @@ class Hyperparameters(TrainConfig):
     adam_beta2: float = 0.95
     cooldown_frac: float = field(default=0.4, metadata={"help": "share of the steps over which the LR falls linearly to 10%"})
     reference_steps: int = 1770
+    fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
     # ablation switches: each turns one component of the recipe off
     muon: bool = field(default=True, metadata={"help": "0: Adam (lr --adam-hidden-lr) for the hidden matrices too"})
     adam_hidden_lr: float = 0.003
@@ -64,14 +67,19 @@ class Hyperparameters(TrainConfig):
 DATA_PRESETS = {"webmix": {"max_steps": 440, "val_every": 50}}
 
 
+def on_gpu(cfg: Hyperparameters) -> bool:
+    return torch.cuda.is_available() and cfg.device != "cpu"
+
+
 def build_model(cfg: Hyperparameters):
-    attn = cfg.attn if cfg.attn != "auto" else ("flex" if torch.cuda.is_available() and cfg.device != "cpu" else "dense")
+    attn = cfg.attn if cfg.attn != "auto" else ("flex" if on_gpu(cfg) else "dense")
+    fp8 = gpu_has_fp8(torch.device("cuda", torch.cuda.current_device())) if cfg.fp8_head == "auto" and on_gpu(cfg) else cfg.fp8_head == "1"
     if cfg.seq_len % 128:
         from kit.errors import UserError
 
         raise UserError(f"--seq-len {cfg.seq_len}: the speedrun's attention works in blocks of 128 tokens; use a multiple of 128")
     return ModernGPT(ModernConfig(**MODERN_SIZES[cfg.model_size], max_seq_len=cfg.seq_len, attn=attn,
-                                  value_embeds=cfg.value_embeds, unet=cfg.unet))
+                                  value_embeds=cfg.value_embeds, unet=cfg.unet, fp8_head=fp8))
 
 
 def build_optimizers(model: ModernGPT, cfg: Hyperparameters):

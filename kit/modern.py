@@ -24,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kit.fp8 import FP8Head
+
 EOT = 50256
 BLOCK = 128  # tokens per attention block: windows and the block-sparse mask count in these
 MAX_WINDOW_BLOCKS = 14  # the long window's final length: 14 blocks = 1792 tokens
@@ -43,6 +45,7 @@ class ModernConfig:
     softcap: float = 15.0
     long_window_layers: tuple = ()  # empty: every 4th layer and the last
     unet: bool = True  # U-net skips from the first half of the layers to the second
+    fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/fp8.py)
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -207,7 +210,8 @@ class ModernGPT(nn.Module):
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_head * cfg.head_dim) for _ in range(cfg.value_embeds))
         self.blocks = nn.ModuleList(ModernBlock(cfg) for _ in range(cfg.n_layer))
         self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet else None
-        self.lm_head = hidden_linear(cfg.n_embd, cfg.vocab_size, zero=True)
+        self.lm_head = FP8Head(cfg.n_embd, cfg.vocab_size, fp8=cfg.fp8_head)
+        nn.init.zeros_(self.lm_head.weight)
         self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
         long_layers = cfg.long_window_layers or tuple(range(0, cfg.n_layer, 4)) + (cfg.n_layer - 1,)
         self.long_window = [i in long_layers for i in range(cfg.n_layer)]
@@ -249,6 +253,15 @@ class ModernGPT(nn.Module):
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def describe_paths(self) -> str:
+        """The kernel paths this model takes, for the run log."""
+        device = self.embed.weight.device
+        attention = {"flex": "FlexAttention (block-sparse, compiled)", "dense": "dense reference (SDPA + materialised mask)"}[self.config.attn]
+        if self.config.attn == "flex" and flex_kernel_options(device):
+            attention += ", small tiles for ~100 KB shared memory (sm86/sm89)"
+        head = "FP8 (e4m3 inputs, e5m2 gradients, torch._scaled_mm)" if self.config.fp8_head else "bf16/fp32 (no FP8)"
+        return f"attention: {attention} | head: {head}"
 
     def flops_per_token(self, seq_len: int) -> int:
         """kit.flops' count, with attention spanning at most the longest window (its final length)."""

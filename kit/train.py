@@ -136,6 +136,8 @@ class Trainer:
             f"batch: {cfg.batch_tokens} tokens/step = {self.ddp.world_size} rank(s) x {self.accum_steps} accumulation step(s) x "
             f"micro-batch {self.micro_batch} x seq {cfg.seq_len} | steps: {cfg.max_steps} | compile: {cfg.compile} | fused AdamW: {cfg.fused_adamw}"
         )
+        if hasattr(self.model, "describe_paths"):
+            self.log.print(f"kernel paths: {self.model.describe_paths()}")
         if resumed_from:
             self.log.print(f"resumed from {resumed_from} at step {self.step} (train time so far {self.train_time_ms / 1000:.1f}s)")
 

@@ -185,6 +185,8 @@ def test_ablation_switches_remove_their_component():
     assert {id(p) for g in opts[0].param_groups for p in g["params"]} == {id(p) for p in model.parameters()}
     _, model, _ = built("--value-embeds", "0")
     assert len(model.value_embeds) == 0 and model.layer_value_embeds(torch.zeros(1, 4, dtype=torch.long)) == [None, None]
+    _, model, _ = built("--fp8-head", "1")
+    assert model.lm_head.fp8  # forced on; "auto" (the default) is off on the CPU
     _, model, _ = built("--unet", "0")
     assert model.skip_weights is None
     cfg, _, _ = built("--window-schedule", "0")
@@ -210,7 +212,8 @@ def test_speedrun_smoke_run(tmp_path):
     assert train[-1]["loss"] < train[0]["loss"] - 1.0
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["script"] == "train_gpt2_speedrun.py" and summary["steps"] == 8
-    assert "attention: dense" in (tmp_path / "log.txt").read_text()
+    log = (tmp_path / "log.txt").read_text()
+    assert "attention: dense" in log and "kernel paths: attention: dense reference" in log and "head: bf16/fp32 (no FP8)" in log
 
 
 def test_speedrun_webmix_preset_and_seq_len_check(capsys):

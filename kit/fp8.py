@@ -1,0 +1,64 @@
+"""FP8 matrix products for the output head (GPUs with FP8 tensor cores: sm89 and newer).
+
+The head's product x @ W^T (tokens x width times width x vocabulary) is the largest single
+matmul of a small GPT. Here its inputs go to float8_e4m3fn and the incoming gradient to
+float8_e5m2 (more range, less precision, as gradients need), each with a per-tensor scale
+from its absolute maximum, and torch._scaled_mm multiplies them with fp32 accumulation.
+Weights stay fp32 (or bf16) parameters; only the copies fed to the products are FP8.
+"""
+
+import torch
+import torch.nn as nn
+
+E4M3 = torch.float8_e4m3fn
+E5M2 = torch.float8_e5m2
+
+
+def gpu_has_fp8(device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def quantize(t: torch.Tensor, dtype):
+    """(FP8 copy of t scaled so its largest magnitude is the format's maximum, the factor that undoes it)."""
+    amax = t.detach().abs().max().float().clamp(min=1e-12)
+    scale = torch.finfo(dtype).max / amax
+    return (t.float() * scale).to(dtype), scale.reciprocal()
+
+
+def column_major(t: torch.Tensor) -> torch.Tensor:
+    """The same matrix stored column by column, as _scaled_mm wants its second operand."""
+    return t.t().contiguous().t()
+
+
+class FP8MatmulWeightT(torch.autograd.Function):
+    """y = x @ w^T for x (N, K), w (M, K), with FP8 operands in forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        x8, x_inv = quantize(x, E4M3)
+        w8, w_inv = quantize(w, E4M3)
+        ctx.save_for_backward(x8, x_inv, w8, w_inv)
+        ctx.w_dtype = w.dtype
+        return torch._scaled_mm(x8, w8.t(), scale_a=x_inv, scale_b=w_inv, out_dtype=torch.bfloat16)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x8, x_inv, w8, w_inv = ctx.saved_tensors
+        g8, g_inv = quantize(grad, E5M2)
+        grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_inv, scale_b=w_inv, out_dtype=torch.bfloat16)
+        grad_w = torch._scaled_mm(g8.t().contiguous(), column_major(x8), scale_a=g_inv, scale_b=x_inv, out_dtype=torch.float32)
+        return grad_x, grad_w.to(ctx.w_dtype)
+
+
+class FP8Head(nn.Linear):
+    """A bias-free Linear whose product runs in FP8 when `fp8` is set (callers set it per GPU)."""
+
+    def __init__(self, in_features: int, out_features: int, fp8: bool = False):
+        super().__init__(in_features, out_features, bias=False)
+        self.fp8 = fp8
+
+    def forward(self, x):
+        if not self.fp8:
+            return super().forward(x)
+        flat = x.reshape(-1, x.size(-1))
+        return FP8MatmulWeightT.apply(flat, self.weight).view(*x.shape[:-1], self.out_features)
