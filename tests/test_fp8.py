@@ -46,14 +46,14 @@ def test_modern_model_trains_through_the_fp8_head():
     from kit.modern import MODERN_SIZES, ModernConfig, ModernGPT
 
     torch.manual_seed(0)
-    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=128, attn="dense"))
+    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], vocab_size=1024, max_seq_len=128, attn="dense"))  # small vocabulary: CPU FP8 is slow
     with torch.no_grad():
         model.lm_head.weight.normal_(0, 0.02)
-    x, y = torch.randint(0, 50257, (2, 128)), torch.randint(0, 50257, (2, 128))
+    x, y = torch.randint(0, 1024, (2, 128)), torch.randint(0, 1024, (2, 128))
     plain = model(x, y)
     model.lm_head.fp8 = True
     fp8 = model(x, y)
     fp8.backward()
     assert abs(fp8.item() - plain.item()) < 0.01 * plain.item()
     assert model.lm_head.weight.grad is not None and torch.isfinite(model.lm_head.weight.grad).all()
-    assert model.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert model.embed.weight.grad.abs().sum() > 0  # the gradient reached the trunk through the FP8 backward
