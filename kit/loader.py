@@ -64,7 +64,8 @@ class TrainStream:
         mine = starts[self.rank * self.micro_batch : (self.rank + 1) * self.micro_batch]
         rows = np.stack([self._tokens[s : s + self.seq_len + 1] for s in mine]).astype(np.int64)
         rows = torch.from_numpy(rows)
-        return rows[:, :-1], rows[:, 1:]
+        # contiguous, like validation batches: a compiled model then sees one memory layout throughout
+        return rows[:, :-1].contiguous(), rows[:, 1:].contiguous()
 
     def state_dict(self) -> dict:
         return {"files": self.files, "shard": self.shard, "pos": self.pos}

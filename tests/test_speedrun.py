@@ -244,3 +244,20 @@ def test_flex_path_equals_dense_on_gpu_with_gradients():
         losses[attn], grads[attn] = loss.item(), model.blocks[0].attn.qkv.weight.grad.float()
     assert losses["flex"] == pytest.approx(losses["dense"], rel=1e-2)
     assert ((grads["flex"] - grads["dense"]).norm() / grads["dense"].norm()).item() < 5e-2
+
+
+def test_compiled_model_does_not_recompile_as_the_window_grows(tmp_path, isolated_data_dir):
+    """6 steps with the window growing every step: the only recompilations are the evaluation
+    graphs (grad mode off) during the warm-up, one per side of the eagerly built masks."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    cmd = [sys.executable, "train_gpt2_speedrun.py", "--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--compile", "1",
+           "--max-steps", "6", "--batch-tokens", "256", "--val-tokens", "512", "--val-every", "3", "--export", "0", "--out-dir", str(tmp_path)]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(KIT_DATA_DIR=isolated_data_dir, TORCH_LOGS="recompiles"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("Recompiling function") == 2, result.stderr[-3000:]
+    assert "grad_mode" in result.stderr and "mismatch" not in result.stderr
