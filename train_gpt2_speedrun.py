@@ -53,6 +53,7 @@ class Hyperparameters(TrainConfig):
     adam_beta2: float = 0.95
     cooldown_frac: float = field(default=0.4, metadata={"help": "share of the steps over which the LR falls linearly to 10%"})
     reference_steps: int = 1770
+    compile_mode: str = field(default="regional", metadata={"choices": ["regional", "whole"], "help": "regional: each block compiled once and reused (bounded compile time); whole: the full model"})
     fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
     # ablation switches: each turns one component of the recipe off
     muon: bool = field(default=True, metadata={"help": "0: Adam (lr --adam-hidden-lr) for the hidden matrices too"})
@@ -79,7 +80,7 @@ def build_model(cfg: Hyperparameters):
 
         raise UserError(f"--seq-len {cfg.seq_len}: the speedrun's attention works in blocks of 128 tokens; use a multiple of 128")
     return ModernGPT(ModernConfig(**MODERN_SIZES[cfg.model_size], max_seq_len=cfg.seq_len, attn=attn,
-                                  value_embeds=cfg.value_embeds, unet=cfg.unet, fp8_head=fp8))
+                                  value_embeds=cfg.value_embeds, unet=cfg.unet, fp8_head=fp8, compile_mode=cfg.compile_mode))
 
 
 def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
@@ -108,6 +109,10 @@ def micro_batch_for_memory(cfg: Hyperparameters, usable_bytes: int) -> int:
     the model uncompiled, where FlexAttention recompiles per shape and then falls back to a kernel
     that materialises every score (seen on an H200: see records/2026-11-28_h200_speedrun_first_contact)."""
     return max(1, int(usable_bytes / 2**30 / 20 * 16_384 / cfg.seq_len))
+
+
+def compile_model(model: ModernGPT):
+    return model.compile_regions() if model.config.compile_mode == "regional" else torch.compile(model)
 
 
 def constant_then_cooldown(step: int, cfg: Hyperparameters) -> float:
@@ -149,7 +154,7 @@ def validate_at(step: int, cfg: Hyperparameters) -> bool:
 
 RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, lr_schedule=constant_then_cooldown,
                 description=__doc__.splitlines()[0], before_step=before_step, validate_at=validate_at, data_presets=DATA_PRESETS,
-                micro_batch_rule=micro_batch_for_memory)
+                micro_batch_rule=micro_batch_for_memory, compile_model=compile_model)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

@@ -46,6 +46,7 @@ class ModernConfig:
     long_window_layers: tuple = ()  # empty: every 4th layer and the last
     unet: bool = True  # U-net skips from the first half of the layers to the second
     fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/fp8.py)
+    compile_mode: str = "regional"  # regional (blocks and head compiled one by one) | whole
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -248,11 +249,24 @@ class ModernGPT(nn.Module):
             x = block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask)
             if i < half:
                 skips.append(x)
+        return self.head(x, targets)
+
+    def head(self, x, targets=None):
+        """Soft-capped logits, or the mean cross-entropy against targets (fp32)."""
         logits = self.lm_head(rms_norm(x)).float()
         logits = self.config.softcap * torch.tanh(logits / self.config.softcap)
         if targets is None:
             return logits
         return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+
+    def compile_regions(self):
+        """Compile each block and the head separately, in place ("regional compilation"): the 12
+        blocks share one compiled graph (two: with and without value embeddings), so compiling
+        costs about one block instead of the whole unrolled model; masks stay eager."""
+        for block in self.blocks:
+            block.compile()
+        self.head = torch.compile(self.head)
+        return self
 
     def describe_paths(self) -> str:
         """The kernel paths this model takes, for the run log."""

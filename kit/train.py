@@ -47,6 +47,7 @@ class Recipe:
     validate_at: Callable = None  # (step, cfg) -> bool: when to validate, replacing --val-every
     data_presets: dict = None  # {dataset: {field: value}}: defaults per --data for flags not given
     micro_batch_rule: Callable = None  # (cfg, usable GPU bytes) -> sequences per micro-batch, instead of probing
+    compile_model: Callable = torch.compile  # how --compile 1 compiles the model (e.g. block by block)
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -113,7 +114,7 @@ class Trainer:
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
         self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
         self.describe_run(resumed_from)
-        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.train_model = self.recipe.compile_model(self.model) if cfg.compile else self.model
         self.eval_model = self.train_model
         if ddp.enabled:
             self.train_model = DistributedDataParallel(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
