@@ -208,7 +208,9 @@ class ModernGPT(nn.Module):
         super().__init__()
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_head * cfg.head_dim) for _ in range(cfg.value_embeds))
+        # at most one per layer pair (first and last layers), so that every embedding is used (DDP requires it)
+        n_value_embeds = min(cfg.value_embeds, cfg.n_layer // 2)
+        self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_head * cfg.head_dim) for _ in range(n_value_embeds))
         self.blocks = nn.ModuleList(ModernBlock(cfg) for _ in range(cfg.n_layer))
         self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet else None
         self.lm_head = FP8Head(cfg.n_embd, cfg.vocab_size, fp8=cfg.fp8_head)
