@@ -13,6 +13,7 @@ sweep.md (the comparison table), and plots the loss curves into --out.
 import argparse
 import itertools
 import json
+import os
 import queue
 import shlex
 import subprocess
@@ -59,11 +60,7 @@ def finished(run_dir: Path) -> bool:
 def execute(run: dict, script: str, common: list[str], out: Path, gpu=None) -> dict:
     run_dir = out / run["label"]
     cmd = [sys.executable, script, *common, *run["flags"], "--out-dir", str(run_dir), "--progress", "lines"]
-    env = None
-    if gpu is not None:
-        import os
-
-        env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else None
     t0 = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "console.txt", "w") as console:
