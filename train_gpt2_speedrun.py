@@ -55,6 +55,9 @@ class Hyperparameters(TrainConfig):
     reference_steps: int = 1770
     compile_mode: str = field(default="regional", metadata={"choices": ["regional", "whole"], "help": "regional: each block compiled once and reused (bounded compile time); whole: the full model"})
     fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
+    mtp_offsets: int = field(default=0, metadata={"help": "multi-token prediction: extra future tokens predicted while training (0: off); the logged training loss then includes their weighted terms, validation does not"})
+    mtp_weight: float = field(default=0.3, metadata={"help": "weight of each extra offset's loss at the start; it falls linearly to 0"})
+    mtp_frac: float = field(default=0.5, metadata={"help": "share of the run after which the MTP weight is 0"})
     # ablation switches: each turns one component of the recipe off
     muon: bool = field(default=True, metadata={"help": "0: Adam (lr --adam-hidden-lr) for the hidden matrices too"})
     adam_hidden_lr: float = 0.003
@@ -80,7 +83,8 @@ def build_model(cfg: Hyperparameters):
 
         raise UserError(f"--seq-len {cfg.seq_len}: the speedrun's attention works in blocks of 128 tokens; use a multiple of 128")
     return ModernGPT(ModernConfig(**MODERN_SIZES[cfg.model_size], max_seq_len=cfg.seq_len, attn=attn,
-                                  value_embeds=cfg.value_embeds, unet=cfg.unet, fp8_head=fp8, compile_mode=cfg.compile_mode))
+                                  value_embeds=cfg.value_embeds, unet=cfg.unet, fp8_head=fp8, compile_mode=cfg.compile_mode,
+                                  mtp_offsets=cfg.mtp_offsets))
 
 
 def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
@@ -137,8 +141,15 @@ def muon_momentum(step: int, cfg: Hyperparameters) -> float:
     return (1 - frac) * cfg.muon_momentum_start + frac * cfg.muon_momentum
 
 
+def mtp_weight(step: int, cfg: Hyperparameters) -> float:
+    """cfg.mtp_weight at step 0, falling linearly to 0 at mtp_frac of the run (MTP helps early, if at all)."""
+    end = max(1.0, cfg.mtp_frac * cfg.max_steps)
+    return cfg.mtp_weight * max(0.0, 1 - step / end)
+
+
 def before_step(step: int, model: ModernGPT, optimizers, cfg: Hyperparameters) -> None:
     model.set_window(long_window_blocks(step, cfg))
+    model.mtp_weight.fill_(mtp_weight(step, cfg))
     for opt in optimizers:
         if isinstance(opt, Muon):
             for group in opt.param_groups:

@@ -47,6 +47,7 @@ class ModernConfig:
     unet: bool = True  # U-net skips from the first half of the layers to the second
     fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/fp8.py)
     compile_mode: str = "regional"  # regional (blocks and head compiled one by one) | whole
+    mtp_offsets: int = 0  # multi-token prediction: also predict tokens t+2 .. t+1+mtp_offsets while training
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -215,6 +216,9 @@ class ModernGPT(nn.Module):
         self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet else None
         self.lm_head = FP8Head(cfg.n_embd, cfg.vocab_size, fp8=cfg.fp8_head)
         nn.init.zeros_(self.lm_head.weight)
+        # one small residual adapter per extra offset, sharing the output head
+        self.mtp_adapters = nn.ModuleList(hidden_linear(cfg.n_embd, cfg.n_embd, zero=True) for _ in range(cfg.mtp_offsets))
+        self.register_buffer("mtp_weight", torch.tensor(0.0), persistent=False)
         self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
         long_layers = cfg.long_window_layers or tuple(range(0, cfg.n_layer, 4)) + (cfg.n_layer - 1,)
         self.long_window = [i in long_layers for i in range(cfg.n_layer)]
@@ -253,13 +257,27 @@ class ModernGPT(nn.Module):
                 skips.append(x)
         return self.head(x, targets)
 
-    def head(self, x, targets=None):
-        """Soft-capped logits, or the mean cross-entropy against targets (fp32)."""
+    def logits(self, x):
         logits = self.lm_head(rms_norm(x)).float()
-        logits = self.config.softcap * torch.tanh(logits / self.config.softcap)
+        return self.config.softcap * torch.tanh(logits / self.config.softcap)
+
+    def head(self, x, targets=None):
+        """Soft-capped logits, or the mean cross-entropy against targets (fp32).
+
+        While training with multi-token prediction, adds mtp_weight x the cross-entropy of each
+        extra offset k: the state at t, through adapter k, predicts token t+1+k (targets[t+k]).
+        Evaluation is always the plain next-token loss.
+        """
+        logits = self.logits(x)
         if targets is None:
             return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+        if self.training:
+            for k, adapter in enumerate(self.mtp_adapters, start=1):
+                h = x[:, :-k]
+                future = self.logits(h + adapter(rms_norm(h)))
+                loss = loss + self.mtp_weight * F.cross_entropy(future.reshape(-1, future.size(-1)), targets[:, k:].reshape(-1))
+        return loss
 
     def compile_regions(self):
         """Compile each block and the head separately, in place ("regional compilation"): the 12

@@ -287,3 +287,47 @@ def test_ddp_two_processes_match_one_process(tmp_path, isolated_data_dir):
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     for name in one:
         assert ((one[name] - two[name]).norm() / (one[name].norm() + 1e-12)).item() < 5e-2, name
+
+
+def test_multi_token_loss_equals_the_hand_computed_sum():
+    import torch.nn.functional as F
+
+    from kit.modern import rms_norm
+
+    torch.manual_seed(0)
+    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], vocab_size=512, max_seq_len=BLOCK, attn="dense", mtp_offsets=2))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.mtp_weight.fill_(0.3)
+    x, y = torch.randint(0, 512, (2, BLOCK)), torch.randint(0, 512, (2, BLOCK))
+    captured, original_head = {}, model.head
+
+    def recording_head(h, targets=None):  # keep the trunk's output to recompute the losses by hand
+        captured["h"] = h
+        return original_head(h, targets)
+
+    model.head = recording_head
+    model.train()
+    total = model(x, y)
+    h = captured["h"]
+
+    def ce(logits, targets):
+        return F.cross_entropy(logits.double().reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+    expected = ce(model.logits(h), y)
+    for k in (1, 2):
+        future = model.logits(h[:, :-k] + model.mtp_adapters[k - 1](rms_norm(h[:, :-k])))
+        expected = expected + 0.3 * ce(future, y[:, k:])
+    torch.testing.assert_close(total.double(), expected, atol=1e-4, rtol=1e-5)
+    model.eval()
+    torch.testing.assert_close(model(x, y).double(), ce(model.logits(h), y), atol=1e-4, rtol=1e-5)  # validation: next token only
+
+
+def test_mtp_weight_schedule():
+    import train_gpt2_speedrun as sr
+
+    cfg = sr.Hyperparameters(mtp_offsets=1)
+    assert sr.mtp_weight(0, cfg) == pytest.approx(0.3)
+    assert sr.mtp_weight(cfg.max_steps // 4, cfg) == pytest.approx(0.15, abs=1e-3)
+    assert sr.mtp_weight(cfg.max_steps // 2 + 1, cfg) == 0.0
