@@ -14,6 +14,7 @@ is a folder under records/ with a record.json naming its runs:
 
 import json
 import shlex
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,11 +55,7 @@ def steady_step_ms(run: Run, skip: int = 5, count: int = None):
     """Median step time after `skip` warm-up steps (over `count` steps, or all that follow)."""
     times = [e["step_ms"] for e in run.train][skip:]
     times = times[:count] if count else times
-    if not times:
-        return None
-    times = sorted(times)
-    mid = len(times) // 2
-    return times[mid] if len(times) % 2 else (times[mid - 1] + times[mid]) / 2
+    return statistics.median(times) if times else None
 
 
 def fmt(value, spec: str = "") -> str:
