@@ -58,6 +58,8 @@ class Hyperparameters(TrainConfig):
     mtp_offsets: int = field(default=0, metadata={"help": "multi-token prediction: extra future tokens predicted while training (0: off); the logged training loss then includes their weighted terms, validation does not"})
     mtp_weight: float = field(default=0.3, metadata={"help": "weight of each extra offset's loss at the start; it falls linearly to 0"})
     mtp_frac: float = field(default=0.5, metadata={"help": "share of the run after which the MTP weight is 0"})
+    batch_ramp_start: float = field(default=1.0, metadata={"help": "share of --batch-tokens at step 0, growing linearly to 1 (1: no ramp)"})
+    batch_ramp_frac: float = field(default=0.3, metadata={"help": "share of the run the batch ramp lasts"})
     # ablation switches: each turns one component of the recipe off
     muon: bool = field(default=True, metadata={"help": "0: Adam (lr --adam-hidden-lr) for the hidden matrices too"})
     adam_hidden_lr: float = 0.003
@@ -141,6 +143,12 @@ def muon_momentum(step: int, cfg: Hyperparameters) -> float:
     return (1 - frac) * cfg.muon_momentum_start + frac * cfg.muon_momentum
 
 
+def batch_share(step: int, cfg: Hyperparameters) -> float:
+    """Share of the full batch at this step: batch_ramp_start, growing linearly to 1 over batch_ramp_frac of the run."""
+    progress = min(1.0, step / max(1.0, cfg.batch_ramp_frac * cfg.max_steps))
+    return cfg.batch_ramp_start + (1 - cfg.batch_ramp_start) * progress
+
+
 def mtp_weight(step: int, cfg: Hyperparameters) -> float:
     """cfg.mtp_weight at step 0, falling linearly to 0 at mtp_frac of the run (MTP helps early, if at all)."""
     end = max(1.0, cfg.mtp_frac * cfg.max_steps)
@@ -165,7 +173,7 @@ def validate_at(step: int, cfg: Hyperparameters) -> bool:
 
 RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, lr_schedule=constant_then_cooldown,
                 description=__doc__.splitlines()[0], before_step=before_step, validate_at=validate_at, data_presets=DATA_PRESETS,
-                micro_batch_rule=micro_batch_for_memory, compile_model=compile_model)
+                micro_batch_rule=micro_batch_for_memory, compile_model=compile_model, batch_schedule=batch_share)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

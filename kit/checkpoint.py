@@ -1,6 +1,7 @@
 """Checkpoints: everything needed to continue a run exactly, written atomically.
 
-A checkpoint holds the model and optimizer states, the step (hence the LR schedule position),
+A checkpoint holds the model and optimizer states, the step (hence the LR schedule position)
+and the tokens trained on,
 the data stream position, every RNG state and the training time so far. It is written to a
 temporary file and renamed, so a crash mid-write never replaces a good checkpoint.
 """
@@ -32,12 +33,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir, step: int, model, optimizers, stream, train_time_ms: float, config: dict, keep: int = 2) -> Path:
+def save(run_dir, step: int, tokens: int, model, optimizers, stream, train_time_ms: float, config: dict, keep: int = 2) -> Path:
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt_step{step:06d}.pt"
     payload = {
         "step": step,
+        "tokens": tokens,
         "model": model.state_dict(),
         "optimizers": [opt.state_dict() for opt in optimizers],
         "data": stream.state_dict(),

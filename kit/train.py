@@ -48,6 +48,7 @@ class Recipe:
     data_presets: dict = None  # {dataset: {field: value}}: defaults per --data for flags not given
     micro_batch_rule: Callable = None  # (cfg, usable GPU bytes) -> sequences per micro-batch, instead of probing
     compile_model: Callable = torch.compile  # how --compile 1 compiles the model (e.g. block by block)
+    batch_schedule: Callable = None  # (step, cfg) -> share of --batch-tokens for that step (a batch-size ramp)
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -100,15 +101,16 @@ class Trainer:
         self.eval_micro_batch = divisors_descending(val_seqs_per_rank, self.micro_batch)[0]
         self.stream = TrainStream(self.files.train, cfg.seq_len, self.micro_batch, ddp.rank, ddp.world_size, cfg.align_bos)
         self.optimizers = self.recipe.build_optimizers(self.model, cfg)
-        self.step, self.train_time_ms, resumed_from = 0, 0.0, None
+        self.step, self.train_time_ms, self.tokens_seen, resumed_from = 0, 0.0, 0, None
         if cfg.resume:
             resumed_from = checkpoint.find(cfg.resume)
             payload = checkpoint.load(resumed_from, self.model, self.optimizers, self.stream)
             self.step, self.train_time_ms = payload["step"], payload["train_time_ms"]
+            self.tokens_seen = payload["tokens"]
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
         self.last_val, self.reached_at = None, None
-        self.step_ms, self.tokens_this_run, self.time_this_run_ms = [], 0, 0.0
+        self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
         run_dir = cfg.out_dir or (resumed_from.parent.parent if resumed_from else default_run_dir(self.recipe.script))
         self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps)
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
@@ -192,21 +194,27 @@ class Trainer:
             return x.pin_memory().to(self.device, non_blocking=True), y.pin_memory().to(self.device, non_blocking=True)
         return x, y
 
-    def train_step(self) -> tuple[float, float, float]:
+    def accum_steps_at(self, step: int) -> int:
+        """Micro-steps of this optimizer step: all of them, or the recipe's batch-size ramp's share."""
+        if self.recipe.batch_schedule is None:
+            return self.accum_steps
+        return max(1, round(self.accum_steps * self.recipe.batch_schedule(step, self.cfg)))
+
+    def train_step(self, accum_steps: int) -> tuple[float, float, float]:
         """One optimizer step over accum_steps micro-batches; returns (loss, grad_norm, lr)."""
         total = torch.zeros((), device=self.device)
-        for i in range(self.accum_steps):
-            last = i == self.accum_steps - 1
+        for i in range(accum_steps):
+            last = i == accum_steps - 1
             sync = contextlib.nullcontext() if (last or not self.ddp.enabled) else self.train_model.no_sync()
             with sync:
-                total += self.forward_backward(self.train_model, self.to_device(self.stream.next_batch()), 1.0 / self.accum_steps)
+                total += self.forward_backward(self.train_model, self.to_device(self.stream.next_batch()), 1.0 / accum_steps)
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         lr = set_learning_rates(self.optimizers, self.recipe.lr_schedule(self.step, self.cfg))
         for opt in self.optimizers:
             opt.step()
         self.model.zero_grad(set_to_none=True)
-        loss = hw.all_reduce_sum(total / self.accum_steps) / self.ddp.world_size
+        loss = hw.all_reduce_sum(total / accum_steps) / self.ddp.world_size
         return loss.item(), grad_norm.item(), lr
 
     def warm_up(self) -> float:
@@ -246,7 +254,7 @@ class Trainer:
 
     def validate(self) -> float:
         t0 = time.perf_counter()
-        event = {"type": "val", "step": self.step, "tokens": self.step * self.cfg.batch_tokens, "train_time_ms": self.train_time_ms}
+        event = {"type": "val", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms}
         event["val_loss"] = self.evaluate(self.files.val, strict=True)
         if self.cfg.extra_val:
             for name, path in self.files.extra_val.items():
@@ -298,13 +306,16 @@ class Trainer:
                 return "completed"
             self.timed_step()
             if cfg.save_every and self.step % cfg.save_every == 0 and self.ddp.is_main:
-                path = checkpoint.save(self.log.dir, self.step, self.model, self.optimizers, self.stream, self.train_time_ms, config_dict(cfg), cfg.keep_checkpoints)
+                path = checkpoint.save(self.log.dir, self.step, self.tokens_seen, self.model, self.optimizers, self.stream, self.train_time_ms,
+                                       config_dict(cfg), cfg.keep_checkpoints)
                 self.log.print(f"checkpoint: {path}")
 
     def timed_step(self) -> None:
+        accum_steps = self.accum_steps_at(self.step)
+        step_tokens = accum_steps * self.micro_batch * self.cfg.seq_len * self.ddp.world_size
         hw.synchronize(self.device)
         t0 = time.perf_counter()
-        loss, grad_norm, lr = self.train_step()
+        loss, grad_norm, lr = self.train_step(accum_steps)
         hw.synchronize(self.device)
         dt_ms = (time.perf_counter() - t0) * 1000
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -315,11 +326,13 @@ class Trainer:
         self.step += 1
         self.train_time_ms += dt_ms
         self.time_this_run_ms += dt_ms
-        self.tokens_this_run += self.cfg.batch_tokens
+        self.tokens_this_run += step_tokens
+        self.tokens_seen += step_tokens
         self.step_ms.append(dt_ms)
-        tokens_per_s = self.cfg.batch_tokens / (dt_ms / 1000)
+        tokens_per_s = step_tokens / (dt_ms / 1000)
+        self.step_tokens_per_s.append(tokens_per_s)
         self.log.step(self.step, {
-            "type": "train", "step": self.step, "tokens": self.step * self.cfg.batch_tokens, "train_time_ms": self.train_time_ms,
+            "type": "train", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms,
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "step_ms": dt_ms, "tokens_per_s": tokens_per_s,
         })
 
@@ -327,8 +340,9 @@ class Trainer:
         """summary.json (also after a failure), the final weights, and the closing line."""
         cfg, status = self.cfg, self.status
         tokens_per_s = self.tokens_this_run / (self.time_this_run_ms / 1000) if self.time_this_run_ms else None
-        median_ms = statistics.median(self.step_ms[min(5, len(self.step_ms) - 1):]) if self.step_ms else None
-        steady_tokens_per_s = cfg.batch_tokens / (median_ms / 1000) if median_ms else None
+        steady = slice(min(5, len(self.step_ms) - 1), None)  # the first five steps are warm-up
+        median_ms = statistics.median(self.step_ms[steady]) if self.step_ms else None
+        steady_tokens_per_s = statistics.median(self.step_tokens_per_s[steady]) if self.step_ms else None
         reached = self.reached_at is not None
         summary = {
             "script": Path(self.recipe.script).name,
@@ -350,7 +364,7 @@ class Trainer:
             **{f"final_{k}": v for k, v in (self.last_val or {}).items() if k.startswith("val_loss_")},
             "final_val": self.last_val,
             "steps": self.step,
-            "tokens": self.step * cfg.batch_tokens,
+            "tokens": self.tokens_seen,
             "tokens_per_s": tokens_per_s,
             "median_step_ms": median_ms,
             "steady_tokens_per_s": steady_tokens_per_s,

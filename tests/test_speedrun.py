@@ -324,6 +324,16 @@ def test_multi_token_loss_equals_the_hand_computed_sum():
     torch.testing.assert_close(model(x, y).double(), ce(model.logits(h), y), atol=1e-4, rtol=1e-5)  # validation: next token only
 
 
+def test_batch_ramp_schedule():
+    import train_gpt2_speedrun as sr
+
+    assert sr.batch_share(0, sr.Hyperparameters()) == 1.0  # off by default
+    cfg = sr.Hyperparameters(batch_ramp_start=0.25, batch_ramp_frac=0.5)
+    assert sr.batch_share(0, cfg) == 0.25
+    assert sr.batch_share(round(0.25 * cfg.max_steps), cfg) == pytest.approx(0.625, abs=1e-3)
+    assert sr.batch_share(cfg.max_steps // 2 + 1, cfg) == 1.0
+
+
 def test_mtp_weight_schedule():
     import train_gpt2_speedrun as sr
 

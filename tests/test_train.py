@@ -244,3 +244,18 @@ def test_gpu_run_uses_bf16_and_reports_memory(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["dtype"] == "bfloat16" and summary["peak_mem_gib"] > 0 and summary["micro_batch"] >= 1
     assert "attention: manual" in (tmp_path / "log.txt").read_text()
+
+
+def test_batch_schedule_counts_the_tokens_it_trains_on(tmp_path):
+    import train_gpt2
+    from kit.train import Recipe, main
+
+    recipe = Recipe(train_gpt2.Hyperparameters, train_gpt2.build_model, train_gpt2.build_optimizers, script=train_gpt2.__file__,
+                    batch_schedule=lambda step, cfg: 0.5 if step < 2 else 1.0)
+    flags = [*FAST, "--data", "synthetic", "--micro-batch", "2", "--val-every", "0"]  # 4 micro-steps of 64 tokens per full step
+    assert main(recipe, [*flags, "--max-steps", "3", "--save-every", "3", "--out-dir", str(tmp_path)]) == 0
+    assert [e["tokens"] for e in read_metrics(tmp_path)] == [128, 256, 512]
+    assert main(recipe, [*flags, "--max-steps", "4", "--resume", str(tmp_path)]) == 0
+    assert [e["tokens"] for e in read_metrics(tmp_path)] == [128, 256, 512, 768]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["tokens"] == 768 and read_metrics(tmp_path, "val")[-1]["tokens"] == 768
