@@ -34,8 +34,9 @@ MODEL_SIZES = {
 
 
 def gpt_config(model_size: str, **overrides) -> GPTConfig:
+    """The size's shape, with any field (the head count too) overridden."""
     n_layer, n_head, n_embd = MODEL_SIZES[model_size]
-    return GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, **overrides)
+    return GPTConfig(**{"n_layer": n_layer, "n_head": n_head, "n_embd": n_embd, **overrides})
 
 
 def manual_causal_attention(q, k, v):
@@ -109,10 +110,12 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    """Pre-LayerNorm block; `attention` builds the sequence mixer (variants pass their own)."""
+
+    def __init__(self, config: GPTConfig, attention=CausalSelfAttention):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd)
-        self.attn = CausalSelfAttention(config)
+        self.attn = attention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
