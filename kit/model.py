@@ -160,9 +160,14 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
             x = block(x)
-        logits = self.lm_head(self.ln_f(x))
+        h = self.ln_f(x)
         if targets is None:
-            return logits
+            return self.lm_head(h)
+        return self.loss(h, targets)
+
+    def loss(self, h, targets):
+        """Mean cross-entropy of the full softmax (variants with other output heads override this)."""
+        logits = self.lm_head(h)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
 
