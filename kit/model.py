@@ -162,8 +162,12 @@ class GPT(nn.Module):
             x = block(x)
         h = self.ln_f(x)
         if targets is None:
-            return self.lm_head(h)
+            return self.logits(h)
         return self.loss(h, targets)
+
+    def logits(self, h):
+        """Scores over the vocabulary (variants with factorised outputs return log-probabilities)."""
+        return self.lm_head(h)
 
     def loss(self, h, targets):
         """Mean cross-entropy of the full softmax (variants with other output heads override this)."""
