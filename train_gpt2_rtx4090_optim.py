@@ -50,7 +50,7 @@ class GPTWithHead(GPT):
         super().__init__(config, block=block)
         self.output_head = make_head(self)
 
-    def loss(self, h, targets):
+    def loss(self, h, targets, idx=None):
         return self.output_head(h, targets)
 
 

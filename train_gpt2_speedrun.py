@@ -31,6 +31,7 @@ from kit.config import TrainConfig
 from kit.fp8 import gpu_has_fp8
 from kit.modern import MAX_WINDOW_BLOCKS, MODERN_SIZES, ModernConfig, ModernGPT
 from kit.muon import Muon
+from kit.optim import linear_to_zero
 from kit.train import Recipe, main
 
 
@@ -151,8 +152,7 @@ def batch_share(step: int, cfg: Hyperparameters) -> float:
 
 def mtp_weight(step: int, cfg: Hyperparameters) -> float:
     """cfg.mtp_weight at step 0, falling linearly to 0 at mtp_frac of the run (MTP helps early, if at all)."""
-    end = max(1.0, cfg.mtp_frac * cfg.max_steps)
-    return cfg.mtp_weight * max(0.0, 1 - step / end)
+    return linear_to_zero(step, cfg.max_steps, cfg.mtp_weight, cfg.mtp_frac)
 
 
 def before_step(step: int, model: ModernGPT, optimizers, cfg: Hyperparameters) -> None:

@@ -113,5 +113,5 @@ class LightRNNGPT(GPT):
     def logits(self, h):
         return self.head.log_probs(h)
 
-    def loss(self, h, targets):
+    def loss(self, h, targets, idx=None):
         return self.head.loss(h, targets)

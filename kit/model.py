@@ -163,14 +163,15 @@ class GPT(nn.Module):
         h = self.ln_f(x)
         if targets is None:
             return self.logits(h)
-        return self.loss(h, targets)
+        return self.loss(h, targets, idx)
 
     def logits(self, h):
         """Scores over the vocabulary (variants with factorised outputs return log-probabilities)."""
         return self.lm_head(h)
 
-    def loss(self, h, targets):
-        """Mean cross-entropy of the full softmax (variants with other output heads override this)."""
+    def loss(self, h, targets, idx=None):
+        """Mean cross-entropy of the full softmax (variants with other output heads override this;
+        idx, the input tokens, is there for losses that look at the previous token)."""
         logits = self.lm_head(h)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 

@@ -39,6 +39,12 @@ def warmup_cosine(step: int, cfg) -> float:
     return cfg.min_lr_frac + (1 - cfg.min_lr_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def linear_to_zero(step: int, max_steps: int, start: float, frac: float) -> float:
+    """start at step 0, falling linearly to 0 at frac x max_steps (a schedule for auxiliary loss weights)."""
+    end = max(1.0, frac * max_steps)
+    return start * max(0.0, 1 - step / end)
+
+
 def set_learning_rates(optimizers, multiplier: float) -> float:
     """Apply the schedule to every group; return the first group's lr for logging."""
     for opt in optimizers:
