@@ -11,23 +11,17 @@ import sys
 from dataclasses import dataclass
 
 from kit import datasets
-from kit.config import TrainConfig
 from kit.heads import unigram_counts
 from kit.lightrnn import LightRNNGPT
 from kit.model import gpt_config
-from kit.optim import adamw
 from kit.train import Recipe, main
+
+import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 
 
 @dataclass
-class Hyperparameters(TrainConfig):
-    attn: str = "manual"
-    lr: float = 6e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.1
-    warmup_steps: int = 700
-    max_steps: int = 4768
+class Hyperparameters(baseline.Hyperparameters):
+    pass
 
 
 def build_model(cfg: Hyperparameters):
@@ -35,11 +29,7 @@ def build_model(cfg: Hyperparameters):
     return LightRNNGPT(gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn), counts)
 
 
-def build_optimizers(model, cfg: Hyperparameters):
-    return [adamw(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay, fused=cfg.fused_adamw)]
-
-
-RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, description=__doc__.splitlines()[0])
+RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0])
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

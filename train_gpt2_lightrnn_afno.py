@@ -14,24 +14,17 @@ from dataclasses import dataclass, field
 
 from kit import datasets
 from kit.afno import fourier_mixer
-from kit.config import TrainConfig
 from kit.errors import UserError
 from kit.heads import unigram_counts
 from kit.lightrnn import LightRNNGPT
 from kit.model import gpt_config
-from kit.optim import adamw
 from kit.train import Recipe, main
+
+import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 
 
 @dataclass
-class Hyperparameters(TrainConfig):
-    attn: str = "manual"
-    lr: float = 6e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.1
-    warmup_steps: int = 700
-    max_steps: int = 4768
+class Hyperparameters(baseline.Hyperparameters):
     hybrid_attn_layers: int = field(default=4, metadata={"help": "layers (from the bottom) that keep attention; the rest use the Fourier mixer"})
     fourier_blocks: int = field(default=8, metadata={"help": "channel blocks of the Fourier mixer's block-diagonal MLP"})
 
@@ -50,11 +43,7 @@ def build_model(cfg: Hyperparameters):
     return model
 
 
-def build_optimizers(model, cfg: Hyperparameters):
-    return [adamw(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay, fused=cfg.fused_adamw)]
-
-
-RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, description=__doc__.splitlines()[0])
+RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0])
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

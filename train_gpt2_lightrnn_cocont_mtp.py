@@ -12,24 +12,18 @@ from dataclasses import dataclass, field
 
 from kit import datasets
 from kit.cocont import LightRNNCoCoNTGPT, row_bigram_counts
-from kit.config import TrainConfig
 from kit.errors import UserError
 from kit.heads import unigram_counts
 from kit.lightrnn import frequency_allocation, grid_shape
 from kit.model import gpt_config
-from kit.optim import adamw, linear_to_zero
+from kit.optim import linear_to_zero
 from kit.train import Recipe, main
+
+import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 
 
 @dataclass
-class Hyperparameters(TrainConfig):
-    attn: str = "manual"
-    lr: float = 6e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.1
-    warmup_steps: int = 700
-    max_steps: int = 4768
+class Hyperparameters(baseline.Hyperparameters):
     cocont_eps: float = field(default=0.1, metadata={"help": "weight of the bigram row distribution in the row target (0: plain)"})
     mtp_k: int = field(default=2, metadata={"help": "predict tokens t+1 .. t+k (1: no extra heads; at most 4)"})
     mtp_weight: float = field(default=0.3, metadata={"help": "weight of each extra head's loss at step 0"})
@@ -48,15 +42,11 @@ def build_model(cfg: Hyperparameters):
     return LightRNNCoCoNTGPT(config, counts, bigrams, eps=cfg.cocont_eps, mtp_k=cfg.mtp_k)
 
 
-def build_optimizers(model, cfg: Hyperparameters):
-    return [adamw(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay, fused=cfg.fused_adamw)]
-
-
 def before_step(step: int, model, optimizers, cfg: Hyperparameters) -> None:
     model.mtp_weight.fill_(linear_to_zero(step, cfg.max_steps, cfg.mtp_weight, cfg.mtp_frac))
 
 
-RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, description=__doc__.splitlines()[0], before_step=before_step)
+RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0], before_step=before_step)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

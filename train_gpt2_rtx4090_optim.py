@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 
 from kit import datasets
 from kit.attention import GroupedQueryAttention, MultiLatentAttention
-from kit.config import TrainConfig
 from kit.errors import UserError
 from kit.heads import AdaptiveSoftmaxHead, SampledSoftmaxHead, unigram_counts
 from kit.model import GPT, Block, gpt_config
-from kit.optim import adamw
 from kit.train import Recipe, main
+
+import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 
 
 @dataclass
-class Hyperparameters(TrainConfig):
+class Hyperparameters(baseline.Hyperparameters):
     attn: str = field(default="sdpa", metadata={"choices": ["manual", "sdpa", "flex", "gqa", "mla"], "help": "gqa / mla use SDPA kernels"})
     kv_heads: int = field(default=4, metadata={"help": "key/value heads for --attn gqa (divides the head count)"})
     kv_latent: int = field(default=256, metadata={"help": "latent size for --attn mla"})
@@ -35,12 +35,6 @@ class Hyperparameters(TrainConfig):
     negatives: int = field(default=8192, metadata={"help": "noise samples per step for --head nce"})
     compile: bool = True
     fused_adamw: bool = True
-    lr: float = 6e-4
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.1
-    warmup_steps: int = 700
-    max_steps: int = 4768
 
 
 class GPTWithHead(GPT):
@@ -82,11 +76,7 @@ def build_model(cfg: Hyperparameters):
     return GPTWithHead(config, block, make_head) if make_head else GPT(config, block=block)
 
 
-def build_optimizers(model, cfg: Hyperparameters):
-    return [adamw(model, cfg.lr, (cfg.beta1, cfg.beta2), cfg.eps, cfg.weight_decay, fused=cfg.fused_adamw)]
-
-
-RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, description=__doc__.splitlines()[0])
+RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0])
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))
