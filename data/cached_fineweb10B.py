@@ -14,7 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kit.datasets import data_dir  # noqa: E402
-from kit.errors import DataError  # noqa: E402
+from kit.errors import run_cli  # noqa: E402
 from kit.hub import download_fineweb  # noqa: E402
 
 
@@ -25,13 +25,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not 1 <= args.num_train_shards <= 103:
         parser.error("num_train_shards must be between 1 and 103")
-    try:
-        paths = download_fineweb(args.num_train_shards, args.dest)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    print(f"{len(paths)} shard(s) ready in {args.dest}")
-    return 0
+    return run_cli(lambda: f"{len(download_fineweb(args.num_train_shards, args.dest))} shard(s) ready in {args.dest}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit.errors import DataError  # noqa: E402
+from kit.errors import DataError, run_cli  # noqa: E402
 from kit.hub import download_file  # noqa: E402
 from kit.shards import write_shard  # noqa: E402
 from kit.tokenizer import encode_document  # noqa: E402
@@ -115,19 +115,17 @@ def main(argv=None) -> int:
     parser.add_argument("--shard-tokens", type=int, default=100_000_000)
     parser.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2) - 1))
     args = parser.parse_args(argv)
-    try:
-        if args.parquet_dir:
-            files = sorted(Path(args.parquet_dir).glob("*.parquet"))
-            if not files:
-                raise DataError(f"no *.parquet files in {args.parquet_dir}")
-        else:
-            files = download_sample(args.num_files, Path(args.raw_dir))
-        written = tokenize(files, Path(args.out_dir), args.val_tokens, args.shard_tokens, args.workers)
-    except DataError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return err.exit_code
-    print(f"wrote {len(written)} shard(s) to {args.out_dir}")
-    return 0
+    return run_cli(lambda: f"wrote {len(tokenize(input_files(args), Path(args.out_dir), args.val_tokens, args.shard_tokens, args.workers))} shard(s) to {args.out_dir}")
+
+
+def input_files(args) -> list[Path]:
+    """The parquet files given with --parquet-dir, or the downloaded sample-10BT ones."""
+    if not args.parquet_dir:
+        return download_sample(args.num_files, Path(args.raw_dir))
+    files = sorted(Path(args.parquet_dir).glob("*.parquet"))
+    if not files:
+        raise DataError(f"no *.parquet files in {args.parquet_dir}")
+    return files
 
 
 if __name__ == "__main__":

@@ -6,6 +6,20 @@ Anything the user can fix (a flag, a file, the network, memory) is raised as a `
 """
 
 
+import sys
+
+
+def run_cli(action) -> int:
+    """For the data/ command-line tools: run action() and print the line it returns (exit 0), or
+    the UserError it raises as one 'error: ...' line (exit with its code)."""
+    try:
+        print(action())
+        return 0
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
+
+
 class UserError(Exception):
     """A problem the user can fix; the message says what to do."""
 

@@ -25,6 +25,7 @@ from kit import checkpoint, datasets, flops, hw
 from kit.config import config_dict, parse_config
 from kit.errors import OutOfMemory, TrainingDiverged, UserError
 from kit.loader import TrainStream, validation_batches
+from kit.model import count_parameters
 from kit.optim import set_learning_rates, warmup_cosine
 from kit.runlog import RunLog, default_run_dir, git_commit
 
@@ -123,7 +124,7 @@ class Trainer:
 
     def describe_run(self, resumed_from) -> None:
         cfg = self.cfg
-        self.n_params = sum(p.numel() for p in {id(p): p for p in self.model.parameters()}.values())
+        self.n_params = count_parameters(self.model)
         if hasattr(self.model, "flops_per_token"):  # a model whose attention spans less than seq_len counts itself
             self.flops_per_token = self.model.flops_per_token(cfg.seq_len)
         else:
