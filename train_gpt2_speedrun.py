@@ -71,7 +71,7 @@ class Hyperparameters(TrainConfig):
     late_val_frac: float = 0.2
 
 
-DATA_PRESETS = {"webmix": {"max_steps": 440, "val_every": 50}}
+DATA_PRESETS = {"webmix": {"max_steps": 440, "val_every": 100}}
 
 
 def on_gpu(cfg: Hyperparameters) -> bool:

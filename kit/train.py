@@ -257,7 +257,7 @@ class Trainer:
         t0 = time.perf_counter()
         event = {"type": "val", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms}
         event["val_loss"] = self.evaluate(self.files.val, strict=True)
-        if self.cfg.extra_val:
+        if self.cfg.extra_val and self.extra_val_due(event["val_loss"]):
             for name, path in self.files.extra_val.items():
                 event[f"val_loss_{name}"] = self.evaluate(path, strict=False)
         event["eval_s"] = time.perf_counter() - t0
@@ -267,6 +267,13 @@ class Trainer:
         self.log.print(f"val step {self.step}/{self.cfg.max_steps} | val_loss {event['val_loss']:.4f}{extras} | train_time {self.train_time_ms / 1000:.1f}s | eval {event['eval_s']:.1f}s")
         self.last_val = event
         return event["val_loss"]
+
+    def extra_val_due(self, val_loss: float) -> bool:
+        """The further validation sets run at the regular validations, at the end and where the target
+        is reached; the frequent late checks of a recipe's validate_at look at the main set only."""
+        regular = self.cfg.val_every > 0 and self.step % self.cfg.val_every == 0
+        reached = self.target is not None and val_loss <= self.target
+        return regular or reached or self.step == self.cfg.max_steps
 
     def validation_due(self) -> bool:
         if self.step == self.cfg.max_steps:

@@ -1,25 +1,39 @@
 #!/usr/bin/env bash
 # The speedrun on webmix: the recipe twice (times vary between runs: quote both), a 24 GB fit
-# check, then the ablations (one component off at a time), and a comparison table + plots.
+# check, the ablations (one component off at a time), then a comparison table + plots.
 # Needs the 7 webmix train shards, the val shard and fineweb_sample in data/webmix
 # (scripts/stage_part.sh). On the lent GPU start it with setsid nohup and read $OUT from later calls.
-#   bash scripts/speedrun_webmix.sh [out-dir] [extra flags for every run...]
+#   [RUNS="best repeat"] bash scripts/speedrun_webmix.sh [out-dir] [extra flags for every run...]
+# RUNS picks a subset (default: all, in the order below); runs already finished in out-dir are kept.
 set -u
 OUT=${1:-logs/speedrun_webmix}
 shift || true
+RUNS=${RUNS:-"best repeat fit_24gb no_muon no_value_embeds no_window_schedule"}
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 n=$(ls data/webmix/webmix_train_*.bin 2>/dev/null | wc -l)
-[ "$n" -eq 7 ] || { echo "need the 7 webmix train shards in data/webmix, found $n"; exit 1; }
-run() {
-  local name=$1; shift
-  python3 train_gpt2_speedrun.py --data webmix --export 0 --progress lines --out-dir "$OUT/$name" "$@" > "$OUT/$name.console.txt" 2>&1
-  echo "$name: exit $? $(grep -E '^(reached|finished)' "$OUT/$name.console.txt" | tail -1)"
+[ "$n" -eq 7 ] || [ "$RUNS" = fit_24gb ] || { echo "need the 7 webmix train shards in data/webmix, found $n"; exit 1; }
+
+flags_for() {
+  case $1 in
+    best|repeat) ;;
+    # 22.5 GiB: a 24 GB card's memory less the CUDA context and a desktop's share
+    fit_24gb) echo "--memory-cap-gib 22.5 --max-steps 20 --val-every 0" ;;
+    no_muon) echo "--muon 0" ;;
+    no_value_embeds) echo "--value-embeds 0" ;;
+    no_window_schedule) echo "--window-schedule 0" ;;
+    *) echo "unknown run $1" >&2; return 1 ;;
+  esac
 }
-run best "$@"
-run repeat "$@"
-run fit_24gb --memory-cap-gib 24 --max-steps 20 "$@"
-run no_muon --muon 0 "$@"
-run no_value_embeds --value-embeds 0 "$@"
-run no_window_schedule --window-schedule 0 "$@"
-python3 scripts/compare.py "$OUT"/best "$OUT"/repeat "$OUT"/no_muon "$OUT"/no_value_embeds "$OUT"/no_window_schedule --out "$OUT"
+
+for name in $RUNS; do
+  extra=$(flags_for "$name") || exit 2
+  if [ -f "$OUT/$name/summary.json" ]; then echo "$name: already done"; continue; fi
+  # shellcheck disable=SC2086
+  python3 train_gpt2_speedrun.py --data webmix --export 0 --progress lines --out-dir "$OUT/$name" $extra "$@" > "$OUT/$name.console.txt" 2>&1
+  echo "$name: exit $? $(grep -E '^(reached|finished)' "$OUT/$name.console.txt" | tail -1)"
+done
+done_runs=$(for r in best repeat no_muon no_value_embeds no_window_schedule; do [ -f "$OUT/$r/summary.json" ] && echo "$OUT/$r"; done)
+# shellcheck disable=SC2086
+[ -n "$done_runs" ] && python3 scripts/compare.py $done_runs --out "$OUT"
+exit 0

@@ -4,7 +4,8 @@
 # 2 = train 2-3, 3 = train 4-5, 4 = train 6-7. On the GPU each part is then staged with
 #   python3 data/webmix.py --source .data/webmix --skip-missing
 # and the decompressed shards stay in data/webmix/ for the rest of that machine's lease.
-#   bash scripts/stage_part.sh PART [SOURCE]
+#   bash scripts/stage_part.sh PART [SOURCE] [DEST]   (DEST default .data/webmix; with .data/pN per part all
+#   four can be prepared at once and each call carries one of them)
 set -eu
 part=$1
 src=${2:-../shared/data/webmix}
@@ -15,7 +16,8 @@ case $part in
   4) files="webmix_train_000006.bin.xz webmix_train_000007.bin.xz" ;;
   *) echo "part must be 1..4"; exit 2 ;;
 esac
-rm -rf .data/webmix && mkdir -p .data/webmix
-cp "$src/MANIFEST.json" .data/webmix/
-for f in $files; do cp "$src/$f" .data/webmix/; done
-du -sh .data/webmix
+dest=${3:-.data/webmix}
+rm -rf "$dest" && mkdir -p "$dest"
+cp "$src/MANIFEST.json" "$dest/"
+for f in $files; do cp "$src/$f" "$dest/"; done
+du -sh "$dest"

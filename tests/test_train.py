@@ -259,3 +259,18 @@ def test_batch_schedule_counts_the_tokens_it_trains_on(tmp_path):
     assert [e["tokens"] for e in read_metrics(tmp_path)] == [128, 256, 512, 768]
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["tokens"] == 768 and read_metrics(tmp_path, "val")[-1]["tokens"] == 768
+
+
+@pytest.mark.parametrize("step, loss, due", [
+    (100, 4.0, True),    # a regular validation
+    (430, 4.0, False),   # a late check between regular ones: main set only
+    (430, 3.5, True),    # the target is reached here
+    (440, 4.0, True),    # the last step
+])
+def test_further_validation_sets_run_at_regular_checks_the_target_and_the_end(step, loss, due):
+    from types import SimpleNamespace
+
+    from kit.train import Trainer
+
+    trainer = SimpleNamespace(cfg=SimpleNamespace(val_every=100, max_steps=440), step=step, target=3.64)
+    assert Trainer.extra_val_due(trainer, loss) is due
