@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One lease of a 2-GPU machine: the single-GPU measurements run side by side, one per GPU, then the
-# 2-GPU torchrun comparison. GPU 0: the speedrun's 24 GB fit check, then the speedrun on webmix and its
+# 2-GPU torchrun comparison. On a 1-GPU machine: the fit check, the speedrun, the proxy baseline and
+# the speedrun's repeat one after another (no DDP comparison). GPU 0: the speedrun's 24 GB fit check, then the speedrun on webmix and its
 # repeat. GPU 1: the proxy-scale baseline, then the baseline for 50 steps (the 1-GPU half of the DDP
 # comparison). Last, the same 50 steps under torchrun on both GPUs.
 # Start it after staging part 1 (scripts/stage_part.sh); it waits for the other parts to arrive:
@@ -38,6 +39,14 @@ gpu1() {
 }
 
 echo "start $(date -u +%T)"
+if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
+  RUNS=fit_24gb bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
+  wait_for_shards || exit 1
+  RUNS=best bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
+  bash scripts/proxy_baseline.sh "$LOGS/proxy_baseline" --attn sdpa --compile 1
+  RUNS=repeat bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
+  echo "done $(date -u +%T)"; exit 0
+fi
 gpu0 > "$LOGS/gpu0.txt" 2>&1 &
 gpu1 > "$LOGS/gpu1.txt" 2>&1 &
 wait
