@@ -81,7 +81,7 @@ def validation_batches(path, val_tokens: int, seq_len: int, micro_batch: int, ra
     """Batches over the first `val_tokens` tokens of a validation shard, split across ranks.
 
     strict: fewer tokens than asked is an error (the main set); otherwise the set is cut to what
-    the shard holds (a secondary set such as a small FineWeb sample).
+    the shard holds (a secondary set such as a small FineWeb sample), in whole micro-batches.
     """
     tokens = open_shard(path)
     available = len(tokens) - 1
@@ -93,6 +93,9 @@ def validation_batches(path, val_tokens: int, seq_len: int, micro_batch: int, ra
     if num_seqs < world:
         raise DataError(f"--val-tokens {val_tokens} gives {num_seqs} sequences of {seq_len}, fewer than the {world} ranks")
     per_rank = num_seqs // world
+    if not strict and per_rank >= micro_batch:
+        # whole micro-batches only: a last, smaller batch is a new shape that a compiled model recompiles for
+        per_rank -= per_rank % micro_batch
     first = rank * per_rank
     for b in range(first, first + per_rank, micro_batch):
         n = min(micro_batch, first + per_rank - b)

@@ -283,6 +283,10 @@ class ModernGPT(nn.Module):
         """Compile each block and the head separately, in place ("regional compilation"): the 12
         blocks share one compiled graph (two: with and without value embeddings), so compiling
         costs about one block instead of the whole unrolled model; masks stay eager."""
+        # The blocks share one code object, so each variant (with/without value embeddings, training and
+        # evaluation shapes) counts against dynamo's per-code recompile limit (8), past which new variants
+        # run uncompiled; the limit was reached on an H200 (TORCH_LOGS=recompiles names each variant).
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
         for block in self.blocks:
             block.compile()
         self.head = torch.compile(self.head)

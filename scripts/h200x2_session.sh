@@ -40,11 +40,12 @@ gpu1() {
 
 echo "start $(date -u +%T)"
 if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
-  RUNS=fit_24gb bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
   wait_for_shards || exit 1
-  RUNS=best bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
-  bash scripts/proxy_baseline.sh "$LOGS/proxy_baseline" --attn sdpa --compile 1
-  RUNS=repeat bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
+  TORCH_LOGS=recompiles RUNS=best bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
+  echo "speedrun done $(date -u +%T)"
+  bash scripts/proxy_baseline.sh "$LOGS/proxy_baseline" --attn sdpa --compile 1 --val-every 111
+  echo "proxy baseline done $(date -u +%T)"
+  RUNS="repeat fit_24gb" bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
   echo "done $(date -u +%T)"; exit 0
 fi
 gpu0 > "$LOGS/gpu0.txt" 2>&1 &
