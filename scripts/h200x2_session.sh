@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# One lease of a 2-GPU machine: the single-GPU measurements run side by side, one per GPU, then the
-# 2-GPU torchrun comparison. On a 1-GPU machine: the fit check, the speedrun, the proxy baseline and
-# the speedrun's repeat one after another (no DDP comparison). GPU 0: the speedrun's 24 GB fit check, then the speedrun on webmix and its
-# repeat. GPU 1: the proxy-scale baseline, then the baseline for 50 steps (the 1-GPU half of the DDP
-# comparison). Last, the same 50 steps under torchrun on both GPUs.
-# Start it after staging part 1 (scripts/stage_part.sh); it waits for the other parts to arrive:
+# One lease on the webmix measurements, started after staging part 1 (scripts/stage_part.sh); it waits
+# for the other parts to arrive:
 #   setsid nohup bash scripts/h200x2_session.sh logs > logs/session.txt 2>&1 < /dev/null &
+# On 2 GPUs the single-GPU runs go side by side: GPU 0 the speedrun's 24 GB fit check, the speedrun
+# and its repeat; GPU 1 the proxy-scale baseline and the baseline for 50 steps (the 1-GPU half of
+# the DDP comparison); last the same 50 steps under torchrun on both GPUs. On 1 GPU, one after
+# another: the speedrun, the proxy baseline (validating every 111 steps to save device time), the
+# speedrun's repeat and the fit check (no DDP comparison).
 set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1
