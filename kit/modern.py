@@ -48,6 +48,8 @@ class ModernConfig:
     fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/fp8.py)
     compile_mode: str = "regional"  # regional (blocks and head compiled one by one) | whole
     mtp_offsets: int = 0  # multi-token prediction: also predict tokens t+2 .. t+1+mtp_offsets while training
+    rope: str = "half"  # half: rotary on half the dimensions, frequencies 1 .. 1/1024 (the public record's); full: all, base 10000
+    no_attn_layers: tuple = ()  # layers that keep only their MLP (the public record drops layer 7's attention)
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -128,10 +130,26 @@ def flex_attention_fn(q):
 
 # ----- layers -----
 
+def rotary_frequencies(head_dim: int, style: str = "full", base: float = 10000.0) -> torch.Tensor:
+    """Angular frequency of each of the head_dim / 2 rotated pairs.
+
+    full: base^(-2i/head_dim), every pair rotates. half: head_dim / 4 frequencies spaced
+    geometrically from 1 to 1/1024 and head_dim / 4 zeros, so half the dimensions carry no
+    position at all (free for content), and the slowest rotating pair still turns within the
+    windows used here (1/1024 rad per token).
+    """
+    if style == "full":
+        return 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if style == "half":
+        rotating = (1 / 1024) ** torch.linspace(0, 1, steps=head_dim // 4, dtype=torch.float32)
+        return torch.cat([rotating, rotating.new_zeros(head_dim // 2 - head_dim // 4)])
+    raise ValueError(f"unknown rotary style {style!r} (full or half)")
+
+
 class Rotary(nn.Module):
-    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0):
+    def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0, style: str = "full"):
         super().__init__()
-        inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        inv_freq = rotary_frequencies(head_dim, style, base)
         angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
@@ -162,7 +180,7 @@ class ModernAttention(nn.Module):
         inner = cfg.n_head * cfg.head_dim
         self.qkv = hidden_linear(cfg.n_embd, 3 * inner)
         self.proj = hidden_linear(inner, cfg.n_embd, zero=True)
-        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len)
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, style=cfg.rope)
         self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # (own values, value embedding)
 
     def forward(self, x, value_embed, mask):
@@ -190,15 +208,16 @@ class ReluSquaredMLP(nn.Module):
 
 
 class ModernBlock(nn.Module):
-    def __init__(self, cfg: ModernConfig):
+    def __init__(self, cfg: ModernConfig, attention: bool = True):
         super().__init__()
-        self.attn = ModernAttention(cfg)
+        self.attn = ModernAttention(cfg) if attention else None
         self.mlp = ReluSquaredMLP(cfg)
         self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # (stream, embedding x0)
 
     def forward(self, x, x0, value_embed, mask):
         x = self.residual_mix[0] * x + self.residual_mix[1] * x0
-        x = x + self.attn(rms_norm(x), value_embed, mask)
+        if self.attn is not None:
+            x = x + self.attn(rms_norm(x), value_embed, mask)
         return x + self.mlp(rms_norm(x))
 
 
@@ -212,7 +231,10 @@ class ModernGPT(nn.Module):
         # at most one per layer pair (first and last layers), so that every embedding is used (DDP requires it)
         n_value_embeds = min(cfg.value_embeds, cfg.n_layer // 2)
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_head * cfg.head_dim) for _ in range(n_value_embeds))
-        self.blocks = nn.ModuleList(ModernBlock(cfg) for _ in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(ModernBlock(cfg, attention=i not in cfg.no_attn_layers) for i in range(cfg.n_layer))
+        fed = [i for i, slot in enumerate(self.value_embed_slots()) if slot is not None]
+        if any(i in cfg.no_attn_layers for i in fed):
+            raise ValueError(f"layers {cfg.no_attn_layers} lose their attention but layers {fed} take value embeddings, which feed attention")
         self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet else None
         self.lm_head = FP8Head(cfg.n_embd, cfg.vocab_size, fp8=cfg.fp8_head)
         nn.init.zeros_(self.lm_head.weight)
@@ -227,13 +249,15 @@ class ModernGPT(nn.Module):
         """Attention span of the long-window layers, in blocks of 128 tokens (the others get half)."""
         self.window_blocks.fill_(max(1, int(long_blocks)))
 
+    def value_embed_slots(self) -> list:
+        """For each layer, which value embedding it takes: the first and the last `value_embeds`
+        layers get embeddings 0, 1, 2, ... in that order; None in between."""
+        n, L = len(self.value_embeds), self.config.n_layer
+        return [i if i < n else i - (L - n) if i >= L - n else None for i in range(L)]
+
     def layer_value_embeds(self, idx):
-        """Value embeddings for the first and the last `value_embeds` layers; None in between."""
         ve = [embed(idx) for embed in self.value_embeds]
-        n, L = len(ve), self.config.n_layer
-        if n == 0:
-            return [None] * L
-        return [ve[i] if i < n else ve[i - (L - n)] if i >= L - n else None for i in range(L)]
+        return [ve[j] if j is not None else None for j in self.value_embed_slots()]
 
     @torch.compiler.disable
     def masks(self, idx):
@@ -306,4 +330,5 @@ class ModernGPT(nn.Module):
         from kit.flops import linear_weight_count
 
         span = min(seq_len, MAX_WINDOW_BLOCKS * BLOCK)
-        return 6 * linear_weight_count(self) + 12 * self.config.n_layer * self.config.n_head * self.config.head_dim * span
+        attention_layers = sum(block.attn is not None for block in self.blocks)
+        return 6 * linear_weight_count(self) + 12 * attention_layers * self.config.n_head * self.config.head_dim * span

@@ -1,6 +1,7 @@
 """The speedrun recipe: Muon, document/window attention masks, schedules, and a smoke run."""
 
 import json
+import math
 import warnings
 
 import pytest
@@ -44,6 +45,35 @@ def test_muon_step_is_the_scaled_orthogonalised_momentum():
     torch.testing.assert_close(p.detach(), expected, atol=2e-2, rtol=0)
     with pytest.raises(ValueError, match="2-D parameters only"):
         Muon([torch.nn.Parameter(torch.zeros(3))])
+
+
+def test_muon_split_treats_stacked_matrices_as_separate_parameters():
+    """split=3 (a fused QKV weight) steps each third as its own matrix; same-shape matrices batched
+    in one optimizer step as they would one by one."""
+    torch.manual_seed(0)
+    before, grad = torch.randn(3 * 16, 32), torch.randn(3 * 16, 32)
+
+    def parameters(count):
+        params = [torch.nn.Parameter(w.clone()) for w in before.chunk(count)]
+        for param, g in zip(params, grad.chunk(count)):
+            param.grad = g.clone()
+        return params
+
+    fused = parameters(1)
+    Muon(fused, lr=0.1, momentum=0.9, split=3).step()
+    batched = parameters(3)
+    Muon(batched, lr=0.1, momentum=0.9).step()
+    single = parameters(3)
+    for param in single:
+        Muon([param], lr=0.1, momentum=0.9).step()
+    torch.testing.assert_close(fused[0].detach(), torch.cat([p.detach() for p in single]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(fused[0].detach(), torch.cat([p.detach() for p in batched]), atol=1e-6, rtol=0)
+    whole = parameters(1)  # without the split: one 48 x 32 matrix, scaled by sqrt(48 / 32)
+    Muon(whole, lr=0.1, momentum=0.9).step()
+    split_update, whole_update = fused[0].detach() - before, whole[0].detach() - before
+    assert (whole_update - split_update).norm() > 0.1 * split_update.norm()
+    with pytest.raises(ValueError, match="split=5"):
+        Muon([torch.nn.Parameter(torch.zeros(48, 32))], split=5)
 
 
 def token_batch(B=2, T=4 * BLOCK, seed=0, eots=((0, 100, 300), (50, 400))):
@@ -160,9 +190,12 @@ def test_schedules_at_their_boundaries():
 
     cfg = sr.Hyperparameters()
     assert sr.constant_then_cooldown(0, cfg) == 1.0
-    assert sr.constant_then_cooldown(round(0.6 * cfg.max_steps) - 1, cfg) == 1.0
+    cooldown_start = (1 - cfg.cooldown_frac) * cfg.max_steps
+    assert sr.constant_then_cooldown(math.floor(cooldown_start), cfg) == 1.0
+    assert sr.constant_then_cooldown(math.ceil(cooldown_start) + 1, cfg) < 1.0
     assert sr.constant_then_cooldown(cfg.max_steps, cfg) == pytest.approx(0.1)
-    assert sr.constant_then_cooldown(round(0.8 * cfg.max_steps), cfg) == pytest.approx(0.55, abs=1e-3)
+    halfway = cfg.max_steps * (1 - cfg.cooldown_frac / 2)  # half way down from 1 to 0.1
+    assert sr.constant_then_cooldown(halfway, cfg) == pytest.approx(0.55, abs=1e-3)
     assert sr.long_window_blocks(0, cfg) == 1 and sr.long_window_blocks(cfg.max_steps, cfg) == MAX_WINDOW_BLOCKS
     assert sr.muon_momentum(0, cfg) == pytest.approx(0.85) and sr.muon_momentum(300, cfg) == pytest.approx(0.95)
     assert sr.muon_momentum(cfg.max_steps, cfg) == pytest.approx(0.95)
@@ -191,6 +224,42 @@ def test_ablation_switches_remove_their_component():
     assert model.skip_weights is None
     cfg, _, _ = built("--window-schedule", "0")
     assert sr.long_window_blocks(0, cfg) == MAX_WINDOW_BLOCKS
+
+
+@pytest.mark.parametrize("flags", [(), ("--mtp-offsets", "2"), ("--muon-split-qkv", "0"), ("--skip-attn-layers", "1", "--value-embeds", "0"),
+                                   ("--model-size", "124m", "--seq-len", "256")])
+def test_every_parameter_is_optimised_exactly_once(flags):
+    import train_gpt2_speedrun as sr
+    from kit.config import parse_config
+
+    cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", *flags])
+    model = sr.build_model(cfg)
+    optimised = [id(p) for opt in sr.build_optimizers(model, cfg) for g in opt.param_groups for p in g["params"]]
+    assert sorted(optimised) == sorted(id(p) for p in model.parameters())
+
+
+def test_record_architecture_switches():
+    """The 12-layer model drops layer 7's attention by default (auto), Q/K/V go to Muon as three
+    matrices each, and half the rotary pairs do not rotate; each switch turns its part off."""
+    import train_gpt2_speedrun as sr
+    from kit.config import parse_config
+    from kit.errors import UserError
+
+    def built(*flags):
+        cfg, _ = parse_config(sr.Hyperparameters, ["--device", "cpu", "--seq-len", "256", *flags])
+        model = sr.build_model(cfg)
+        return model, sr.build_optimizers(model, cfg)
+
+    model, (_, muon) = built()
+    assert [i for i, b in enumerate(model.blocks) if b.attn is None] == [7]
+    assert [g["split"] for g in muon.param_groups] == [3, 1] and len(muon.param_groups[0]["params"]) == 11
+    assert (model.blocks[0].attn.rotary.sin[:, 32:] == 0).all() and (model.blocks[0].attn.rotary.sin[1, :32] != 0).all()
+    model, (_, muon) = built("--skip-attn-layers", "none", "--muon-split-qkv", "0", "--rope", "full")
+    assert all(b.attn is not None for b in model.blocks) and [g["split"] for g in muon.param_groups] == [1]
+    assert (model.blocks[0].attn.rotary.sin[1] != 0).all()
+    for flags in (("--skip-attn-layers", "12"), ("--skip-attn-layers", "x"), ("--skip-attn-layers", "0")):  # layer 0 takes a value embedding
+        with pytest.raises(UserError):
+            built(*flags)
 
 
 def test_micro_batch_rule_fits_small_cards():
@@ -268,7 +337,7 @@ def test_compiled_model_does_not_recompile_as_the_window_grows(tmp_path, isolate
 
 def test_ddp_two_processes_match_one_process(tmp_path, isolated_data_dir):
     """Muon and Adam under DDP: the same losses as one process with twice the accumulation, and
-    the same weights up to the bf16 rounding of Newton-Schulz (reduction order differs)."""
+    the same weights up to float rounding (reduction order differs; Newton-Schulz runs in fp32 on the CPU)."""
     import subprocess
     import sys
 
@@ -286,7 +355,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, isolated_data_dir):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     for name in one:
-        assert ((one[name] - two[name]).norm() / (one[name].norm() + 1e-12)).item() < 5e-2, name
+        assert ((one[name] - two[name]).norm() / (one[name].norm() + 1e-12)).item() < 5e-3, name
 
 
 def test_multi_token_loss_equals_the_hand_computed_sum():
