@@ -68,6 +68,26 @@ class Muon(torch.optim.Optimizer):
             for shape, items in by_shape.items():
                 self.apply_orthogonalised(group, shape, items)
 
+    @torch.no_grad()
+    def warm_up(self) -> None:
+        """Run the orthogonalisation once per batched shape on zeros, so that its compilation
+        (CUDA) happens before the timed steps; parameters and state are not touched."""
+        for group in self.param_groups:
+            counts = {}
+            for p in group["params"]:
+                counts[p.shape] = counts.get(p.shape, 0) + 1
+            first = group["params"][0]
+            for shape, n in counts.items():
+                zeros = torch.zeros(n, group["split"], shape[0] // group["split"], shape[1], device=first.device, dtype=first.dtype)
+                self.orthogonalise(zeros, group["ns_steps"])
+
+    @staticmethod
+    def orthogonalise(stacked, steps):
+        if stacked.is_cuda:
+            return compiled_newton_schulz()(stacked, steps)
+        # the CPU (tests, smoke runs) gains nothing from bf16 and would lose reproducibility across reduction orders
+        return newton_schulz(stacked, steps, dtype=torch.float32)
+
     def momentum_direction(self, p, group):
         buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
         buf.lerp_(p.grad, 1 - group["momentum"])
@@ -76,10 +96,7 @@ class Muon(torch.optim.Optimizer):
     def apply_orthogonalised(self, group, shape, items):
         rows, cols = shape[0] // group["split"], shape[1]
         stacked = torch.stack([d.view(group["split"], rows, cols) for _, d in items])
-        if stacked.is_cuda:
-            updates = compiled_newton_schulz()(stacked, group["ns_steps"])
-        else:  # the CPU (tests, smoke runs) gains nothing from bf16 and would lose reproducibility across reduction orders
-            updates = newton_schulz(stacked, group["ns_steps"], dtype=torch.float32)
+        updates = self.orthogonalise(stacked, group["ns_steps"])
         lr = group["lr"]
         for (p, _), update in zip(items, updates):
             if group["weight_decay"]:

@@ -223,7 +223,8 @@ class Trainer:
 
         One fwd+bwd on the first real batch (same shapes and strides as training, so a compiled
         model does not recompile at step 1; the stream is rewound and the gradients dropped), and
-        one no-grad forward for evaluation.
+        one no-grad forward for evaluation; optimizers with compiled parts (Muon) compile them on
+        zeros, leaving weights and optimizer state untouched.
         """
         t0 = time.perf_counter()
         position = self.stream.state_dict()
@@ -231,6 +232,9 @@ class Trainer:
         self.stream.load_state_dict(position)
         self.forward_backward(self.train_model, batch)
         self.model.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            if hasattr(opt, "warm_up"):
+                opt.warm_up()
         with torch.no_grad(), hw.autocast(self.device, self.dtype):
             self.eval_model.eval()
             self.eval_model(*(t[: self.eval_micro_batch] for t in batch))  # the evaluation batch shape

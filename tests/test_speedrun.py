@@ -76,6 +76,14 @@ def test_muon_split_treats_stacked_matrices_as_separate_parameters():
         Muon([torch.nn.Parameter(torch.zeros(48, 32))], split=5)
 
 
+def test_muon_warm_up_changes_neither_weights_nor_state():
+    params = [torch.nn.Parameter(torch.randn(48, 32)), torch.nn.Parameter(torch.randn(32, 64))]
+    before = [p.detach().clone() for p in params]
+    opt = Muon([{"params": params[:1], "split": 3}, {"params": params[1:]}])
+    opt.warm_up()
+    assert all(torch.equal(p, b) for p, b in zip(params, before)) and not opt.state
+
+
 def token_batch(B=2, T=4 * BLOCK, seed=0, eots=((0, 100, 300), (50, 400))):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, 1000, (B, T), generator=g)
