@@ -152,7 +152,8 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def forward(self, idx, targets=None):
+    def hidden(self, idx):
+        """The final hidden states (after the last LayerNorm), (B, T, n_embd)."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than the model's block size {self.config.block_size}")
@@ -160,7 +161,10 @@ class GPT(nn.Module):
         x = self.wte(idx) + self.wpe(pos)
         for block in self.h:
             x = block(x)
-        h = self.ln_f(x)
+        return self.ln_f(x)
+
+    def forward(self, idx, targets=None):
+        h = self.hidden(idx)
         if targets is None:
             return self.logits(h)
         return self.loss(h, targets, idx)
