@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.utils.checkpoint
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -21,6 +22,7 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     attn: str = "manual"
+    checkpoint_layers: int = 0  # the first N blocks recompute their activations in the backward pass instead of storing them
 
 
 # (n_layer, n_head, n_embd); tiny exists for CPU smoke tests.
@@ -159,8 +161,11 @@ class GPT(nn.Module):
             raise ValueError(f"sequence of {T} tokens is longer than the model's block size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
         x = self.wte(idx) + self.wpe(pos)
-        for block in self.h:
-            x = block(x)
+        for i, block in enumerate(self.h):
+            if i < self.config.checkpoint_layers and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
         return self.ln_f(x)
 
     def forward(self, idx, targets=None):

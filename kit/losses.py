@@ -1,0 +1,53 @@
+"""Cross-entropy of a linear output layer computed in row chunks, never holding the full logits.
+
+The output layer's logits are the largest tensor of a GPT-2 step: N x 50257 numbers (fp32 for a
+stable softmax) for N tokens, kept for the backward pass. Here the loss and both gradients are
+computed chunk by chunk in the forward pass (the gradient of the summed loss with respect to a
+chunk's logits is softmax - one_hot, so nothing else is needed), and the backward pass only
+scales them: peak memory holds one chunk's logits instead of all of them, at the price of doing
+the output matmuls in the forward pass (the total work is the same: 3 matmuls per chunk).
+"""
+
+import torch
+
+
+class _ChunkedLinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, weight, targets, chunk: int):
+        n = h.size(0)
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad_h = torch.empty_like(h)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        for start in range(0, n, chunk):
+            hc, tc = h[start:start + chunk], targets[start:start + chunk]
+            logits = (hc @ weight.t()).float()
+            log_z = torch.logsumexp(logits, dim=-1)
+            total += (log_z - logits.gather(-1, tc[:, None]).squeeze(-1)).sum()
+            dlogits = torch.exp(logits - log_z[:, None])  # softmax
+            dlogits[torch.arange(len(tc), device=tc.device), tc] -= 1
+            dlogits = dlogits.to(h.dtype)
+            grad_h[start:start + chunk] = dlogits @ weight
+            grad_w += (dlogits.t() @ hc).float()
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.n = n
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_loss / ctx.n
+        return grad_h * scale.to(grad_h.dtype), (grad_w * scale).to(grad_w.dtype), None, None
+
+
+def chunked_linear_cross_entropy(h, weight, targets, chunk: int = 8192):
+    """mean over rows of -log softmax(h @ weight^T)[target]; h (..., d), weight (V, d), targets (...).
+
+    Under autocast the matmuls run in its dtype, as nn.Linear's would; softmax and sums in fp32.
+    """
+    h, targets = h.reshape(-1, h.size(-1)), targets.reshape(-1)
+    device_type = h.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        h, weight = h.to(dtype), weight.to(dtype)
+    with torch.autocast(device_type, enabled=False):
+        return _ChunkedLinearCrossEntropy.apply(h, weight, targets, chunk)
