@@ -76,3 +76,32 @@ def test_chunked_loss_model_matches_the_baseline_and_trains(tmp_path):
     for name in a:  # tied embeddings: the head's gradient lands in wte.weight in both
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3", "--out-dir", str(tmp_path)]) == 0
+
+
+# ----- optimizers -----
+
+def test_lion_step_by_hand():
+    from kit.optim import Lion
+
+    p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = Lion([p], lr=0.1, betas=(0.9, 0.99), weight_decay=0.5)
+    grads = [torch.tensor([0.3, -0.1, 0.0]), torch.tensor([-1.0, 0.2, 0.4])]
+    w, m = p.detach().clone(), torch.zeros(3)
+    for g in grads:
+        p.grad = g.clone()
+        opt.step()
+        w = w * (1 - 0.1 * 0.5) - 0.1 * torch.sign(0.9 * m + 0.1 * g)
+        m = 0.99 * m + 0.01 * g
+        torch.testing.assert_close(p.detach(), w)
+    torch.testing.assert_close(opt.state[p]["exp_avg"], m)
+
+
+def test_optimizer_script_runs_lion_and_explains_a_missing_bitsandbytes(tmp_path, capsys):
+    import importlib.util
+
+    import train_gpt2_optimizers as script
+
+    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3", "--out-dir", str(tmp_path / "lion")]) == 0
+    if importlib.util.find_spec("bitsandbytes") is None:
+        code = main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "1", "--optimizer", "adamw8bit", "--out-dir", str(tmp_path / "bnb")])
+        assert code == 2 and "needs bitsandbytes" in capsys.readouterr().err

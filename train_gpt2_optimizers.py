@@ -1,0 +1,57 @@
+"""The baseline with another optimizer: Lion (kit/optim.py) or 8-bit AdamW (bitsandbytes).
+
+Lion moves every weight by exactly lr per step (the sign of an interpolated momentum), so it
+wants a smaller learning rate and a larger weight decay than AdamW: --lion-lr / --lion-weight-decay
+(defaults 2e-4 and 0.3, a third of AdamW's lr and three times its decay, the paper's advice;
+not tuned on this kit yet). 8-bit AdamW keeps Adam's two moments in 8 bits (block-wise
+quantised), cutting optimizer memory by ~75%, with the baseline's --lr and --weight-decay;
+it needs `pip install bitsandbytes` (CUDA only). The warmup + cosine schedule is the baseline's.
+
+    python train_gpt2_optimizers.py --data webmix --optimizer lion
+    python train_gpt2_optimizers.py --data webmix --optimizer adamw8bit
+"""
+
+import sys
+from dataclasses import dataclass, field
+
+from kit.errors import UserError
+from kit.model import GPT, gpt_config
+from kit.optim import Lion, decay_groups
+from kit.train import Recipe, main
+
+import train_gpt2 as baseline  # the baseline's hyperparameters, model and optimizer, shared
+
+
+@dataclass
+class Hyperparameters(baseline.Hyperparameters):
+    optimizer: str = field(default="lion", metadata={"choices": ["lion", "adamw8bit", "adamw"], "help": "adamw: the baseline's, for a same-script comparison"})
+    lion_lr: float = 2e-4
+    lion_weight_decay: float = 0.3
+    lion_beta1: float = 0.9
+    lion_beta2: float = 0.99
+
+
+def build_model(cfg: Hyperparameters):
+    return GPT(gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn))
+
+
+def adamw8bit(model, cfg: Hyperparameters):
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UserError("--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes; CUDA GPUs only)") from None
+    return bnb.optim.AdamW8bit(decay_groups(model, cfg.weight_decay, cfg.lr), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+
+
+def build_optimizers(model, cfg: Hyperparameters):
+    if cfg.optimizer == "lion":
+        return [Lion(decay_groups(model, cfg.lion_weight_decay, cfg.lion_lr), lr=cfg.lion_lr, betas=(cfg.lion_beta1, cfg.lion_beta2))]
+    if cfg.optimizer == "adamw8bit":
+        return [adamw8bit(model, cfg)]
+    return baseline.build_optimizers(model, cfg)
+
+
+RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, description=__doc__.splitlines()[0])
+
+if __name__ == "__main__":
+    sys.exit(main(RECIPE))
