@@ -50,6 +50,7 @@ class Recipe:
     micro_batch_rule: Callable = None  # (cfg, usable GPU bytes) -> sequences per micro-batch, instead of probing
     compile_model: Callable = torch.compile  # how --compile 1 compiles the model (e.g. block by block)
     batch_schedule: Callable = None  # (step, cfg) -> share of --batch-tokens for that step (a batch-size ramp)
+    ddp_find_unused: bool = False  # True when steps may leave parameters without gradients (LayerDrop)
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -120,7 +121,8 @@ class Trainer:
         self.train_model = self.recipe.compile_model(self.model) if cfg.compile else self.model
         self.eval_model = self.train_model
         if ddp.enabled:
-            self.train_model = DistributedDataParallel(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            self.train_model = DistributedDataParallel(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                                       find_unused_parameters=self.recipe.ddp_find_unused)
 
     def describe_run(self, resumed_from) -> None:
         cfg = self.cfg

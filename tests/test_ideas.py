@@ -105,3 +105,54 @@ def test_optimizer_script_runs_lion_and_explains_a_missing_bitsandbytes(tmp_path
     if importlib.util.find_spec("bitsandbytes") is None:
         code = main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "1", "--optimizer", "adamw8bit", "--out-dir", str(tmp_path / "bnb")])
         assert code == 2 and "needs bitsandbytes" in capsys.readouterr().err
+
+
+# ----- LayerDrop -----
+
+def layerdrop_pair(p=0.5):
+    import train_gpt2_layerdrop as script
+
+    plain = tiny_gpt()
+    dropping = script.LayerDropGPT(gpt_config("tiny", block_size=32), p, seed=0)
+    dropping.load_state_dict(plain.state_dict())
+    return plain, dropping
+
+
+def test_layerdrop_skips_the_drawn_blocks_and_rescales_the_kept_ones():
+    plain, dropping = layerdrop_pair(0.5)  # p = 0.25 for block 0, 0.5 for block 1
+    idx = torch.randint(0, 50257, (2, 32))
+    dropping.dropped_blocks = lambda: {1}
+    x = plain.wte(idx) + plain.wpe(torch.arange(32))
+    expected = plain.ln_f(x + (plain.h[0](x) - x) / 0.75)
+    torch.testing.assert_close(dropping.hidden(idx), expected)
+    dropping.dropped_blocks = lambda: {0, 1}
+    torch.testing.assert_close(dropping.hidden(idx), plain.ln_f(x))
+
+
+def test_layerdrop_is_off_in_evaluation_and_after_its_share_of_the_run():
+    import train_gpt2_layerdrop as script
+
+    plain, dropping = layerdrop_pair(0.9)
+    idx = torch.randint(0, 50257, (2, 32))
+    dropping.eval(), plain.eval()
+    torch.testing.assert_close(dropping(idx), plain(idx))
+    cfg = script.Hyperparameters(max_steps=100, layerdrop=0.1, layerdrop_until=0.75)
+    assert script.layerdrop_active(74, cfg) and not script.layerdrop_active(75, cfg)
+    assert not script.layerdrop_active(0, script.Hyperparameters(layerdrop=0.0))
+    assert dropping.drop_probs == pytest.approx([0.45, 0.9])
+
+
+def test_layerdrop_draws_are_reproducible_and_roughly_at_their_rates():
+    _, a = layerdrop_pair(0.5)
+    _, b = layerdrop_pair(0.5)
+    draws = [a.dropped_blocks() for _ in range(2000)]
+    assert draws[:50] == [b.dropped_blocks() for _ in range(50)]  # same seed, same draws (DDP ranks agree)
+    assert sum(0 in d for d in draws) / 2000 == pytest.approx(0.25, abs=0.04)
+    assert sum(1 in d for d in draws) / 2000 == pytest.approx(0.5, abs=0.04)
+
+
+def test_layerdrop_script_smoke(tmp_path):
+    import train_gpt2_layerdrop as script
+
+    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--layerdrop", "0.5",
+                                "--out-dir", str(tmp_path)]) == 0
