@@ -156,3 +156,77 @@ def test_layerdrop_script_smoke(tmp_path):
 
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--layerdrop", "0.5",
                                 "--out-dir", str(tmp_path)]) == 0
+
+
+# ----- mixture of experts -----
+
+def moe_reference(layer, flat):
+    """Token by token: the sum over its top-k experts of gate x expert(x), skipping assignments
+    beyond an expert's capacity (taken in routing order)."""
+    gates, experts, _ = layer.route(flat)
+    capacity = layer.capacity(experts.numel(), torch.bincount(experts.reshape(-1), minlength=layer.n_experts))
+    taken = [0] * layer.n_experts
+    kept = torch.zeros_like(experts, dtype=torch.bool)
+    for e in range(layer.n_experts):  # routing order within an expert: token-major, then choice
+        for a in (experts.reshape(-1) == e).nonzero().flatten().tolist():
+            if taken[e] < capacity:
+                kept.view(-1)[a] = True
+                taken[e] += 1
+    out = torch.zeros_like(flat)
+    for t in range(len(flat)):
+        for j in range(layer.top_k):
+            if kept[t, j]:
+                e = experts[t, j]
+                hidden = torch.nn.functional.gelu(flat[t] @ layer.w_in[e] + layer.b_in[e], approximate="tanh")
+                out[t] += gates[t, j] * (hidden @ layer.w_out[e] + layer.b_out[e])
+    return out, kept
+
+
+@pytest.mark.parametrize("top_k, capacity_factor", [(1, 0.0), (2, 0.0), (1, 0.6), (2, 0.8)])
+def test_moe_equals_a_per_token_reference(top_k, capacity_factor):
+    from kit.moe import MoEMLP
+
+    torch.manual_seed(0)
+    layer = MoEMLP(16, 4, top_k, capacity_factor, hidden=24, std=0.3, out_std=0.3)
+    x = torch.randn(3, 10, 16)
+    expected, kept = moe_reference(layer, x.reshape(-1, 16))
+    torch.testing.assert_close(layer(x).reshape(-1, 16), expected, atol=1e-5, rtol=1e-4)
+    assert int(layer.dropped) == int((~kept).sum()) and int(layer.routed) == 30 * top_k
+    if capacity_factor:
+        assert int(layer.dropped) > 0  # the small capacities above do drop some assignments
+    _, experts, _ = layer.route(x.reshape(-1, 16))
+    torch.testing.assert_close(layer.load, torch.bincount(experts.reshape(-1), minlength=4).float())
+
+
+def test_moe_balance_loss_formula():
+    from kit.moe import MoEMLP
+
+    layer = MoEMLP(8, 4)
+    counts, probs = torch.tensor([6, 2, 0, 0]), torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.5, 0.3, 0.1, 0.1]])
+    expected = 4 * (0.75 * 0.6 + 0.25 * 0.2 + 0 * 0.1 + 0 * 0.1)
+    assert layer.balance_loss(counts, probs).item() == pytest.approx(expected)
+    uniform = layer.balance_loss(torch.tensor([2, 2, 2, 2]), torch.full((3, 4), 0.25))
+    assert uniform.item() == pytest.approx(1.0)
+
+
+def test_moe_model_trains_its_router_through_a_compiled_graph():
+    import train_gpt2_moe as script
+
+    model = script.MoEGPT(gpt_config("tiny", block_size=32), script.Hyperparameters(experts=4, balance_weight=0.01))
+    compiled = torch.compile(model, backend="eager")  # dynamo's tracing (side effects included), no code generation
+    idx = torch.randint(0, 50257, (2, 32))
+    compiled(idx, idx).backward()
+    layers = model.moe_layers()
+    assert len(layers) == 2 and all(layer.aux_loss is not None for layer in layers)
+    assert all(layer.router.weight.grad.abs().sum() > 0 for layer in layers)
+    model.eval()
+    plain = GPT.loss(model, model.hidden(idx), idx)
+    assert model(idx, idx).item() == pytest.approx(plain.item())  # validation: no balance term
+
+
+def test_moe_script_reports_routing(tmp_path, capsys):
+    import train_gpt2_moe as script
+
+    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "2", "--experts", "2",
+                                "--out-dir", str(tmp_path)]) == 0
+    assert "routing at step 2: moe0: load" in capsys.readouterr().out
