@@ -230,3 +230,75 @@ def test_moe_script_reports_routing(tmp_path, capsys):
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "2", "--experts", "2",
                                 "--out-dir", str(tmp_path)]) == 0
     assert "routing at step 2: moe0: load" in capsys.readouterr().out
+
+
+# ----- multi-token prediction on the baseline -----
+
+def mtp_model(style, offsets=2):
+    import train_gpt2_mtp as script
+
+    torch.manual_seed(0)
+    model = script.MTPGPT(gpt_config("tiny", block_size=32), offsets, style)
+    with torch.no_grad():  # non-zero adapters, so every offset's path matters
+        for p in model.offsets.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("style", ["parallel", "sequential"])
+def test_mtp_loss_is_the_hand_computed_weighted_sum(style):
+    import torch.nn.functional as F
+
+    model = mtp_model(style)
+    model.mtp_weights.copy_(torch.tensor([0.3, 0.2]))
+    idx = torch.randint(0, 50257, (2, 32))
+    targets = torch.roll(idx, -1, 1)
+    h = model.hidden(idx)
+    expected = F.cross_entropy(model.lm_head(h).reshape(-1, 50257), targets.reshape(-1))
+    state = h
+    for k, weight in ((1, 0.3), (2, 0.2)):
+        if style == "sequential":
+            state = model.offsets[k - 1](state[:, : 32 - k], model.wte(idx[:, k:]))
+        else:
+            state = model.offsets[k - 1](h[:, : 32 - k])
+        for t in range(32 - k):  # position t predicts token t+1+k, which is targets[:, t+k]
+            expected = expected + weight * F.cross_entropy(model.lm_head(state[:, t]), targets[:, t + k]) / (32 - k)
+    torch.testing.assert_close(model(idx, targets), expected, atol=1e-4, rtol=1e-5)
+    model.eval()
+    torch.testing.assert_close(model(idx, targets), F.cross_entropy(model.lm_head(h).reshape(-1, 50257), targets.reshape(-1)))
+
+
+def test_sequential_mtp_sees_no_token_beyond_the_one_before_its_target():
+    model = mtp_model("sequential")
+    idx = torch.randint(0, 50257, (1, 32))
+    t, k = 10, 2  # depth 2 at position 10 predicts token 13 and may see tokens up to 12
+    changed = idx.clone()
+    changed[0, t + k + 1:] = torch.randint(0, 50257, (32 - t - k - 1,))
+    with torch.no_grad():
+        a = model.offset_states(model.hidden(idx), idx)[k - 1][0, : t + 1]
+        b = model.offset_states(model.hidden(changed), changed)[k - 1][0, : t + 1]
+    torch.testing.assert_close(a, b)
+    changed[0, t + k] = (idx[0, t + k] + 1) % 50257  # token 12 itself is an input of depth 2 at position 10
+    with torch.no_grad():
+        c = model.offset_states(model.hidden(changed), changed)[k - 1][0, t]
+    assert not torch.allclose(a[t], c)
+
+
+def test_mtp_weights_anneal_the_furthest_offset_first():
+    import train_gpt2_mtp as script
+
+    cfg = script.Hyperparameters(max_steps=100, mtp_offsets=2, mtp_weight=0.3, mtp_frac=0.5)
+    assert script.offset_weight(0, 1, cfg) == pytest.approx(0.3) and script.offset_weight(0, 2, cfg) == pytest.approx(0.3)
+    assert script.offset_weight(25, 2, cfg) == 0 and script.offset_weight(25, 1, cfg) == pytest.approx(0.15)
+    assert script.offset_weight(50, 1, cfg) == 0
+    model = mtp_model("parallel")
+    script.before_step(30, model, [], cfg)
+    assert model.active_offsets == 1 and model.mtp_weights[1] == 0
+
+
+@pytest.mark.parametrize("style", ["parallel", "sequential"])
+def test_mtp_script_smoke(tmp_path, style):
+    import train_gpt2_mtp as script
+
+    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--mtp-style", style,
+                                "--out-dir", str(tmp_path)]) == 0
