@@ -154,13 +154,17 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden(self, idx):
-        """The final hidden states (after the last LayerNorm), (B, T, n_embd)."""
+    def hidden(self, idx, token_keep=None):
+        """The final hidden states (after the last LayerNorm), (B, T, n_embd). token_keep (B, T),
+        optional: 0 where a token's embedding is dropped (its position embedding stays)."""
         T = idx.size(1)
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than the model's block size {self.config.block_size}")
         pos = torch.arange(T, device=idx.device)
-        x = self.wte(idx) + self.wpe(pos)
+        tokens = self.wte(idx)
+        if token_keep is not None:
+            tokens = tokens * token_keep[..., None].to(tokens.dtype)
+        x = tokens + self.wpe(pos)
         for i, block in enumerate(self.h):
             if i < self.config.checkpoint_layers and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)

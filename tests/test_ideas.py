@@ -302,3 +302,45 @@ def test_mtp_script_smoke(tmp_path, style):
 
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--mtp-style", style,
                                 "--out-dir", str(tmp_path)]) == 0
+
+
+# ----- R-Drop / token dropout -----
+
+def test_symmetric_kl_is_zero_for_identical_passes_and_matches_its_formula():
+    import train_gpt2_rdrop as script
+
+    a, b = torch.randn(3, 5, 11), torch.randn(3, 5, 11)
+    assert script.symmetric_kl(a, a).item() == pytest.approx(0.0, abs=1e-7)
+    p, q = a.softmax(-1), b.softmax(-1)
+    by_hand = 0.5 * ((p * (p / q).log()).sum(-1) + (q * (q / p).log()).sum(-1)).mean()
+    assert script.symmetric_kl(a, b).item() == pytest.approx(by_hand.item(), rel=1e-5)
+
+
+def test_rdrop_without_dropout_is_the_plain_loss_and_with_it_adds_a_positive_term():
+    import train_gpt2_rdrop as script
+
+    plain = tiny_gpt()
+    idx = torch.randint(0, 50257, (2, 32))
+    targets = torch.roll(idx, -1, 1)
+    model = script.RDropGPT(gpt_config("tiny", block_size=32), token_drop=0.0, alpha=1.0)
+    model.load_state_dict(plain.state_dict())
+    torch.testing.assert_close(model(idx, targets), plain(idx, targets), atol=1e-5, rtol=1e-5)
+    model.token_drop = 0.5
+    torch.manual_seed(3)
+    dropped_loss = model(idx, targets)
+    torch.manual_seed(3)  # the same drawn mask: the two pieces by hand
+    keep = (torch.rand(idx.shape) >= 0.5).float()
+    logits_clean = plain.lm_head(plain.hidden(idx)).float()
+    logits_drop = plain.lm_head(plain.hidden(idx, token_keep=keep)).float()
+    ce = lambda lg: torch.nn.functional.cross_entropy(lg.reshape(-1, 50257), targets.reshape(-1))  # noqa: E731
+    expected = (ce(logits_clean) + ce(logits_drop)) / 2 + script.symmetric_kl(logits_clean, logits_drop)
+    torch.testing.assert_close(dropped_loss, expected, atol=1e-4, rtol=1e-5)
+    assert script.symmetric_kl(logits_clean, logits_drop) > 0
+    model.eval()
+    torch.testing.assert_close(model(idx, targets), plain(idx, targets), atol=1e-5, rtol=1e-5)
+
+
+def test_rdrop_script_smoke(tmp_path):
+    import train_gpt2_rdrop as script
+
+    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3", "--out-dir", str(tmp_path)]) == 0
