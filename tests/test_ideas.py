@@ -7,6 +7,7 @@ import torch
 
 from conftest import FAST, read_metrics
 from kit.model import GPT, gpt_config
+from kit.optim import warmup_cosine
 from kit.train import main
 
 
@@ -344,3 +345,41 @@ def test_rdrop_script_smoke(tmp_path):
     import train_gpt2_rdrop as script
 
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3", "--out-dir", str(tmp_path)]) == 0
+
+
+# ----- curriculum + one-cycle -----
+
+def test_curriculum_stages_and_one_cycle_at_their_boundaries():
+    import train_gpt2_curriculum as script
+
+    cfg = script.Hyperparameters(max_steps=300, seq_len=1024, curriculum_start=256, curriculum_until=0.3, cycle_up=0.25)
+    lengths = [script.stage_length(s, cfg) for s in (0, 29, 30, 59, 60, 89, 90, 299)]
+    assert lengths == [256, 256, 512, 512, 1024, 1024, 1024, 1024]  # 3 equal stages over the first 90 steps
+    assert script.one_cycle(0, cfg) == pytest.approx(1 / 25)
+    assert script.one_cycle(75, cfg) == pytest.approx(1.0)
+    assert script.one_cycle(300, cfg) == pytest.approx(1 / 250_000)
+    assert max(script.one_cycle(s, cfg) for s in range(301)) == pytest.approx(1.0)
+    off = script.Hyperparameters(max_steps=300, one_cycle=False)
+    assert script.one_cycle(10, off) == pytest.approx(warmup_cosine(10, off))
+
+
+def test_curriculum_trains_on_the_same_tokens_in_shorter_pieces():
+    import train_gpt2_curriculum as script
+
+    plain = tiny_gpt()
+    model = script.CurriculumGPT(gpt_config("tiny", block_size=32))
+    model.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 50257, (2, 32))
+    targets = torch.roll(idx, -1, 1)
+    model.train_len = 8
+    torch.testing.assert_close(model(idx, targets), plain(idx.reshape(8, 8), targets.reshape(8, 8)))
+    model.eval()  # evaluation always sees whole sequences
+    torch.testing.assert_close(model(idx, targets), plain(idx, targets))
+
+
+def test_curriculum_script_smoke(tmp_path, capsys):
+    import train_gpt2_curriculum as script
+
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--curriculum-start", "8", "--curriculum-until", "0.5"]
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path)]) == 0
+    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--curriculum-start", "12", "--out-dir", str(tmp_path / "bad")]) == 2
