@@ -383,3 +383,59 @@ def test_curriculum_script_smoke(tmp_path, capsys):
     flags = [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--curriculum-start", "8", "--curriculum-until", "0.5"]
     assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path)]) == 0
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--curriculum-start", "12", "--out-dir", str(tmp_path / "bad")]) == 2
+
+
+# ----- long context with document masks -----
+
+def long_context_model(window_blocks=0):
+    import train_gpt2_long_context as script
+
+    torch.manual_seed(0)
+    return script.LongContextGPT(gpt_config("tiny"), "dense", window_blocks, max_position=256)
+
+
+def test_document_positions_restart_at_each_document():
+    import train_gpt2_long_context as script
+
+    idx = torch.tensor([[7, 8, 50256, 5, 6, 50256, 50256, 9]])
+    assert script.document_positions(idx).tolist() == [[0, 1, 0, 1, 2, 0, 0, 1]]
+
+
+def test_long_context_attention_is_causal_and_stays_within_documents():
+    from kit.modern import EOT
+
+    model = long_context_model()
+    idx = torch.randint(0, 50000, (1, 512))
+    idx[0, [0, 200, 300]] = EOT  # documents [0, 200), [200, 300), [300, 512)
+    t = 250
+    changed = idx.clone()
+    changed[0, t + 1:] = torch.randint(0, 50000, (511 - t,))
+    changed[0, 400] = EOT
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[0, : t + 1], b[0, : t + 1], atol=1e-5, rtol=1e-5)  # nothing after t reaches t
+    other_doc = idx.clone()
+    other_doc[0, 1:200] = torch.randint(0, 50000, (199,))  # rewrite the first document
+    with torch.no_grad():
+        c = model(other_doc)
+    torch.testing.assert_close(a[0, 200:], c[0, 200:], atol=1e-5, rtol=1e-5)  # later documents never saw it
+    assert not torch.allclose(a[0, 1:200], c[0, 1:200])
+
+
+def test_long_context_window_limits_the_reach():
+    model = long_context_model(window_blocks=1)  # one block of 128: block 2 cannot see block 0, even two layers deep
+    idx = torch.randint(0, 50000, (1, 384))
+    changed = idx.clone()
+    changed[0, 1:128] = torch.randint(0, 50000, (127,))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0, 256:], model(changed)[0, 256:], atol=1e-5, rtol=1e-5)
+
+
+def test_long_context_script_smoke(tmp_path, capsys):
+    import train_gpt2_long_context as script
+
+    flags = ["--model-size", "tiny", "--device", "cpu", "--seq-len", "256", "--batch-tokens", "512", "--val-tokens", "512",
+             "--export", "0", "--progress", "lines", "--data", "synthetic", "--max-steps", "3", "--val-every", "3"]
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path)]) == 0
+    assert "attention: dense" in (tmp_path / "log.txt").read_text()
+    assert main(script.RECIPE, [*flags, "--window", "100", "--out-dir", str(tmp_path / "bad")]) == 2
