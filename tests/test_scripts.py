@@ -128,3 +128,18 @@ def test_sweep_grid_is_the_product():
     runs = sweep.combinations(sweep.parse_grid(["seq-len=1024,2048,4096,8192,16384", "attn=manual,sdpa"]))
     assert len(runs) == 10
     assert runs[0] == {"label": "seq-len=1024_attn=manual", "flags": ["--seq-len", "1024", "--attn", "manual"]}
+
+
+@pytest.mark.parametrize("rows_file", sorted((REPO / "scripts" / "rows").glob("*.json")), ids=lambda p: p.name)
+def test_bench_rows_name_existing_scripts_and_valid_flags(rows_file):
+    """Every row's script exists and takes the row's flags (a typo would waste a GPU call)."""
+    import shlex
+
+    from kit.config import parse_config
+
+    for row in json.loads(rows_file.read_text()):
+        script = REPO / row.get("script", "train_gpt2.py")
+        spec = importlib.util.spec_from_file_location(script.stem, script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parse_config(module.RECIPE.config_cls, shlex.split(row.get("flags", "")))
