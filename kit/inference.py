@@ -1,0 +1,244 @@
+"""Inference for the kit's GPT: key/value caches (contiguous and paged), a cached forward pass,
+sampling, and a generation loop.
+
+Both caches hold, per layer, the keys and values of every token a sequence has seen, so a new
+token's attention reads them instead of recomputing the prefix. They share one interface
+(add/free a sequence, reserve room, write a layer's new keys and values, read them back):
+- ContiguousKVCache: one fixed row of max_len slots per sequence (simple; wastes what a short
+  sequence does not use).
+- PagedKVCache: a pool of fixed blocks of `block_size` (64) token slots; each sequence has a
+  block table (its blocks, in order), a block is taken from the free list when a sequence
+  crosses into it and all of a sequence's blocks return when it ends, so sequences of any
+  lengths share one pool. Reading gathers a sequence's blocks through its table (the paged-
+  attention idea; here with a gather and a standard attention kernel, not a fused one).
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+class BlockAllocator:
+    """A free list of block ids 0..num_blocks-1."""
+
+    def __init__(self, num_blocks: int):
+        self.num_blocks = num_blocks
+        self.free = list(range(num_blocks - 1, -1, -1))
+        self.used = set()
+
+    def allocate(self) -> int:
+        if not self.free:
+            raise RuntimeError(f"the KV cache's {self.num_blocks} blocks are all in use; give it more blocks or fewer sequences")
+        block = self.free.pop()
+        self.used.add(block)
+        return block
+
+    def release(self, blocks) -> None:
+        for block in blocks:
+            if block not in self.used:
+                raise RuntimeError(f"block {block} released twice or never allocated")
+            self.used.remove(block)
+            self.free.append(block)
+
+
+class PagedKVCache:
+    def __init__(self, n_layer: int, n_head: int, head_dim: int, num_blocks: int, block_size: int = 64,
+                 device="cpu", dtype=torch.float32):
+        shape = (n_layer, num_blocks, n_head, block_size, head_dim)
+        self.k, self.v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+        self.block_size = block_size
+        self.allocator = BlockAllocator(num_blocks)
+        self.tables, self.lengths = {}, {}
+        self._next_id = 0
+
+    def add_sequence(self) -> int:
+        sid, self._next_id = self._next_id, self._next_id + 1
+        self.tables[sid], self.lengths[sid] = [], 0
+        return sid
+
+    def free_sequence(self, sid: int) -> None:
+        self.allocator.release(self.tables.pop(sid))
+        del self.lengths[sid]
+
+    def reserve(self, sids, n: int) -> None:
+        """Blocks for n more tokens of each sequence: all of them, or none and an error."""
+        missing = {sid: math.ceil((self.lengths[sid] + n) / self.block_size) - len(self.tables[sid]) for sid in sids}
+        if sum(max(0, m) for m in missing.values()) > len(self.allocator.free):
+            raise RuntimeError(f"the KV cache's {self.allocator.num_blocks} blocks are all in use; give it more blocks or fewer sequences")
+        for sid, m in missing.items():
+            self.tables[sid].extend(self.allocator.allocate() for _ in range(m))
+
+    def slots(self, sid: int, start: int, n: int):
+        """(block ids, offsets) of positions start .. start+n-1 of a sequence."""
+        pos = torch.arange(start, start + n)
+        table = torch.tensor(self.tables[sid], dtype=torch.long)
+        return table[pos // self.block_size], pos % self.block_size
+
+    def write(self, layer: int, sids, k, v) -> None:
+        """k, v: (len(sids), H, n, D), the n new tokens of each sequence (at its current length)."""
+        for i, sid in enumerate(sids):
+            blocks, offsets = self.slots(sid, self.lengths[sid], k.size(2))
+            self.k[layer, blocks, :, offsets] = k[i].transpose(0, 1).to(self.k.dtype)
+            self.v[layer, blocks, :, offsets] = v[i].transpose(0, 1).to(self.v.dtype)
+
+    def read(self, layer: int, sids, n_new: int):
+        """Keys and values of each sequence's tokens so far plus its n_new written ones:
+        (B, H, L, D) each, L the longest; shorter sequences are padded (the caller masks)."""
+        lengths = [self.lengths[sid] + n_new for sid in sids]
+        longest = max(lengths)
+        k = self.k.new_zeros(len(sids), self.k.size(2), longest, self.k.size(4))
+        v = torch.zeros_like(k)
+        for i, (sid, length) in enumerate(zip(sids, lengths)):
+            blocks, offsets = self.slots(sid, 0, length)
+            k[i, :, :length] = self.k[layer, blocks, :, offsets].transpose(0, 1)
+            v[i, :, :length] = self.v[layer, blocks, :, offsets].transpose(0, 1)
+        return k, v, lengths
+
+    def advance(self, sids, n: int) -> None:
+        for sid in sids:
+            self.lengths[sid] += n
+
+    def bytes_per_token(self) -> int:
+        """Cache memory one token of one sequence takes (keys + values, all layers)."""
+        n_layer, _, n_head, _, head_dim = self.k.shape
+        return 2 * n_layer * n_head * head_dim * self.k.element_size()
+
+
+class ContiguousKVCache(PagedKVCache):
+    """One row of max_len slots per sequence: a paged cache whose sequences each own max_len /
+    block_size fixed blocks from the start (so reading needs no table walk beyond a slice)."""
+
+    def __init__(self, n_layer, n_head, head_dim, max_batch: int, max_len: int, device="cpu", dtype=torch.float32):
+        super().__init__(n_layer, n_head, head_dim, num_blocks=max_batch, block_size=max_len, device=device, dtype=dtype)
+
+    def add_sequence(self) -> int:
+        sid = super().add_sequence()
+        self.tables[sid].append(self.allocator.allocate())  # the whole row at once
+        return sid
+
+    def reserve(self, sids, n: int) -> None:
+        for sid in sids:
+            if self.lengths[sid] + n > self.block_size:
+                raise RuntimeError(f"sequence {sid} would pass the cache's {self.block_size} slots")
+
+
+# ----- the cached forward pass of kit.model.GPT -----
+
+def cached_attention(attn, x, cache, layer: int, sids):
+    """CausalSelfAttention's math for x (B, n, C), the n new tokens of each sequence, attending to
+    the cached tokens and causally among themselves."""
+    B, n, C = x.shape
+    H = attn.n_head
+    q, k, v = attn.c_attn(x).split(C, dim=2)
+    q, k, v = (t.view(B, n, H, C // H).transpose(1, 2) for t in (q, k, v))
+    cache.write(layer, sids, k, v)
+    keys, values, lengths = cache.read(layer, sids, n)
+    kv_pos = torch.arange(keys.size(2), device=x.device)
+    q_pos = torch.tensor([length - n for length in lengths], device=x.device)[:, None] + torch.arange(n, device=x.device)
+    mask = kv_pos[None, None, :] <= q_pos[:, :, None]  # (B, n, L): causal, and padding beyond a sequence's length masked
+    y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask[:, None])
+    return attn.c_proj(y.transpose(1, 2).contiguous().view(B, n, C))
+
+
+def check_supported(model) -> None:
+    from kit.model import GPT, Block, CausalSelfAttention
+
+    if not isinstance(model, GPT) or any(type(b) is not Block or type(b.attn) is not CausalSelfAttention for b in model.h):
+        raise ValueError("the KV cache supports kit.model.GPT with its standard blocks (the baseline and the variants built on it)")
+
+
+@torch.no_grad()
+def forward_cached(model, idx, cache, sids):
+    """Logits (B, n, V) for the n new tokens idx (B, n) of sequences sids, extending the cache."""
+    cache.reserve(sids, idx.size(1))
+    starts = torch.tensor([cache.lengths[sid] for sid in sids], device=idx.device)
+    positions = starts[:, None] + torch.arange(idx.size(1), device=idx.device)
+    x = model.wte(idx) + model.wpe(positions)
+    for layer, block in enumerate(model.h):
+        x = x + cached_attention(block.attn, block.ln_1(x), cache, layer, sids)
+        x = x + block.mlp(block.ln_2(x))
+    cache.advance(sids, idx.size(1))
+    return model.logits(model.ln_f(x))
+
+
+# ----- sampling and generation -----
+
+def sample(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator=None):
+    """Next tokens (B,) from logits (B, V): greedy at temperature 0, else softmax(logits / T)
+    restricted to the top_k tokens and to the smallest set whose probability reaches top_p."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # tokens after the set already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens: int, cache: str = "paged", temperature: float = 0.0, top_k: int = 0,
+             top_p: float = 1.0, stop_token=None, seed: int = 0, block_size: int = 64, on_token=None):
+    """Continue each prompt (a list of token ids) by up to max_new_tokens tokens.
+
+    cache: "paged", "contiguous", or "none" (recompute the whole sequence every step: the
+    reference). A sequence stops early at stop_token (kept in its output); with the paged cache
+    its blocks return to the pool then. on_token(i, token) is called for every new token.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    outputs = [[] for _ in prompts]
+    longest = max(len(p) for p in prompts) + max_new_tokens
+    positions = getattr(model.config, "block_size", None) or model.config.max_seq_len  # learned positions, or rotary's table
+    if longest > positions:
+        raise ValueError(f"prompt + {max_new_tokens} new tokens = {longest} tokens, more than the model's {positions} positions")
+
+    def emit(i, token):
+        outputs[i].append(token)
+        if on_token:
+            on_token(i, token)
+        return token == stop_token or len(outputs[i]) == max_new_tokens
+
+    if cache == "none":
+        active = list(range(len(prompts)))
+        while active:
+            logits = [model(torch.tensor([prompts[i] + outputs[i]], device=device))[:, -1] for i in active]
+            tokens = sample(torch.cat(logits), temperature, top_k, top_p, generator).tolist()
+            active = [i for i, t in zip(active, tokens) if not emit(i, t)]
+        return outputs
+
+    check_supported(model)
+    config = model.config
+    head_dim, dtype = config.n_embd // config.n_head, next(model.parameters()).dtype
+    if cache == "paged":
+        blocks = len(prompts) * math.ceil(longest / block_size)
+        kv = PagedKVCache(config.n_layer, config.n_head, head_dim, blocks, block_size, device, dtype)
+    elif cache == "contiguous":
+        kv = ContiguousKVCache(config.n_layer, config.n_head, head_dim, len(prompts), longest, device, dtype)
+    else:
+        raise ValueError(f"cache must be paged, contiguous or none, not {cache!r}")
+    sid_of = {i: kv.add_sequence() for i in range(len(prompts))}
+    last = {}
+    for i, prompt in enumerate(prompts):  # prefill one by one: prompts differ in length
+        last[i] = forward_cached(model, torch.tensor([prompt], device=device), kv, [sid_of[i]])[:, -1]
+    active = list(range(len(prompts)))
+    while active:
+        tokens = sample(torch.cat([last[i] for i in active]), temperature, top_k, top_p, generator).tolist()
+        still = []
+        for i, token in zip(active, tokens):
+            if emit(i, token):
+                kv.free_sequence(sid_of[i])
+            else:
+                still.append(i)
+        active = still
+        if active:
+            step = torch.tensor([[outputs[i][-1]] for i in active], device=device)
+            logits = forward_cached(model, step, kv, [sid_of[i] for i in active])[:, -1]
+            last = {i: logits[j:j + 1] for j, i in enumerate(active)}
+    return outputs

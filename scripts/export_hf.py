@@ -1,0 +1,76 @@
+"""Export a baseline-architecture run to the Hugging Face GPT-2 format.
+
+    python scripts/export_hf.py logs/my_run --out exports/my_run
+    python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('exports/my_run')"
+
+Writes model.safetensors with transformers' GPT-2 tensor names (its Conv1D layers store weights
+transposed) and a config.json for GPT2LMHeadModel. Only kit.model.GPT with its standard blocks
+(train_gpt2.py and the variants that keep its architecture) has a GPT-2 equivalent; every other
+model stays in the kit's own format: its run directory's model.safetensors (the module's
+state_dict names) with config.json (the train script's flags) and summary.json (which script),
+which kit.runs.load_model and scripts/generate.py read.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kit.errors import UserError, run_cli  # noqa: E402
+from kit.inference import check_supported  # noqa: E402
+from kit.runs import load_model  # noqa: E402
+
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # Conv1D: (in, out)
+
+
+def hf_state_dict(model) -> dict:
+    """transformers' GPT-2 names; the output head is tied to wte, so it is stored once."""
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue
+        tensor = tensor.t() if name.endswith(TRANSPOSED) else tensor
+        tensors[f"transformer.{name}"] = tensor.detach().contiguous().cpu()
+    return tensors
+
+
+def hf_config(config) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
+        "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
+        "activation_function": "gelu_new",  # the tanh approximation kit.model.MLP uses
+        "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
+        "tie_word_embeddings": True, "bos_token_id": 50256, "eos_token_id": 50256,
+    }
+
+
+def export(model, out: Path) -> Path:
+    from safetensors.torch import save_file
+
+    try:
+        check_supported(model)
+    except ValueError:
+        raise UserError("only the baseline's GPT-2 architecture has a Hugging Face equivalent; this run's model stays in "
+                        "the kit format (its run directory: model.safetensors, config.json, summary.json)") from None
+    if type(model.wte).__name__ != "Embedding" or model.lm_head.weight is not model.wte.weight:
+        raise UserError("this model's embeddings are not GPT-2's (tied nn.Embedding); it stays in the kit format")
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config(model.config), indent=1) + "\n")
+    return out
+
+
+def main(argv=None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    model, _, _ = load_model(args.run_dir, "cpu")
+    return f"wrote {export(model, Path(args.out))} (GPT2LMHeadModel)"
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,86 @@
+"""Continue prompts with a trained model, streaming the text as it is sampled.
+
+    python scripts/generate.py logs/my_run --prompt "The history of the city" --max-new-tokens 100
+    python scripts/generate.py logs/my_run --prompt "A" --prompt "B" --temperature 0.8 --top-k 50 --top-p 0.95
+    python scripts/generate.py logs/my_run --prompt "Hello" --cache none      # no KV cache (the reference)
+
+The run directory is what a train script wrote (config.json, summary.json, model.safetensors or
+checkpoints/). Prompts are tokenized offline (GPT-2 BPE) after a document start token. With one
+prompt the text streams as it comes; with several, each is printed when all are done. The KV
+cache (paged by default, blocks of 64 tokens) serves the baseline and the variants built on its
+GPT; other models (the speedrun's) generate by recomputing the sequence (--cache none).
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from kit.errors import run_cli  # noqa: E402
+from kit.inference import check_supported, generate  # noqa: E402
+from kit.runs import load_model  # noqa: E402
+from kit.tokenizer import EOT, gpt2_encoding  # noqa: E402
+
+
+class Streamer:
+    """Prints one sequence's tokens as text, holding back bytes until they form whole characters."""
+
+    def __init__(self, out=sys.stdout):
+        self.pending, self.out = b"", out
+
+    def __call__(self, i, token):
+        self.pending += gpt2_encoding().decode_single_token_bytes(token)
+        try:
+            text, self.pending = self.pending.decode("utf-8"), b""
+        except UnicodeDecodeError:
+            return
+        self.out.write(text)
+        self.out.flush()
+
+
+def main(argv=None) -> str:
+    """Generate; returns the closing line (tokens, time, path)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir")
+    parser.add_argument("--prompt", action="append", required=True)
+    parser.add_argument("--max-new-tokens", type=int, default=100)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
+    parser.add_argument("--top-k", type=int, default=50, help="0: no limit")
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--cache", choices=["paged", "contiguous", "none"], default="paged")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+
+    model, _, _ = load_model(args.run_dir, args.device)
+    cache = args.cache
+    if cache != "none":
+        try:
+            check_supported(model)
+        except ValueError as e:
+            print(f"{e}; generating without a cache", file=sys.stderr)
+            cache = "none"
+    encoding = gpt2_encoding()
+    prompts = [[EOT, *encoding.encode_ordinary(p)] for p in args.prompt]
+    streamer = Streamer() if len(prompts) == 1 else None
+    if streamer:
+        print(args.prompt[0], end="", flush=True)
+    t0 = time.perf_counter()
+    outputs = generate(model, prompts, args.max_new_tokens, cache=cache, temperature=args.temperature, top_k=args.top_k,
+                       top_p=args.top_p, stop_token=EOT, seed=args.seed, on_token=streamer)
+    seconds = time.perf_counter() - t0
+    if streamer:
+        print()
+    else:
+        for prompt, out in zip(args.prompt, outputs):
+            print(f"--- {prompt}{encoding.decode([t for t in out if t != EOT])}")
+    new = sum(len(o) for o in outputs)
+    return f"{new} tokens in {seconds:.2f} s ({new / seconds:.1f} tokens/s, cache: {cache}, device: {args.device})"
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

@@ -1,0 +1,184 @@
+"""Inference: KV caches (contiguous and paged) agree with full recomputation; the block pool
+never leaks or double-books; sampling keeps to its top-k / top-p sets."""
+
+import random
+import re
+
+import pytest
+import torch
+
+from kit.inference import BlockAllocator, ContiguousKVCache, PagedKVCache, forward_cached, generate, sample
+from kit.model import GPT, gpt_config
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    model = GPT(gpt_config("tiny", block_size=64)).eval()
+    with torch.no_grad():  # spread the logits so greedy choices are well separated
+        model.lm_head.weight.mul_(20)
+    return model
+
+
+PROMPTS = [[50256, 11, 22, 33, 44], [50256, 5], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
+
+
+@pytest.mark.parametrize("cache", ["paged", "contiguous"])
+def test_greedy_generation_with_a_cache_equals_recomputation(cache):
+    model = tiny_model()
+    reference = generate(model, PROMPTS, max_new_tokens=12, cache="none")
+    assert generate(model, PROMPTS, max_new_tokens=12, cache=cache, block_size=4) == reference
+    assert len({tuple(r) for r in reference}) > 1 and all(len(r) == 12 for r in reference)
+
+
+def test_paged_and_contiguous_caches_give_the_same_logits():
+    model = tiny_model()
+    cfg = model.config
+    paged = PagedKVCache(cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, num_blocks=16, block_size=4)
+    contiguous = ContiguousKVCache(cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, max_batch=2, max_len=32)
+    idx = torch.randint(0, 50257, (2, 7))
+    outs = []
+    for kv in (paged, contiguous):
+        sids = [kv.add_sequence(), kv.add_sequence()]
+        first = forward_cached(model, idx, kv, sids)
+        second = forward_cached(model, idx[:, :3], kv, sids)  # three more tokens each, across a block boundary
+        outs.append((first, second))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    full = model(torch.cat([idx, idx[:, :3]], dim=1))  # and both equal one full pass
+    torch.testing.assert_close(outs[0][1], full[:, 7:], atol=1e-4, rtol=1e-4)
+
+
+def test_a_stopped_sequence_returns_its_blocks_and_the_others_go_on():
+    model = tiny_model()
+    reference = generate(model, PROMPTS, max_new_tokens=10, cache="none")
+    stop = reference[1][2]  # the third token sequence 1 generates
+    outputs = generate(model, PROMPTS, max_new_tokens=10, cache="paged", block_size=4, stop_token=stop)
+    assert outputs[1] == reference[1][: reference[1].index(stop) + 1]
+    for out, ref in zip(outputs, reference):
+        assert out == ref[: len(out)]
+    assert any(len(o) == 10 for o in outputs)
+
+
+def test_block_pool_never_leaks_or_overlaps():
+    rng = random.Random(0)
+    cache = PagedKVCache(n_layer=1, n_head=1, head_dim=2, num_blocks=40, block_size=4)
+    live = {}
+    for _ in range(500):
+        op = rng.random()
+        if op < 0.3 or not live:
+            sid = cache.add_sequence()
+            live[sid] = 0
+        elif op < 0.8:
+            sid = rng.choice(list(live))
+            n = rng.randint(1, 9)
+            try:
+                cache.reserve([sid], n)
+            except RuntimeError:  # the pool is exhausted: a clean error, nothing half-allocated that leaks
+                pass
+            else:
+                cache.advance([sid], n)
+                live[sid] += n
+        else:
+            sid = rng.choice(list(live))
+            cache.free_sequence(sid)
+            del live[sid]
+        owned = [b for sid in live for b in cache.tables[sid]]
+        assert len(owned) == len(set(owned))  # no block in two sequences
+        assert set(owned) == cache.allocator.used and len(owned) + len(cache.allocator.free) == 40
+        for sid, length in live.items():
+            assert len(cache.tables[sid]) * 4 >= length > (len(cache.tables[sid]) - 1) * 4 or length == len(cache.tables[sid]) == 0
+    for sid in list(live):
+        cache.free_sequence(sid)
+    assert not cache.allocator.used and len(cache.allocator.free) == 40
+    with pytest.raises(RuntimeError, match="released twice"):
+        BlockAllocator(2).release([0])
+
+
+def test_sampling_keeps_to_top_k_and_top_p():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]]).repeat(2000, 1)
+    g = torch.Generator().manual_seed(0)
+    assert sample(logits, temperature=0).unique().tolist() == [0]
+    assert set(sample(logits, 1.0, top_k=2, generator=g).unique().tolist()) == {0, 1}
+    p = logits[0].softmax(-1)  # 0.64, 0.24, 0.09, ...: top_p 0.8 keeps the first two (0.64 < 0.8 <= 0.88)
+    assert p[0] < 0.8 <= p[:2].sum()
+    assert set(sample(logits, 1.0, top_p=0.8, generator=g).unique().tolist()) == {0, 1}
+    assert set(sample(logits, 1.0, generator=g).unique().tolist()) == {0, 1, 2, 3, 4}
+
+
+def test_generation_refuses_more_positions_than_the_model_has():
+    with pytest.raises(ValueError, match="more than the model's 64 positions"):
+        generate(tiny_model(), [[1] * 60], max_new_tokens=10)
+
+
+# ----- from a run directory: generation and Hugging Face export -----
+
+@pytest.fixture(scope="module")
+def baseline_run(tmp_path_factory):
+    import train_gpt2
+    from conftest import FAST
+    from kit.train import main
+
+    run = tmp_path_factory.mktemp("run")
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--export", "1", "--out-dir", str(run)]
+    assert main(train_gpt2.RECIPE, flags) == 0
+    return run
+
+
+def load_script(name):
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generate_cli_streams_and_the_cache_changes_nothing(baseline_run, capsys):
+    generate_cli = load_script("generate")
+    outputs = {}
+    for cache in ("paged", "none"):
+        line = generate_cli.main([str(baseline_run), "--prompt", "The city", "--max-new-tokens", "8", "--temperature", "0",
+                                  "--cache", cache, "--device", "cpu"])
+        outputs[cache] = capsys.readouterr().out
+        assert re.match(rf"\d+ tokens in [\d.]+ s \([\d.]+ tokens/s, cache: {cache}, device: cpu\)$", line), line
+    assert outputs["paged"] == outputs["none"] and outputs["paged"].startswith("The city")
+    generate_cli.main([str(baseline_run), "--prompt", "A", "--prompt", "Longer prompt here", "--max-new-tokens", "4", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert printed.count("--- ") == 2
+
+
+def test_generate_falls_back_without_a_cache_for_other_models(tmp_path, capsys):
+    import train_gpt2_speedrun as speedrun
+    from conftest import FAST
+    from kit.train import main
+
+    flags = [*FAST, "--seq-len", "128", "--batch-tokens", "256", "--data", "synthetic", "--max-steps", "1", "--val-every", "1",
+             "--export", "1", "--out-dir", str(tmp_path)]
+    assert main(speedrun.RECIPE, flags) == 0
+    capsys.readouterr()
+    line = load_script("generate").main([str(tmp_path), "--prompt", "Hi", "--max-new-tokens", "3", "--device", "cpu"])
+    assert "cache: none" in line and "generating without a cache" in capsys.readouterr().err
+    with pytest.raises(Exception, match="kit format"):
+        load_script("export_hf").main([str(tmp_path), "--out", str(tmp_path / "hf")])
+
+
+def test_hugging_face_export_loads_in_transformers_with_the_same_logits(baseline_run, tmp_path):
+    from safetensors.torch import load_file
+
+    from kit.runs import load_model
+
+    export_hf = load_script("export_hf")
+    export_hf.main([str(baseline_run), "--out", str(tmp_path / "hf")])
+    model, _, _ = load_model(baseline_run)
+    tensors = load_file(tmp_path / "hf" / "model.safetensors")
+    c = model.config
+    assert tensors["transformer.h.0.attn.c_attn.weight"].shape == (c.n_embd, 3 * c.n_embd)  # Conv1D layout
+    assert tensors["transformer.wte.weight"].shape == (c.vocab_size, c.n_embd) and "lm_head.weight" not in tensors
+    assert len(tensors) == 2 + 12 * c.n_layer + 2
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
+    idx = torch.randint(0, 50257, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx), atol=1e-4, rtol=1e-4)
