@@ -43,10 +43,13 @@ class BlockAllocator:
 
 
 class PagedKVCache:
+    """Per layer and token: n_head keys of head_dim numbers and n_head values of value_dim
+    (default head_dim). MLA stores its latent as the 'key' and its rotary key as the 'value'."""
+
     def __init__(self, n_layer: int, n_head: int, head_dim: int, num_blocks: int, block_size: int = 64,
-                 device="cpu", dtype=torch.float32):
-        shape = (n_layer, num_blocks, n_head, block_size, head_dim)
-        self.k, self.v = torch.zeros(shape, device=device, dtype=dtype), torch.zeros(shape, device=device, dtype=dtype)
+                 device="cpu", dtype=torch.float32, value_dim: int = None):
+        self.k = torch.zeros(n_layer, num_blocks, n_head, block_size, head_dim, device=device, dtype=dtype)
+        self.v = torch.zeros(n_layer, num_blocks, n_head, block_size, value_dim or head_dim, device=device, dtype=dtype)
         self.block_size = block_size
         self.allocator = BlockAllocator(num_blocks)
         self.tables, self.lengths = {}, {}
@@ -88,7 +91,7 @@ class PagedKVCache:
         lengths = [self.lengths[sid] + n_new for sid in sids]
         longest = max(lengths)
         k = self.k.new_zeros(len(sids), self.k.size(2), longest, self.k.size(4))
-        v = torch.zeros_like(k)
+        v = self.v.new_zeros(len(sids), self.v.size(2), longest, self.v.size(4))
         for i, (sid, length) in enumerate(zip(sids, lengths)):
             blocks, offsets = self.slots(sid, 0, length)
             k[i, :, :length] = self.k[layer, blocks, :, offsets].transpose(0, 1)
@@ -101,16 +104,16 @@ class PagedKVCache:
 
     def bytes_per_token(self) -> int:
         """Cache memory one token of one sequence takes (keys + values, all layers)."""
-        n_layer, _, n_head, _, head_dim = self.k.shape
-        return 2 * n_layer * n_head * head_dim * self.k.element_size()
+        per_slot = lambda t: t.size(0) * t.size(2) * t.size(4) * t.element_size()  # noqa: E731
+        return per_slot(self.k) + per_slot(self.v)
 
 
 class ContiguousKVCache(PagedKVCache):
     """One row of max_len slots per sequence: a paged cache whose sequences each own max_len /
     block_size fixed blocks from the start (so reading needs no table walk beyond a slice)."""
 
-    def __init__(self, n_layer, n_head, head_dim, max_batch: int, max_len: int, device="cpu", dtype=torch.float32):
-        super().__init__(n_layer, n_head, head_dim, num_blocks=max_batch, block_size=max_len, device=device, dtype=dtype)
+    def __init__(self, n_layer, n_head, head_dim, max_batch: int, max_len: int, device="cpu", dtype=torch.float32, value_dim: int = None):
+        super().__init__(n_layer, n_head, head_dim, num_blocks=max_batch, block_size=max_len, device=device, dtype=dtype, value_dim=value_dim)
 
     def add_sequence(self) -> int:
         sid = super().add_sequence()
@@ -134,18 +137,83 @@ def cached_attention(attn, x, cache, layer: int, sids):
     q, k, v = (t.view(B, n, H, C // H).transpose(1, 2) for t in (q, k, v))
     cache.write(layer, sids, k, v)
     keys, values, lengths = cache.read(layer, sids, n)
-    kv_pos = torch.arange(keys.size(2), device=x.device)
-    q_pos = torch.tensor([length - n for length in lengths], device=x.device)[:, None] + torch.arange(n, device=x.device)
-    mask = kv_pos[None, None, :] <= q_pos[:, :, None]  # (B, n, L): causal, and padding beyond a sequence's length masked
+    mask = cache_mask(lengths, n, x.device)  # causal, and padding beyond a sequence's length masked
     y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask[:, None])
     return attn.c_proj(y.transpose(1, 2).contiguous().view(B, n, C))
 
 
-def check_supported(model) -> None:
-    from kit.model import GPT, Block, CausalSelfAttention
+def cached_gqa(attn, x, cache, layer: int, sids):
+    """GroupedQueryAttention with n_kv_head cached heads, each serving n_head / n_kv_head queries."""
+    B, n, C = x.shape
+    q = attn.q(x).view(B, n, attn.n_head, attn.head_dim).transpose(1, 2)
+    k, v = attn.kv(x).view(B, n, 2, attn.n_kv_head, attn.head_dim).permute(2, 0, 3, 1, 4)
+    cache.write(layer, sids, k, v)
+    keys, values, lengths = cache.read(layer, sids, n)
+    group = attn.n_head // attn.n_kv_head
+    keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+    y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=cache_mask(lengths, n, x.device)[:, None])
+    return attn.c_proj(y.transpose(1, 2).reshape(B, n, C))
 
-    if not isinstance(model, GPT) or any(type(b) is not Block or type(b.attn) is not CausalSelfAttention for b in model.h):
-        raise ValueError("the KV cache supports kit.model.GPT with its standard blocks (the baseline and the variants built on it)")
+
+def cached_mla(attn, x, cache, layer: int, sids, positions):
+    """MultiLatentAttention decoding from its compressed cache (latent c and rotated key part k_r
+    per token), with the up-projections absorbed: head h scores token j by
+    (W_k_up,h^T q_h) . c_j + q_rope,h . k_r,j, and outputs W_v_up,h (sum_j a_hj c_j), so full
+    keys and values are never rebuilt."""
+    B, n, _ = x.shape
+    H, D, R = attn.n_head, attn.head_dim, attn.rope_dim
+    latent_dim = attn.kv_down.out_features
+    latent = attn.kv_down(x)  # (B, n, latent)
+    q = attn.q(x).view(B, n, H, D + R)
+    q_content, q_rope = q.split([D, R], dim=-1)
+    k_rope = attn.rotary(attn.k_rope(x).view(B, n, 1, R), positions) if R else latent.new_zeros(B, n, 1, 0)
+    cache.write(layer, sids, latent[:, None], k_rope.transpose(1, 2))
+    latents, rope_keys, lengths = cache.read(layer, sids, n)  # (B, 1, L, latent), (B, 1, L, R)
+    w_k = attn.k_up.weight.view(H, D, latent_dim)  # k_h = w_k[h] @ c
+    q_absorbed = torch.einsum("bnhd,hdl->bhnl", q_content, w_k)  # (B, H, n, latent)
+    scores = q_absorbed @ latents.to(q.dtype).transpose(-1, -2)
+    if R:
+        scores = scores + attn.rotary(q_rope, positions).transpose(1, 2) @ rope_keys.to(q.dtype).transpose(-1, -2)
+    scores = scores / math.sqrt(D + R)
+    scores = scores.masked_fill(~cache_mask(lengths, n, x.device)[:, None], float("-inf"))
+    mixed_latent = scores.softmax(-1) @ latents.to(q.dtype)  # (B, H, n, latent)
+    y = torch.einsum("bhnl,hdl->bnhd", mixed_latent, attn.v_up.weight.view(H, D, latent_dim))
+    return attn.c_proj(y.reshape(B, n, H * D))
+
+
+def cache_mask(lengths, n: int, device):
+    """(B, n, L): new token i of a sequence of (then) `length` tokens sees positions <= length - n + i."""
+    kv_pos = torch.arange(max(lengths), device=device)
+    q_pos = torch.tensor([length - n for length in lengths], device=device)[:, None] + torch.arange(n, device=device)
+    return kv_pos[None, None, :] <= q_pos[:, :, None]
+
+
+def attention_kind(attn) -> str:
+    from kit.attention import GroupedQueryAttention, MultiLatentAttention
+    from kit.model import CausalSelfAttention
+
+    kinds = {CausalSelfAttention: "mha", GroupedQueryAttention: "gqa", MultiLatentAttention: "mla"}
+    return kinds.get(type(attn), "unsupported")
+
+
+def check_supported(model) -> None:
+    from kit.model import GPT, Block
+
+    blocks_ok = all(type(b) is Block and attention_kind(b.attn) != "unsupported" for b in getattr(model, "h", []))
+    if not isinstance(model, GPT) or not blocks_ok or len({attention_kind(b.attn) for b in model.h}) != 1:
+        raise ValueError("the KV cache supports kit.model.GPT with standard blocks and one attention kind (MHA, GQA or MLA): "
+                         "the baseline and the variants built on it")
+
+
+def cache_geometry(model) -> dict:
+    """Heads and numbers per head the cache keeps per layer and token, for the model's attention."""
+    attn = model.h[0].attn
+    kind = attention_kind(attn)
+    if kind == "mha":
+        return {"n_head": attn.n_head, "head_dim": model.config.n_embd // attn.n_head}
+    if kind == "gqa":
+        return {"n_head": attn.n_kv_head, "head_dim": attn.head_dim}
+    return {"n_head": 1, "head_dim": attn.kv_down.out_features, "value_dim": attn.rope_dim}  # mla: latent + rotary key
 
 
 @torch.no_grad()
@@ -156,10 +224,25 @@ def forward_cached(model, idx, cache, sids):
     positions = starts[:, None] + torch.arange(idx.size(1), device=idx.device)
     x = model.wte(idx) + model.wpe(positions)
     for layer, block in enumerate(model.h):
-        x = x + cached_attention(block.attn, block.ln_1(x), cache, layer, sids)
+        kind, h = attention_kind(block.attn), block.ln_1(x)
+        if kind == "mla":
+            x = x + cached_mla(block.attn, h, cache, layer, sids, positions)
+        else:
+            x = x + (cached_gqa if kind == "gqa" else cached_attention)(block.attn, h, cache, layer, sids)
         x = x + block.mlp(block.ln_2(x))
     cache.advance(sids, idx.size(1))
     return model.logits(model.ln_f(x))
+
+
+def make_cache(model, kind: str, sequences: int, max_len: int, block_size: int = 64):
+    """A cache for the model's attention with room for `sequences` sequences of max_len tokens."""
+    check_supported(model)
+    geometry = dict(cache_geometry(model), device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
+    if kind == "paged":
+        return PagedKVCache(model.config.n_layer, num_blocks=sequences * math.ceil(max_len / block_size), block_size=block_size, **geometry)
+    if kind == "contiguous":
+        return ContiguousKVCache(model.config.n_layer, max_batch=sequences, max_len=max_len, **geometry)
+    raise ValueError(f"cache must be paged, contiguous or none, not {kind!r}")
 
 
 # ----- sampling and generation -----
@@ -213,16 +296,7 @@ def generate(model, prompts, max_new_tokens: int, cache: str = "paged", temperat
             active = [i for i, t in zip(active, tokens) if not emit(i, t)]
         return outputs
 
-    check_supported(model)
-    config = model.config
-    head_dim, dtype = config.n_embd // config.n_head, next(model.parameters()).dtype
-    if cache == "paged":
-        blocks = len(prompts) * math.ceil(longest / block_size)
-        kv = PagedKVCache(config.n_layer, config.n_head, head_dim, blocks, block_size, device, dtype)
-    elif cache == "contiguous":
-        kv = ContiguousKVCache(config.n_layer, config.n_head, head_dim, len(prompts), longest, device, dtype)
-    else:
-        raise ValueError(f"cache must be paged, contiguous or none, not {cache!r}")
+    kv = make_cache(model, cache, len(prompts), longest, block_size)
     sid_of = {i: kv.add_sequence() for i in range(len(prompts))}
     last = {}
     for i, prompt in enumerate(prompts):  # prefill one by one: prompts differ in length

@@ -154,9 +154,12 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x):  # x: (B, T, H, D)
-        T = x.size(1)
-        cos, sin = self.cos[None, :T, None, :], self.sin[None, :T, None, :]
+    def forward(self, x, positions=None):  # x: (B, T, H, D); positions (B, T): each token's own (a KV-cached decode)
+        if positions is None:
+            T = x.size(1)
+            cos, sin = self.cos[None, :T, None, :], self.sin[None, :T, None, :]
+        else:
+            cos, sin = self.cos[positions][:, :, None, :], self.sin[positions][:, :, None, :]
         x1, x2 = x.float().chunk(2, dim=-1)
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
 

@@ -182,3 +182,54 @@ def test_hugging_face_export_loads_in_transformers_with_the_same_logits(baseline
     idx = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, model(idx), atol=1e-4, rtol=1e-4)
+
+
+# ----- GQA and MLA caches -----
+
+def variant_model(kind):
+    import functools
+
+    from kit.attention import GroupedQueryAttention, MultiLatentAttention
+    from kit.model import Block
+
+    attention = {"gqa": functools.partial(GroupedQueryAttention, n_kv_head=1),
+                 "mla": functools.partial(MultiLatentAttention, kv_latent=16, rope_dim=8)}[kind]
+    torch.manual_seed(0)
+    model = GPT(gpt_config("tiny", block_size=64), block=functools.partial(Block, attention=attention)).eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["gqa", "mla"])
+@pytest.mark.parametrize("cache", ["paged", "contiguous"])
+def test_gqa_and_mla_caches_generate_what_recomputation_generates(kind, cache):
+    model = variant_model(kind)
+    reference = generate(model, PROMPTS, max_new_tokens=10, cache="none")
+    assert generate(model, PROMPTS, max_new_tokens=10, cache=cache, block_size=4) == reference
+
+
+def test_mla_absorbed_decoding_equals_the_full_pass():
+    from kit.inference import make_cache
+
+    model = variant_model("mla")
+    idx = torch.randint(0, 50257, (2, 12))
+    cache = make_cache(model, "paged", sequences=2, max_len=12, block_size=4)
+    sids = [cache.add_sequence(), cache.add_sequence()]
+    prefill = forward_cached(model, idx[:, :7], cache, sids)
+    steps = [forward_cached(model, idx[:, t:t + 1], cache, sids) for t in range(7, 12)]  # one token at a time
+    with torch.no_grad():
+        full = model(idx)
+    torch.testing.assert_close(torch.cat([prefill, *steps], dim=1), full, atol=1e-4, rtol=1e-4)
+    assert cache.k.shape[2:] == (1, 4, 16) and cache.v.shape[2:] == (1, 4, 8)  # one latent of 16 and one rotary key of 8 per token
+
+
+def test_cache_bytes_per_token_mha_gqa_mla():
+    from kit.inference import make_cache
+
+    caches = {kind: make_cache(model, "paged", 1, 8) for kind, model in
+              (("mha", tiny_model()), ("gqa", variant_model("gqa")), ("mla", variant_model("mla")))}
+    layers, width = 2, 64  # tiny: 2 layers, 2 heads of 32, fp32
+    assert caches["mha"].bytes_per_token() == 2 * layers * width * 4
+    assert caches["gqa"].bytes_per_token() == 2 * layers * 32 * 4  # one key/value head of 32
+    assert caches["mla"].bytes_per_token() == layers * (16 + 8) * 4
