@@ -53,6 +53,7 @@ class PagedKVCache:
         self.block_size = block_size
         self.allocator = BlockAllocator(num_blocks)
         self.tables, self.lengths = {}, {}
+        self.documents = {}  # sequence -> document number of each cached token (models that attend within documents)
         self._next_id = 0
 
     def add_sequence(self) -> int:
@@ -63,6 +64,7 @@ class PagedKVCache:
     def free_sequence(self, sid: int) -> None:
         self.allocator.release(self.tables.pop(sid))
         del self.lengths[sid]
+        self.documents.pop(sid, None)
 
     def reserve(self, sids, n: int) -> None:
         """Blocks for n more tokens of each sequence: all of them, or none and an error."""
@@ -196,9 +198,73 @@ def attention_kind(attn) -> str:
     return kinds.get(type(attn), "unsupported")
 
 
+def cached_modern_attention(attn, x, value_embed, cache, layer: int, sids, positions, window_blocks: int):
+    """kit.modern.ModernAttention's math for the new tokens, against the cache: rotary at each
+    token's own position, value embeddings mixed in, attention within the token's document and
+    its window (in blocks of 128), as kit.modern.mask_allows says."""
+    from kit.modern import BLOCK, rms_norm
+
+    B, n, _ = x.shape
+    cfg = attn.cfg
+    q, k, v = attn.qkv(x).view(B, n, 3, cfg.n_head, cfg.head_dim).unbind(2)
+    q, k = attn.rotary(rms_norm(q), positions), attn.rotary(rms_norm(k), positions)
+    if value_embed is not None:
+        v = attn.value_mix[0] * v + attn.value_mix[1] * value_embed.view_as(v)
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    cache.write(layer, sids, k, v)
+    keys, values, lengths = cache.read(layer, sids, n)
+    allowed = cache_mask(lengths, n, x.device)
+    kv_pos = torch.arange(allowed.size(-1), device=x.device)
+    allowed &= (positions[:, :, None] // BLOCK - kv_pos[None, None, :] // BLOCK) < window_blocks
+    docs = torch.nn.utils.rnn.pad_sequence([cache.documents[sid] for sid in sids], batch_first=True, padding_value=-1).to(x.device)
+    allowed &= docs.gather(1, positions)[:, :, None] == docs[:, None, :]
+    y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None], scale=cfg.attn_scale)
+    return attn.proj(y.transpose(1, 2).reshape(B, n, -1))
+
+
+@torch.no_grad()
+def forward_cached_modern(model, idx, cache, sids):
+    """ModernGPT.forward (kit/modern.py) for new tokens against the cache: the same embedding,
+    value embeddings, U-net skips and soft-capped head, attention from cached_modern_attention."""
+    from kit.modern import EOT, rms_norm
+
+    cache.reserve(sids, idx.size(1))
+    starts = torch.tensor([cache.lengths[sid] for sid in sids], device=idx.device)
+    positions = starts[:, None] + torch.arange(idx.size(1), device=idx.device)
+    for row, sid in enumerate(sids):  # document number of every token so far (a 50256 starts one)
+        previous = cache.documents.get(sid, torch.zeros(0, dtype=torch.long))
+        offset = previous[-1] if len(previous) else 0
+        cache.documents[sid] = torch.cat([previous, offset + (idx[row].cpu() == EOT).cumsum(0)])
+    long_window = int(model.window_blocks)
+    short_window = max(1, long_window // 2)
+    x = x0 = rms_norm(model.embed(idx))
+    value_embeds = model.layer_value_embeds(idx)
+    skips, half = [], model.config.n_layer // 2
+    for i, block in enumerate(model.blocks):
+        if i >= half and skips and model.skip_weights is not None:
+            x = x + model.skip_weights[i - half] * skips.pop()
+        x = block.residual_mix[0] * x + block.residual_mix[1] * x0
+        if block.attn is not None:
+            window = long_window if model.long_window[i] else short_window
+            x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, sids, positions, window)
+        x = x + block.mlp(rms_norm(x))
+        if i < half:
+            skips.append(x)
+    cache.advance(sids, idx.size(1))
+    return model.logits(x)
+
+
+def is_modern(model) -> bool:
+    from kit.modern import ModernGPT
+
+    return isinstance(model, ModernGPT)
+
+
 def check_supported(model) -> None:
     from kit.model import GPT, Block
 
+    if is_modern(model):
+        return
     blocks_ok = all(type(b) is Block and attention_kind(b.attn) != "unsupported" for b in getattr(model, "h", []))
     if not isinstance(model, GPT) or not blocks_ok or len({attention_kind(b.attn) for b in model.h}) != 1:
         raise ValueError("the KV cache supports kit.model.GPT with standard blocks and one attention kind (MHA, GQA or MLA): "
@@ -207,6 +273,8 @@ def check_supported(model) -> None:
 
 def cache_geometry(model) -> dict:
     """Heads and numbers per head the cache keeps per layer and token, for the model's attention."""
+    if is_modern(model):
+        return {"n_head": model.config.n_head, "head_dim": model.config.head_dim}
     attn = model.h[0].attn
     kind = attention_kind(attn)
     if kind == "mha":
@@ -219,6 +287,8 @@ def cache_geometry(model) -> dict:
 @torch.no_grad()
 def forward_cached(model, idx, cache, sids):
     """Logits (B, n, V) for the n new tokens idx (B, n) of sequences sids, extending the cache."""
+    if is_modern(model):
+        return forward_cached_modern(model, idx, cache, sids)
     cache.reserve(sids, idx.size(1))
     starts = torch.tensor([cache.lengths[sid] for sid in sids], device=idx.device)
     positions = starts[:, None] + torch.arange(idx.size(1), device=idx.device)

@@ -60,4 +60,7 @@ def load_model(run_dir, device: str = "cpu"):
         if latest is None:
             raise UserError(f"{run_dir} holds neither model.safetensors nor a checkpoint")
         model.load_state_dict(torch.load(latest, map_location="cpu", weights_only=False)["model"])
+    if hasattr(model, "set_window") and hasattr(module, "long_window_blocks"):  # the attention window the run ended with
+        steps = json.loads(summary_path.read_text()).get("steps", cfg.max_steps) if summary_path.exists() else cfg.max_steps
+        model.set_window(module.long_window_blocks(steps, cfg))
     return model.to(device).eval(), cfg, module

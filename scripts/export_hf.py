@@ -18,11 +18,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import torch  # noqa: E402
+
 from kit.errors import UserError, run_cli  # noqa: E402
-from kit.inference import check_supported  # noqa: E402
+from kit.inference import attention_kind  # noqa: E402
+from kit.model import GPT, MLP, Block  # noqa: E402
 from kit.runs import load_model  # noqa: E402
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # Conv1D: (in, out)
+
+
+def is_gpt2(model) -> bool:
+    if not isinstance(model, GPT) or type(model.wte) is not torch.nn.Embedding or model.lm_head.weight is not model.wte.weight:
+        return False
+    return all(type(block) is Block and attention_kind(block.attn) == "mha" and type(block.mlp) is MLP for block in model.h)
 
 
 def hf_state_dict(model) -> dict:
@@ -50,13 +59,10 @@ def hf_config(config) -> dict:
 def export(model, out: Path) -> Path:
     from safetensors.torch import save_file
 
-    try:
-        check_supported(model)
-    except ValueError:
-        raise UserError("only the baseline's GPT-2 architecture has a Hugging Face equivalent; this run's model stays in "
-                        "the kit format (its run directory: model.safetensors, config.json, summary.json)") from None
-    if type(model.wte).__name__ != "Embedding" or model.lm_head.weight is not model.wte.weight:
-        raise UserError("this model's embeddings are not GPT-2's (tied nn.Embedding); it stays in the kit format")
+    if not is_gpt2(model):
+        raise UserError("only the baseline's GPT-2 architecture (standard blocks, multi-head attention, tied embeddings) has a "
+                        "Hugging Face equivalent; this run's model stays in the kit format (its run directory: "
+                        "model.safetensors, config.json, summary.json)")
     out.mkdir(parents=True, exist_ok=True)
     save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(model.config), indent=1) + "\n")

@@ -149,7 +149,7 @@ def test_generate_cli_streams_and_the_cache_changes_nothing(baseline_run, capsys
     assert printed.count("--- ") == 2
 
 
-def test_generate_falls_back_without_a_cache_for_other_models(tmp_path, capsys):
+def test_speedrun_run_generates_with_its_cache_and_stays_in_the_kit_format(tmp_path, capsys):
     import train_gpt2_speedrun as speedrun
     from conftest import FAST
     from kit.train import main
@@ -158,10 +158,28 @@ def test_generate_falls_back_without_a_cache_for_other_models(tmp_path, capsys):
              "--export", "1", "--out-dir", str(tmp_path)]
     assert main(speedrun.RECIPE, flags) == 0
     capsys.readouterr()
-    line = load_script("generate").main([str(tmp_path), "--prompt", "Hi", "--max-new-tokens", "3", "--device", "cpu"])
-    assert "cache: none" in line and "generating without a cache" in capsys.readouterr().err
+    generate_cli = load_script("generate")
+    printed = {}
+    for cache in ("paged", "none"):
+        line = generate_cli.main([str(tmp_path), "--prompt", "Hi there", "--max-new-tokens", "6", "--temperature", "0",
+                                  "--cache", cache, "--device", "cpu"])
+        assert f"cache: {cache}" in line
+        printed[cache] = capsys.readouterr().out
+    assert printed["paged"] == printed["none"]
     with pytest.raises(Exception, match="kit format"):
         load_script("export_hf").main([str(tmp_path), "--out", str(tmp_path / "hf")])
+
+
+def test_generate_falls_back_without_a_cache_for_unsupported_models(tmp_path, capsys):
+    import train_gpt2_long_context as long_context
+    from kit.train import main
+
+    flags = ["--model-size", "tiny", "--device", "cpu", "--seq-len", "128", "--batch-tokens", "256", "--val-tokens", "256",
+             "--progress", "lines", "--data", "synthetic", "--max-steps", "1", "--val-every", "1", "--out-dir", str(tmp_path)]
+    assert main(long_context.RECIPE, flags) == 0
+    capsys.readouterr()
+    line = load_script("generate").main([str(tmp_path), "--prompt", "Hi", "--max-new-tokens", "3", "--device", "cpu"])
+    assert "cache: none" in line and "generating without a cache" in capsys.readouterr().err
 
 
 def test_hugging_face_export_loads_in_transformers_with_the_same_logits(baseline_run, tmp_path):
@@ -233,3 +251,41 @@ def test_cache_bytes_per_token_mha_gqa_mla():
     assert caches["mha"].bytes_per_token() == 2 * layers * width * 4
     assert caches["gqa"].bytes_per_token() == 2 * layers * 32 * 4  # one key/value head of 32
     assert caches["mla"].bytes_per_token() == layers * (16 + 8) * 4
+
+
+# ----- the speedrun's model: rotary, windows, documents, value embeddings, U-net -----
+
+def modern_model(window_blocks):
+    from kit.modern import MODERN_SIZES, ModernConfig, ModernGPT
+
+    torch.manual_seed(0)
+    model = ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}, max_seq_len=512, attn="dense", value_embeds=1,
+                                   no_attn_layers=(2,))).eval()
+    with torch.no_grad():  # the zero-initialised projections and head would hide every dependency
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    model.set_window(window_blocks)
+    return model
+
+
+@pytest.mark.parametrize("window_blocks", [1, 3])
+@pytest.mark.parametrize("cache", ["paged", "contiguous"])
+def test_speedrun_model_cache_generates_what_recomputation_generates(window_blocks, cache):
+    from kit.modern import EOT
+
+    g = torch.Generator().manual_seed(1)
+    long_prompt = torch.randint(0, 50000, (150,), generator=g).tolist()
+    long_prompt[40] = EOT  # a document boundary inside the prompt
+    prompts = [long_prompt, [EOT, 5, 6, 7]]
+    model = modern_model(window_blocks)
+    reference = generate(model, prompts, max_new_tokens=20, cache="none")  # crosses from block 1 into block 2 (128 tokens each)
+    assert generate(model, prompts, max_new_tokens=20, cache=cache, block_size=16) == reference
+
+
+def test_speedrun_model_window_shapes_what_is_generated():
+    from kit.modern import EOT
+
+    long_prompt = torch.randint(0, 50000, (150,), generator=torch.Generator().manual_seed(1)).tolist()
+    long_prompt[40] = EOT
+    narrow, wide = (generate(modern_model(w), [long_prompt], max_new_tokens=10, cache="paged")[0] for w in (1, 3))
+    assert narrow != wide and len(set(narrow)) > 5
