@@ -361,8 +361,12 @@ def generate(model, prompts, max_new_tokens: int, cache: str = "paged", temperat
     if cache == "none":
         active = list(range(len(prompts)))
         while active:
-            logits = [model(torch.tensor([prompts[i] + outputs[i]], device=device))[:, -1] for i in active]
-            tokens = sample(torch.cat(logits), temperature, top_k, top_p, generator).tolist()
+            sequences = [prompts[i] + outputs[i] for i in active]
+            if len({len(seq) for seq in sequences}) == 1:  # equal lengths: one batched pass
+                logits = model(torch.tensor(sequences, device=device))[:, -1]
+            else:
+                logits = torch.cat([model(torch.tensor([seq], device=device))[:, -1] for seq in sequences])
+            tokens = sample(logits, temperature, top_k, top_p, generator).tolist()
             active = [i for i, t in zip(active, tokens) if not emit(i, t)]
         return outputs
 

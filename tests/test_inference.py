@@ -289,3 +289,16 @@ def test_speedrun_model_window_shapes_what_is_generated():
     long_prompt[40] = EOT
     narrow, wide = (generate(modern_model(w), [long_prompt], max_new_tokens=10, cache="paged")[0] for w in (1, 3))
     assert narrow != wide and len(set(narrow)) > 5
+
+
+def test_inference_benchmark_runs_and_its_validation_losses_agree(tmp_path):
+    import json
+
+    bench = load_script("bench_inference")
+    assert bench.main(["--model-size", "tiny", "--device", "cpu", "--batches", "1,2", "--new-tokens", "4", "--prompt-len", "8",
+                       "--gqa-heads", "1", "--mla-latent", "16", "--eval-tokens", "128", "--eval-seq-len", "32", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "bench_inference.json").read_text())["rows"]
+    assert len([r for r in rows if r["part"] == "generation"]) == 6
+    validation = next(r for r in rows if r["part"] == "validation")
+    assert validation["cached_loss"] == pytest.approx(validation["teacher_forced_loss"], abs=1e-4)
+    assert (tmp_path / "bench_inference.md").exists()
