@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# One lease on the webmix measurements, started after staging part 1 (scripts/stage_part.sh); it waits
+# One lease of GPU measurements, started after staging part 1 (scripts/stage_part.sh); it waits
 # for the other parts to arrive:
 #   setsid nohup bash scripts/h200x2_session.sh logs > logs/session.txt 2>&1 < /dev/null &
-# On 2 GPUs the single-GPU runs go side by side: GPU 0 the speedrun's 24 GB fit check, the speedrun
-# and its repeat; GPU 1 the proxy-scale baseline and the baseline for 50 steps (the 1-GPU half of
-# the DDP comparison); last the same 50 steps under torchrun on both GPUs. On 1 GPU, one after
-# another: the speedrun, the proxy baseline (validating every 111 steps to save device time), the
-# speedrun's repeat and the fit check (no DDP comparison).
+# What is still unmeasured, most important first (records/NOT_RUN.md):
+#   2 GPUs: GPU 0 the speedrun, its repeat and the value-embedding ablation; GPU 1 the baseline's
+#           50 steps on one GPU (the DDP reference), then the Muon and window-schedule ablations;
+#           last the same 50 baseline steps under torchrun on both GPUs.
+#   1 GPU:  the speedrun, its repeat, the Muon ablation, then the inference benchmark.
+# (The proxy-scale baseline is measured: records/2026-11-29_h200_webmix_one_pass.)
 set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1
@@ -25,32 +26,17 @@ baseline_50_steps() {  # the DDP comparison: same flags, same global batch, 1 or
   "$@" train_gpt2.py --data webmix --max-steps 50 --val-every 25 --attn sdpa --compile 1 --export 0 --progress lines --out-dir "$out"
 }
 
-gpu0() {
-  export CUDA_VISIBLE_DEVICES=0
-  RUNS=fit_24gb bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
-  wait_for_shards || return
-  RUNS="best repeat" bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
-}
-
-gpu1() {
-  export CUDA_VISIBLE_DEVICES=1
-  wait_for_shards || return
-  bash scripts/proxy_baseline.sh "$LOGS/proxy_baseline" --attn sdpa --compile 1
-  baseline_50_steps "$LOGS/ddp/one_gpu" python3
-}
+speedrun() { TORCH_LOGS=recompiles RUNS="$*" bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"; }
 
 echo "start $(date -u +%T)"
+wait_for_shards || exit 1
 if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
-  wait_for_shards || exit 1
-  TORCH_LOGS=recompiles RUNS=best bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
-  echo "speedrun done $(date -u +%T)"
-  bash scripts/proxy_baseline.sh "$LOGS/proxy_baseline" --attn sdpa --compile 1 --val-every 111
-  echo "proxy baseline done $(date -u +%T)"
-  RUNS="repeat fit_24gb" bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"
+  speedrun best repeat no_muon
+  python3 scripts/bench_inference.py --out "$LOGS/bench_inference"
   echo "done $(date -u +%T)"; exit 0
 fi
-gpu0 > "$LOGS/gpu0.txt" 2>&1 &
-gpu1 > "$LOGS/gpu1.txt" 2>&1 &
+(export CUDA_VISIBLE_DEVICES=0; speedrun best repeat no_value_embeds) > "$LOGS/gpu0.txt" 2>&1 &
+(export CUDA_VISIBLE_DEVICES=1; baseline_50_steps "$LOGS/ddp/one_gpu" python3; speedrun no_muon no_window_schedule) > "$LOGS/gpu1.txt" 2>&1 &
 wait
 echo "single-GPU runs done $(date -u +%T)"
 baseline_50_steps "$LOGS/ddp/two_gpus" python3 -m torch.distributed.run --standalone --nproc_per_node=2 > "$LOGS/ddp/two_gpus.console.txt" 2>&1
