@@ -15,7 +15,6 @@ import sys
 from dataclasses import dataclass, field
 
 from kit.errors import UserError
-from kit.model import GPT, gpt_config
 from kit.optim import Lion, decay_groups
 from kit.train import Recipe, main
 
@@ -29,10 +28,6 @@ class Hyperparameters(baseline.Hyperparameters):
     lion_weight_decay: float = 0.3
     lion_beta1: float = 0.9
     lion_beta2: float = 0.99
-
-
-def build_model(cfg: Hyperparameters):
-    return GPT(gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn))
 
 
 def adamw8bit(model, cfg: Hyperparameters):
@@ -51,7 +46,7 @@ def build_optimizers(model, cfg: Hyperparameters):
     return baseline.build_optimizers(model, cfg)
 
 
-RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, description=__doc__.splitlines()[0])
+RECIPE = Recipe(Hyperparameters, baseline.build_model, build_optimizers, script=__file__, description=__doc__.splitlines()[0])
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

@@ -239,17 +239,15 @@ def forward_cached_modern(model, idx, cache, sids):
     short_window = max(1, long_window // 2)
     x = x0 = rms_norm(model.embed(idx))
     value_embeds = model.layer_value_embeds(idx)
-    skips, half = [], model.config.n_layer // 2
-    for i, block in enumerate(model.blocks):
-        if i >= half and skips and model.skip_weights is not None:
-            x = x + model.skip_weights[i - half] * skips.pop()
+
+    def cached_block(i, block, x):  # ModernBlock.forward with the cached attention
         x = block.residual_mix[0] * x + block.residual_mix[1] * x0
         if block.attn is not None:
             window = long_window if model.long_window[i] else short_window
             x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, sids, positions, window)
-        x = x + block.mlp(rms_norm(x))
-        if i < half:
-            skips.append(x)
+        return x + block.mlp(rms_norm(x))
+
+    x = model.through_blocks(x, cached_block)
     cache.advance(sids, idx.size(1))
     return model.logits(x)
 

@@ -275,14 +275,21 @@ class ModernGPT(nn.Module):
         long_mask, short_mask = self.masks(idx)
         x = x0 = rms_norm(self.embed(idx))
         value_embeds = self.layer_value_embeds(idx)
+        x = self.through_blocks(x, lambda i, block, x: block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask))
+        return self.head(x, targets)
+
+    def through_blocks(self, x, apply_block):
+        """The blocks in order, with the U-net skips: the outputs of the first half, last first, are
+        added (weighted) to the inputs of the second half. apply_block(i, block, x) -> x runs one
+        block (kit.inference passes one that attends through a KV cache)."""
         skips, half = [], self.config.n_layer // 2
         for i, block in enumerate(self.blocks):
             if i >= half and skips and self.skip_weights is not None:
                 x = x + self.skip_weights[i - half] * skips.pop()
-            x = block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask)
+            x = apply_block(i, block, x)
             if i < half:
                 skips.append(x)
-        return self.head(x, targets)
+        return x
 
     def logits(self, x):
         logits = self.lm_head(rms_norm(x)).float()
