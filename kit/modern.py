@@ -320,7 +320,9 @@ class ModernGPT(nn.Module):
         # The blocks share one code object, so each variant (with/without value embeddings, training and
         # evaluation shapes) counts against dynamo's per-code recompile limit (8), past which new variants
         # run uncompiled; the limit was reached on an H200 (TORCH_LOGS=recompiles names each variant).
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 32)
+        config = torch._dynamo.config
+        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # its name before torch 2.6
+        setattr(config, limit, max(getattr(config, limit), 32))
         for block in self.blocks:
             block.compile()
         self.head = torch.compile(self.head)
