@@ -65,6 +65,7 @@ class Hyperparameters(TrainConfig):
                                                         "skips the cut document's tail: 12% of webmix's tokens at 16,384-token sequences"})
     rope: str = field(default="half", metadata={"choices": ["half", "full"], "help": "half: rotary on half the head dimensions, frequencies 1..1/1024 (the public record's); full: every dimension, base 10000"})
     skip_attn_layers: str = field(default="auto", metadata={"help": "comma-separated layers without attention (MLP only); auto: layer 7 of the 12-layer model, as in the public record; none: every layer attends"})
+    muon_coefficients: str = field(default="quintic", metadata={"choices": ["quintic", "polar"], "help": "Newton-Schulz: the fixed quintic, or Polar Express's per-iteration ones (tighter orthogonalisation)"})
     muon_split_qkv: bool = field(default=True, metadata={"help": "orthogonalise Q, K and V's weights separately (0: the fused QKV matrix as one)"})
     reference_steps: int = 1770
     compile_mode: str = field(default="regional", metadata={"choices": ["regional", "whole"], "help": "regional: each block compiled once and reused (bounded compile time); whole: the full model"})
@@ -139,7 +140,7 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
         groups = [g for g in ({"params": qkv, "split": 3}, {"params": others}) if g["params"]]
     else:
         groups = [{"params": hidden}]
-    muon = Muon(groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum)
+    muon = Muon(groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, coefficients=cfg.muon_coefficients)
     for group in muon.param_groups:
         group["base_lr"] = cfg.muon_lr
     return [adam, muon]

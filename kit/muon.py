@@ -7,22 +7,36 @@ push small singular values up fast at the price of leaving the result's singular
 spread around 1 (roughly 0.7..1.2) instead of exactly 1, which works as well in practice and
 needs only 5 iterations in bf16. Only 2-D weights of hidden layers go to Muon; embeddings,
 the output head and scalars go to Adam.
+coefficients="polar" uses a different quintic for each of the 5 iterations instead (Polar
+Express, Amsel et al. 2025, arXiv 2505.16932, computed for 5 iterations with a 2% safety
+margin on the normalisation): the singular values land in a tighter band (about 0.86..1.14
+for the hidden matrices here, against 0.68..1.15).
 """
 
 import torch
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+POLAR_EXPRESS_COEFFICIENTS = (  # one (a, b, c) per iteration, from the paper's construction
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
 
 
-def newton_schulz(G: torch.Tensor, steps: int = 5, dtype=torch.bfloat16) -> torch.Tensor:
+def newton_schulz(G: torch.Tensor, steps: int = 5, dtype=torch.bfloat16, coefficients: str = "quintic") -> torch.Tensor:
     """Approximately orthogonalise the last two dimensions of G (singular values -> ~1)."""
-    a, b, c = NS_COEFFICIENTS
+    if coefficients == "polar":
+        schedule, margin = POLAR_EXPRESS_COEFFICIENTS[:steps], 1.02
+    else:
+        schedule, margin = [NS_COEFFICIENTS] * steps, 1.0
     X = G.to(dtype)
     tall = X.size(-2) > X.size(-1)
     if tall:  # iterate on the wide orientation: X X^T is then the smaller Gram matrix
         X = X.mT
-    X = X / (X.norm(dim=(-2, -1), keepdim=True) + 1e-7)  # spectral norm <= Frobenius norm <= 1
-    for _ in range(steps):
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * margin + 1e-7)  # spectral norm <= Frobenius norm <= 1
+    for a, b, c in schedule:
         A = X @ X.mT
         X = a * X + (b * A + c * A @ A) @ X
     return (X.mT if tall else X).to(G.dtype)
@@ -50,7 +64,10 @@ class Muon(torch.optim.Optimizer):
     parameters. Matrices of one shape are orthogonalised together in one batched call.
     """
 
-    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, split=1):
+    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, split=1, coefficients="quintic"):
+        if coefficients not in ("quintic", "polar"):
+            raise ValueError(f"coefficients must be quintic or polar, not {coefficients!r}")
+        self.coefficients = coefficients
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, split=split))
         for group in self.param_groups:
             if any(p.dim() != 2 for p in group["params"]):
@@ -81,12 +98,11 @@ class Muon(torch.optim.Optimizer):
                 zeros = torch.zeros(n, group["split"], shape[0] // group["split"], shape[1], device=first.device, dtype=first.dtype)
                 self.orthogonalise(zeros, group["ns_steps"])
 
-    @staticmethod
-    def orthogonalise(stacked, steps):
+    def orthogonalise(self, stacked, steps):
         if stacked.is_cuda:
-            return compiled_newton_schulz()(stacked, steps)
+            return compiled_newton_schulz()(stacked, steps, coefficients=self.coefficients)
         # the CPU (tests, smoke runs) gains nothing from bf16 and would lose reproducibility across reduction orders
-        return newton_schulz(stacked, steps, dtype=torch.float32)
+        return newton_schulz(stacked, steps, dtype=torch.float32, coefficients=self.coefficients)
 
     def momentum_direction(self, p, group):
         buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))

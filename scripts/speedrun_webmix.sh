@@ -22,6 +22,11 @@ flags_for() {
     no_muon) echo "--muon 0" ;;
     no_value_embeds) echo "--value-embeds 0" ;;
     no_window_schedule) echo "--window-schedule 0" ;;
+    # beyond the default set (RUNS="..." picks them): the recipe as first measured (c7059fe), and candidates to try
+    recipe_c7059fe) echo "--rope full --skip-attn-layers none --muon-split-qkv 0 --cooldown-frac 0.4" ;;
+    polar) echo "--muon-coefficients polar" ;;
+    batch_ramp) echo "--batch-ramp-start 0.5 --batch-ramp-frac 0.3" ;;
+    align_bos) echo "--align-bos 1" ;;
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
@@ -33,7 +38,7 @@ for name in $RUNS; do
   python3 train_gpt2_speedrun.py --data webmix --export 0 --progress lines --out-dir "$OUT/$name" $extra "$@" > "$OUT/$name.console.txt" 2>&1
   echo "$name: exit $? $(grep -E '^(reached|finished)' "$OUT/$name.console.txt" | tail -1)"
 done
-done_runs=$(for r in best repeat no_muon no_value_embeds no_window_schedule; do [ -f "$OUT/$r/summary.json" ] && echo "$OUT/$r"; done)
+done_runs=$(for r in best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos; do [ -f "$OUT/$r/summary.json" ] && echo "$OUT/$r"; done)
 # shellcheck disable=SC2086
 [ -n "$done_runs" ] && python3 scripts/compare.py $done_runs --out "$OUT"
 exit 0

@@ -27,6 +27,15 @@ def test_newton_schulz_gives_singular_values_near_one(shape):
     assert X.shape == G.shape
 
 
+def test_polar_express_coefficients_orthogonalise_more_tightly():
+    G = torch.randn(3072, 768, generator=torch.Generator().manual_seed(4))
+    quintic, polar = (torch.linalg.svdvals(newton_schulz(G, coefficients=c).float()) for c in ("quintic", "polar"))
+    assert 0.8 < polar.min() and polar.max() < 1.2 and quintic.min() < 0.75
+    assert (polar - 1).abs().mean() < (quintic - 1).abs().mean()
+    with pytest.raises(ValueError, match="quintic or polar"):
+        Muon([torch.nn.Parameter(torch.zeros(4, 4))], coefficients="cubic")
+
+
 def test_newton_schulz_on_a_square_matrix_lifts_most_singular_values():
     s = torch.linalg.svdvals(newton_schulz(torch.randn(512, 512, generator=torch.Generator().manual_seed(2))).float())
     inside = ((s > 0.6) & (s < 1.25)).float().mean()
