@@ -74,31 +74,30 @@ class PagedKVCache:
         for sid, m in missing.items():
             self.tables[sid].extend(self.allocator.allocate() for _ in range(m))
 
-    def slots(self, sid: int, start: int, n: int):
-        """(block ids, offsets) of positions start .. start+n-1 of a sequence."""
-        pos = torch.arange(start, start + n)
-        table = torch.tensor(self.tables[sid], dtype=torch.long)
-        return table[pos // self.block_size], pos % self.block_size
+    def block_table(self, sids, device) -> torch.Tensor:
+        """(B, most blocks) block ids of these sequences, padded with block 0 (read, then masked)."""
+        width = max(len(self.tables[sid]) for sid in sids)
+        return torch.tensor([self.tables[sid] + [0] * (width - len(self.tables[sid])) for sid in sids], device=device)
 
     def write(self, layer: int, sids, k, v) -> None:
         """k, v: (len(sids), H, n, D), the n new tokens of each sequence (at its current length)."""
-        for i, sid in enumerate(sids):
-            blocks, offsets = self.slots(sid, self.lengths[sid], k.size(2))
-            self.k[layer, blocks, :, offsets] = k[i].transpose(0, 1).to(self.k.dtype)
-            self.v[layer, blocks, :, offsets] = v[i].transpose(0, 1).to(self.v.dtype)
+        n = k.size(2)
+        positions = torch.tensor([self.lengths[sid] for sid in sids], device=k.device)[:, None] + torch.arange(n, device=k.device)
+        blocks = self.block_table(sids, k.device).gather(1, positions // self.block_size)  # (B, n)
+        offsets = positions % self.block_size
+        self.k[layer][blocks, :, offsets] = k.permute(0, 2, 1, 3).to(self.k.dtype)  # (B, n, H, D) into the slots
+        self.v[layer][blocks, :, offsets] = v.permute(0, 2, 1, 3).to(self.v.dtype)
 
     def read(self, layer: int, sids, n_new: int):
         """Keys and values of each sequence's tokens so far plus its n_new written ones:
-        (B, H, L, D) each, L the longest; shorter sequences are padded (the caller masks)."""
+        (B, H, L, D) each, L the longest; shorter sequences read padding there (the caller masks)."""
         lengths = [self.lengths[sid] + n_new for sid in sids]
-        longest = max(lengths)
-        k = self.k.new_zeros(len(sids), self.k.size(2), longest, self.k.size(4))
-        v = self.v.new_zeros(len(sids), self.v.size(2), longest, self.v.size(4))
-        for i, (sid, length) in enumerate(zip(sids, lengths)):
-            blocks, offsets = self.slots(sid, 0, length)
-            k[i, :, :length] = self.k[layer, blocks, :, offsets].transpose(0, 1)
-            v[i, :, :length] = self.v[layer, blocks, :, offsets].transpose(0, 1)
-        return k, v, lengths
+        positions = torch.arange(max(lengths), device=self.k.device)
+        blocks = self.block_table(sids, self.k.device)[:, positions // self.block_size]  # (B, L)
+        offsets = positions % self.block_size
+        k = self.k[layer][blocks, :, offsets]  # (B, L, H, D): one gather through the block table
+        v = self.v[layer][blocks, :, offsets]
+        return k.transpose(1, 2), v.transpose(1, 2), lengths
 
     def advance(self, sids, n: int) -> None:
         for sid in sids:
