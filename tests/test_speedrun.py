@@ -332,10 +332,11 @@ def test_flex_path_equals_dense_on_gpu_with_gradients():
     assert ((grads["flex"] - grads["dense"]).norm() / grads["dense"].norm()).item() < 5e-2
 
 
-@pytest.mark.parametrize("mode", ["regional", "whole"])
-def test_compiled_model_does_not_recompile_as_the_window_grows(tmp_path, isolated_data_dir, mode):
+@pytest.mark.parametrize("mode, extra", [("regional", ()), ("whole", ()), ("regional", ("--skip-attn-layers", "1", "--value-embeds", "0"))],
+                         ids=["regional", "whole", "regional-mlp-only-block"])
+def test_compiled_model_does_not_recompile_as_the_window_grows(tmp_path, isolated_data_dir, mode, extra):
     """6 steps with the window growing every step: after the warm-up (which compiles the training
-    and the evaluation graphs) nothing recompiles."""
+    and the evaluation graphs, blocks without attention included) nothing recompiles."""
     import subprocess
     import sys
 
@@ -343,7 +344,7 @@ def test_compiled_model_does_not_recompile_as_the_window_grows(tmp_path, isolate
 
     cmd = [sys.executable, "train_gpt2_speedrun.py", "--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--compile", "1",
            "--compile-mode", mode, "--max-steps", "6", "--batch-tokens", "256", "--val-tokens", "512", "--val-every", "3",
-           "--export", "0", "--progress", "lines", "--out-dir", str(tmp_path)]
+           "--export", "0", "--progress", "lines", "--out-dir", str(tmp_path), *extra]
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(KIT_DATA_DIR=isolated_data_dir, TORCH_LOGS="recompiles", PYTHONUNBUFFERED=1),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:]
