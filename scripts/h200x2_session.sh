@@ -29,6 +29,7 @@ baseline_50_steps() {  # the DDP comparison: same flags, same global batch, 1 or
 speedrun() { TORCH_LOGS=recompiles RUNS="$*" bash scripts/speedrun_webmix.sh "$LOGS/speedrun_webmix"; }
 
 echo "start $(date -u +%T)"
+python3 -m pytest -q tests/test_gpu.py > "$LOGS/gpu_tests.txt" 2>&1; echo "GPU tests: $(tail -n 1 "$LOGS/gpu_tests.txt")"  # while the shards arrive
 wait_for_shards || exit 1
 if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
   speedrun best repeat no_muon

@@ -1,0 +1,49 @@
+"""GPU-only checks of the CUDA paths the CPU suite cannot reach (skipped without CUDA). On a lent
+GPU: `python3 -m pytest -q tests/test_gpu.py` (about a minute)."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, subprocess_env
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def test_compiled_batched_newton_schulz_matches_eager():
+    from kit.muon import Muon, newton_schulz
+
+    torch.manual_seed(0)
+    G = torch.randn(4, 3, 256, 128, device="cuda")
+    for coefficients in ("quintic", "polar"):
+        opt = Muon([torch.nn.Parameter(torch.zeros(4, 4, device="cuda"))], coefficients=coefficients)
+        compiled, eager = opt.orthogonalise(G, 5), newton_schulz(G, 5, coefficients=coefficients)
+        assert ((compiled - eager).norm() / eager.norm()).item() < 2e-2
+
+
+def test_speedrun_on_cuda_uses_flex_and_does_not_recompile_after_warm_up(tmp_path, isolated_data_dir):
+    cmd = [sys.executable, "train_gpt2_speedrun.py", "--model-size", "tiny", "--data", "synthetic", "--seq-len", "256",
+           "--batch-tokens", "1024", "--val-tokens", "1024", "--max-steps", "6", "--val-every", "3", "--export", "1",
+           "--progress", "lines", "--out-dir", str(tmp_path)]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(KIT_DATA_DIR=isolated_data_dir, TORCH_LOGS="recompiles", PYTHONUNBUFFERED=1),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "FlexAttention (block-sparse, compiled)" in result.stdout
+    after_warmup = result.stdout.split("warm-up (compile, kernel set-up)", 1)[1]
+    assert "Recompiling function" not in after_warmup, after_warmup[:3000]
+
+
+def test_cached_generation_on_cuda_equals_recomputation():
+    from kit.inference import generate
+    from kit.model import GPT, gpt_config
+
+    torch.manual_seed(0)
+    model = GPT(gpt_config("tiny", block_size=128)).cuda().eval()
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    prompts = [[50256, 11, 22, 33], [50256, 5, 6, 7, 8, 9, 10]]
+    reference = generate(model, prompts, 20, cache="none")
+    assert generate(model, prompts, 20, cache="paged") == reference
+    assert generate(model, prompts, 20, cache="contiguous") == reference
