@@ -197,7 +197,7 @@ def attention_kind(attn) -> str:
     return kinds.get(type(attn), "unsupported")
 
 
-def cached_modern_attention(attn, x, value_embed, cache, layer: int, sids, positions, window_blocks: int):
+def cached_modern_attention(attn, x, value_embed, cache, layer: int, sids, positions, window_blocks: int, docs):
     """kit.modern.ModernAttention's math for the new tokens, against the cache: rotary at each
     token's own position, value embeddings mixed in, attention within the token's document and
     its window (in blocks of 128), as kit.modern.mask_allows says."""
@@ -215,8 +215,7 @@ def cached_modern_attention(attn, x, value_embed, cache, layer: int, sids, posit
     allowed = cache_mask(lengths, n, x.device)
     kv_pos = torch.arange(allowed.size(-1), device=x.device)
     allowed &= (positions[:, :, None] // BLOCK - kv_pos[None, None, :] // BLOCK) < window_blocks
-    docs = torch.nn.utils.rnn.pad_sequence([cache.documents[sid] for sid in sids], batch_first=True, padding_value=-1).to(x.device)
-    allowed &= docs.gather(1, positions)[:, :, None] == docs[:, None, :]
+    allowed &= docs.gather(1, positions)[:, :, None] == docs[:, None, :]  # docs: (B, L) document of every cached token
     y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None], scale=cfg.attn_scale)
     return attn.proj(y.transpose(1, 2).reshape(B, n, -1))
 
@@ -234,6 +233,7 @@ def forward_cached_modern(model, idx, cache, sids):
         previous = cache.documents.get(sid, torch.zeros(0, dtype=torch.long))
         offset = previous[-1] if len(previous) else 0
         cache.documents[sid] = torch.cat([previous, offset + (idx[row].cpu() == EOT).cumsum(0)])
+    docs = torch.nn.utils.rnn.pad_sequence([cache.documents[sid] for sid in sids], batch_first=True, padding_value=-1).to(idx.device)
     long_window = int(model.window_blocks)
     short_window = max(1, long_window // 2)
     x = x0 = rms_norm(model.embed(idx))
@@ -243,7 +243,7 @@ def forward_cached_modern(model, idx, cache, sids):
         x = block.residual_mix[0] * x + block.residual_mix[1] * x0
         if block.attn is not None:
             window = long_window if model.long_window[i] else short_window
-            x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, sids, positions, window)
+            x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, sids, positions, window, docs)
         return x + block.mlp(rms_norm(x))
 
     x = model.through_blocks(x, cached_block)
