@@ -89,6 +89,32 @@ def training_table(runs: list[Run], baseline: Run = None) -> str:
     return "\n".join(lines)
 
 
+def last_val_within(run: Run, key: str, limit: float):
+    """The last validation event whose `key` (tokens, train_time_ms) is at most limit; None if none."""
+    within = [e for e in run.vals if e.get(key) is not None and e[key] <= limit * (1 + 1e-9)]
+    return within[-1] if within else None
+
+
+def equal_budget_table(runs: list[Run], baseline: Run = None) -> str:
+    """Each run's validation loss within the baseline's budget, in tokens and in training time: the
+    last validation at or before the baseline's final token count and final training time (no
+    interpolation; the step and point of that validation are shown)."""
+    baseline = baseline or (runs[0] if runs else None)
+    if not baseline or not baseline.vals:
+        return ""
+    tokens, time_ms = baseline.vals[-1]["tokens"], baseline.vals[-1]["train_time_ms"]
+    lines = [f"| run | val loss within the baseline's {tokens:,} tokens (at tokens) | within its {time_ms / 1000:.1f} s of training (at s) |",
+             "|---|---|---|"]
+    for r in runs:
+        cells = []
+        for key, unit in (("tokens", ","), ("train_time_ms", None)):
+            e = last_val_within(r, key, tokens if key == "tokens" else time_ms)
+            point = None if e is None else (format(e[key], ",") if unit else f"{e[key] / 1000:.1f}")
+            cells.append("-" if e is None else f"{e['val_loss']:.4f} ({point})")
+        lines.append(f"| {r.label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
 def throughput_table(runs: list[Run], baseline: Run = None, reference_steps: int = 4768) -> str:
     """Speed comparison: steady-state ms/step, tokens/s, MFU, memory, projected full-run time."""
     baseline = baseline or (runs[0] if runs else None)
@@ -169,6 +195,8 @@ def record_section(record: dict, heading: str = "##", link_prefix: str = "") -> 
     else:
         table = throughput_table if record.get("table") == "throughput" else training_table
         parts += [table(runs, baseline), ""]
+        if table is training_table and len(runs) > 1:
+            parts += [equal_budget_table(runs, baseline), ""]
     if record.get("plot") and (record["folder"] / "loss_vs_time.png").exists():
         parts += [f"![validation loss against training time]({link_prefix}{folder}/loss_vs_time.png)", ""]
     if record.get("notes"):

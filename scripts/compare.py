@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     runs = [report.load_run(p) for p in found]
     baseline = report.load_run(args.baseline) if args.baseline else runs[0]
     table = (report.throughput_table if args.throughput else report.training_table)(runs, baseline)
+    if not args.throughput and len(runs) > 1:
+        table += "\n\n" + report.equal_budget_table(runs, baseline)
     print(table)
     if args.out:
         out = Path(args.out)

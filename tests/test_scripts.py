@@ -54,6 +54,18 @@ def test_training_table_rows_and_ratios(two_runs):
     assert "| 3.6000 | 4.0000 | 500,000 |" in base  # final val loss, fineweb_sample (final + 0.4 here), tokens/s
 
 
+def test_equal_budget_table_takes_the_last_validation_within_the_baselines_budget(two_runs):
+    base, fast, slow = (report.load_run(p) for p in two_runs)
+    lines = report.equal_budget_table([base, fast, slow], base).splitlines()
+    assert "104,857,600 tokens" in lines[0] and "400.0 s" in lines[0]  # the baseline's last validation: step 200, 400 s
+    assert lines[2] == "| base | 3.6000 (104,857,600) | 3.6000 (400.0) |"
+    assert lines[3] == "| fast | 3.5000 (104,857,600) | 3.5000 (100.0) |"
+    assert lines[4] == "| slow | 5.0000 (52,428,800) | 5.0000 (50.0) |"
+    late = report.load_run(two_runs[0])
+    late.vals = [dict(e, train_time_ms=e["train_time_ms"] * 10) for e in late.vals]  # every validation after 400 s but the first
+    assert report.equal_budget_table([base, late], base).splitlines()[3] == "| base | 3.6000 (104,857,600) | 10.9000 (0.0) |"
+
+
 def test_compare_writes_table_and_plots(two_runs, tmp_path, capsys):
     compare = load_script("compare")
     assert compare.main([*map(str, two_runs), "--out", str(tmp_path / "cmp")]) == 0
