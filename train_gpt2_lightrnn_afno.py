@@ -3,7 +3,8 @@
 Attention stays in the first --hybrid-attn-layers layers; the layers above mix tokens with
 kit/afno.py's causal Fourier mixer (block-diagonal per-token MLP, soft-thresholded FFT long
 convolution padded to 2T). --hybrid-attn-layers 0 is the pure Fourier model. Embedding and
-output are LightRNN's (kit/lightrnn.py), as in the user's original.
+output are LightRNN's (kit/lightrnn.py), as in the user's original, re-allocation
+(--realloc-every) included.
 
     python train_gpt2_lightrnn_afno.py --data webmix                        # hybrid: 4 attention layers of 12
     python train_gpt2_lightrnn_afno.py --data webmix --hybrid-attn-layers 0 # Fourier mixing only
@@ -20,11 +21,12 @@ from kit.lightrnn import LightRNNGPT
 from kit.model import gpt_config
 from kit.train import Recipe, main
 
-import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
+import train_gpt2 as baseline  # the baseline's optimizer, shared
+import train_gpt2_lightrnn as lightrnn  # LightRNN's flags and re-allocation hook, shared
 
 
 @dataclass
-class Hyperparameters(baseline.Hyperparameters):
+class Hyperparameters(lightrnn.Hyperparameters):
     hybrid_attn_layers: int = field(default=4, metadata={"help": "layers (from the bottom) that keep attention; the rest use the Fourier mixer"})
     fourier_blocks: int = field(default=8, metadata={"help": "channel blocks of the Fourier mixer's block-diagonal MLP"})
 
@@ -43,7 +45,8 @@ def build_model(cfg: Hyperparameters):
     return model
 
 
-RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0])
+RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0],
+                before_step=lightrnn.before_step)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

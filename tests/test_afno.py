@@ -65,7 +65,7 @@ def test_gpt_with_fourier_mixers_is_causal():
 
 
 @pytest.mark.parametrize("attn_layers", [0, 1])
-def test_lightrnn_afno_script_is_causal_and_trains(tmp_path, attn_layers):
+def test_lightrnn_afno_script_is_causal_trains_and_reallocates(tmp_path, capsys, attn_layers):
     import train_gpt2_lightrnn_afno as script
     from conftest import FAST, read_metrics
     from kit.afno import CausalFourierMixer
@@ -73,7 +73,9 @@ def test_lightrnn_afno_script_is_causal_and_trains(tmp_path, attn_layers):
     from kit.train import main
 
     flags = [*FAST, "--data", "synthetic", "--hybrid-attn-layers", str(attn_layers), "--fourier-blocks", "4"]
-    assert main(script.RECIPE, [*flags, "--max-steps", "4", "--val-every", "4", "--out-dir", str(tmp_path)]) == 0
+    realloc = ["--realloc-every", "2", "--realloc-tokens", "2048"]
+    assert main(script.RECIPE, [*flags, *realloc, "--max-steps", "4", "--val-every", "4", "--out-dir", str(tmp_path)]) == 0
+    assert "re-allocation at step 2:" in capsys.readouterr().out
     vals = read_metrics(tmp_path, "val")
     assert vals[-1]["val_loss"] < vals[0]["val_loss"]
     cfg, _ = parse_config(script.Hyperparameters, flags)
