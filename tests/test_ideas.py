@@ -439,3 +439,30 @@ def test_long_context_script_smoke(tmp_path, capsys):
     assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path)]) == 0
     assert "attention: dense" in (tmp_path / "log.txt").read_text()
     assert main(script.RECIPE, [*flags, "--window", "100", "--out-dir", str(tmp_path / "bad")]) == 2
+
+
+def test_moe_routing_report_on_a_trained_run(tmp_path):
+    import importlib.util
+    import json
+
+    import train_gpt2_moe as script
+    from conftest import REPO
+
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--experts", "2", "--export", "1"]
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path)]) == 0
+    spec = importlib.util.spec_from_file_location("moe_routing", REPO / "scripts" / "moe_routing.py")
+    routing = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(routing)
+    printed = routing.main([str(tmp_path), "--tokens", "2048", "--device", "cpu"])
+    stats = json.loads((tmp_path / "moe_routing.json").read_text())["val"]
+    assert len(stats["share"]) == 2 and all(sum(s) == pytest.approx(1.0) for s in stats["share"])
+    assert "val moe0: shares" in printed
+
+    from kit.runs import load_model  # a router that always picks expert 0: shares 1/0, every document concentrated
+
+    model = load_model(tmp_path)[0]
+    for layer in model.moe_layers():
+        torch.nn.init.zeros_(layer.router.weight)
+    batches = [(torch.randint(0, 50000, (4, 32)), None)]
+    forced = routing.routing_stats(model, batches, "cpu", min_doc_tokens=16)
+    assert forced["share"][0] == [1.0, 0.0] and forced["doc_concentration"][0] == 1.0
