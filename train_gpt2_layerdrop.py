@@ -40,11 +40,11 @@ class LayerDropGPT(GPT):
         draws = torch.rand(len(self.drop_probs), generator=self.generator).tolist()
         return {i for i, (u, p) in enumerate(zip(draws, self.drop_probs)) if u < p}
 
-    def hidden(self, idx):
+    def hidden(self, idx, token_keep=None):
         if not (self.training and self.dropping):
-            return super().hidden(idx)
+            return super().hidden(idx, token_keep)
         dropped = self.dropped_blocks()
-        x = self.wte(idx) + self.wpe(torch.arange(idx.size(1), device=idx.device))
+        x = self.embed(idx, token_keep=token_keep)
         for i, block in enumerate(self.h):
             if i not in dropped:
                 x = x + (block(x) - x) / (1 - self.drop_probs[i])

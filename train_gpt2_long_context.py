@@ -37,14 +37,12 @@ class Hyperparameters(baseline.Hyperparameters):
 
 class DocumentAttention(CausalSelfAttention):
     def forward(self, x, mask):
-        B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.heads(x)
         if isinstance(mask, torch.Tensor):  # the dense reference
             y = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             y = flex_attention_fn(q)(q, k, v, block_mask=mask)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return self.merge(y)
 
 
 class DocumentBlock(Block):
@@ -88,8 +86,7 @@ class LongContextGPT(GPT):
 
     def hidden(self, idx, token_keep=None):
         mask = self.mask(idx)
-        positions = document_positions(idx).clamp(max=self.config.block_size - 1)
-        x = self.wte(idx) + self.wpe(positions)
+        x = self.embed(idx, document_positions(idx).clamp(max=self.config.block_size - 1), token_keep)
         for block in self.h:
             x = block(x, mask)
         return self.ln_f(x)

@@ -45,7 +45,7 @@ class ParallelOffset(nn.Module):
         self.adapter = nn.Linear(config.n_embd, config.n_embd, bias=False)
         nn.init.zeros_(self.adapter.weight)
 
-    def forward(self, h, next_embedding=None):
+    def forward(self, h):
         return h + self.adapter(self.norm(h))
 
 

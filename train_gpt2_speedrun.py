@@ -136,7 +136,8 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     if not cfg.muon:
         return [adam]
     if cfg.muon_split_qkv:  # Q, K and V each orthogonalised as their own matrix
-        others = [p for p in hidden if all(p is not q for q in qkv)]
+        qkv_ids = {id(p) for p in qkv}
+        others = [p for p in hidden if id(p) not in qkv_ids]
         groups = [g for g in ({"params": qkv, "split": 3}, {"params": others}) if g["params"]]
     else:
         groups = [{"params": hidden}]

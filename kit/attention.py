@@ -24,6 +24,12 @@ def residual_linear(fan_in: int, fan_out: int) -> nn.Linear:
     return layer
 
 
+def share_heads(k, v, n_head: int):
+    """Key/value heads (B, n_kv_head, T, D) repeated so that each serves its group of query heads."""
+    group = n_head // k.size(1)
+    return k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+
+
 class GroupedQueryAttention(nn.Module):
     def __init__(self, config: GPTConfig, n_kv_head: int):
         super().__init__()
@@ -36,14 +42,20 @@ class GroupedQueryAttention(nn.Module):
         self.c_proj = residual_linear(config.n_embd, config.n_embd)
         self.attend = ATTENTION[config.attn]
 
-    def forward(self, x):
-        B, T, C = x.shape
+    def heads(self, x):
+        """x (B, T, C) -> q (B, n_head, T, D) and k, v (B, n_kv_head, T, D)."""
+        B, T, _ = x.shape
         q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         k, v = self.kv(x).view(B, T, 2, self.n_kv_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        group = self.n_head // self.n_kv_head  # query heads per key/value head
-        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-        y = self.attend(q, k, v)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        return q, k, v
+
+    def merge(self, y):
+        B, _, T, _ = y.shape
+        return self.c_proj(y.transpose(1, 2).reshape(B, T, -1))
+
+    def forward(self, x):
+        q, k, v = self.heads(x)
+        return self.merge(self.attend(q, *share_heads(k, v, self.n_head)))
 
     def cache_numbers_per_token(self) -> int:
         return 2 * self.n_kv_head * self.head_dim

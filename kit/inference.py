@@ -130,30 +130,18 @@ class ContiguousKVCache(PagedKVCache):
 # ----- the cached forward pass of kit.model.GPT -----
 
 def cached_attention(attn, x, cache, layer: int, sids):
-    """CausalSelfAttention's math for x (B, n, C), the n new tokens of each sequence, attending to
-    the cached tokens and causally among themselves."""
-    B, n, C = x.shape
-    H = attn.n_head
-    q, k, v = attn.c_attn(x).split(C, dim=2)
-    q, k, v = (t.view(B, n, H, C // H).transpose(1, 2) for t in (q, k, v))
+    """The attention of kit.model.CausalSelfAttention or kit.attention.GroupedQueryAttention for x
+    (B, n, C), the n new tokens of each sequence: their keys and values (a GQA layer's n_kv_head
+    heads) go to the cache, and they attend to the cached tokens and causally among themselves."""
+    from kit.attention import share_heads
+
+    q, k, v = attn.heads(x)
+    n = x.size(1)
     cache.write(layer, sids, k, v)
     keys, values, lengths = cache.read(layer, sids, n)
+    keys, values = share_heads(keys.to(q.dtype), values.to(q.dtype), q.size(1))
     mask = cache_mask(lengths, n, x.device)  # causal, and padding beyond a sequence's length masked
-    y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask[:, None])
-    return attn.c_proj(y.transpose(1, 2).contiguous().view(B, n, C))
-
-
-def cached_gqa(attn, x, cache, layer: int, sids):
-    """GroupedQueryAttention with n_kv_head cached heads, each serving n_head / n_kv_head queries."""
-    B, n, C = x.shape
-    q = attn.q(x).view(B, n, attn.n_head, attn.head_dim).transpose(1, 2)
-    k, v = attn.kv(x).view(B, n, 2, attn.n_kv_head, attn.head_dim).permute(2, 0, 3, 1, 4)
-    cache.write(layer, sids, k, v)
-    keys, values, lengths = cache.read(layer, sids, n)
-    group = attn.n_head // attn.n_kv_head
-    keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
-    y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=cache_mask(lengths, n, x.device)[:, None])
-    return attn.c_proj(y.transpose(1, 2).reshape(B, n, C))
+    return attn.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None]))
 
 
 def cached_mla(attn, x, cache, layer: int, sids, positions):
@@ -289,13 +277,13 @@ def forward_cached(model, idx, cache, sids):
     cache.reserve(sids, idx.size(1))
     starts = torch.tensor([cache.lengths[sid] for sid in sids], device=idx.device)
     positions = starts[:, None] + torch.arange(idx.size(1), device=idx.device)
-    x = model.wte(idx) + model.wpe(positions)
+    x = model.embed(idx, positions)
     for layer, block in enumerate(model.h):
         kind, h = attention_kind(block.attn), block.ln_1(x)
         if kind == "mla":
             x = x + cached_mla(block.attn, h, cache, layer, sids, positions)
         else:
-            x = x + (cached_gqa if kind == "gqa" else cached_attention)(block.attn, h, cache, layer, sids)
+            x = x + cached_attention(block.attn, h, cache, layer, sids)
         x = x + block.mlp(block.ln_2(x))
     cache.advance(sids, idx.size(1))
     return model.logits(model.ln_f(x))

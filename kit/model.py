@@ -92,12 +92,19 @@ class CausalSelfAttention(nn.Module):
         self.c_proj.residual_projection = True
         self.attend = ATTENTION[config.attn]
 
-    def forward(self, x):
+    def heads(self, x):
+        """x (B, T, C) -> q, k, v, each (B, n_head, T, C / n_head)."""
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = self.attend(q, k, v)
-        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return tuple(t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+
+    def merge(self, y):
+        """Attention output (B, n_head, T, D) -> the projected (B, T, C)."""
+        B, _, T, _ = y.shape
+        return self.c_proj(y.transpose(1, 2).contiguous().view(B, T, -1))
+
+    def forward(self, x):
+        return self.merge(self.attend(*self.heads(x)))
 
 
 class MLP(nn.Module):
@@ -154,17 +161,23 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def hidden(self, idx, token_keep=None):
-        """The final hidden states (after the last LayerNorm), (B, T, n_embd). token_keep (B, T),
+    def embed(self, idx, positions=None, token_keep=None):
+        """Token plus position embeddings, (B, T, n_embd). positions: each token's (default 0..T-1;
+        a KV-cached decode or document-relative positions pass their own). token_keep (B, T),
         optional: 0 where a token's embedding is dropped (its position embedding stays)."""
-        T = idx.size(1)
-        if T > self.config.block_size:
-            raise ValueError(f"sequence of {T} tokens is longer than the model's block size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)
+        if positions is None:
+            T = idx.size(1)
+            if T > self.config.block_size:
+                raise ValueError(f"sequence of {T} tokens is longer than the model's block size {self.config.block_size}")
+            positions = torch.arange(T, device=idx.device)
         tokens = self.wte(idx)
         if token_keep is not None:
             tokens = tokens * token_keep[..., None].to(tokens.dtype)
-        x = tokens + self.wpe(pos)
+        return tokens + self.wpe(positions)
+
+    def hidden(self, idx, token_keep=None):
+        """The final hidden states (after the last LayerNorm), (B, T, n_embd)."""
+        x = self.embed(idx, token_keep=token_keep)
         for i, block in enumerate(self.h):
             if i < self.config.checkpoint_layers and torch.is_grad_enabled():
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
@@ -185,7 +198,7 @@ class GPT(nn.Module):
     def loss(self, h, targets, idx=None):
         """Mean cross-entropy of the full softmax (variants with other output heads override this;
         idx, the input tokens, is there for losses that look at the previous token)."""
-        logits = self.lm_head(h)
+        logits = self.logits(h)
         return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
 
 

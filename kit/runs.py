@@ -46,7 +46,8 @@ def load_model(run_dir, device: str = "cpu"):
     if not config_path.exists():
         raise UserError(f"{run_dir} is not a run directory (no config.json)")
     saved = json.loads(config_path.read_text())
-    script = json.loads(summary_path.read_text())["script"] if summary_path.exists() else "train_gpt2.py"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    script = summary.get("script", "train_gpt2.py")
     module = load_script(script)
     cfg = inference_config(module, saved, device)
     model = module.RECIPE.build_model(cfg)
@@ -61,6 +62,5 @@ def load_model(run_dir, device: str = "cpu"):
             raise UserError(f"{run_dir} holds neither model.safetensors nor a checkpoint")
         model.load_state_dict(torch.load(latest, map_location="cpu", weights_only=False)["model"])
     if hasattr(model, "set_window") and hasattr(module, "long_window_blocks"):  # the attention window the run ended with
-        steps = json.loads(summary_path.read_text()).get("steps", cfg.max_steps) if summary_path.exists() else cfg.max_steps
-        model.set_window(module.long_window_blocks(steps, cfg))
+        model.set_window(module.long_window_blocks(summary.get("steps", cfg.max_steps), cfg))
     return model.to(device).eval(), cfg, module

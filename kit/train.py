@@ -326,8 +326,8 @@ class Trainer:
 
     def run_before_step(self) -> None:
         """The recipe's per-step hook, timed as training: schedules cost nothing, but a hook that
-        works (LightRNN's re-allocation) is part of the time to the target."""
-        hw.synchronize(self.device)
+        works (LightRNN's re-allocation) is part of the time to the target. The GPU is idle when it
+        starts (the step and validation before it synchronise); it is waited for at the end."""
         t0 = time.perf_counter()
         self.recipe.before_step(self.step, self.model, self.optimizers, self.cfg)
         hw.synchronize(self.device)
