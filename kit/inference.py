@@ -188,16 +188,13 @@ def attention_kind(attn) -> str:
 def cached_modern_attention(attn, x, value_embed, cache, layer: int, sids, positions, window_blocks: int, docs):
     """kit.modern.ModernAttention's math for the new tokens, against the cache: rotary at each
     token's own position, value embeddings mixed in, attention within the token's document and
-    its window (in blocks of 128), as kit.modern.mask_allows says."""
-    from kit.modern import BLOCK, rms_norm
+    its window (in blocks of 128), as kit.modern.mask_allows says; ModernAttention's own
+    projections and output gate before and after it."""
+    from kit.modern import BLOCK
 
-    B, n, _ = x.shape
+    n = x.size(1)
     cfg = attn.cfg
-    q, k, v = attn.qkv(x).view(B, n, 3, cfg.n_head, cfg.head_dim).unbind(2)
-    q, k = attn.rotary(rms_norm(q), positions), attn.rotary(rms_norm(k), positions)
-    if value_embed is not None:
-        v = attn.value_mix[0] * v + attn.value_mix[1] * value_embed.view_as(v)
-    q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+    q, k, v = attn.project(x, value_embed, positions)
     cache.write(layer, sids, k, v)
     keys, values, lengths = cache.read(layer, sids, n)
     allowed = cache_mask(lengths, n, x.device)
@@ -205,7 +202,7 @@ def cached_modern_attention(attn, x, value_embed, cache, layer: int, sids, posit
     allowed &= (positions[:, :, None] // BLOCK - kv_pos[None, None, :] // BLOCK) < window_blocks
     allowed &= docs.gather(1, positions)[:, :, None] == docs[:, None, :]  # docs: (B, L) document of every cached token
     y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None], scale=cfg.attn_scale)
-    return attn.proj(y.transpose(1, 2).reshape(B, n, -1))
+    return attn.output(y, x)
 
 
 @torch.no_grad()
@@ -224,8 +221,8 @@ def forward_cached_modern(model, idx, cache, sids):
     docs = torch.nn.utils.rnn.pad_sequence([cache.documents[sid] for sid in sids], batch_first=True, padding_value=-1).to(idx.device)
     long_window = int(model.window_blocks)
     short_window = max(1, long_window // 2)
-    x = x0 = rms_norm(model.embed(idx))
-    value_embeds = model.layer_value_embeds(idx)
+    x0, value_embeds = model.embed_tokens(idx)
+    x = x0
 
     def cached_block(i, block, x):  # ModernBlock.forward with the cached attention
         x = block.residual_mix[0] * x + block.residual_mix[1] * x0

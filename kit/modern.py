@@ -50,6 +50,7 @@ class ModernConfig:
     mtp_offsets: int = 0  # multi-token prediction: also predict tokens t+2 .. t+1+mtp_offsets while training
     rope: str = "half"  # half: rotary on half the dimensions, frequencies 1 .. 1/1024 (the public record's); full: all, base 10000
     no_attn_layers: tuple = ()  # layers that keep only their MLP (the public record drops layer 7's attention)
+    attn_gate_dims: int = 0  # >0: each head's output scaled by a sigmoid gate read from this many leading dimensions of the block input
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -177,6 +178,14 @@ def hidden_linear(fan_in: int, fan_out: int, zero: bool = False) -> nn.Linear:
 
 
 class ModernAttention(nn.Module):
+    """QK-normed rotary attention whose values can take a value embedding, optionally with an
+    output gate per head: sigmoid(W x[:, :g]) for the first g dimensions of the block's (normed)
+    input, zero-initialised (every gate starts at 0.5), so a head can switch itself off for a
+    token instead of parking its attention on a sink token (the public record of 2025-08-23).
+
+    project() and output() are the two halves around the attention itself; kit.inference
+    reuses them with a KV cache in between."""
+
     def __init__(self, cfg: ModernConfig):
         super().__init__()
         self.cfg = cfg
@@ -185,19 +194,35 @@ class ModernAttention(nn.Module):
         self.proj = hidden_linear(inner, cfg.n_embd, zero=True)
         self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, style=cfg.rope)
         self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # (own values, value embedding)
+        self.gate = hidden_linear(cfg.attn_gate_dims, cfg.n_head, zero=True) if cfg.attn_gate_dims else None
+
+    def project(self, x, value_embed, positions=None):
+        """(q, k, v), each (B, heads, T, head_dim) in the projection's dtype (bf16 under autocast,
+        where the norms would otherwise hand fp32 to the attention kernel)."""
+        B, T, _ = x.shape
+        qkv = self.qkv(x)
+        q, k, v = qkv.view(B, T, 3, self.cfg.n_head, self.cfg.head_dim).unbind(2)
+        q, k = (self.rotary(rms_norm(t), positions).to(qkv.dtype) for t in (q, k))
+        v = self.value_mix[0] * v
+        if value_embed is not None:
+            v = v + self.value_mix[1] * value_embed.view_as(v).to(v.dtype)
+        return tuple(t.transpose(1, 2) for t in (q, k, v))
+
+    def output(self, y, x):
+        """The heads' results y (B, heads, T, head_dim), gated, merged and projected."""
+        B, _, T, _ = y.shape
+        y = y.transpose(1, 2)
+        if self.gate is not None:
+            y = y * torch.sigmoid(self.gate(x[..., : self.cfg.attn_gate_dims])).unsqueeze(-1).to(y.dtype)
+        return self.proj(y.reshape(B, T, -1))
 
     def forward(self, x, value_embed, mask):
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.cfg.n_head, self.cfg.head_dim).unbind(2)
-        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        if value_embed is not None:
-            v = self.value_mix[0] * v + self.value_mix[1] * value_embed.view_as(v)
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        q, k, v = self.project(x, value_embed)
         if self.cfg.attn == "flex":
             y = flex_attention_fn(q)(q, k, v, block_mask=mask, scale=self.cfg.attn_scale, kernel_options=flex_kernel_options(q.device))
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.cfg.attn_scale)
-        return self.proj(y.transpose(1, 2).reshape(B, T, -1))
+        return self.output(y, x)
 
 
 class ReluSquaredMLP(nn.Module):
@@ -258,9 +283,21 @@ class ModernGPT(nn.Module):
         n, L = len(self.value_embeds), self.config.n_layer
         return [i if i < n else i - (L - n) if i >= L - n else None for i in range(L)]
 
-    def layer_value_embeds(self, idx):
-        ve = [embed(idx) for embed in self.value_embeds]
+    def layer_value_embeds(self, idx, dtype=None):
+        ve = [embed(idx).to(dtype) for embed in self.value_embeds]
         return [ve[j] if j is not None else None for j in self.value_embed_slots()]
+
+    def activation_dtype(self, device) -> torch.dtype:
+        """bf16 under autocast (the residual stream is then kept in bf16, as in the public record,
+        halving its memory traffic), else the weights' dtype."""
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return self.embed.weight.dtype
+
+    def embed_tokens(self, idx):
+        """(x0: the normed token embedding, the value embedding of every layer), in the activation dtype."""
+        dtype = self.activation_dtype(idx.device)
+        return rms_norm(self.embed(idx)).to(dtype), self.layer_value_embeds(idx, dtype)
 
     @torch.compiler.disable
     def masks(self, idx):
@@ -273,8 +310,8 @@ class ModernGPT(nn.Module):
 
     def forward(self, idx, targets=None):
         long_mask, short_mask = self.masks(idx)
-        x = x0 = rms_norm(self.embed(idx))
-        value_embeds = self.layer_value_embeds(idx)
+        x0, value_embeds = self.embed_tokens(idx)
+        x = x0
         x = self.through_blocks(x, lambda i, block, x: block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask))
         return self.head(x, targets)
 

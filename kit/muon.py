@@ -57,18 +57,21 @@ class Muon(torch.optim.Optimizer):
     """Orthogonalised Nesterov momentum for 2-D parameters.
 
     The step for a (rows x cols) matrix is lr * sqrt(max(1, rows / cols)) * orthogonalise(m),
-    so tall matrices, whose orthogonalised rows are shorter, take comparable steps.
+    so tall matrices, whose orthogonalised rows are shorter, take comparable steps; a group with
+    tall_scale=False drops that factor (lr * orthogonalise(m) for every shape).
 
     A param group may set split=k: its matrices are k matrices stacked along the rows (a fused
     QKV projection: k=3), each orthogonalised and scaled on its own, as if they were separate
     parameters. Matrices of one shape are orthogonalised together in one batched call.
     """
 
-    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, split=1, coefficients="quintic"):
+    def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, split=1, coefficients="quintic",
+                 tall_scale=True):
         if coefficients not in ("quintic", "polar"):
             raise ValueError(f"coefficients must be quintic or polar, not {coefficients!r}")
         self.coefficients = coefficients
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, split=split))
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, split=split,
+                                         tall_scale=tall_scale))
         for group in self.param_groups:
             if any(p.dim() != 2 for p in group["params"]):
                 raise ValueError("Muon takes 2-D parameters only; give embeddings, heads and scalars to Adam")
@@ -117,4 +120,4 @@ class Muon(torch.optim.Optimizer):
         for (p, _), update in zip(items, updates):
             if group["weight_decay"]:
                 p.mul_(1 - lr * group["weight_decay"])
-            p.add_(update.view(shape), alpha=-lr * max(1.0, rows / cols) ** 0.5)
+            p.add_(update.view(shape), alpha=-lr * (max(1.0, rows / cols) ** 0.5 if group["tall_scale"] else 1.0))

@@ -22,9 +22,10 @@ flags_for() {
     no_muon) echo "--muon 0" ;;
     no_value_embeds) echo "--value-embeds 0" ;;
     no_window_schedule) echo "--window-schedule 0" ;;
-    # beyond the default set (RUNS="..." picks them): the recipe as first measured (c7059fe), and candidates to try
-    recipe_c7059fe) echo "--rope full --skip-attn-layers none --muon-split-qkv 0 --cooldown-frac 0.4" ;;
-    polar) echo "--muon-coefficients polar" ;;
+    # beyond the default set (RUNS="..." picks them): the recipe as first measured (c7059fe: all but its fp32
+    # residual stream and its window rounding, which are no longer switches), and candidates to try
+    recipe_c7059fe) echo "--rope full --skip-attn-layers none --muon-split-qkv 0 --cooldown-frac 0.4 --attn-gate 0 --muon-tall-scale 1 --muon-momentum-warmup 75 --adam-eps 3.93216e-5" ;;
+    polar) echo "--muon-coefficients polar --muon-lr 0.06" ;;  # with the Muon lr of the public record that adopted it
     batch_ramp) echo "--batch-ramp-start 0.5 --batch-ramp-frac 0.3" ;;
     align_bos) echo "--align-bos 1" ;;
     *) echo "unknown run $1" >&2; return 1 ;;

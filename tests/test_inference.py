@@ -253,14 +253,14 @@ def test_cache_bytes_per_token_mha_gqa_mla():
     assert caches["mla"].bytes_per_token() == layers * (16 + 8) * 4
 
 
-# ----- the speedrun's model: rotary, windows, documents, value embeddings, U-net -----
+# ----- the speedrun's model: rotary, windows, documents, value embeddings, output gates, U-net -----
 
 def modern_model(window_blocks):
     from kit.modern import MODERN_SIZES, ModernConfig, ModernGPT
 
     torch.manual_seed(0)
     model = ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}, max_seq_len=512, attn="dense", value_embeds=1,
-                                   no_attn_layers=(2,))).eval()
+                                   no_attn_layers=(2,), attn_gate_dims=8)).eval()
     with torch.no_grad():  # the zero-initialised projections and head would hide every dependency
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -56,6 +56,18 @@ def test_muon_step_is_the_scaled_orthogonalised_momentum():
         Muon([torch.nn.Parameter(torch.zeros(3))])
 
 
+def test_muon_without_tall_scale_steps_lr_for_every_shape():
+    torch.manual_seed(0)
+    tall, wide = torch.nn.Parameter(torch.randn(96, 32)), torch.nn.Parameter(torch.randn(32, 96))
+    for p in (tall, wide):
+        p.grad = torch.randn_like(p)
+    before = [p.detach().clone() for p in (tall, wide)]
+    directions = [0.19 * p.grad for p in (tall, wide)]  # the first Nesterov step, as above
+    Muon([tall, wide], lr=0.1, momentum=0.9, tall_scale=False).step()
+    for p, b, d in zip((tall, wide), before, directions):
+        torch.testing.assert_close(p.detach(), b - 0.1 * newton_schulz(d), atol=2e-2, rtol=0)
+
+
 def test_muon_split_treats_stacked_matrices_as_separate_parameters():
     """split=3 (a fused QKV weight) steps each third as its own matrix; same-shape matrices batched
     in one optimizer step as they would one by one."""
@@ -143,8 +155,8 @@ def test_block_mask_structure(window):
 
 def tiny_model(attn, seq_len=2 * BLOCK, window=2, seed=0):
     torch.manual_seed(seed)
-    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=seq_len, attn=attn)).eval()
-    with torch.no_grad():  # the zero-initialised projections and head would hide every dependency
+    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=seq_len, attn=attn, attn_gate_dims=8)).eval()
+    with torch.no_grad():  # the zero-initialised projections, gates and head would hide every dependency
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
     model.set_window(window)
@@ -428,3 +440,72 @@ def test_mtp_weight_schedule():
     assert sr.mtp_weight(0, cfg) == pytest.approx(0.3)
     assert sr.mtp_weight(cfg.max_steps // 4, cfg) == pytest.approx(0.15, abs=1e-3)
     assert sr.mtp_weight(cfg.max_steps // 2 + 1, cfg) == 0.0
+
+
+def test_attention_gate_starts_at_one_half_and_reads_the_leading_dimensions():
+    from kit.modern import ModernAttention
+
+    torch.manual_seed(0)
+    cfg = ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense", attn_gate_dims=8)
+    attn = ModernAttention(cfg)
+    x, y = torch.randn(2, 5, cfg.n_embd), torch.randn(2, cfg.n_head, 5, cfg.head_dim)
+    merged = y.transpose(1, 2).reshape(2, 5, -1)
+    torch.testing.assert_close(attn.output(y, x), attn.proj(0.5 * merged))  # zero-initialised: every gate 0.5
+    with torch.no_grad():
+        attn.gate.weight.normal_()
+    gates = torch.sigmoid(x[..., :8] @ attn.gate.weight.T)  # (B, T, heads)
+    torch.testing.assert_close(attn.output(y, x), attn.proj((y.transpose(1, 2) * gates[..., None]).reshape(2, 5, -1)))
+    later = x.clone()
+    later[..., 8:] += 1.0  # dimensions past the first 8 do not reach the gate
+    torch.testing.assert_close(attn.output(y, x), attn.output(y, later))
+
+
+def test_under_autocast_the_residual_stream_and_attention_inputs_are_bf16(monkeypatch):
+    """The norms may hand back fp32 under autocast; the model casts so that the residual stream
+    and q, k, v stay bf16 (the attention kernel then runs in bf16)."""
+    import kit.modern as modern
+
+    seen, streams = [], []
+    real_sdpa = modern.F.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, **kwargs):
+        seen.append((q.dtype, k.dtype, v.dtype))
+        return real_sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(modern.F, "scaled_dot_product_attention", recording_sdpa)
+    model = tiny_model("dense")
+    model.blocks[1].register_forward_hook(lambda module, args, out: streams.append(out.dtype))
+    x = token_batch(T=2 * BLOCK, eots=((0,), (0,)))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        model(x)
+    assert seen and all(d == (torch.bfloat16,) * 3 for d in seen) and streams == [torch.bfloat16]
+    seen.clear()
+    with torch.no_grad():
+        model(x)  # without autocast everything stays in the weights' fp32
+    assert all(d == (torch.float32,) * 3 for d in seen)
+
+
+def test_adam_epsilon_is_the_summed_loss_convention_over_the_batch():
+    import train_gpt2_speedrun as sr
+    from kit.config import parse_config
+
+    cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", "--batch-tokens", "4096", "--seq-len", "256"])
+    adam = sr.build_optimizers(sr.build_model(cfg), cfg)[0]
+    assert adam.defaults["eps"] == pytest.approx(1e-10 / 4096)
+
+
+def test_recipe_defaults_follow_the_public_record():
+    """Gate on 12 dimensions; the MLP's tall input matrix steps lr like the others; the long window
+    reaches 14 blocks only in the last ~4% of the run (ceil(13.5 x progress))."""
+    import train_gpt2_speedrun as sr
+    from kit.config import parse_config
+
+    cfg, _ = parse_config(sr.Hyperparameters, ["--device", "cpu", "--seq-len", "256"])
+    model = sr.build_model(cfg)
+    muon = sr.build_optimizers(model, cfg)[1]
+    assert model.blocks[0].attn.gate.weight.shape == (6, 12) and not model.blocks[0].attn.gate.weight.any()
+    assert all(g["tall_scale"] is False for g in muon.param_groups)
+    assert [sr.long_window_blocks(s, cfg) for s in (0, 1, 1770 * 12 // 27, 1700, 1770)] == [1, 1, 6, 13, 14]
+    cfg, _ = parse_config(sr.Hyperparameters, ["--device", "cpu", "--seq-len", "256", "--attn-gate", "0", "--muon-tall-scale", "1"])
+    model = sr.build_model(cfg)
+    assert model.blocks[0].attn.gate is None and all(g["tall_scale"] for g in sr.build_optimizers(model, cfg)[1].param_groups)
