@@ -56,7 +56,10 @@ def generation_rows(model, args, device, dtype):
         prompts = torch.randint(0, 50000, (batch, args.prompt_len), generator=g).tolist()
         for cache in args.caches:
             with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-                generate(model, prompts, 2, cache=cache)  # warm-up: kernels, allocator
+                # warm-up over the full length: every cache length is a new attention shape, whose first use on a
+                # GPU pays one-time kernel selection (measured 2026-11-29: the first cached variant timed, after a
+                # 2-token warm-up, ran 3-5x slower than the next one over the same lengths)
+                generate(model, prompts, args.new_tokens, cache=cache)
                 outputs, seconds = timed(lambda: generate(model, prompts, args.new_tokens, cache=cache), device)
             new = sum(len(o) for o in outputs)
             rows.append({"part": "generation", "batch": batch, "cache": cache, "new_tokens": new, "seconds": seconds, "tokens_per_s": new / seconds})
