@@ -51,14 +51,51 @@ class FP8MatmulWeightT(torch.autograd.Function):
 
 
 class FP8Head(nn.Linear):
-    """A bias-free Linear whose product runs in FP8 when `fp8` is set (callers set it per GPU)."""
+    """A bias-free Linear whose product runs in FP8 while training when `fp8` is set (callers set
+    it per GPU); evaluation and generation take the exact product, as the public recipe does."""
 
     def __init__(self, in_features: int, out_features: int, fp8: bool = False):
         super().__init__(in_features, out_features, bias=False)
         self.fp8 = fp8
 
     def forward(self, x):
-        if not self.fp8:
+        if not (self.fp8 and self.training):
             return super().forward(x)
         flat = x.reshape(-1, x.size(-1))
         return FP8MatmulWeightT.apply(flat, self.weight).view(*x.shape[:-1], self.out_features)
+
+
+E5M2_HEADROOM = 2.0 ** 15  # a power of two under e5m2's largest value (57,344)
+
+
+class FP8SoftcappedHeadLoss(torch.autograd.Function):
+    """Mean soft-capped cross-entropy of the head x @ w^T, the product in FP8 both ways.
+
+    Forward: x and w to e4m3 (scaled by their maxima, as FP8MatmulWeightT), logits z in bf16,
+    loss from z (kit.losses). Backward: the gradient of the logits is (softmax - one_hot) times
+    the cap's slope, so every element lies in [-1, 1] before the factor grad_loss / N; it goes
+    to e5m2 with that known scale (no pass over the N x V gradient to find its maximum), in the
+    same pass that computes it, and feeds the two gradient products."""
+
+    @staticmethod
+    def forward(ctx, x, w, targets, cap: float):
+        from kit.losses import softcapped_logsumexp_and_loss
+
+        x8, x_inv = quantize(x, E4M3)
+        w8, w_inv = quantize(w, E4M3)
+        z = torch._scaled_mm(x8, w8.t(), scale_a=x_inv, scale_b=w_inv, out_dtype=torch.bfloat16)
+        lse, loss = softcapped_logsumexp_and_loss(z, targets, cap)
+        ctx.save_for_backward(x8, x_inv, w8, w_inv, z, targets, lse)
+        ctx.cap, ctx.w_dtype = cap, w.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        from kit.losses import softcapped_grad_unscaled
+
+        x8, x_inv, w8, w_inv, z, targets, lse = ctx.saved_tensors
+        g8 = (softcapped_grad_unscaled(z, targets, lse, ctx.cap) * E5M2_HEADROOM).to(E5M2)
+        g_inv = (grad_loss.float() / (z.size(0) * E5M2_HEADROOM)).reshape(())
+        grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_inv, scale_b=w_inv, out_dtype=torch.bfloat16)
+        grad_w = torch._scaled_mm(g8.t().contiguous(), column_major(x8), scale_a=g_inv, scale_b=x_inv, out_dtype=torch.float32)
+        return grad_x, grad_w.to(ctx.w_dtype), None, None

@@ -51,3 +51,52 @@ def chunked_linear_cross_entropy(h, weight, targets, chunk: int = 8192):
         h, weight = h.to(dtype), weight.to(dtype)
     with torch.autocast(device_type, enabled=False):
         return _ChunkedLinearCrossEntropy.apply(h, weight, targets, chunk)
+
+
+# ----- soft-capped cross-entropy that keeps only the bf16 logits for its backward pass -----
+#
+# The speedrun's head computes cap * tanh(z / cap) of the logits z before the softmax. Written
+# with F.cross_entropy, the compiled backward keeps fp32 N x V intermediates (the capped logits
+# or their log-softmax): for 98,304 tokens x 50,304 logits that is ~20 GB written and read back
+# per micro-batch, and most of the head's time (H200 profile, records/2026-11-29_h200_speedrun_aligned).
+# Here the backward is written out: it needs only z (already in memory as the matmul's bf16
+# output) and one logsumexp per row, and recomputes the cheap pointwise rest.
+
+def softcap(z, cap: float):
+    return cap * torch.tanh(z / cap)
+
+
+def softcapped_logsumexp_and_loss(z, targets, cap: float):
+    """(logsumexp per row, mean loss) of the capped logits of z (N, V), in fp32."""
+    capped = softcap(z.float(), cap)
+    lse = torch.logsumexp(capped, dim=-1)
+    return lse, (lse - capped.gather(1, targets[:, None]).squeeze(1)).mean()
+
+
+def softcapped_grad_unscaled(z, targets, lse, cap: float):
+    """d(summed loss)/dz for each row: (softmax - one_hot) x d cap(z)/dz, every element in [-1, 1]."""
+    capped = softcap(z.float(), cap)
+    grad = torch.exp(capped - lse[:, None])
+    grad = grad.scatter_add(1, targets[:, None], -torch.ones_like(lse)[:, None])
+    return grad * (1 - (capped / cap) ** 2)
+
+
+class SoftcappedCrossEntropy(torch.autograd.Function):
+    """mean over rows of -log softmax(cap * tanh(z / cap))[target], z (N, V) logits in any dtype."""
+
+    @staticmethod
+    def forward(ctx, z, targets, cap: float):
+        lse, loss = softcapped_logsumexp_and_loss(z, targets, cap)
+        ctx.save_for_backward(z, targets, lse)
+        ctx.cap = cap
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        z, targets, lse = ctx.saved_tensors
+        grad = softcapped_grad_unscaled(z, targets, lse, ctx.cap) * (grad_loss / z.size(0))
+        return grad.to(z.dtype), None, None
+
+
+def softcapped_cross_entropy(z, targets, cap: float):
+    return SoftcappedCrossEntropy.apply(z.reshape(-1, z.size(-1)), targets.reshape(-1), cap)

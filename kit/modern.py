@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit.fp8 import FP8Head
+from kit.fp8 import FP8Head, FP8SoftcappedHeadLoss
+from kit.losses import softcapped_cross_entropy
 
 EOT = 50256
 BLOCK = 128  # tokens per attention block: windows and the block-sparse mask count in these
@@ -50,6 +51,7 @@ class ModernConfig:
     mtp_offsets: int = 0  # multi-token prediction: also predict tokens t+2 .. t+1+mtp_offsets while training
     rope: str = "half"  # half: rotary on half the dimensions, frequencies 1 .. 1/1024 (the public record's); full: all, base 10000
     no_attn_layers: tuple = ()  # layers that keep only their MLP (the public record drops layer 7's attention)
+    fused_loss: bool = False  # training loss through kit.losses / kit.fp8's soft-capped cross-entropy (keeps only bf16 logits)
     attn_gate_dims: int = 0  # >0: each head's output scaled by a sigmoid gate read from this many leading dimensions of the block input
 
 
@@ -339,16 +341,27 @@ class ModernGPT(nn.Module):
         extra offset k: the state at t, through adapter k, predicts token t+1+k (targets[t+k]).
         Evaluation is always the plain next-token loss.
         """
-        logits = self.logits(x)
         if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
+            return self.logits(x)
+        if self.training and self.config.fused_loss:
+            loss = self.fused_next_token_loss(x, targets)
+        else:
+            logits = self.logits(x)
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         if self.training:
             for k, adapter in enumerate(self.mtp_adapters, start=1):
                 h = x[:, :-k]
                 future = self.logits(h + adapter(rms_norm(h)))
                 loss = loss + self.mtp_weight * F.cross_entropy(future.reshape(-1, future.size(-1)), targets[:, k:].reshape(-1))
         return loss
+
+    def fused_next_token_loss(self, x, targets):
+        """The same loss as logits() + cross-entropy, through functions whose backward keeps only the
+        bf16 logits (and, with the FP8 head, quantises the logits' gradient with a known scale)."""
+        h = rms_norm(x).reshape(-1, x.size(-1))
+        if self.lm_head.fp8:
+            return FP8SoftcappedHeadLoss.apply(h, self.lm_head.weight, targets.reshape(-1), self.config.softcap)
+        return softcapped_cross_entropy(self.lm_head(h), targets, self.config.softcap)
 
     def compile_regions(self):
         """Compile each block and the head separately, in place ("regional compilation"): the 12
@@ -371,8 +384,9 @@ class ModernGPT(nn.Module):
         attention = {"flex": "FlexAttention (block-sparse, compiled)", "dense": "dense reference (SDPA + materialised mask)"}[self.config.attn]
         if self.config.attn == "flex" and flex_kernel_options(device):
             attention += ", small tiles for ~100 KB shared memory (sm86/sm89)"
-        head = "FP8 (e4m3 inputs, e5m2 gradients, torch._scaled_mm)" if self.config.fp8_head else "bf16/fp32 (no FP8)"
-        return f"attention: {attention} | head: {head}"
+        head = "FP8 in training (e4m3 inputs, e5m2 gradients, torch._scaled_mm), bf16 in evaluation" if self.config.fp8_head else "bf16/fp32 (no FP8)"
+        loss = "fused soft-capped cross-entropy (bf16 logits kept)" if self.config.fused_loss else "soft-cap + F.cross_entropy"
+        return f"attention: {attention} | head: {head} | loss: {loss}"
 
     def flops_per_token(self, seq_len: int) -> int:
         """kit.flops' count, with attention spanning at most the longest window (its final length)."""

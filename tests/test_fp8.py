@@ -57,3 +57,42 @@ def test_modern_model_trains_through_the_fp8_head():
     assert abs(fp8.item() - plain.item()) < 0.01 * plain.item()
     assert model.lm_head.weight.grad is not None and torch.isfinite(model.lm_head.weight.grad).all()
     assert model.embed.weight.grad.abs().sum() > 0  # the gradient reached the trunk through the FP8 backward
+
+
+def softcapped_reference(x, w, targets, cap=15.0):
+    logits = x @ w.t()
+    return torch.nn.functional.cross_entropy(cap * torch.tanh(logits / cap), targets)
+
+
+def test_fused_fp8_head_loss_matches_the_fp32_reference():
+    from kit.fp8 import FP8SoftcappedHeadLoss
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(96, 64, generator=g, requires_grad=True)
+    w = (0.3 * torch.randn(500, 64, generator=g)).requires_grad_()
+    targets = torch.randint(0, 500, (96,), generator=g)
+    loss = FP8SoftcappedHeadLoss.apply(x, w, targets, 15.0)
+    (0.25 * loss).backward()  # an upstream factor, as gradient accumulation gives
+    x_ref, w_ref = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    ref = softcapped_reference(x_ref, w_ref, targets)
+    (0.25 * ref).backward()
+    assert abs(loss.item() - ref.item()) < 0.02 * ref.item()
+    assert relative_error(x.grad, x_ref.grad) < 0.15  # e5m2 gradients: 2 mantissa bits
+    assert relative_error(w.grad, w_ref.grad) < 0.15
+    assert w.grad.dtype == w.dtype
+
+
+def test_fixed_gradient_scale_neither_saturates_nor_flushes_to_zero():
+    """The logits' gradient is quantised with a known scale: its largest possible element maps
+    under e5m2's maximum, and small softmax terms (1e-8 here) survive instead of flushing to zero."""
+    from kit.fp8 import E5M2, E5M2_HEADROOM
+
+    assert E5M2_HEADROOM < torch.finfo(E5M2).max
+    small = (torch.tensor([1e-8, 1e-6, 0.5, -1.0]) * E5M2_HEADROOM).to(E5M2).float() / E5M2_HEADROOM
+    assert (small != 0).all() and (small - torch.tensor([1e-8, 1e-6, 0.5, -1.0])).abs().max() < 0.13
+
+
+def test_fp8_head_evaluates_with_the_exact_product():
+    head = FP8Head(32, 48, fp8=True).eval()
+    x = torch.randn(2, 16, 32)
+    torch.testing.assert_close(head(x), x @ head.weight.t())
