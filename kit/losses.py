@@ -56,11 +56,11 @@ def chunked_linear_cross_entropy(h, weight, targets, chunk: int = 8192):
 # ----- soft-capped cross-entropy that keeps only the bf16 logits for its backward pass -----
 #
 # The speedrun's head computes cap * tanh(z / cap) of the logits z before the softmax. Written
-# with F.cross_entropy, the compiled backward keeps fp32 N x V intermediates (the capped logits
-# or their log-softmax): for 98,304 tokens x 50,304 logits that is ~20 GB written and read back
-# per micro-batch, and most of the head's time (H200 profile, records/2026-11-29_h200_speedrun_aligned).
-# Here the backward is written out: it needs only z (already in memory as the matmul's bf16
-# output) and one logsumexp per row, and recomputes the cheap pointwise rest.
+# with F.cross_entropy, autograd keeps an fp32 N x V intermediate (the capped logits' log-softmax)
+# for the backward pass. Here the backward is written out: it needs only z (already in memory as
+# the matmul's bf16 output) and one logsumexp per row, and recomputes the cheap pointwise rest.
+# Measured on an H200 (records/2026-11-29_h200_fused_loss_first_contact): 5 GiB less peak memory
+# at micro-batch 6 x 16,384, tokens/s unchanged (the compiled plain version was not slower).
 
 def softcap(z, cap: float):
     return cap * torch.tanh(z / cap)
