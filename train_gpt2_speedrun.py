@@ -75,6 +75,8 @@ class Hyperparameters(TrainConfig):
     muon_split_qkv: bool = field(default=True, metadata={"help": "orthogonalise Q, K and V's weights separately (0: the fused QKV matrix as one)"})
     muon_tall_scale: bool = field(default=False, metadata={"help": "1: tall matrices (the MLP's 3072x768 input projection) step sqrt(rows/cols) = 2x further; "
                                                                 "0: every matrix steps lr (the public recipe since 2025-08, which stores that matrix transposed)"})
+    bigram_buckets: int = field(default=0, metadata={"help": "bigram hash embedding with this many rows (0: off; the public record uses 5 x 50,304 = 251,520), "
+                                                         "added to every block's input; Adam at the embeddings' lr"})
     attn_gate: int = field(default=12, metadata={"help": "attention output gate: a sigmoid per head read from this many leading dimensions of the block input (0: off)"})
     reference_steps: int = 1770
     compile_mode: str = field(default="whole", metadata={"choices": ["regional", "whole"], "help": "whole: the full model (1.06x the tokens/s of regional on an H200, cold compile ~76 s); regional: each block compiled once and reused"})
@@ -113,7 +115,8 @@ def build_model(cfg: Hyperparameters):
         return ModernGPT(ModernConfig(**size, max_seq_len=cfg.seq_len, attn=attn, value_embeds=cfg.value_embeds, unet=cfg.unet,
                                       fp8_head=fp8, compile_mode=cfg.compile_mode, mtp_offsets=cfg.mtp_offsets, rope=cfg.rope,
                                       no_attn_layers=layers_without_attention(cfg, size.get("n_layer", ModernConfig.n_layer)),
-                                      attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss))
+                                      attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss,
+                                      bigram_buckets=cfg.bigram_buckets))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
 
@@ -135,7 +138,7 @@ def layers_without_attention(cfg: Hyperparameters, n_layer: int) -> tuple:
 def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     hidden = [p for p in [*model.blocks.parameters(), *model.mtp_adapters.parameters()] if p.dim() == 2]
     qkv = [block.attn.qkv.weight for block in model.blocks if block.attn is not None]
-    embeds = [model.embed.weight, *(e.weight for e in model.value_embeds)]
+    embeds = [model.embed.weight, *(e.weight for e in model.value_embeds)] + ([model.bigram_embed.weight] if model.bigram_embed is not None else [])
     scalars = [p for p in model.parameters() if p.dim() < 2]
     adam_groups = [
         {"params": [model.lm_head.weight], "lr": cfg.head_lr, "base_lr": cfg.head_lr},

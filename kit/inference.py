@@ -54,6 +54,7 @@ class PagedKVCache:
         self.allocator = BlockAllocator(num_blocks)
         self.tables, self.lengths = {}, {}
         self.documents = {}  # sequence -> document number of each cached token (models that attend within documents)
+        self.last_tokens = {}  # sequence -> its last token (models with a bigram embedding)
         self._next_id = 0
 
     def add_sequence(self) -> int:
@@ -65,6 +66,7 @@ class PagedKVCache:
         self.allocator.release(self.tables.pop(sid))
         del self.lengths[sid]
         self.documents.pop(sid, None)
+        self.last_tokens.pop(sid, None)
 
     def reserve(self, sids, n: int) -> None:
         """Blocks for n more tokens of each sequence: all of them, or none and an error."""
@@ -214,24 +216,26 @@ def forward_cached_modern(model, idx, cache, sids):
     cache.reserve(sids, idx.size(1))
     starts = torch.tensor([cache.lengths[sid] for sid in sids], device=idx.device)
     positions = starts[:, None] + torch.arange(idx.size(1), device=idx.device)
-    for row, sid in enumerate(sids):  # document number of every token so far (a 50256 starts one)
+    previous_first = torch.tensor([cache.last_tokens.get(sid, -1) for sid in sids], device=idx.device)
+    for row, sid in enumerate(sids):  # document number of every token so far (a 50256 starts one), and the last token
+        tokens = idx[row].cpu()
         previous = cache.documents.get(sid, torch.zeros(0, dtype=torch.long))
         offset = previous[-1] if len(previous) else 0
-        cache.documents[sid] = torch.cat([previous, offset + (idx[row].cpu() == EOT).cumsum(0)])
+        cache.documents[sid] = torch.cat([previous, offset + (tokens == EOT).cumsum(0)])
+        cache.last_tokens[sid] = int(tokens[-1])
     docs = torch.nn.utils.rnn.pad_sequence([cache.documents[sid] for sid in sids], batch_first=True, padding_value=-1).to(idx.device)
     long_window = int(model.window_blocks)
     short_window = max(1, long_window // 2)
-    x0, value_embeds = model.embed_tokens(idx)
-    x = x0
+    x0, value_embeds, bigram = model.embed_tokens(idx, previous_first)
 
     def cached_block(i, block, x):  # ModernBlock.forward with the cached attention
-        x = block.residual_mix[0] * x + block.residual_mix[1] * x0
+        x = block.mix_in(x, x0, bigram)
         if block.attn is not None:
             window = long_window if model.long_window[i] else short_window
             x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, sids, positions, window, docs)
         return x + block.mlp(rms_norm(x))
 
-    x = model.through_blocks(x, cached_block)
+    x = model.through_blocks(x0, cached_block)
     cache.advance(sids, idx.size(1))
     return model.logits(x)
 

@@ -10,7 +10,10 @@ What differs from kit.model's GPT-2:
   - attention within documents only (token 50256 starts a document) and within a sliding
     window counted in blocks of 128 tokens: long windows in some layers, half-length in the
     others, the length set from outside (it grows during training);
-  - untied output head with logit soft-capping.
+  - untied output head with logit soft-capping;
+  - optionally, a bigram hash embedding: each (previous token, token) pair hashed into one of
+    `bigram_buckets` rows of an extra, zero-initialised embedding table, added with a learned
+    weight to every block's input (the public record of 2026-01-19 found it saves ~9% of steps).
 
 Attention runs through FlexAttention with a block-sparse mask built from the batch itself
 (fully masked blocks are skipped), or through a dense reference path (`attn="dense"`: the
@@ -52,6 +55,7 @@ class ModernConfig:
     rope: str = "half"  # half: rotary on half the dimensions, frequencies 1 .. 1/1024 (the public record's); full: all, base 10000
     no_attn_layers: tuple = ()  # layers that keep only their MLP (the public record drops layer 7's attention)
     fused_loss: bool = False  # training loss through kit.losses / kit.fp8's soft-capped cross-entropy (keeps only bf16 logits)
+    bigram_buckets: int = 0  # >0: a hashed embedding of each (previous, current) token pair, added to every block's input
     attn_gate_dims: int = 0  # >0: each head's output scaled by a sigmoid gate read from this many leading dimensions of the block input
 
 
@@ -132,6 +136,18 @@ def flex_attention_fn(q):
 
 
 # ----- layers -----
+
+def bigram_ids(idx, previous_first, buckets: int):
+    """Row of the bigram table for each position of idx (B, T): a hash of (previous token, token)
+    into buckets - 1 rows; the last row where there is no previous token of the same document:
+    at a document's first token (50256) and where previous_first (B,), the token before
+    idx[:, 0], is -1. (The public record hashes across documents; here documents stay apart,
+    as the attention keeps them.)"""
+    previous = torch.cat([previous_first[:, None].to(idx.dtype), idx[:, :-1]], dim=1).long()
+    mixed = torch.bitwise_xor(idx.long() * 1_000_003, previous * 998_244_353)
+    ids = torch.remainder(mixed, buckets - 1)
+    return torch.where((previous < 0) | (idx == EOT), torch.full_like(ids, buckets - 1), ids)
+
 
 def rotary_frequencies(head_dim: int, style: str = "full", base: float = 10000.0) -> torch.Tensor:
     """Angular frequency of each of the head_dim / 2 rotated pairs.
@@ -243,9 +259,17 @@ class ModernBlock(nn.Module):
         self.attn = ModernAttention(cfg) if attention else None
         self.mlp = ReluSquaredMLP(cfg)
         self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # (stream, embedding x0)
+        self.bigram_mix = nn.Parameter(torch.tensor(0.1)) if cfg.bigram_buckets else None
 
-    def forward(self, x, x0, value_embed, mask):
+    def mix_in(self, x, x0, bigram=None):
+        """The block's input: the stream and the token embedding x0 mixed, plus the bigram embedding."""
         x = self.residual_mix[0] * x + self.residual_mix[1] * x0
+        if bigram is not None:
+            x = x + self.bigram_mix * bigram
+        return x
+
+    def forward(self, x, x0, value_embed, mask, bigram=None):
+        x = self.mix_in(x, x0, bigram)
         if self.attn is not None:
             x = x + self.attn(rms_norm(x), value_embed, mask)
         return x + self.mlp(rms_norm(x))
@@ -266,6 +290,9 @@ class ModernGPT(nn.Module):
         if any(i in cfg.no_attn_layers for i in fed):
             raise ValueError(f"layers {cfg.no_attn_layers} lose their attention but layers {fed} take value embeddings, which feed attention")
         self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet else None
+        self.bigram_embed = nn.Embedding(cfg.bigram_buckets, cfg.n_embd) if cfg.bigram_buckets else None
+        if self.bigram_embed is not None:
+            nn.init.zeros_(self.bigram_embed.weight)
         self.lm_head = FP8Head(cfg.n_embd, cfg.vocab_size, fp8=cfg.fp8_head)
         nn.init.zeros_(self.lm_head.weight)
         # one small residual adapter per extra offset, sharing the output head
@@ -296,10 +323,17 @@ class ModernGPT(nn.Module):
             return torch.get_autocast_dtype(device.type)
         return self.embed.weight.dtype
 
-    def embed_tokens(self, idx):
-        """(x0: the normed token embedding, the value embedding of every layer), in the activation dtype."""
+    def embed_tokens(self, idx, previous_first=None):
+        """(x0: the normed token embedding, the value embedding of every layer, the bigram
+        embedding or None), in the activation dtype. previous_first (B,): the token before each
+        row's first one, -1 (the default) where there is none."""
         dtype = self.activation_dtype(idx.device)
-        return rms_norm(self.embed(idx)).to(dtype), self.layer_value_embeds(idx, dtype)
+        bigram = None
+        if self.bigram_embed is not None:
+            if previous_first is None:
+                previous_first = torch.full((idx.size(0),), -1, dtype=torch.long, device=idx.device)
+            bigram = self.bigram_embed(bigram_ids(idx, previous_first, self.config.bigram_buckets)).to(dtype)
+        return rms_norm(self.embed(idx)).to(dtype), self.layer_value_embeds(idx, dtype), bigram
 
     @torch.compiler.disable
     def masks(self, idx):
@@ -312,9 +346,8 @@ class ModernGPT(nn.Module):
 
     def forward(self, idx, targets=None):
         long_mask, short_mask = self.masks(idx)
-        x0, value_embeds = self.embed_tokens(idx)
-        x = x0
-        x = self.through_blocks(x, lambda i, block, x: block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask))
+        x0, value_embeds, bigram = self.embed_tokens(idx)
+        x = self.through_blocks(x0, lambda i, block, x: block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask, bigram))
         return self.head(x, targets)
 
     def through_blocks(self, x, apply_block):

@@ -6,8 +6,8 @@
 #   2 GPUs: GPU 0 the speedrun, its repeat and the value-embedding ablation; GPU 1 the baseline's
 #           50 steps on one GPU (the DDP reference), then the Muon and window-schedule ablations;
 #           last the same 50 baseline steps under torchrun on both GPUs.
-#   1 GPU:  a throughput bench of the speedrun's newest switches; the speedrun; its repeat if it
-#           met the must, else the Polar Express variant; the Muon ablation; the inference benchmark.
+#   1 GPU:  a profile of a speedrun step; the speedrun; its repeat if it met the must, else the
+#           bigram-embedding variant; the Muon ablation; the inference benchmark.
 # (The proxy-scale baseline is measured: records/2026-11-29_h200_webmix_one_pass.)
 set -u
 LOGS=${1:-logs}
@@ -35,14 +35,12 @@ met_must() {  # the issue's must: webmix 3.64 reached in under 303 s of training
 
 echo "start $(date -u +%T)"
 timeout 300 python3 -m pytest -q tests/test_gpu.py > "$LOGS/gpu_tests.txt" 2>&1; echo "GPU tests: $(tail -n 1 "$LOGS/gpu_tests.txt")"  # while the shards arrive
+# where a step's GPU time goes with the current defaults (about 2 minutes; needs only the first part's shard)
+python3 scripts/profile_step.py train_gpt2_speedrun.py --data webmix --progress lines > "$LOGS/profile_step.txt" 2>&1; echo "profile: exit $?"
 wait_for_shards || exit 1
 if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
-  # the throughput changes since the last lease, one at a time against the new defaults (about 4 minutes)
-  python3 scripts/bench.py --row "default=train_gpt2_speedrun.py" --row "fused_loss_off=train_gpt2_speedrun.py --fused-loss 0" \
-    --row "regional_compile=train_gpt2_speedrun.py --compile-mode regional" --common "--data webmix --progress lines" \
-    --steps 10 --warmup-steps 3 --row-timeout 240 --out "$LOGS/bench_speedrun" > "$LOGS/bench_speedrun.txt" 2>&1
   speedrun best
-  if met_must "$LOGS/speedrun_webmix/best"; then speedrun repeat; else speedrun polar; fi
+  if met_must "$LOGS/speedrun_webmix/best"; then speedrun repeat; else speedrun bigram; fi
   speedrun no_muon
   python3 scripts/bench_inference.py --out "$LOGS/bench_inference"
   echo "done $(date -u +%T)"; exit 0

@@ -155,7 +155,7 @@ def test_block_mask_structure(window):
 
 def tiny_model(attn, seq_len=2 * BLOCK, window=2, seed=0):
     torch.manual_seed(seed)
-    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=seq_len, attn=attn, attn_gate_dims=8)).eval()
+    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=seq_len, attn=attn, attn_gate_dims=8, bigram_buckets=97)).eval()
     with torch.no_grad():  # the zero-initialised projections, gates and head would hide every dependency
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -256,7 +256,7 @@ def test_ablation_switches_remove_their_component():
     assert sr.long_window_blocks(0, cfg) == MAX_WINDOW_BLOCKS
 
 
-@pytest.mark.parametrize("flags", [(), ("--mtp-offsets", "2"), ("--muon-split-qkv", "0"), ("--skip-attn-layers", "1", "--value-embeds", "0"),
+@pytest.mark.parametrize("flags", [(), ("--bigram-buckets", "101"), ("--mtp-offsets", "2"), ("--muon-split-qkv", "0"), ("--skip-attn-layers", "1", "--value-embeds", "0"),
                                    ("--model-size", "124m", "--seq-len", "256")])
 def test_every_parameter_is_optimised_exactly_once(flags):
     import train_gpt2_speedrun as sr
@@ -553,3 +553,32 @@ def test_fused_loss_trains_like_the_plain_loss(fp8):
     plain.eval(), fused.eval()
     with torch.no_grad():
         torch.testing.assert_close(plain(x, y), fused(x, y))
+
+
+def test_bigram_ids_hash_token_pairs_and_reserve_a_row_for_unknown_predecessors():
+    from kit.modern import bigram_ids
+
+    idx = torch.tensor([[5, 7, 5, 7, 9], [7, 5, 7, 9, 9]])
+    ids = bigram_ids(idx, torch.tensor([-1, 9]), 101)
+    assert ids.min() >= 0 and ids.max() <= 100
+    assert ids[0, 0] == 100 and ids[1, 0] != 100  # row 0 has no token before it, row 1 follows a 9
+    assert ids[0, 1] == ids[0, 3] == ids[1, 2]  # every (5, 7) pair lands in one row
+    assert ids[0, 2] == ids[1, 1] and ids[0, 1] != ids[0, 2]  # (7, 5) is another pair than (5, 7)
+    assert ids[0, 4] == ids[1, 3]  # (7, 9)
+    assert ids[1, 0] == bigram_ids(torch.tensor([[9, 7]]), torch.tensor([-1]), 101)[0, 1]  # (9, 7): given as the predecessor or inside
+    assert (bigram_ids(torch.tensor([[5, EOT, 7]]), torch.tensor([3]), 101)[0, 1] == 100).item()  # a document's first token
+    ids_all = bigram_ids(torch.randint(0, 50304, (4, 4096)), torch.full((4,), -1), 251_520)
+    assert len(ids_all.unique()) > 0.9 * 4 * 4095 * (1 - 4 * 4096 / 251_520 / 2)  # spread: few collisions
+
+
+def test_bigram_embedding_starts_as_a_no_op_and_reaches_every_block():
+    torch.manual_seed(0)
+    cfg = dict(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense")
+    plain, bigram = ModernGPT(ModernConfig(**cfg)), ModernGPT(ModernConfig(**cfg, bigram_buckets=97))
+    with torch.no_grad():
+        plain.lm_head.weight.normal_(0, 0.05)
+    bigram.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randint(0, 1000, (2, BLOCK))
+    torch.testing.assert_close(plain(x), bigram(x))  # zero-initialised table
+    bigram(x, x).backward()
+    assert bigram.bigram_embed.weight.grad.abs().sum() > 0 and all(b.bigram_mix.grad is not None for b in bigram.blocks)
