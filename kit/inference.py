@@ -14,9 +14,23 @@ token's attention reads them instead of recomputing the prefix. They share one i
 """
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+
+@dataclass
+class CacheSlots:
+    """Where one forward call's new tokens go in the cache and what they read back, worked out
+    once for all layers (each index tensor built on the host is a copy the GPU waits for)."""
+    positions: torch.Tensor  # (B, n) position of each new token in its sequence
+    write_blocks: torch.Tensor  # (B, n) block of each new token
+    write_offsets: torch.Tensor  # (B, n) its slot in that block
+    read_blocks: torch.Tensor  # (B, L) block of each position up to the longest sequence
+    read_offsets: torch.Tensor  # (L,)
+    lengths: list  # each sequence's length after the new tokens
+    mask: torch.Tensor  # (B, n, L): causal, and padding beyond a sequence's length masked
 
 
 class BlockAllocator:
@@ -81,25 +95,27 @@ class PagedKVCache:
         width = max(len(self.tables[sid]) for sid in sids)
         return torch.tensor([self.tables[sid] + [0] * (width - len(self.tables[sid])) for sid in sids], device=device)
 
-    def write(self, layer: int, sids, k, v) -> None:
-        """k, v: (len(sids), H, n, D), the n new tokens of each sequence (at its current length)."""
-        n = k.size(2)
-        positions = torch.tensor([self.lengths[sid] for sid in sids], device=k.device)[:, None] + torch.arange(n, device=k.device)
-        blocks = self.block_table(sids, k.device).gather(1, positions // self.block_size)  # (B, n)
-        offsets = positions % self.block_size
-        self.k[layer][blocks, :, offsets] = k.permute(0, 2, 1, 3).to(self.k.dtype)  # (B, n, H, D) into the slots
-        self.v[layer][blocks, :, offsets] = v.permute(0, 2, 1, 3).to(self.v.dtype)
+    def slots(self, sids, n: int, device) -> CacheSlots:
+        """The addresses for n new tokens of each sequence (after reserve(sids, n))."""
+        table = self.block_table(sids, device)
+        starts = [self.lengths[sid] for sid in sids]
+        lengths = [start + n for start in starts]
+        new = torch.tensor(starts, device=device)[:, None] + torch.arange(n, device=device)
+        read = torch.arange(max(lengths), device=device)
+        return CacheSlots(new, table.gather(1, new // self.block_size), new % self.block_size, table[:, read // self.block_size],
+                          read % self.block_size, lengths, cache_mask(lengths, n, device))
 
-    def read(self, layer: int, sids, n_new: int):
-        """Keys and values of each sequence's tokens so far plus its n_new written ones:
-        (B, H, L, D) each, L the longest; shorter sequences read padding there (the caller masks)."""
-        lengths = [self.lengths[sid] + n_new for sid in sids]
-        positions = torch.arange(max(lengths), device=self.k.device)
-        blocks = self.block_table(sids, self.k.device)[:, positions // self.block_size]  # (B, L)
-        offsets = positions % self.block_size
-        k = self.k[layer][blocks, :, offsets]  # (B, L, H, D): one gather through the block table
-        v = self.v[layer][blocks, :, offsets]
-        return k.transpose(1, 2), v.transpose(1, 2), lengths
+    def write(self, layer: int, slots: CacheSlots, k, v) -> None:
+        """k, v: (B, H, n, D), the n new tokens of each sequence, into their slots."""
+        self.k[layer][slots.write_blocks, :, slots.write_offsets] = k.permute(0, 2, 1, 3).to(self.k.dtype)  # (B, n, H, D)
+        self.v[layer][slots.write_blocks, :, slots.write_offsets] = v.permute(0, 2, 1, 3).to(self.v.dtype)
+
+    def read(self, layer: int, slots: CacheSlots):
+        """Keys and values of each sequence's tokens so far, the new ones included: (B, H, L, D)
+        each, L the longest; shorter sequences read padding there (slots.mask hides it)."""
+        k = self.k[layer][slots.read_blocks, :, slots.read_offsets]  # (B, L, H, D): one gather through the block table
+        v = self.v[layer][slots.read_blocks, :, slots.read_offsets]
+        return k.transpose(1, 2), v.transpose(1, 2)
 
     def advance(self, sids, n: int) -> None:
         for sid in sids:
@@ -131,22 +147,20 @@ class ContiguousKVCache(PagedKVCache):
 
 # ----- the cached forward pass of kit.model.GPT -----
 
-def cached_attention(attn, x, cache, layer: int, sids):
+def cached_attention(attn, x, cache, layer: int, slots: CacheSlots):
     """The attention of kit.model.CausalSelfAttention or kit.attention.GroupedQueryAttention for x
     (B, n, C), the n new tokens of each sequence: their keys and values (a GQA layer's n_kv_head
     heads) go to the cache, and they attend to the cached tokens and causally among themselves."""
     from kit.attention import share_heads
 
     q, k, v = attn.heads(x)
-    n = x.size(1)
-    cache.write(layer, sids, k, v)
-    keys, values, lengths = cache.read(layer, sids, n)
+    cache.write(layer, slots, k, v)
+    keys, values = cache.read(layer, slots)
     keys, values = share_heads(keys.to(q.dtype), values.to(q.dtype), q.size(1))
-    mask = cache_mask(lengths, n, x.device)  # causal, and padding beyond a sequence's length masked
-    return attn.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None]))
+    return attn.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=slots.mask[:, None]))
 
 
-def cached_mla(attn, x, cache, layer: int, sids, positions):
+def cached_mla(attn, x, cache, layer: int, slots: CacheSlots, positions):
     """MultiLatentAttention decoding from its compressed cache (latent c and rotated key part k_r
     per token), with the up-projections absorbed: head h scores token j by
     (W_k_up,h^T q_h) . c_j + q_rope,h . k_r,j, and outputs W_v_up,h (sum_j a_hj c_j), so full
@@ -158,15 +172,15 @@ def cached_mla(attn, x, cache, layer: int, sids, positions):
     q = attn.q(x).view(B, n, H, D + R)
     q_content, q_rope = q.split([D, R], dim=-1)
     k_rope = attn.rotary(attn.k_rope(x).view(B, n, 1, R), positions) if R else latent.new_zeros(B, n, 1, 0)
-    cache.write(layer, sids, latent[:, None], k_rope.transpose(1, 2))
-    latents, rope_keys, lengths = cache.read(layer, sids, n)  # (B, 1, L, latent), (B, 1, L, R)
+    cache.write(layer, slots, latent[:, None], k_rope.transpose(1, 2))
+    latents, rope_keys = cache.read(layer, slots)  # (B, 1, L, latent), (B, 1, L, R)
     w_k = attn.k_up.weight.view(H, D, latent_dim)  # k_h = w_k[h] @ c
     q_absorbed = torch.einsum("bnhd,hdl->bhnl", q_content, w_k)  # (B, H, n, latent)
     scores = q_absorbed @ latents.to(q.dtype).transpose(-1, -2)
     if R:
         scores = scores + attn.rotary(q_rope, positions).transpose(1, 2) @ rope_keys.to(q.dtype).transpose(-1, -2)
     scores = scores / math.sqrt(D + R)
-    scores = scores.masked_fill(~cache_mask(lengths, n, x.device)[:, None], float("-inf"))
+    scores = scores.masked_fill(~slots.mask[:, None], float("-inf"))
     mixed_latent = scores.softmax(-1) @ latents.to(q.dtype)  # (B, H, n, latent)
     y = torch.einsum("bhnl,hdl->bnhd", mixed_latent, attn.v_up.weight.view(H, D, latent_dim))
     return attn.c_proj(y.reshape(B, n, H * D))
@@ -187,19 +201,18 @@ def attention_kind(attn) -> str:
     return kinds.get(type(attn), "unsupported")
 
 
-def cached_modern_attention(attn, x, value_embed, cache, layer: int, sids, positions, window_blocks: int, docs):
+def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: CacheSlots, positions, window_blocks: int, docs):
     """kit.modern.ModernAttention's math for the new tokens, against the cache: rotary at each
     token's own position, value embeddings mixed in, attention within the token's document and
     its window (in blocks of 128), as kit.modern.mask_allows says; ModernAttention's own
     projections and output gate before and after it."""
     from kit.modern import BLOCK
 
-    n = x.size(1)
     cfg = attn.cfg
     q, k, v = attn.project(x, value_embed, positions)
-    cache.write(layer, sids, k, v)
-    keys, values, lengths = cache.read(layer, sids, n)
-    allowed = cache_mask(lengths, n, x.device)
+    cache.write(layer, slots, k, v)
+    keys, values = cache.read(layer, slots)
+    allowed = slots.mask.clone()
     kv_pos = torch.arange(allowed.size(-1), device=x.device)
     allowed &= (positions[:, :, None] // BLOCK - kv_pos[None, None, :] // BLOCK) < window_blocks
     allowed &= docs.gather(1, positions)[:, :, None] == docs[:, None, :]  # docs: (B, L) document of every cached token
@@ -214,8 +227,8 @@ def forward_cached_modern(model, idx, cache, sids):
     from kit.modern import EOT, rms_norm
 
     cache.reserve(sids, idx.size(1))
-    starts = torch.tensor([cache.lengths[sid] for sid in sids], device=idx.device)
-    positions = starts[:, None] + torch.arange(idx.size(1), device=idx.device)
+    slots = cache.slots(sids, idx.size(1), idx.device)
+    positions = slots.positions
     previous_first = torch.tensor([cache.last_tokens.get(sid, -1) for sid in sids], device=idx.device)
     for row, sid in enumerate(sids):  # document number of every token so far (a 50256 starts one), and the last token
         tokens = idx[row].cpu()
@@ -232,7 +245,7 @@ def forward_cached_modern(model, idx, cache, sids):
         x = block.mix_in(x, x0, bigram)
         if block.attn is not None:
             window = long_window if model.long_window[i] else short_window
-            x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, sids, positions, window, docs)
+            x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, slots, positions, window, docs)
         return x + block.mlp(rms_norm(x))
 
     x = model.through_blocks(x0, cached_block)
@@ -276,15 +289,15 @@ def forward_cached(model, idx, cache, sids):
     if is_modern(model):
         return forward_cached_modern(model, idx, cache, sids)
     cache.reserve(sids, idx.size(1))
-    starts = torch.tensor([cache.lengths[sid] for sid in sids], device=idx.device)
-    positions = starts[:, None] + torch.arange(idx.size(1), device=idx.device)
+    slots = cache.slots(sids, idx.size(1), idx.device)
+    positions = slots.positions
     x = model.embed(idx, positions)
     for layer, block in enumerate(model.h):
         kind, h = attention_kind(block.attn), block.ln_1(x)
         if kind == "mla":
-            x = x + cached_mla(block.attn, h, cache, layer, sids, positions)
+            x = x + cached_mla(block.attn, h, cache, layer, slots, positions)
         else:
-            x = x + cached_attention(block.attn, h, cache, layer, sids)
+            x = x + cached_attention(block.attn, h, cache, layer, slots)
         x = x + block.mlp(block.ln_2(x))
     cache.advance(sids, idx.size(1))
     return model.logits(model.ln_f(x))
