@@ -249,13 +249,15 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, path, strict: bool) -> float:
         self.eval_model.eval()
-        total = torch.zeros(2, device=self.device, dtype=torch.float64)
+        loss_sum, count = torch.zeros((), device=self.device, dtype=torch.float64), 0
         for batch in validation_batches(path, self.cfg.val_tokens, self.cfg.seq_len, self.eval_micro_batch, self.ddp.rank, self.ddp.world_size, strict):
             x, y = self.to_device(batch)
             with hw.autocast(self.device, self.dtype):
                 loss = self.eval_model(x, y)
-            total += torch.stack([loss.double() * y.numel(), torch.tensor(float(y.numel()), device=self.device, dtype=torch.float64)])
+            loss_sum += loss.double() * y.numel()  # stays on the GPU: no copy to wait for per batch
+            count += y.numel()
         self.eval_model.train()
+        total = torch.stack([loss_sum, loss_sum.new_tensor(float(count))])
         hw.all_reduce_sum(total)
         return (total[0] / total[1]).item()
 

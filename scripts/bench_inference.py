@@ -14,6 +14,10 @@ what a cache can and cannot do for teacher-forced validation.
    agree; the timing shows why a cache cannot speed validation up: a causal pass already
    computes every key and value once, and the cache only spares recomputing them across
    separate calls, which validation never makes.
+4. Validation speed: one no-grad pass over --eval-speed-tokens tokens as a plain evaluation
+   loop would run it (fp32, eager, batch --eval-batch) and with each speed-up added in turn:
+   bf16 autocast, a larger batch (--eval-speed-batch), torch.compile (CUDA only). Same tokens,
+   same loss up to bf16 rounding.
 Writes bench_inference.json and .md into --out.
 """
 
@@ -109,11 +113,55 @@ def eval_rows(model, args, device, dtype):
              "cached_token_by_token_s": seconds_cached, "cached_loss": loss_cached}]
 
 
+def validation_speed_settings(args, device):
+    """(label, dtype, batch, compiled): the plain loop first, then one speed-up more per row."""
+    settings = [("fp32, eager", torch.float32, args.eval_batch, False)]
+    if device.type == "cuda":
+        settings += [("bf16, eager", torch.bfloat16, args.eval_batch, False),
+                     ("bf16, eager, larger batch", torch.bfloat16, args.eval_speed_batch, False),
+                     ("bf16, compiled, larger batch", torch.bfloat16, args.eval_speed_batch, True)]
+    return settings
+
+
+def validation_speed_rows(model, args, device):
+    seq = args.eval_seq_len
+    n_seqs = max(1, args.eval_speed_tokens // seq)
+    idx = torch.randint(0, 50000, (n_seqs, seq + 1), generator=torch.Generator().manual_seed(2)).to(device)
+    x, y = idx[:, :-1], idx[:, 1:]
+    compiled = None
+    rows = []
+    for label, dtype, batch, use_compile in validation_speed_settings(args, device):
+        batch = min(batch, n_seqs)
+        if use_compile and compiled is None:
+            compiled = torch.compile(model)
+        net = compiled if use_compile else model
+
+        def one_pass():
+            total = torch.zeros((), device=device, dtype=torch.float64)
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                for i in range(0, n_seqs - batch + 1, batch):  # whole batches: a compiled model meets one shape
+                    total += net(x[i:i + batch], y[i:i + batch]).double() * batch
+            return (total / (n_seqs // batch * batch)).item()
+
+        one_pass()  # warm-up (and the compilation)
+        loss, seconds = timed(one_pass, device)
+        tokens = n_seqs // batch * batch * seq
+        rows.append({"part": "validation_speed", "setting": label, "batch": batch, "tokens": tokens, "seconds": seconds,
+                     "tokens_per_s": tokens / seconds, "loss": loss})
+        print(f"validation pass, {label} (batch {batch}): {tokens / seconds:,.0f} tokens/s, loss {loss:.4f}", flush=True)
+    return rows
+
+
 def markdown(rows, device_name) -> str:
     lines = [f"Device: {device_name}", "", "| batch | cache | tokens/s |", "|---|---|---|"]
     lines += [f"| {r['batch']} | {r['cache']} | {r['tokens_per_s']:,.1f} |" for r in rows if r["part"] == "generation"]
     lines += ["", "| attention | cache bytes per token (tensors) | (CUDA allocator) |", "|---|---|---|"]
     lines += [f"| {r['attention']} | {r['bytes_per_token']:,} | {r['allocator_bytes_per_token'] or '-'} |" for r in rows if r["part"] == "cache_memory"]
+    speed = [r for r in rows if r["part"] == "validation_speed"]
+    if speed:
+        lines += ["", "| validation pass | batch | tokens/s | vs the first row | loss |", "|---|---|---|---|---|"]
+        lines += [f"| {r['setting']} | {r['batch']} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / speed[0]['tokens_per_s']:.2f}x | {r['loss']:.4f} |"
+                  for r in speed]
     for r in rows:
         if r["part"] == "validation":
             lines += ["", f"Validation of {r['tokens']:,} tokens: one causal pass per sequence {r['teacher_forced_s']:.3f} s "
@@ -136,6 +184,8 @@ def main(argv=None) -> int:
     parser.add_argument("--eval-tokens", type=int, default=65_536)
     parser.add_argument("--eval-seq-len", type=int, default=1024)
     parser.add_argument("--eval-batch", type=int, default=16)
+    parser.add_argument("--eval-speed-tokens", type=int, default=1_048_576)
+    parser.add_argument("--eval-speed-batch", type=int, default=64)
     parser.add_argument("--out", default="logs/bench_inference")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
@@ -147,6 +197,7 @@ def main(argv=None) -> int:
     else:
         model = random_model(args.model_size, device=device)
     rows = generation_rows(model, args, device, dtype) + cache_memory_rows(args, device, dtype) + eval_rows(model, args, device, dtype)
+    rows += validation_speed_rows(model, args, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench_inference.json").write_text(json.dumps({"device": hw.device_name(device), "args": vars(args), "rows": rows}, indent=1))

@@ -296,9 +296,12 @@ def test_inference_benchmark_runs_and_its_validation_losses_agree(tmp_path):
 
     bench = load_script("bench_inference")
     assert bench.main(["--model-size", "tiny", "--device", "cpu", "--batches", "1,2", "--new-tokens", "4", "--prompt-len", "8",
-                       "--gqa-heads", "1", "--mla-latent", "16", "--eval-tokens", "128", "--eval-seq-len", "32", "--out", str(tmp_path)]) == 0
+                       "--gqa-heads", "1", "--mla-latent", "16", "--eval-tokens", "128", "--eval-seq-len", "32",
+                       "--eval-speed-tokens", "256", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "bench_inference.json").read_text())["rows"]
     assert len([r for r in rows if r["part"] == "generation"]) == 6
     validation = next(r for r in rows if r["part"] == "validation")
     assert validation["cached_loss"] == pytest.approx(validation["teacher_forced_loss"], abs=1e-4)
-    assert (tmp_path / "bench_inference.md").exists()
+    speed = [r for r in rows if r["part"] == "validation_speed"]
+    assert [r["setting"] for r in speed] == ["fp32, eager"] and speed[0]["tokens"] == 256 and speed[0]["batch"] == 8 and speed[0]["tokens_per_s"] > 0  # CPU: the plain loop only
+    assert "validation pass" in (tmp_path / "bench_inference.md").read_text()
