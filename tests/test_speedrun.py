@@ -346,8 +346,8 @@ def test_flex_path_equals_dense_on_gpu_with_gradients():
     assert ((grads["flex"] - grads["dense"]).norm() / grads["dense"].norm()).item() < 5e-2
 
 
-@pytest.mark.parametrize("mode, extra", [("regional", ()), ("whole", ()), ("regional", ("--skip-attn-layers", "1", "--value-embeds", "0"))],
-                         ids=["regional", "whole", "regional-mlp-only-block"])
+@pytest.mark.parametrize("mode, extra", [("regional", ()), ("whole", ("--bigram-buckets", "101")), ("regional", ("--skip-attn-layers", "1", "--value-embeds", "0"))],
+                         ids=["regional", "whole-bigram", "regional-mlp-only-block"])
 def test_compiled_model_does_not_recompile_as_the_window_grows(tmp_path, isolated_data_dir, mode, extra):
     """6 steps with the window growing every step: after the warm-up (which compiles the training
     and the evaluation graphs, blocks without attention included) nothing recompiles."""
