@@ -32,24 +32,35 @@ def column_major(t: torch.Tensor) -> torch.Tensor:
     return t.t().contiguous().t()
 
 
+def fp8_product(x, w):
+    """(x @ w^T in bf16, the FP8 operands and their inverse scales for the backward products)."""
+    x8, x_inv = quantize(x, E4M3)
+    w8, w_inv = quantize(w, E4M3)
+    y = torch._scaled_mm(x8, w8.t(), scale_a=x_inv, scale_b=w_inv, out_dtype=torch.bfloat16, use_fast_accum=True)
+    return y, (x8, x_inv, w8, w_inv)
+
+
+def fp8_gradient_products(g8, g_inv, operands, w_dtype):
+    """(grad x, grad w) of y = x @ w^T from the e5m2 gradient of y and the forward's FP8 operands."""
+    x8, x_inv, w8, w_inv = operands
+    grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_inv, scale_b=w_inv, out_dtype=torch.bfloat16)
+    grad_w = torch._scaled_mm(g8.t().contiguous(), column_major(x8), scale_a=g_inv, scale_b=x_inv, out_dtype=torch.float32)
+    return grad_x, grad_w.to(w_dtype)
+
+
 class FP8MatmulWeightT(torch.autograd.Function):
     """y = x @ w^T for x (N, K), w (M, K), with FP8 operands in forward and backward."""
 
     @staticmethod
     def forward(ctx, x, w):
-        x8, x_inv = quantize(x, E4M3)
-        w8, w_inv = quantize(w, E4M3)
-        ctx.save_for_backward(x8, x_inv, w8, w_inv)
+        y, operands = fp8_product(x, w)
+        ctx.save_for_backward(*operands)
         ctx.w_dtype = w.dtype
-        return torch._scaled_mm(x8, w8.t(), scale_a=x_inv, scale_b=w_inv, out_dtype=torch.bfloat16, use_fast_accum=True)
+        return y
 
     @staticmethod
     def backward(ctx, grad):
-        x8, x_inv, w8, w_inv = ctx.saved_tensors
-        g8, g_inv = quantize(grad, E5M2)
-        grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_inv, scale_b=w_inv, out_dtype=torch.bfloat16)
-        grad_w = torch._scaled_mm(g8.t().contiguous(), column_major(x8), scale_a=g_inv, scale_b=x_inv, out_dtype=torch.float32)
-        return grad_x, grad_w.to(ctx.w_dtype)
+        return fp8_gradient_products(*quantize(grad, E5M2), ctx.saved_tensors, ctx.w_dtype)
 
 
 class FP8Head(nn.Linear):
@@ -83,11 +94,9 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
     def forward(ctx, x, w, targets, cap: float):
         from kit.losses import softcapped_logsumexp_and_loss
 
-        x8, x_inv = quantize(x, E4M3)
-        w8, w_inv = quantize(w, E4M3)
-        z = torch._scaled_mm(x8, w8.t(), scale_a=x_inv, scale_b=w_inv, out_dtype=torch.bfloat16, use_fast_accum=True)
+        z, operands = fp8_product(x, w)
         lse, loss = softcapped_logsumexp_and_loss(z, targets, cap)
-        ctx.save_for_backward(x8, x_inv, w8, w_inv, z, targets, lse)
+        ctx.save_for_backward(*operands, z, targets, lse)
         ctx.cap, ctx.w_dtype = cap, w.dtype
         return loss
 
@@ -95,9 +104,7 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
     def backward(ctx, grad_loss):
         from kit.losses import softcapped_grad_unscaled
 
-        x8, x_inv, w8, w_inv, z, targets, lse = ctx.saved_tensors
+        *operands, z, targets, lse = ctx.saved_tensors
         g8 = (softcapped_grad_unscaled(z, targets, lse, ctx.cap) * E5M2_HEADROOM).to(E5M2)
         g_inv = (grad_loss.float() / (z.size(0) * E5M2_HEADROOM)).reshape(())
-        grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_inv, scale_b=w_inv, out_dtype=torch.bfloat16)
-        grad_w = torch._scaled_mm(g8.t().contiguous(), column_major(x8), scale_a=g_inv, scale_b=x_inv, out_dtype=torch.float32)
-        return grad_x, grad_w.to(ctx.w_dtype), None, None
+        return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype), None, None

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kit.fp8 import FP8Head, FP8SoftcappedHeadLoss
-from kit.losses import softcapped_cross_entropy
+from kit.losses import softcap, softcapped_cross_entropy
 
 EOT = 50256
 BLOCK = 128  # tokens per attention block: windows and the block-sparse mask count in these
@@ -313,7 +313,7 @@ class ModernGPT(nn.Module):
         return [i if i < n else i - (L - n) if i >= L - n else None for i in range(L)]
 
     def layer_value_embeds(self, idx, dtype=None):
-        ve = [embed(idx).to(dtype) for embed in self.value_embeds]
+        ve = [embed(idx) if dtype is None else embed(idx).to(dtype) for embed in self.value_embeds]
         return [ve[j] if j is not None else None for j in self.value_embed_slots()]
 
     def activation_dtype(self, device) -> torch.dtype:
@@ -365,7 +365,7 @@ class ModernGPT(nn.Module):
 
     def logits(self, x):
         logits = self.lm_head(rms_norm(x)).float()
-        return self.config.softcap * torch.tanh(logits / self.config.softcap)
+        return softcap(logits, self.config.softcap)
 
     def head(self, x, targets=None):
         """Soft-capped logits, or the mean cross-entropy against targets (fp32).

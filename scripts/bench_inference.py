@@ -87,6 +87,15 @@ def cache_memory_rows(args, device, dtype):
     return rows
 
 
+def mean_loss(net, x, y, batch: int, dtype):
+    """Teacher-forced mean loss over the rows of x, batch rows per no-grad pass (autocast unless fp32)."""
+    total = torch.zeros((), device=x.device, dtype=torch.float64)
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype != torch.float32):
+        for i in range(0, len(x), batch):
+            total += net(x[i:i + batch], y[i:i + batch]).double() * len(x[i:i + batch])
+    return (total / len(x)).item()
+
+
 def eval_rows(model, args, device, dtype):
     seq = args.eval_seq_len
     n_seqs = max(1, args.eval_tokens // seq)
@@ -94,8 +103,7 @@ def eval_rows(model, args, device, dtype):
     x, y = idx[:, :-1], idx[:, 1:]
 
     def teacher_forced():
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            return sum(model(x[i:i + args.eval_batch], y[i:i + args.eval_batch]).item() * len(x[i:i + args.eval_batch]) for i in range(0, n_seqs, args.eval_batch)) / n_seqs
+        return mean_loss(model, x, y, args.eval_batch, dtype)
 
     def token_by_token():  # the same tokens scored through the cache, one position per call
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
@@ -134,18 +142,11 @@ def validation_speed_rows(model, args, device):
         batch = min(batch, n_seqs)
         if use_compile and compiled is None:
             compiled = torch.compile(model)
-        net = compiled if use_compile else model
-
-        def one_pass():
-            total = torch.zeros((), device=device, dtype=torch.float64)
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                for i in range(0, n_seqs - batch + 1, batch):  # whole batches: a compiled model meets one shape
-                    total += net(x[i:i + batch], y[i:i + batch]).double() * batch
-            return (total / (n_seqs // batch * batch)).item()
-
+        whole = n_seqs // batch * batch  # whole batches only: a compiled model meets one shape
+        one_pass = functools.partial(mean_loss, compiled if use_compile else model, x[:whole], y[:whole], batch, dtype)
         one_pass()  # warm-up (and the compilation)
         loss, seconds = timed(one_pass, device)
-        tokens = n_seqs // batch * batch * seq
+        tokens = whole * seq
         rows.append({"part": "validation_speed", "setting": label, "batch": batch, "tokens": tokens, "seconds": seconds,
                      "tokens_per_s": tokens / seconds, "loss": loss})
         print(f"validation pass, {label} (batch {batch}): {tokens / seconds:,.0f} tokens/s, loss {loss:.4f}", flush=True)

@@ -7,7 +7,6 @@ warms it up, runs two untimed steps, then profiles --steps (2) steps with the lo
 window the recipe reaches, and prints the ops by total CUDA time.
 """
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -16,21 +15,15 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from kit.runs import load_script  # noqa: E402
 from kit.train import Trainer  # noqa: E402
-
-
-def load_recipe(script: str):
-    spec = importlib.util.spec_from_file_location("profiled_recipe", REPO / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.RECIPE
 
 
 def main(argv) -> None:
     if not argv or not argv[0].endswith(".py"):
         raise SystemExit(__doc__)
     script, flags = argv[0], argv[1:]
-    trainer = Trainer(load_recipe(script), [*flags, "--export", "0", "--val-every", "0"])
+    trainer = Trainer(load_script(script).RECIPE, [*flags, "--export", "0", "--val-every", "0"])
     trainer.setup()
     if hasattr(trainer.model, "set_window"):
         from kit.modern import MAX_WINDOW_BLOCKS
