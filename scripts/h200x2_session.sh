@@ -6,8 +6,9 @@
 #   2 GPUs: GPU 0 the speedrun, its repeat and the value-embedding ablation; GPU 1 the baseline's
 #           50 steps on one GPU (the DDP reference), then the Muon and window-schedule ablations;
 #           last the same 50 baseline steps under torchrun on both GPUs.
-#   1 GPU:  a profile of a speedrun step; the speedrun with the bigram embedding; its repeat if it
-#           met the must, else the speedrun without it; the Muon ablation; the inference benchmark.
+#   1 GPU:  the inference benchmark and a profile of a speedrun step while the shards arrive; the
+#           speedrun with the bigram embedding; its repeat if it met the must, else the speedrun
+#           without it (the same-lease control); the Muon ablation if device time is left.
 # (The proxy-scale baseline is measured: records/2026-11-29_h200_webmix_one_pass.)
 set -u
 LOGS=${1:-logs}
@@ -35,6 +36,11 @@ met_must() {  # the issue's must: webmix 3.64 reached in under 303 s of training
 
 echo "start $(date -u +%T)"
 timeout 300 python3 -m pytest -q tests/test_gpu.py > "$LOGS/gpu_tests.txt" 2>&1; echo "GPU tests: $(tail -n 1 "$LOGS/gpu_tests.txt")"  # while the shards arrive
+if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
+  # random weights; scoring token by token through the cache is ~1,250 s per million tokens on an H200
+  # (records/2026-11-29_h200_inference), so it scores 8,192 tokens
+  python3 scripts/bench_inference.py --eval-tokens 8192 --out "$LOGS/bench_inference" > "$LOGS/bench_inference.console.txt" 2>&1; echo "inference bench: exit $?"
+fi
 # where a step's GPU time goes with the current defaults (about 2 minutes; needs only the first part's shard)
 python3 scripts/profile_step.py train_gpt2_speedrun.py --data webmix --progress lines > "$LOGS/profile_step.txt" 2>&1; echo "profile: exit $?"
 wait_for_shards || exit 1
@@ -44,7 +50,6 @@ if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
   speedrun bigram
   if met_must "$LOGS/speedrun_webmix/bigram"; then speedrun bigram_repeat; else speedrun best; fi
   speedrun no_muon
-  python3 scripts/bench_inference.py --out "$LOGS/bench_inference"
   echo "done $(date -u +%T)"; exit 0
 fi
 (export CUDA_VISIBLE_DEVICES=0; speedrun best repeat no_value_embeds) > "$LOGS/gpu0.txt" 2>&1 &
