@@ -18,6 +18,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# Cached reads are padded to a multiple of this many slots (the paged block size): a new key length
+# at every decoding step made cuDNN's attention build a new plan per call (~4.5-7 ms of host time
+# per layer on an H200, records/2026-11-29_h200_inference)
+READ_QUANTUM = 64
+# the kernels for attention against the cache: flash takes no mask, and cuDNN plans per shape
+MASKED_ATTENTION_BACKENDS = [SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 @dataclass
@@ -96,14 +104,17 @@ class PagedKVCache:
         return torch.tensor([self.tables[sid] + [0] * (width - len(self.tables[sid])) for sid in sids], device=device)
 
     def slots(self, sids, n: int, device) -> CacheSlots:
-        """The addresses for n new tokens of each sequence (after reserve(sids, n))."""
+        """The addresses for n new tokens of each sequence (after reserve(sids, n)). Reads cover
+        whole blocks of READ_QUANTUM slots (the mask hides the unused ones), so the attention
+        meets a new key length once per block instead of at every decoding step."""
         table = self.block_table(sids, device)
         starts = [self.lengths[sid] for sid in sids]
         lengths = [start + n for start in starts]
         new = torch.tensor(starts, device=device)[:, None] + torch.arange(n, device=device)
-        read = torch.arange(max(lengths), device=device)
+        width = min(math.ceil(max(lengths) / READ_QUANTUM) * READ_QUANTUM, table.size(1) * self.block_size)
+        read = torch.arange(width, device=device)
         return CacheSlots(new, table.gather(1, new // self.block_size), new % self.block_size, table[:, read // self.block_size],
-                          read % self.block_size, lengths, cache_mask(lengths, n, device))
+                          read % self.block_size, lengths, cache_mask(lengths, n, device, width))
 
     def write(self, layer: int, slots: CacheSlots, k, v) -> None:
         """k, v: (B, H, n, D), the n new tokens of each sequence, into their slots."""
@@ -157,7 +168,8 @@ def cached_attention(attn, x, cache, layer: int, slots: CacheSlots):
     cache.write(layer, slots, k, v)
     keys, values = cache.read(layer, slots)
     keys, values = share_heads(keys.to(q.dtype), values.to(q.dtype), q.size(1))
-    return attn.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=slots.mask[:, None]))
+    with sdpa_kernel(MASKED_ATTENTION_BACKENDS):
+        return attn.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=slots.mask[:, None]))
 
 
 def cached_mla(attn, x, cache, layer: int, slots: CacheSlots, positions):
@@ -186,9 +198,10 @@ def cached_mla(attn, x, cache, layer: int, slots: CacheSlots, positions):
     return attn.c_proj(y.reshape(B, n, H * D))
 
 
-def cache_mask(lengths, n: int, device):
-    """(B, n, L): new token i of a sequence of (then) `length` tokens sees positions <= length - n + i."""
-    kv_pos = torch.arange(max(lengths), device=device)
+def cache_mask(lengths, n: int, device, width: int = None):
+    """(B, n, width): new token i of a sequence of (then) `length` tokens sees positions <= length - n + i
+    (width: the slots read, at least the longest length)."""
+    kv_pos = torch.arange(width or max(lengths), device=device)
     q_pos = torch.tensor([length - n for length in lengths], device=device)[:, None] + torch.arange(n, device=device)
     return kv_pos[None, None, :] <= q_pos[:, :, None]
 
@@ -216,7 +229,8 @@ def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: Cach
     kv_pos = torch.arange(allowed.size(-1), device=x.device)
     allowed &= (positions[:, :, None] // BLOCK - kv_pos[None, None, :] // BLOCK) < window_blocks
     allowed &= docs.gather(1, positions)[:, :, None] == docs[:, None, :]  # docs: (B, L) document of every cached token
-    y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None], scale=cfg.attn_scale)
+    with sdpa_kernel(MASKED_ATTENTION_BACKENDS):
+        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None], scale=cfg.attn_scale)
     return attn.output(y, x)
 
 
@@ -236,7 +250,8 @@ def forward_cached_modern(model, idx, cache, sids):
         offset = previous[-1] if len(previous) else 0
         cache.documents[sid] = torch.cat([previous, offset + (tokens == EOT).cumsum(0)])
         cache.last_tokens[sid] = int(tokens[-1])
-    docs = torch.nn.utils.rnn.pad_sequence([cache.documents[sid] for sid in sids], batch_first=True, padding_value=-1).to(idx.device)
+    docs = torch.nn.utils.rnn.pad_sequence([cache.documents[sid] for sid in sids], batch_first=True, padding_value=-1)
+    docs = F.pad(docs, (0, slots.mask.size(-1) - docs.size(1)), value=-1).to(idx.device)  # as wide as the slots read
     long_window = int(model.window_blocks)
     short_window = max(1, long_window // 2)
     x0, value_embeds, bigram = model.embed_tokens(idx, previous_first)
