@@ -5,7 +5,8 @@ head's dimensions, QK-norm, ReLU^2 MLP, value embeddings, U-net skips, no attent
 a sigmoid output gate per head read from 12 dimensions of the block input, untied head with
 logit soft-capping (its matmul in FP8 while training on GPUs that have FP8: sm89 4090, sm90
 H100/H200; bf16 on sm86 3090 and in evaluation), a soft-capped cross-entropy whose backward keeps
-only the bf16 logits (kit/losses.py, kit/fp8.py), attention within documents and long/short
+only the bf16 logits (kit/losses.py, kit/fp8.py; --loss-kernel triton: as two Triton kernels,
+kit/triton_loss.py), attention within documents and long/short
 sliding windows (FlexAttention, block-sparse) whose length grows during training; the residual
 stream in bf16; the whole model compiled. Optimizers: Muon
 for the hidden matrices (Q, K and V orthogonalised separately, every matrix stepping lr), Adam
@@ -81,6 +82,8 @@ class Hyperparameters(TrainConfig):
     reference_steps: int = 1770
     compile_mode: str = field(default="whole", metadata={"choices": ["regional", "whole"], "help": "whole: the full model (1.06x the tokens/s of regional on an H200, cold compile ~76 s); regional: each block compiled once and reused"})
     fused_loss: bool = field(default=True, metadata={"help": "soft-capped cross-entropy whose backward keeps only the bf16 logits (FP8 head: gradient quantised with a known scale); 0: soft-cap + F.cross_entropy"})
+    loss_kernel: str = field(default="torch", metadata={"choices": ["auto", "torch", "triton"], "help": "the fused loss's kernels: torch (its PyTorch code, compiled with the model), "
+                                                             "triton (kit/triton_loss.py: one pass each way, the FP8 gradient written in both layouts; unmeasured), auto: triton where it can run"})
     fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
     mtp_offsets: int = field(default=0, metadata={"help": "multi-token prediction: extra future tokens predicted while training (0: off); the logged training loss then includes their weighted terms, validation does not"})
     mtp_weight: float = field(default=0.3, metadata={"help": "weight of each extra offset's loss at the start; it falls linearly to 0"})
@@ -116,9 +119,25 @@ def build_model(cfg: Hyperparameters):
                                       fp8_head=fp8, compile_mode=cfg.compile_mode, mtp_offsets=cfg.mtp_offsets, rope=cfg.rope,
                                       no_attn_layers=layers_without_attention(cfg, size.get("n_layer", ModernConfig.n_layer)),
                                       attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss,
-                                      bigram_buckets=cfg.bigram_buckets))
+                                      bigram_buckets=cfg.bigram_buckets, loss_kernel=loss_kernel(cfg)))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
+
+
+def loss_kernel(cfg: Hyperparameters) -> str:
+    """The fused loss's kernels: Triton where asked (auto: where it can run), else PyTorch's."""
+    from kit import triton_loss
+
+    device = "cuda" if on_gpu(cfg) else "cpu"
+    if cfg.loss_kernel == "auto":
+        return "triton" if cfg.fused_loss and triton_loss.available(device) else "torch"
+    if cfg.loss_kernel == "triton":
+        if not cfg.fused_loss:
+            raise UserError("--loss-kernel triton is the fused loss's kernel: it needs --fused-loss 1")
+        if not triton_loss.available(device):
+            raise UserError("--loss-kernel triton needs Triton and a CUDA GPU (this run has "
+                            f"{'no Triton' if triton_loss.triton is None else 'no GPU'}); use --loss-kernel torch or auto")
+    return cfg.loss_kernel
 
 
 def layers_without_attention(cfg: Hyperparameters, n_layer: int) -> tuple:

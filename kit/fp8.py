@@ -40,11 +40,13 @@ def fp8_product(x, w):
     return y, (x8, x_inv, w8, w_inv)
 
 
-def fp8_gradient_products(g8, g_inv, operands, w_dtype):
-    """(grad x, grad w) of y = x @ w^T from the e5m2 gradient of y and the forward's FP8 operands."""
+def fp8_gradient_products(g8, g_inv, operands, w_dtype, g8_transposed=None):
+    """(grad x, grad w) of y = x @ w^T from the e5m2 gradient of y and the forward's FP8 operands
+    (g8_transposed: g8 already laid out as (M, N), else transposed here)."""
     x8, x_inv, w8, w_inv = operands
+    g8_transposed = g8.t().contiguous() if g8_transposed is None else g8_transposed
     grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_inv, scale_b=w_inv, out_dtype=torch.bfloat16)
-    grad_w = torch._scaled_mm(g8.t().contiguous(), column_major(x8), scale_a=g_inv, scale_b=x_inv, out_dtype=torch.float32)
+    grad_w = torch._scaled_mm(g8_transposed, column_major(x8), scale_a=g_inv, scale_b=x_inv, out_dtype=torch.float32)
     return grad_x, grad_w.to(w_dtype)
 
 
@@ -91,20 +93,29 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
     same pass that computes it, and feeds the two gradient products."""
 
     @staticmethod
-    def forward(ctx, x, w, targets, cap: float):
-        from kit.losses import softcapped_logsumexp_and_loss
+    def forward(ctx, x, w, targets, cap: float, kernel: str = "torch"):
+        from kit.losses import softcapped_stats
 
         z, operands = fp8_product(x, w)
-        lse, loss = softcapped_logsumexp_and_loss(z, targets, cap)
+        lse, loss = softcapped_stats(z, targets, cap, kernel)
         ctx.save_for_backward(*operands, z, targets, lse)
-        ctx.cap, ctx.w_dtype = cap, w.dtype
+        ctx.cap, ctx.w_dtype, ctx.kernel = cap, w.dtype, kernel
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        from kit.losses import softcapped_grad_unscaled
-
         *operands, z, targets, lse = ctx.saved_tensors
-        g8 = (softcapped_grad_unscaled(z, targets, lse, ctx.cap) * E5M2_HEADROOM).to(E5M2)
+        g8, g8_transposed = quantized_logit_gradient(z, targets, lse, ctx.cap, ctx.kernel)
         g_inv = (grad_loss.float() / (z.size(0) * E5M2_HEADROOM)).reshape(())
-        return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype), None, None
+        return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype, g8_transposed), None, None, None
+
+
+def quantized_logit_gradient(z, targets, lse, cap: float, kernel: str):
+    """(the soft-capped loss's gradient of z times E5M2_HEADROOM in e5m2, the same transposed or None)."""
+    if kernel == "triton":  # one pass writes both layouts
+        from kit.triton_loss import softcapped_ce_grad
+
+        return softcapped_ce_grad(z, targets, lse, torch.full((), E5M2_HEADROOM, device=z.device), cap, E5M2, True)
+    from kit.losses import softcapped_grad_unscaled
+
+    return (softcapped_grad_unscaled(z, targets, lse, cap) * E5M2_HEADROOM).to(E5M2), None

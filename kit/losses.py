@@ -81,22 +81,40 @@ def softcapped_grad_unscaled(z, targets, lse, cap: float):
     return grad * (1 - (capped / cap) ** 2)
 
 
+LOSS_KERNELS = ("torch", "triton")  # kit.losses' PyTorch code (compiled with the model), or kit.triton_loss
+
+
+def softcapped_stats(z, targets, cap: float, kernel: str = "torch"):
+    """(logsumexp per row, mean loss) of the capped logits, with the chosen kernel."""
+    if kernel == "triton":
+        from kit.triton_loss import softcapped_ce_stats
+
+        lse, rows = softcapped_ce_stats(z, targets, cap)
+        return lse, rows.mean()
+    return softcapped_logsumexp_and_loss(z, targets, cap)
+
+
 class SoftcappedCrossEntropy(torch.autograd.Function):
     """mean over rows of -log softmax(cap * tanh(z / cap))[target], z (N, V) logits in any dtype."""
 
     @staticmethod
-    def forward(ctx, z, targets, cap: float):
-        lse, loss = softcapped_logsumexp_and_loss(z, targets, cap)
+    def forward(ctx, z, targets, cap: float, kernel: str = "torch"):
+        lse, loss = softcapped_stats(z, targets, cap, kernel)
         ctx.save_for_backward(z, targets, lse)
-        ctx.cap = cap
+        ctx.cap, ctx.kernel = cap, kernel
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
         z, targets, lse = ctx.saved_tensors
-        grad = softcapped_grad_unscaled(z, targets, lse, ctx.cap) * (grad_loss / z.size(0))
-        return grad.to(z.dtype), None, None
+        scale = grad_loss / z.size(0)
+        if ctx.kernel == "triton":
+            from kit.triton_loss import softcapped_ce_grad
+
+            return softcapped_ce_grad(z, targets, lse, scale, ctx.cap, z.dtype, False)[0], None, None, None
+        grad = softcapped_grad_unscaled(z, targets, lse, ctx.cap) * scale
+        return grad.to(z.dtype), None, None, None
 
 
-def softcapped_cross_entropy(z, targets, cap: float):
-    return SoftcappedCrossEntropy.apply(z.reshape(-1, z.size(-1)), targets.reshape(-1), cap)
+def softcapped_cross_entropy(z, targets, cap: float, kernel: str = "torch"):
+    return SoftcappedCrossEntropy.apply(z.reshape(-1, z.size(-1)), targets.reshape(-1), cap, kernel)

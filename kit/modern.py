@@ -55,6 +55,7 @@ class ModernConfig:
     rope: str = "half"  # half: rotary on half the dimensions, frequencies 1 .. 1/1024 (the public record's); full: all, base 10000
     no_attn_layers: tuple = ()  # layers that keep only their MLP (the public record drops layer 7's attention)
     fused_loss: bool = False  # training loss through kit.losses / kit.fp8's soft-capped cross-entropy (keeps only bf16 logits)
+    loss_kernel: str = "torch"  # the fused loss's kernels: kit.losses' PyTorch code (compiled with the model) or kit.triton_loss's
     bigram_buckets: int = 0  # >0: a hashed embedding of each (previous, current) token pair, added to every block's input
     attn_gate_dims: int = 0  # >0: each head's output scaled by a sigmoid gate read from this many leading dimensions of the block input
 
@@ -393,8 +394,8 @@ class ModernGPT(nn.Module):
         bf16 logits (and, with the FP8 head, quantises the logits' gradient with a known scale)."""
         h = rms_norm(x).reshape(-1, x.size(-1))
         if self.lm_head.fp8:
-            return FP8SoftcappedHeadLoss.apply(h, self.lm_head.weight, targets.reshape(-1), self.config.softcap)
-        return softcapped_cross_entropy(self.lm_head(h), targets, self.config.softcap)
+            return FP8SoftcappedHeadLoss.apply(h, self.lm_head.weight, targets.reshape(-1), self.config.softcap, self.config.loss_kernel)
+        return softcapped_cross_entropy(self.lm_head(h), targets, self.config.softcap, self.config.loss_kernel)
 
     def compile_regions(self):
         """Compile each block and the head separately, in place ("regional compilation"): the 12
@@ -418,7 +419,8 @@ class ModernGPT(nn.Module):
         if self.config.attn == "flex" and flex_kernel_options(device):
             attention += ", small tiles for ~100 KB shared memory (sm86/sm89)"
         head = "FP8 in training (e4m3 inputs, e5m2 gradients, torch._scaled_mm), bf16 in evaluation" if self.config.fp8_head else "bf16/fp32 (no FP8)"
-        loss = "fused soft-capped cross-entropy (bf16 logits kept)" if self.config.fused_loss else "soft-cap + F.cross_entropy"
+        kernels = {"torch": "PyTorch, compiled with the model", "triton": "Triton kernels"}[self.config.loss_kernel]
+        loss = f"fused soft-capped cross-entropy (bf16 logits kept; {kernels})" if self.config.fused_loss else "soft-cap + F.cross_entropy"
         return f"attention: {attention} | head: {head} | loss: {loss}"
 
     def flops_per_token(self, seq_len: int) -> int:

@@ -6,9 +6,9 @@
 #   2 GPUs: GPU 0 the speedrun, its repeat and the value-embedding ablation; GPU 1 the baseline's
 #           50 steps on one GPU (the DDP reference), then the Muon and window-schedule ablations;
 #           last the same 50 baseline steps under torchrun on both GPUs.
-#   1 GPU:  the inference benchmark and a profile of a speedrun step while the shards arrive; the
-#           speedrun with the bigram embedding; its repeat if it met the must, else the speedrun
-#           without it (the same-lease control); the Muon ablation if device time is left.
+#   1 GPU:  while the shards arrive, the inference benchmark and the loss kernels' throughput
+#           (torch vs triton); then the speedrun with the bigram embedding and the Triton loss
+#           kernels, its repeat if it met the must, and the Muon ablation if device time is left.
 # (The proxy-scale baseline is measured: records/2026-11-29_h200_webmix_one_pass.)
 set -u
 LOGS=${1:-logs}
@@ -41,14 +41,16 @@ if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
   # (records/2026-11-29_h200_inference), so it scores 8,192 tokens
   python3 scripts/bench_inference.py --eval-tokens 8192 --out "$LOGS/bench_inference" > "$LOGS/bench_inference.console.txt" 2>&1; echo "inference bench: exit $?"
 fi
-# where a step's GPU time goes with the current defaults (about 2 minutes; needs only the first part's shard)
-python3 scripts/profile_step.py train_gpt2_speedrun.py --data webmix --progress lines > "$LOGS/profile_step.txt" 2>&1; echo "profile: exit $?"
+# the loss kernels side by side (about 3 minutes; needs only the first part's shard)
+python3 scripts/bench.py --rows scripts/rows/speedrun_loss_kernel.json --common "--data webmix --progress lines" --steps 10 --warmup-steps 3 \
+  --row-timeout 200 --out "$LOGS/bench_loss_kernel" > "$LOGS/bench_loss_kernel.console.txt" 2>&1; echo "loss-kernel bench: exit $?"
 wait_for_shards || exit 1
 if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
-  # the bigram embedding first: the current defaults alone project to ~320 s (records/NOT_RUN.md), and
-  # a run that meets the must needs its repeat in the same lease
-  speedrun bigram
-  if met_must "$LOGS/speedrun_webmix/bigram"; then speedrun bigram_repeat; else speedrun best; fi
+  # the defaults took 319.3 s and the bigram embedding 314.1 s (records/2026-11-29_h200_speedrun_bigram);
+  # the Triton loss kernels are meant to remove most of the ~25 ms per micro-batch the loss takes.
+  # A run that meets the must needs its repeat in the same lease.
+  speedrun bigram_triton
+  met_must "$LOGS/speedrun_webmix/bigram_triton" && speedrun bigram_triton_repeat
   speedrun no_muon
   echo "done $(date -u +%T)"; exit 0
 fi

@@ -29,6 +29,7 @@ flags_for() {
     batch_ramp) echo "--batch-ramp-start 0.5 --batch-ramp-frac 0.3" ;;
     align_bos) echo "--align-bos 1" ;;
     bigram|bigram_repeat) echo "--bigram-buckets 251520" ;;  # 5 x 50,304 rows, as the public record of 2026-01-19
+    bigram_triton|bigram_triton_repeat) echo "--bigram-buckets 251520 --loss-kernel triton" ;;
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
@@ -40,7 +41,7 @@ for name in $RUNS; do
   python3 train_gpt2_speedrun.py --data webmix --export 0 --progress lines --out-dir "$OUT/$name" $extra "$@" > "$OUT/$name.console.txt" 2>&1
   echo "$name: exit $? $(grep -E '^(reached|finished)' "$OUT/$name.console.txt" | tail -1)"
 done
-done_runs=$(for r in best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos bigram bigram_repeat; do [ -f "$OUT/$r/summary.json" ] && echo "$OUT/$r"; done)
+done_runs=$(for r in best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos bigram bigram_repeat bigram_triton bigram_triton_repeat; do [ -f "$OUT/$r/summary.json" ] && echo "$OUT/$r"; done)
 # shellcheck disable=SC2086
 [ -n "$done_runs" ] && python3 scripts/compare.py $done_runs --out "$OUT"
 exit 0

@@ -1,6 +1,7 @@
 """GPU-only checks of the CUDA paths the CPU suite cannot reach (skipped without CUDA). On a lent
 GPU: `python3 -m pytest -q tests/test_gpu.py` (about a minute)."""
 
+import re
 import subprocess
 import sys
 
@@ -28,16 +29,41 @@ def test_compiled_batched_newton_schulz_matches_eager():
         assert ((compiled - eager).norm() / eager.norm()).item() < 0.1
 
 
-def test_speedrun_on_cuda_uses_flex_and_does_not_recompile_after_warm_up(tmp_path, isolated_data_dir):
+def tiny_compiled_speedrun(out_dir, data_dir, *extra):
     cmd = [sys.executable, "train_gpt2_speedrun.py", "--model-size", "tiny", "--data", "synthetic", "--seq-len", "256",
            "--batch-tokens", "1024", "--val-tokens", "1024", "--max-steps", "6", "--val-every", "3", "--export", "1",
-           "--progress", "lines", "--out-dir", str(tmp_path)]
-    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(KIT_DATA_DIR=isolated_data_dir, TORCH_LOGS="recompiles", PYTHONUNBUFFERED=1),
+           "--progress", "lines", "--out-dir", str(out_dir), *extra]
+    result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(KIT_DATA_DIR=data_dir, TORCH_LOGS="recompiles", PYTHONUNBUFFERED=1),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "FlexAttention (block-sparse, compiled)" in result.stdout
     after_warmup = result.stdout.split("warm-up (compile, kernel set-up)", 1)[1]
     assert "Recompiling function" not in after_warmup, after_warmup[:3000]
+    return result.stdout
+
+
+def test_speedrun_on_cuda_uses_flex_and_does_not_recompile_after_warm_up(tmp_path, isolated_data_dir):
+    assert "FlexAttention (block-sparse, compiled)" in tiny_compiled_speedrun(tmp_path, isolated_data_dir)
+
+
+def test_triton_loss_kernels_on_cuda_equal_the_reference():
+    pytest.importorskip("triton")
+    from test_triton_loss import KERNEL_CHECKS
+
+    checks = {}
+    exec(KERNEL_CHECKS, checks)
+    checks["check_kernels"]("cuda")
+    checks["check_kernels"]("cuda", n=2048, v=50304)  # the real vocabulary: 393 column tiles
+    checks["check_losses_through_autograd"]("cuda", v=512)
+
+
+def test_speedrun_with_triton_loss_kernels_trains_like_the_default(tmp_path, isolated_data_dir):
+    """Whole-model compile with the kernels as custom ops: no recompiles, and the same final loss."""
+    pytest.importorskip("triton")
+    final = re.compile(r"final val loss ([0-9.]+)")
+    default = tiny_compiled_speedrun(tmp_path / "torch", isolated_data_dir)
+    triton = tiny_compiled_speedrun(tmp_path / "triton", isolated_data_dir, "--loss-kernel", "triton")
+    assert "Triton kernels" in triton
+    assert abs(float(final.search(triton).group(1)) - float(final.search(default).group(1))) < 0.02
 
 
 def test_cached_generation_on_cuda_equals_recomputation():

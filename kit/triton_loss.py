@@ -1,0 +1,129 @@
+"""The soft-capped cross-entropy as two Triton kernels (kit.losses holds the PyTorch reference).
+
+For logits z (N, V) and capped logits c = cap * tanh(z / cap):
+- stats: one pass over each row gives lse = logsumexp(c) and the row's loss lse - c[target].
+  c < cap, so exp(c - cap) <= 1 needs no running maximum.
+- grad: one pass over (rows x columns) tiles gives d(loss)/dz = (softmax(c) - one_hot) *
+  (1 - tanh^2) times a scale, written in the output dtype (bf16, or e5m2 for the FP8 head), and
+  for the FP8 head also transposed: the weight-gradient product needs the V x N layout, which
+  would otherwise cost a separate transpose of the whole gradient.
+tanh comes from one exp (tanh(u) = 1 - 2 / (exp(2u) + 1)) instead of libdevice's tanh.
+
+Why: on an H200 the Inductor kernels for this loss took ~25 ms per micro-batch of 98,304 x
+50,304 logits (records/2026-11-29_h200_speedrun_bigram/profile_step.txt), where one pass over
+the bf16 logits is ~2 ms of memory traffic. Unmeasured: see records/NOT_RUN.md.
+
+Both kernels are wrapped as torch.library custom ops, so a compiled model calls them as they are.
+On a CPU they run only under Triton's interpreter (TRITON_INTERPRET=1), which the tests use.
+"""
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the kit runs without Triton (CPU wheels of PyTorch do not ship it)
+    triton = None
+
+STATS_BLOCK_V = 2048
+GRAD_BLOCK_N, GRAD_BLOCK_V = 64, 128
+
+
+def available(device) -> bool:
+    """Whether these kernels can run on tensors of this device."""
+    import os
+
+    if triton is None:
+        return False
+    return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+if triton is not None:
+
+    @triton.jit
+    def _tanh_and_capped(z, cap):
+        t = 1.0 - 2.0 / (tl.exp(z * (2.0 / cap)) + 1.0)
+        return t, cap * t
+
+    @triton.jit
+    def _round_to_e5m2_precision(x):
+        """x (fp32) rounded to nearest-even at e5m2's 2 mantissa bits, so that the conversion to
+        e5m2 that follows is exact for normal values on every backend (Triton's CPU interpreter
+        mis-rounds values whose rounding carries into the exponent: 1.9 became 1.0)."""
+        bits = x.to(tl.int32, bitcast=True)
+        bits = (bits + 0xFFFFF + ((bits >> 21) & 1)) & -0x200000  # 21 dropped bits; -0x200000 == 0xFFE00000
+        return bits.to(tl.float32, bitcast=True)
+
+    @triton.jit
+    def _stats_kernel(z_ptr, targets_ptr, lse_ptr, loss_ptr, V, stride_z, cap, BLOCK_V: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        row_start = z_ptr + row * stride_z
+        total = tl.zeros([BLOCK_V], dtype=tl.float32)
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            z = tl.load(row_start + cols, mask=cols < V, other=0.0).to(tl.float32)
+            _, capped = _tanh_and_capped(z, cap)
+            total += tl.where(cols < V, tl.exp(capped - cap), 0.0)
+        lse = cap + tl.log(tl.sum(total, axis=0))
+        target = tl.load(targets_ptr + row)
+        _, capped_target = _tanh_and_capped(tl.load(row_start + target).to(tl.float32), cap)
+        tl.store(lse_ptr + row, lse)
+        tl.store(loss_ptr + row, lse - capped_target)
+
+    @triton.jit
+    def _grad_kernel(z_ptr, targets_ptr, lse_ptr, scale_ptr, g_ptr, gt_ptr, N, V, stride_z, cap,
+                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, TRANSPOSED: tl.constexpr, E5M2: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        cols = tl.program_id(1) * BLOCK_V + tl.arange(0, BLOCK_V)
+        in_rows, in_cols = rows < N, cols < V
+        inside = in_rows[:, None] & in_cols[None, :]
+        rows64, cols64 = rows.to(tl.int64), cols.to(tl.int64)
+        z = tl.load(z_ptr + rows64[:, None] * stride_z + cols64[None, :], mask=inside, other=0.0).to(tl.float32)
+        lse = tl.load(lse_ptr + rows, mask=in_rows, other=0.0)
+        target = tl.load(targets_ptr + rows, mask=in_rows, other=-1)
+        t, capped = _tanh_and_capped(z, cap)
+        one_hot = tl.where(cols[None, :] == target[:, None], 1.0, 0.0)
+        g = (tl.exp(capped - lse[:, None]) - one_hot) * (1.0 - t * t) * tl.load(scale_ptr)
+        if E5M2:
+            g = _round_to_e5m2_precision(g)
+        g = g.to(g_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
+        tl.store(g_ptr + rows64[:, None] * V + cols64[None, :], g, mask=inside)
+        if TRANSPOSED:
+            tl.store(gt_ptr + cols64[:, None] * N + rows64[None, :], tl.trans(g), mask=tl.trans(inside))
+
+
+@torch.library.custom_op("kit::softcapped_ce_stats", mutates_args=())
+def softcapped_ce_stats(z: torch.Tensor, targets: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logsumexp of each row's capped logits, each row's loss), both fp32 (N,)."""
+    n, v = z.shape
+    z = z if z.stride(1) == 1 else z.contiguous()
+    lse = torch.empty(n, dtype=torch.float32, device=z.device)
+    loss = torch.empty_like(lse)
+    _stats_kernel[(n,)](z, targets, lse, loss, v, z.stride(0), cap, BLOCK_V=STATS_BLOCK_V, num_warps=8)
+    return lse, loss
+
+
+@softcapped_ce_stats.register_fake
+def _(z, targets, cap):
+    return z.new_empty(z.size(0), dtype=torch.float32), z.new_empty(z.size(0), dtype=torch.float32)
+
+
+@torch.library.custom_op("kit::softcapped_ce_grad", mutates_args=())
+def softcapped_ce_grad(z: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor, scale: torch.Tensor, cap: float,
+                       out_dtype: torch.dtype, transposed: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale x d(summed loss)/dz as (N, V) in out_dtype, the same as (V, N) if transposed else an empty tensor)."""
+    n, v = z.shape
+    z = z if z.stride(1) == 1 else z.contiguous()
+    g = torch.empty(n, v, dtype=out_dtype, device=z.device)
+    gt = torch.empty((v, n) if transposed else (0, 0), dtype=out_dtype, device=z.device)
+    grid = (triton.cdiv(n, GRAD_BLOCK_N), triton.cdiv(v, GRAD_BLOCK_V))
+    _grad_kernel[grid](z, targets, lse, scale.float().reshape(1), g, gt, n, v, z.stride(0), cap,
+                       BLOCK_N=GRAD_BLOCK_N, BLOCK_V=GRAD_BLOCK_V, TRANSPOSED=transposed,
+                       E5M2=out_dtype == torch.float8_e5m2, num_warps=4)
+    return g, gt
+
+
+@softcapped_ce_grad.register_fake
+def _(z, targets, lse, scale, cap, out_dtype, transposed):
+    n, v = z.shape
+    return z.new_empty(n, v, dtype=out_dtype), z.new_empty((v, n) if transposed else (0, 0), dtype=out_dtype)

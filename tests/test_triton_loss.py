@@ -1,0 +1,122 @@
+"""The Triton kernels of the soft-capped cross-entropy (kit/triton_loss.py) against the PyTorch
+reference (kit/losses.py). On a CPU they run under Triton's interpreter, in a child process
+because TRITON_INTERPRET is read when the kernels are defined; the same checks run on CUDA in
+tests/test_gpu.py."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, subprocess_env
+
+pytest.importorskip("triton", reason="Triton is not installed (GPU builds of PyTorch ship it; requirements-dev.txt adds it for CI)")
+
+# Checks shared with the GPU test: check_kernels(device) raises AssertionError on a mismatch.
+KERNEL_CHECKS = r'''
+import torch
+from kit import triton_loss
+from kit.fp8 import E5M2, E5M2_HEADROOM
+from kit.losses import softcapped_grad_unscaled, softcapped_logsumexp_and_loss
+
+
+def check_kernels(device, n=70, v=300):
+    """Odd sizes leave partial tiles in both directions."""
+    g = torch.Generator().manual_seed(0)
+    z = (8 * torch.randn(n, v, generator=g)).to(torch.bfloat16).to(device)
+    targets = torch.randint(0, v, (n,), generator=g).to(device)
+    lse, rows = triton_loss.softcapped_ce_stats(z, targets, 15.0)
+    ref_lse, ref_loss = softcapped_logsumexp_and_loss(z, targets, 15.0)
+    torch.testing.assert_close(lse, ref_lse, rtol=0, atol=1e-5)
+    torch.testing.assert_close(rows.mean(), ref_loss, rtol=0, atol=1e-5)
+
+    ref_grad = softcapped_grad_unscaled(z, targets, ref_lse, 15.0)
+    scale = torch.tensor(0.37, device=device)
+    for dtype, atol in ((torch.float32, 1e-6), (torch.bfloat16, 4e-3)):
+        grad, empty = triton_loss.softcapped_ce_grad(z, targets, ref_lse, scale, 15.0, dtype, False)
+        assert grad.dtype == dtype and grad.shape == (n, v) and empty.numel() == 0
+        torch.testing.assert_close(grad.float(), ref_grad * 0.37, rtol=0, atol=atol)
+
+    g8, g8t = triton_loss.softcapped_ce_grad(z, targets, ref_lse, torch.tensor(E5M2_HEADROOM, device=device), 15.0, E5M2, True)
+    assert g8.dtype == E5M2 and g8t.shape == (v, n)
+    assert torch.equal(g8t.float().t(), g8.float())  # the transposed copy is the same gradient
+    scaled = ref_grad * E5M2_HEADROOM
+    expected = scaled.to(E5M2).float()
+    normal = scaled.abs() >= 2.0 ** -14  # e5m2's normal range; below it, one subnormal step (2^-16) apart at most
+    assert torch.equal(g8.float()[normal], expected[normal])
+    assert (g8.float() - expected).abs().max().item() <= 2.0 ** -16
+    assert normal.float().mean().item() > 0.5  # the exact check covered most elements
+
+
+def check_losses_through_autograd(device, v=500):
+    """The fused losses give the same loss and gradients with either kernel (CUDA's FP8 products
+    want every size a multiple of 16: v=512 there)."""
+    from kit.fp8 import FP8SoftcappedHeadLoss
+    from kit.losses import softcapped_cross_entropy
+
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.randn(96, 64, generator=g).to(device)
+    w0 = (0.3 * torch.randn(v, 64, generator=g)).to(device)
+    targets = torch.randint(0, v, (96,), generator=g).to(device)
+    results = {}
+    for kernel in ("torch", "triton"):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        fp8 = FP8SoftcappedHeadLoss.apply(x, w, targets, 15.0, kernel)
+        (0.25 * fp8).backward()
+        z = (x0 @ w0.t()).to(torch.bfloat16).requires_grad_()
+        plain = softcapped_cross_entropy(z, targets, 15.0, kernel)
+        plain.backward()
+        results[kernel] = (fp8.detach(), x.grad, w.grad, plain.detach(), z.grad.float())
+    names = ("fp8 loss", "fp8 grad x", "fp8 grad w", "loss", "grad z")
+    for name, a, b in zip(names, results["torch"], results["triton"]):
+        # the bf16 gradient of z may round the other way where the two tanh differ in the last fp32 bits
+        rtol = 2.0 ** -7 if name == "grad z" else 1e-4
+        torch.testing.assert_close(b, a, rtol=rtol, atol=1e-7, msg=name)
+'''
+
+
+def run_interpreted(code: str):
+    result = subprocess.run([sys.executable, "-c", KERNEL_CHECKS + code], cwd=REPO, env=subprocess_env(TRITON_INTERPRET="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "ok" in result.stdout
+
+
+def test_kernels_equal_the_pytorch_reference_in_the_interpreter():
+    run_interpreted("check_kernels('cpu'); print('ok')")
+
+
+def test_fused_losses_train_alike_with_either_kernel_in_the_interpreter():
+    run_interpreted("check_losses_through_autograd('cpu'); print('ok')")
+
+
+def test_round_to_e5m2_precision_matches_torch_for_normal_values():
+    """The kernel rounds at e5m2's precision before converting (Triton's interpreter mis-rounds
+    carries into the exponent, e.g. 1.9 -> 1.0): nearest-even, ties included."""
+    run_interpreted(r'''
+import triton, triton.language as tl
+
+@triton.jit
+def round_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    i = tl.arange(0, BLOCK)
+    tl.store(y_ptr + i, triton_loss._round_to_e5m2_precision(tl.load(x_ptr + i, mask=i < n)), mask=i < n)
+
+x = torch.tensor([1.9, 1.125, 1.375, -1.875, 3.5, 1e-3, -0.7, 57344.0, 2.0 ** -14, 1.0 + 2.0 ** -3])
+y = torch.empty_like(x)
+round_kernel[(1,)](x, y, len(x), BLOCK=16)
+assert torch.equal(y, x.to(E5M2).float()), (y, x.to(E5M2).float())
+print('ok')
+''')
+
+
+def test_loss_kernel_choice_falls_back_or_says_why(capsys):
+    """auto takes PyTorch's kernels where Triton cannot run; asking for Triton there is a clear error."""
+    import train_gpt2_speedrun as speedrun
+    from kit.train import main
+
+    assert speedrun.loss_kernel(speedrun.Hyperparameters(device="cpu", loss_kernel="auto")) == "torch"
+    tiny = ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--seq-len", "128", "--batch-tokens", "256", "--max-steps", "1"]
+    for extra, message in ((["--loss-kernel", "triton"], "--loss-kernel triton needs Triton and a CUDA GPU (this run has no GPU)"),
+                           (["--loss-kernel", "triton", "--fused-loss", "0"], "--loss-kernel triton is the fused loss's kernel: it needs --fused-loss 1")):
+        assert main(speedrun.RECIPE, tiny + extra) != 0
+        assert message in capsys.readouterr().err
