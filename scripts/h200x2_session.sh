@@ -6,9 +6,10 @@
 #   2 GPUs: GPU 0 the speedrun, its repeat and the value-embedding ablation; GPU 1 the baseline's
 #           50 steps on one GPU (the DDP reference), then the Muon and window-schedule ablations;
 #           last the same 50 baseline steps under torchrun on both GPUs.
-#   1 GPU:  while the shards arrive, the inference benchmark and the loss kernels' throughput
-#           (torch vs triton); then the speedrun with the bigram embedding and the Triton loss
-#           kernels, its repeat if it met the must, and the Muon ablation if device time is left.
+#   1 GPU:  while the shards arrive, the loss kernels' throughput (torch vs triton); then the
+#           speedrun with the bigram embedding and the Triton loss kernels (if they measured
+#           faster), its repeat if it met the must, the inference benchmark, and the Muon ablation
+#           if device time is left.
 # (The proxy-scale baseline is measured: records/2026-11-29_h200_webmix_one_pass.)
 set -u
 LOGS=${1:-logs}
@@ -41,11 +42,10 @@ met_must() {  # the issue's must: webmix 3.64 reached in under 303 s of training
 
 echo "start $(date -u +%T)"
 timeout 300 python3 -m pytest -q tests/test_gpu.py > "$LOGS/gpu_tests.txt" 2>&1; echo "GPU tests: $(tail -n 1 "$LOGS/gpu_tests.txt")"  # while the shards arrive
-if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
-  # random weights; scoring token by token through the cache is ~1,250 s per million tokens on an H200
-  # (records/2026-11-29_h200_inference), so it scores 8,192 tokens
+
+inference_bench() {  # random weights; 8,192 tokens scored one at a time through the cache (52.9 s before the cache fix)
   python3 scripts/bench_inference.py --eval-tokens 8192 --out "$LOGS/bench_inference" > "$LOGS/bench_inference.console.txt" 2>&1; echo "inference bench: exit $?"
-fi
+}
 # the loss kernels side by side (about 3 minutes; needs only the first part's shard)
 python3 scripts/bench.py --rows scripts/rows/speedrun_loss_kernel.json --common "--data webmix --progress lines" --steps 10 --warmup-steps 3 \
   --row-timeout 200 --out "$LOGS/bench_loss_kernel" > "$LOGS/bench_loss_kernel.console.txt" 2>&1; echo "loss-kernel bench: exit $?"
@@ -61,6 +61,7 @@ if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
     echo "the Triton loss kernels are not faster (or failed): the bigram run's repeat instead"
     speedrun bigram_repeat
   fi
+  inference_bench  # about 2 minutes
   speedrun no_muon
   echo "done $(date -u +%T)"; exit 0
 fi
