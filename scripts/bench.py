@@ -4,8 +4,10 @@
     python scripts/bench.py --row "defaults=train_gpt2.py" --row "sdpa=train_gpt2.py --attn sdpa" --out logs/bench
 
 Each row runs as its own process for --warmup-steps + --steps optimizer steps (validation only
-on a small set at the end, no export); its ms/step is the median over the --steps steps after
-the warm-up ones. Same model size and batch across rows unless a row's flags say otherwise.
+at the end, on --val-tokens tokens of each validation set; no export); its ms/step is the median
+over the --steps steps after the warm-up ones. The end-of-run validation losses are in the
+table too: with enough steps (e.g. --steps 60 --val-tokens 2097152), rows of equal batch compare
+their loss at an equal token budget. Same model size and batch across rows unless a row's flags say otherwise.
 MFU is taken against the GPU's datasheet bf16 peak (kit/hw.py), or, for a GPU not in that
 table, against a bf16 matrix product measured here (--peak-flops overrides both).
 Writes bench.json and bench.md into --out, and prints the table.
@@ -78,7 +80,8 @@ def run_row(row: dict, args, out: Path) -> dict:
     s = run.summary
     result.update(ms_per_step=ms, tokens_per_s=s["tokens"] / s["steps"] / (ms / 1000), micro_batch=s["micro_batch"],
                   peak_mem_gib=s["peak_mem_gib"], flops_per_token=s["flops_per_token"], device_name=s["device_name"],
-                  batch_tokens=s["tokens"] // s["steps"], attn=s["attn"], dtype=s["dtype"], compile=s["compile"])
+                  batch_tokens=s["tokens"] // s["steps"], attn=s["attn"], dtype=s["dtype"], compile=s["compile"],
+                  tokens=s["tokens"], val_loss=s.get("final_val_loss"), val_loss_fineweb_sample=s.get("final_val_loss_fineweb_sample"))
     return result
 
 
@@ -97,14 +100,16 @@ def fmt_flops(peak) -> str:
 
 def markdown(results: list[dict], header: str) -> str:
     base = next((r for r in results if "tokens_per_s" in r), None)
-    lines = [f"Device: {header}", "", "| row | flags | micro-batch | ms/step | tokens/s | MFU | peak GiB | vs first row |", "|" + "---|" * 8]
+    columns = ["row", "flags", "micro-batch", "ms/step", "tokens/s", "MFU", "peak GiB", "vs first row", "tokens", "val loss", "fineweb_sample"]
+    lines = [f"Device: {header}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
         if "tokens_per_s" not in r:
-            lines.append(f"| {r['label']} | `{shlex.join(r['flags'])}` | failed (exit {r['exit_code']}) | - | - | - | - | - |")
+            lines.append(f"| {r['label']} | `{shlex.join(r['flags'])}` | failed (exit {r['exit_code']}) |" + " - |" * (len(columns) - 3))
             continue
         lines.append(
             f"| {r['label']} | `{shlex.join(r['flags'])}` | {r['micro_batch']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
-            f"{report.fmt(r['mfu'], '.1%')} | {report.fmt(r['peak_mem_gib'], '.1f')} | {report.ratio(r['tokens_per_s'], base['tokens_per_s'])} |"
+            f"{report.fmt(r['mfu'], '.1%')} | {report.fmt(r['peak_mem_gib'], '.1f')} | {report.ratio(r['tokens_per_s'], base['tokens_per_s'])} | "
+            f"{r['tokens']:,} | {report.fmt(r['val_loss'], '.4f')} | {report.fmt(r['val_loss_fineweb_sample'], '.4f')} |"
         )
     return "\n".join(lines)
 

@@ -118,7 +118,10 @@ def test_bench_mfu_is_the_hand_count(tmp_path):
     assert row["ms_per_step"] == pytest.approx(statistics.median(times))
     assert row["tokens_per_s"] == pytest.approx(256 / (row["ms_per_step"] / 1000))
     assert row["mfu"] == pytest.approx(row["tokens_per_s"] * by_hand / 1e12)
-    assert "| tiny |" in (tmp_path / "bench.md").read_text()
+    summary = json.loads((tmp_path / "tiny" / "summary.json").read_text())
+    assert row["tokens"] == 4 * 256 and row["val_loss"] == summary["final_val_loss"]  # the loss at this row's token budget
+    table = (tmp_path / "bench.md").read_text()
+    assert "| tiny |" in table and f"| 1,024 | {summary['final_val_loss']:.4f} |" in table
 
 
 def test_sweep_survives_a_failing_configuration_and_resumes(tmp_path, capsys):
