@@ -81,9 +81,6 @@ def softcapped_grad_unscaled(z, targets, lse, cap: float):
     return grad * (1 - (capped / cap) ** 2)
 
 
-LOSS_KERNELS = ("torch", "triton")  # kit.losses' PyTorch code (compiled with the model), or kit.triton_loss
-
-
 def softcapped_stats(z, targets, cap: float, kernel: str = "torch"):
     """(logsumexp per row, mean loss) of the capped logits, with the chosen kernel."""
     if kernel == "triton":

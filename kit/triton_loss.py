@@ -17,6 +17,8 @@ Both kernels are wrapped as torch.library custom ops, so a compiled model calls 
 On a CPU they run only under Triton's interpreter (TRITON_INTERPRET=1), which the tests use.
 """
 
+import os
+
 import torch
 
 try:
@@ -31,8 +33,6 @@ GRAD_BLOCK_N, GRAD_BLOCK_V = 64, 128
 
 def available(device) -> bool:
     """Whether these kernels can run on tensors of this device."""
-    import os
-
     if triton is None:
         return False
     return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
