@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One lease for issues 5 and 6: every row of a rows file side by side against the baseline in one
+# call, with throughput, MFU, memory and the webmix / fineweb_sample loss after an equal token
+# budget (63 steps x 524,288 = 33M tokens, 19% of a webmix pass; each row on its own warmup +
+# cosine schedule scaled to those steps). Needs staged parts 1 and 2 (scripts/stage_part.sh:
+# val, fineweb_sample and train shards 1-3, 75M tokens). Started like h200x2_session.sh:
+#   setsid nohup bash scripts/equal_budget_session.sh logs variants > logs/session.txt 2>&1 < /dev/null &
+#   (ROWS: variants = the user's scripts, issue 5; ideas = the seed's ideas, issue 6; LR_SCALE=3
+#   repeats the rows at 3x the baseline's learning rate, the first check of each row's LR)
+set -u
+LOGS=${1:-logs}
+ROWS=${2:-variants}
+export PYTHONUNBUFFERED=1
+mkdir -p "$LOGS"
+for _ in $(seq 600); do  # the second part's shards
+  [ "$(ls data/webmix/webmix_train_*.bin 2>/dev/null | wc -l)" -ge 3 ] && [ -f data/webmix/fineweb_sample_val.bin ] && break
+  sleep 1
+done
+lr_flag=""
+[ -n "${LR_SCALE:-}" ] && lr_flag="--lr $(python3 -c "print(6e-4 * ${LR_SCALE})")"
+echo "start $(date -u +%T) rows=$ROWS ${lr_flag}"
+python3 scripts/bench.py --rows "scripts/rows/$ROWS.json" --common "--data webmix --compile 1 $lr_flag" --steps 60 --warmup-steps 3 \
+  --val-tokens 2097152 --row-timeout 300 --out "$LOGS/bench_$ROWS${LR_SCALE:+_lr$LR_SCALE}"
+echo "done $(date -u +%T) exit $?"
