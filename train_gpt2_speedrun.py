@@ -79,7 +79,6 @@ class Hyperparameters(TrainConfig):
     bigram_buckets: int = field(default=0, metadata={"help": "bigram hash embedding with this many rows (0: off; the public record uses 5 x 50,304 = 251,520), "
                                                          "added to every block's input; Adam at the embeddings' lr"})
     attn_gate: int = field(default=12, metadata={"help": "attention output gate: a sigmoid per head read from this many leading dimensions of the block input (0: off)"})
-    reference_steps: int = 1770
     compile_mode: str = field(default="whole", metadata={"choices": ["regional", "whole"], "help": "whole: the full model (1.06x the tokens/s of regional on an H200, cold compile ~76 s); regional: each block compiled once and reused"})
     fused_loss: bool = field(default=True, metadata={"help": "soft-capped cross-entropy whose backward keeps only the bf16 logits (FP8 head: gradient quantised with a known scale); 0: soft-cap + F.cross_entropy"})
     loss_kernel: str = field(default="torch", metadata={"choices": ["auto", "torch", "triton"], "help": "the fused loss's kernels: torch (its PyTorch code, compiled with the model), "

@@ -104,18 +104,11 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
+        from kit.losses import softcapped_grad
+
         *operands, z, targets, lse = ctx.saved_tensors
-        g8, g8_transposed = quantized_logit_gradient(z, targets, lse, ctx.cap, ctx.kernel)
+        headroom = torch.full((), E5M2_HEADROOM, device=z.device)
+        g8, g8_transposed = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel, transposed=True)
         g_inv = (grad_loss.float() / (z.size(0) * E5M2_HEADROOM)).reshape(())
         return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype, g8_transposed), None, None, None
 
-
-def quantized_logit_gradient(z, targets, lse, cap: float, kernel: str):
-    """(the soft-capped loss's gradient of z times E5M2_HEADROOM in e5m2, the same transposed or None)."""
-    if kernel == "triton":  # one pass writes both layouts
-        from kit.triton_loss import softcapped_ce_grad
-
-        return softcapped_ce_grad(z, targets, lse, torch.full((), E5M2_HEADROOM, device=z.device), cap, E5M2, True)
-    from kit.losses import softcapped_grad_unscaled
-
-    return (softcapped_grad_unscaled(z, targets, lse, cap) * E5M2_HEADROOM).to(E5M2), None

@@ -167,9 +167,14 @@ def cached_attention(attn, x, cache, layer: int, slots: CacheSlots):
     q, k, v = attn.heads(x)
     cache.write(layer, slots, k, v)
     keys, values = cache.read(layer, slots)
-    keys, values = share_heads(keys.to(q.dtype), values.to(q.dtype), q.size(1))
+    return attn.merge(attend_cached(q, *share_heads(keys, values, q.size(1)), slots.mask))
+
+
+def attend_cached(q, keys, values, allowed, scale=None):
+    """Attention of the new tokens' queries over the cached keys and values, allowed (B, n, L)
+    saying which of them each query sees (causal, padding, windows, documents)."""
     with sdpa_kernel(MASKED_ATTENTION_BACKENDS):
-        return attn.merge(F.scaled_dot_product_attention(q, keys, values, attn_mask=slots.mask[:, None]))
+        return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None], scale=scale)
 
 
 def cached_mla(attn, x, cache, layer: int, slots: CacheSlots, positions):
@@ -198,10 +203,10 @@ def cached_mla(attn, x, cache, layer: int, slots: CacheSlots, positions):
     return attn.c_proj(y.reshape(B, n, H * D))
 
 
-def cache_mask(lengths, n: int, device, width: int = None):
+def cache_mask(lengths, n: int, device, width: int):
     """(B, n, width): new token i of a sequence of (then) `length` tokens sees positions <= length - n + i
     (width: the slots read, at least the longest length)."""
-    kv_pos = torch.arange(width or max(lengths), device=device)
+    kv_pos = torch.arange(width, device=device)
     q_pos = torch.tensor([length - n for length in lengths], device=device)[:, None] + torch.arange(n, device=device)
     return kv_pos[None, None, :] <= q_pos[:, :, None]
 
@@ -229,9 +234,7 @@ def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: Cach
     kv_pos = torch.arange(allowed.size(-1), device=x.device)
     allowed &= (positions[:, :, None] // BLOCK - kv_pos[None, None, :] // BLOCK) < window_blocks
     allowed &= docs.gather(1, positions)[:, :, None] == docs[:, None, :]  # docs: (B, L) document of every cached token
-    with sdpa_kernel(MASKED_ATTENTION_BACKENDS):
-        y = F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None], scale=cfg.attn_scale)
-    return attn.output(y, x)
+    return attn.output(attend_cached(q, keys, values, allowed, cfg.attn_scale), x)
 
 
 @torch.no_grad()

@@ -9,6 +9,8 @@ set -u
 OUT=${1:-logs/speedrun_webmix}
 shift || true
 RUNS=${RUNS:-"best repeat fit_24gb no_muon no_value_embeds no_window_schedule"}
+# every training run flags_for knows, in the order of the comparison table (fit_24gb is a memory check, not compared)
+COMPARED="best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos bigram bigram_repeat bigram_triton bigram_triton_repeat"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 n=$(ls data/webmix/webmix_train_*.bin 2>/dev/null | wc -l)
@@ -41,7 +43,7 @@ for name in $RUNS; do
   python3 train_gpt2_speedrun.py --data webmix --export 0 --progress lines --out-dir "$OUT/$name" $extra "$@" > "$OUT/$name.console.txt" 2>&1
   echo "$name: exit $? $(grep -E '^(reached|finished)' "$OUT/$name.console.txt" | tail -1)"
 done
-done_runs=$(for r in best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos bigram bigram_repeat bigram_triton bigram_triton_repeat; do [ -f "$OUT/$r/summary.json" ] && echo "$OUT/$r"; done)
+done_runs=$(for r in $COMPARED; do [ -f "$OUT/$r/summary.json" ] && echo "$OUT/$r"; done)
 # shellcheck disable=SC2086
 [ -n "$done_runs" ] && python3 scripts/compare.py $done_runs --out "$OUT"
 exit 0
