@@ -27,8 +27,10 @@ try:
 except ImportError:  # the kit runs without Triton (CPU wheels of PyTorch do not ship it)
     triton = None
 
-STATS_BLOCK_V = 2048
+STATS_BLOCK_V = 2048  # the interpreter's tiles; on a GPU, autotuning picks from the configs below
 GRAD_BLOCK_N, GRAD_BLOCK_V = 64, 128
+STATS_CONFIGS = [(1024, 4), (2048, 8), (4096, 8), (8192, 16)]  # (BLOCK_V, warps)
+GRAD_CONFIGS = [(64, 128, 4), (32, 256, 4), (64, 256, 8), (128, 128, 8), (16, 512, 4), (128, 64, 4)]  # (BLOCK_N, BLOCK_V, warps)
 
 
 def available(device) -> bool:
@@ -92,6 +94,17 @@ if triton is not None:
             tl.store(gt_ptr + cols64[:, None] * N + rows64[None, :], tl.trans(g), mask=tl.trans(inside))
 
 
+    # On a GPU each shape is timed once per config at its first call (about a second) and the
+    # fastest kept; the interpreter runs the fixed tiles above.
+    _stats_tuned = triton.autotune([triton.Config({"BLOCK_V": b}, num_warps=w) for b, w in STATS_CONFIGS], key=["V"])(_stats_kernel)
+    _grad_tuned = triton.autotune([triton.Config({"BLOCK_N": bn, "BLOCK_V": bv}, num_warps=w) for bn, bv, w in GRAD_CONFIGS],
+                                  key=["N", "V", "TRANSPOSED", "E5M2"])(_grad_kernel)
+
+
+def _interpreted(t: torch.Tensor) -> bool:
+    return t.device.type != "cuda"
+
+
 @torch.library.custom_op("kit::softcapped_ce_stats", mutates_args=())
 def softcapped_ce_stats(z: torch.Tensor, targets: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(logsumexp of each row's capped logits, each row's loss), both fp32 (N,)."""
@@ -99,7 +112,10 @@ def softcapped_ce_stats(z: torch.Tensor, targets: torch.Tensor, cap: float) -> t
     z = z if z.stride(1) == 1 else z.contiguous()
     lse = torch.empty(n, dtype=torch.float32, device=z.device)
     loss = torch.empty_like(lse)
-    _stats_kernel[(n,)](z, targets, lse, loss, v, z.stride(0), cap, BLOCK_V=STATS_BLOCK_V, num_warps=8)
+    if _interpreted(z):
+        _stats_kernel[(n,)](z, targets, lse, loss, v, z.stride(0), cap, BLOCK_V=STATS_BLOCK_V)
+    else:
+        _stats_tuned[(n,)](z, targets, lse, loss, v, z.stride(0), cap)
     return lse, loss
 
 
@@ -116,10 +132,13 @@ def softcapped_ce_grad(z: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor
     z = z if z.stride(1) == 1 else z.contiguous()
     g = torch.empty(n, v, dtype=out_dtype, device=z.device)
     gt = torch.empty((v, n) if transposed else (0, 0), dtype=out_dtype, device=z.device)
-    grid = (triton.cdiv(n, GRAD_BLOCK_N), triton.cdiv(v, GRAD_BLOCK_V))
-    _grad_kernel[grid](z, targets, lse, scale.float().reshape(1), g, gt, n, v, z.stride(0), cap,
-                       BLOCK_N=GRAD_BLOCK_N, BLOCK_V=GRAD_BLOCK_V, TRANSPOSED=transposed,
-                       E5M2=out_dtype == torch.float8_e5m2, num_warps=4)
+    args = (z, targets, lse, scale.float().reshape(1), g, gt, n, v, z.stride(0), cap)
+    flags = dict(TRANSPOSED=transposed, E5M2=out_dtype == torch.float8_e5m2)
+    if _interpreted(z):
+        grid = (triton.cdiv(n, GRAD_BLOCK_N), triton.cdiv(v, GRAD_BLOCK_V))
+        _grad_kernel[grid](*args, BLOCK_N=GRAD_BLOCK_N, BLOCK_V=GRAD_BLOCK_V, **flags)
+    else:
+        _grad_tuned[lambda meta: (triton.cdiv(n, meta["BLOCK_N"]), triton.cdiv(v, meta["BLOCK_V"]))](*args, **flags)
     return g, gt
 
 

@@ -40,12 +40,20 @@ def check_kernels(device, n=70, v=300):
     g8, g8t = triton_loss.softcapped_ce_grad(z, targets, ref_lse, torch.tensor(E5M2_HEADROOM, device=device), 15.0, E5M2, True)
     assert g8.dtype == E5M2 and g8t.shape == (v, n)
     assert torch.equal(g8t.float().t(), g8.float())  # the transposed copy is the same gradient
-    scaled = ref_grad * E5M2_HEADROOM
-    expected = scaled.to(E5M2).float()
-    normal = scaled.abs() >= 2.0 ** -14  # e5m2's normal range; below it, one subnormal step (2^-16) apart at most
+    # The kernel's own fp32 gradient (checked against the reference above) must round to exactly
+    # its e5m2 output. Against the reference's rounding, an element within an ulp of a rounding
+    # boundary may land one e5m2 step away (found at 2,048 x 50,304 on an H200), never further.
+    headroom = torch.tensor(E5M2_HEADROOM, device=device)
+    own, _ = triton_loss.softcapped_ce_grad(z, targets, ref_lse, headroom, 15.0, torch.float32, False)
+    expected = own.to(E5M2).float()
+    normal = own.abs() >= 2.0 ** -14  # e5m2's normal range; below it, one subnormal step (2^-16) apart at most
     assert torch.equal(g8.float()[normal], expected[normal])
     assert (g8.float() - expected).abs().max().item() <= 2.0 ** -16
     assert normal.float().mean().item() > 0.5  # the exact check covered most elements
+    reference = (ref_grad * E5M2_HEADROOM).to(E5M2).float()
+    apart = (g8.float() - reference)[normal].abs()
+    assert (apart <= reference[normal].abs() / 4 * 1.001).all()  # e5m2 keeps 2 mantissa bits
+    assert (apart > 0).float().mean().item() < 1e-4
 
 
 def check_losses_through_autograd(device, v=500):

@@ -1,0 +1,94 @@
+"""Time the soft-capped loss's kernels alone, at the speedrun's micro-batch, on a CUDA GPU.
+
+    python3 scripts/bench_loss_kernels.py [--rows 98304] [--vocab 50304] [--out DIR]
+
+Rows: the compiled PyTorch reference (stats; e5m2 gradient plus its transposed copy), the
+Triton kernels of kit/triton_loss.py at each of its autotuning configs, with and without the
+transposed copy, and its custom ops as autotuned. Each row prints milliseconds per call and the bytes it must move per millisecond, so a
+kernel far below the GPU's memory bandwidth shows where the time goes. Writes bench_loss_kernels.json.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from kit import triton_loss  # noqa: E402
+from kit.fp8 import E5M2, E5M2_HEADROOM  # noqa: E402
+from kit.losses import softcapped_grad_unscaled, softcapped_logsumexp_and_loss  # noqa: E402
+
+CAP = 15.0
+
+
+def time_ms(fn, repeats: int = 10) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / repeats
+
+
+def reference_rows(z, targets):
+    stats = torch.compile(lambda z, t: softcapped_logsumexp_and_loss(z, t, CAP))
+    grad = torch.compile(lambda z, t, lse: (softcapped_grad_unscaled(z, t, lse, CAP) * E5M2_HEADROOM).to(E5M2).t().contiguous())
+    lse, _ = stats(z, targets)
+    yield "torch stats (compiled)", time_ms(lambda: stats(z, targets)), z.numel() * 2
+    yield "torch grad e5m2 + transposed copy (compiled)", time_ms(lambda: grad(z, targets, lse)), z.numel() * 4
+
+
+def triton_rows(z, targets):
+    n, v = z.shape
+    lse = torch.empty(n, dtype=torch.float32, device=z.device)
+    loss = torch.empty_like(lse)
+    for block_v, warps in triton_loss.STATS_CONFIGS:
+        run = lambda: triton_loss._stats_kernel[(n,)](z, targets, lse, loss, v, z.stride(0), CAP, BLOCK_V=block_v, num_warps=warps)
+        yield f"triton stats BLOCK_V={block_v} warps={warps}", time_ms(run), z.numel() * 2
+    scale = torch.full((1,), E5M2_HEADROOM, device=z.device)
+    g = torch.empty(n, v, dtype=E5M2, device=z.device)
+    gt = torch.empty(v, n, dtype=E5M2, device=z.device)
+    for block_n, block_v, warps in triton_loss.GRAD_CONFIGS:
+        grid = (-(-n // block_n), -(-v // block_v))
+        for transposed in (True, False):
+            run = lambda: triton_loss._grad_kernel[grid](z, targets, lse, scale, g, gt, n, v, z.stride(0), CAP, BLOCK_N=block_n,
+                                                         BLOCK_V=block_v, TRANSPOSED=transposed, E5M2=True, num_warps=warps)
+            label = f"triton grad e5m2{' + transposed' if transposed else ''} {block_n}x{block_v} warps={warps}"
+            yield label, time_ms(run), z.numel() * (4 if transposed else 3)
+    # the custom ops as the speedrun calls them: autotuned over the configs above
+    yield "triton stats (autotuned op)", time_ms(lambda: triton_loss.softcapped_ce_stats(z, targets, CAP)), z.numel() * 2
+    yield "triton grad e5m2 + transposed (autotuned op)", time_ms(
+        lambda: triton_loss.softcapped_ce_grad(z, targets, lse, scale, CAP, E5M2, True)), z.numel() * 4
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=98304, help="logit rows (tokens) per call: the speedrun's micro-batch")
+    parser.add_argument("--vocab", type=int, default=50304)
+    parser.add_argument("--out", default=None, help="folder for bench_loss_kernels.json")
+    args = parser.parse_args()
+    if not torch.cuda.is_available() or not triton_loss.available("cuda"):
+        sys.exit("needs a CUDA GPU and Triton")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = (8 * torch.randn(args.rows, args.vocab, device="cuda", generator=g)).to(torch.bfloat16)
+    targets = torch.randint(0, args.vocab, (args.rows,), device="cuda", generator=g)
+    results = []
+    print(f"{torch.cuda.get_device_name()}: logits {args.rows} x {args.vocab} bf16")
+    print("| kernel | ms | GB/s moved |\n|---|---|---|")
+    for label, ms, nbytes in (*reference_rows(z, targets), *triton_rows(z, targets)):
+        results.append({"kernel": label, "ms": round(ms, 3), "gb_per_s": round(nbytes / ms / 1e6, 1)})
+        print(f"| {label} | {ms:.2f} | {nbytes / ms / 1e6:,.0f} |", flush=True)
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "bench_loss_kernels.json"), "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": args.rows, "vocab": args.vocab, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
