@@ -108,7 +108,7 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
 
         *operands, z, targets, lse = ctx.saved_tensors
         headroom = torch.full((), E5M2_HEADROOM, device=z.device)
-        g8, g8_transposed = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel, transposed=True)
+        g8, g8_transposed = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel, transposed=False)
         g_inv = (grad_loss.float() / (z.size(0) * E5M2_HEADROOM)).reshape(())
         return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype, g8_transposed), None, None, None
 
