@@ -40,11 +40,10 @@ def fp8_product(x, w):
     return y, (x8, x_inv, w8, w_inv)
 
 
-def fp8_gradient_products(g8, g_inv, operands, w_dtype, g8_transposed=None):
-    """(grad x, grad w) of y = x @ w^T from the e5m2 gradient of y and the forward's FP8 operands
-    (g8_transposed: g8 already laid out as (M, N), else transposed here)."""
+def fp8_gradient_products(g8, g_inv, operands, w_dtype):
+    """(grad x, grad w) of y = x @ w^T from the e5m2 gradient of y and the forward's FP8 operands."""
     x8, x_inv, w8, w_inv = operands
-    g8_transposed = g8.t().contiguous() if g8_transposed is None else g8_transposed
+    g8_transposed = g8.t().contiguous()  # the weight-gradient product takes g8 as (M, N), row-major
     grad_x = torch._scaled_mm(g8, column_major(w8), scale_a=g_inv, scale_b=w_inv, out_dtype=torch.bfloat16)
     grad_w = torch._scaled_mm(g8_transposed, column_major(x8), scale_a=g_inv, scale_b=x_inv, out_dtype=torch.float32)
     return grad_x, grad_w.to(w_dtype)
@@ -108,7 +107,7 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
 
         *operands, z, targets, lse = ctx.saved_tensors
         headroom = torch.full((), E5M2_HEADROOM, device=z.device)
-        g8, g8_transposed = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel, transposed=False)
+        g8 = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel)
         g_inv = (grad_loss.float() / (z.size(0) * E5M2_HEADROOM)).reshape(())
-        return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype, g8_transposed), None, None, None
+        return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype), None, None, None
 

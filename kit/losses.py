@@ -91,15 +91,13 @@ def softcapped_stats(z, targets, cap: float, kernel: str = "torch"):
     return softcapped_logsumexp_and_loss(z, targets, cap)
 
 
-def softcapped_grad(z, targets, lse, cap: float, scale, out_dtype, kernel: str = "torch", transposed: bool = False):
-    """(scale x d(summed loss)/dz in out_dtype, the same laid out as (V, N) or None). Only the Triton
-    kernel writes the transposed copy (in the same pass); callers transpose where they get None."""
+def softcapped_grad(z, targets, lse, cap: float, scale, out_dtype, kernel: str = "torch"):
+    """scale x d(summed loss)/dz in out_dtype, with the chosen kernel."""
     if kernel == "triton":
         from kit.triton_loss import softcapped_ce_grad
 
-        grad, grad_t = softcapped_ce_grad(z, targets, lse, scale, cap, out_dtype, transposed)
-        return grad, grad_t if transposed else None
-    return (softcapped_grad_unscaled(z, targets, lse, cap) * scale).to(out_dtype), None
+        return softcapped_ce_grad(z, targets, lse, scale, cap, out_dtype)
+    return (softcapped_grad_unscaled(z, targets, lse, cap) * scale).to(out_dtype)
 
 
 class SoftcappedCrossEntropy(torch.autograd.Function):
@@ -115,8 +113,7 @@ class SoftcappedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         z, targets, lse = ctx.saved_tensors
-        grad, _ = softcapped_grad(z, targets, lse, ctx.cap, grad_loss / z.size(0), z.dtype, ctx.kernel)
-        return grad, None, None, None
+        return softcapped_grad(z, targets, lse, ctx.cap, grad_loss / z.size(0), z.dtype, ctx.kernel), None, None, None
 
 
 def softcapped_cross_entropy(z, targets, cap: float, kernel: str = "torch"):

@@ -10,7 +10,7 @@ OUT=${1:-logs/speedrun_webmix}
 shift || true
 RUNS=${RUNS:-"best repeat fit_24gb no_muon no_value_embeds no_window_schedule"}
 # every training run flags_for knows, in the order of the comparison table (fit_24gb is a memory check, not compared)
-COMPARED="best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos bigram bigram_repeat bigram_triton bigram_triton_repeat steps410 steps410_repeat steps400 steps400_repeat"
+COMPARED="best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos no_bigram torch_loss steps440"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 n=$(ls data/webmix/webmix_train_*.bin 2>/dev/null | wc -l)
@@ -26,16 +26,14 @@ flags_for() {
     no_window_schedule) echo "--window-schedule 0" ;;
     # beyond the default set (RUNS="..." picks them): the recipe as first measured (c7059fe: all but its fp32
     # residual stream and its window rounding, which are no longer switches), and candidates to try
-    recipe_c7059fe) echo "--rope full --skip-attn-layers none --muon-split-qkv 0 --cooldown-frac 0.4 --attn-gate 0 --muon-tall-scale 1 --muon-momentum-warmup 75 --adam-eps 3.93216e-5" ;;
+    recipe_c7059fe) echo "--rope full --skip-attn-layers none --muon-split-qkv 0 --cooldown-frac 0.4 --attn-gate 0 --muon-tall-scale 1 --muon-momentum-warmup 75 --adam-eps 3.93216e-5 --bigram-buckets 0 --max-steps 440" ;;
     polar) echo "--muon-coefficients polar --muon-lr 0.06" ;;  # with the Muon lr of the public record that adopted it
     batch_ramp) echo "--batch-ramp-start 0.5 --batch-ramp-frac 0.3" ;;
     align_bos) echo "--align-bos 1" ;;
-    bigram|bigram_repeat) echo "--bigram-buckets 251520" ;;  # 5 x 50,304 rows, as the public record of 2026-01-19
-    bigram_triton|bigram_triton_repeat) echo "--bigram-buckets 251520 --loss-kernel triton" ;;
-    # the bigram runs crossed 3.64 at ~95% of the 440-step schedule: a shorter schedule anneals sooner;
-    # validate every 3 steps over its last 8% so the crossing is measured to within 3 steps
-    steps410|steps410_repeat) echo "--bigram-buckets 251520 --loss-kernel triton --max-steps 410 --late-val-every 3 --late-val-frac 0.08" ;;
-    steps400|steps400_repeat) echo "--bigram-buckets 251520 --loss-kernel triton --max-steps 400 --late-val-every 3 --late-val-frac 0.08" ;;
+    # the defaults' latest additions, one at a time (records/2026-11-29_h200_speedrun_steps410)
+    no_bigram) echo "--bigram-buckets 0" ;;
+    torch_loss) echo "--loss-kernel torch" ;;
+    steps440) echo "--max-steps 440 --late-val-every 5 --late-val-frac 0.15" ;;  # one whole pass, the earlier preset
     *) echo "unknown run $1" >&2; return 1 ;;
   esac
 }
