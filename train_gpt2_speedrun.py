@@ -76,6 +76,8 @@ class Hyperparameters(TrainConfig):
     rope: str = field(default="half", metadata={"choices": ["half", "full"], "help": "half: rotary on half the head dimensions, frequencies 1..1/1024 (the public record's); full: every dimension, base 10000"})
     skip_attn_layers: str = field(default="auto", metadata={"help": "comma-separated layers without attention (MLP only); auto: layer 7 of the 12-layer model, as in the public record; none: every layer attends"})
     muon_coefficients: str = field(default="quintic", metadata={"choices": ["quintic", "polar"], "help": "Newton-Schulz: the fixed quintic, or Polar Express's per-iteration ones (tighter orthogonalisation)"})
+    normuon: bool = field(default=False, metadata={"help": "NorMuon (arXiv 2510.05491): each output neuron's orthogonalised update divided by its running RMS (beta 0.95), "
+                                                     "the matrix's update norm kept; unmeasured"})
     muon_split_qkv: bool = field(default=True, metadata={"help": "orthogonalise Q, K and V's weights separately (0: the fused QKV matrix as one)"})
     muon_tall_scale: bool = field(default=False, metadata={"help": "1: tall matrices (the MLP's 3072x768 input projection) step sqrt(rows/cols) = 2x further; "
                                                                 "0: every matrix steps lr (the public recipe since 2025-08, which stores that matrix transposed)"})
@@ -179,7 +181,8 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
         groups = [g for g in ({"params": qkv, "split": 3}, {"params": others}) if g["params"]]
     else:
         groups = [{"params": hidden}]
-    muon = Muon(groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, coefficients=cfg.muon_coefficients, tall_scale=cfg.muon_tall_scale)
+    muon = Muon(groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, coefficients=cfg.muon_coefficients, tall_scale=cfg.muon_tall_scale,
+                row_beta=0.95 if cfg.normuon else 0.0)
     for group in muon.param_groups:
         group["base_lr"] = cfg.muon_lr
     return [adam, muon]

@@ -68,6 +68,34 @@ def test_muon_without_tall_scale_steps_lr_for_every_shape():
         torch.testing.assert_close(p.detach(), b - 0.1 * newton_schulz(d), atol=2e-2, rtol=0)
 
 
+def test_normuon_equalises_the_rows_of_the_update_and_keeps_its_norm():
+    """row_beta > 0: each output row of the orthogonalised update divided by its running RMS, the
+    matrix's (each split matrix's) Frobenius norm kept. A tall matrix's orthogonalised rows differ
+    in length, so the test can tell."""
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(96, 32))
+    p.grad = torch.randn(96, 32)
+    orthogonalised = newton_schulz(0.19 * p.grad, dtype=torch.float32)  # the first Nesterov step, as above
+    row_norms = orthogonalised.norm(dim=1)
+    assert row_norms.max() > 1.5 * row_norms.min()
+    before = p.detach().clone()
+    opt = Muon([p], lr=0.1, momentum=0.9, tall_scale=False, row_beta=0.95)
+    opt.step()
+    update = (before - p.detach()) / 0.1
+    torch.testing.assert_close(update.norm(dim=1), torch.full((96,), orthogonalised.norm().item() / 96 ** 0.5), rtol=1e-4, atol=0)
+    torch.testing.assert_close(opt.state[p]["row_second_moment"].view(96), 0.05 * orthogonalised.square().mean(dim=1), rtol=1e-4, atol=0)
+
+    fused = torch.nn.Parameter(torch.cat([torch.randn(16, 32), 5 * torch.randn(16, 32), torch.randn(16, 32)]))
+    fused.grad = torch.cat([torch.randn(16, 32), 3 * torch.randn(16, 32), torch.randn(16, 32)])
+    pieces = [newton_schulz(0.19 * g, dtype=torch.float32) for g in fused.grad.view(3, 16, 32)]
+    before = fused.detach().clone()
+    Muon([fused], lr=0.1, momentum=0.9, split=3, tall_scale=False, row_beta=0.95).step()
+    for piece, applied in zip(pieces, ((before - fused.detach()) / 0.1).view(3, 16, 32)):
+        torch.testing.assert_close(applied.norm(), piece.norm(), rtol=1e-4, atol=0)
+    with pytest.raises(ValueError, match="row_beta"):
+        Muon([torch.nn.Parameter(torch.zeros(4, 4))], row_beta=1.0)
+
+
 def test_muon_split_treats_stacked_matrices_as_separate_parameters():
     """split=3 (a fused QKV weight) steps each third as its own matrix; same-shape matrices batched
     in one optimizer step as they would one by one."""
