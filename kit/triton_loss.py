@@ -92,7 +92,6 @@ if triton is not None:
         g = g.to(g_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
         tl.store(g_ptr + rows64[:, None] * V + cols64[None, :], g, mask=inside)
 
-
     # On a GPU each shape is timed once per config at its first call (about a second) and the
     # fastest kept; the interpreter runs the fixed tiles above.
     _stats_tuned = triton.autotune([triton.Config({"BLOCK_V": b}, num_warps=w) for b, w in STATS_CONFIGS], key=["V"])(_stats_kernel)

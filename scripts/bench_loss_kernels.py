@@ -55,7 +55,7 @@ def triton_rows(z, targets):
     scale = torch.full((1,), E5M2_HEADROOM, device=z.device)
     g = torch.empty(n, v, dtype=E5M2, device=z.device)
     for block_n, block_v, warps in triton_loss.GRAD_CONFIGS:
-        grid = (-(-n // block_n), -(-v // block_v))
+        grid = (triton_loss.triton.cdiv(n, block_n), triton_loss.triton.cdiv(v, block_v))
         run = lambda: triton_loss._grad_kernel[grid](z, targets, lse, scale, g, n, v, z.stride(0), CAP, BLOCK_N=block_n,
                                                      BLOCK_V=block_v, E5M2=True, num_warps=warps)
         yield f"triton grad e5m2 {block_n}x{block_v} warps={warps}", time_ms(run), z.numel() * 3
