@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # For a lent GPU machine: wait, then report a background session's progress and pack its logs.
 #   bash scripts/poll.sh SECONDS [LOGS]
+# The lent machine goes back after ~30 s without a call in flight, taking every background run
+# with it: chain polls back to back for as long as a session runs.
 # Sleeps SECONDS (keeping the call, and so the machine, busy), prints the session log and the
 # last validation and step lines of every run console, and packs LOGS (default logs) without
 # checkpoints or weights into $OUT/logs.tgz when $OUT is set, so results survive the machine.
