@@ -7,7 +7,7 @@
 #           50 steps on one GPU (the DDP reference), then the Muon and window-schedule ablations;
 #           last the same 50 baseline steps under torchrun on both GPUs.
 #   1 GPU:  the Triton kernels' GPU check and the 24 GB fit while the shards arrive; the ablation
-#           (value embeddings, window schedule, Muon); the other GPU tests; the inference benchmark.
+#           (Muon, value embeddings, window schedule); the other GPU tests; the inference benchmark.
 # (The proxy-scale baseline is measured: records/2026-11-29_h200_webmix_one_pass.)
 set -u
 LOGS=${1:-logs}
@@ -40,7 +40,7 @@ if [ "$(nvidia-smi -L | wc -l)" -lt 2 ]; then
   timeout 120 python3 -m pytest -q tests/test_gpu.py -k kernels_on_cuda > "$LOGS/gpu_tests_kernels.txt" 2>&1; echo "kernel tests: $(tail -n 1 "$LOGS/gpu_tests_kernels.txt")"
   speedrun fit_24gb
   wait_for_shards || exit 1
-  speedrun no_value_embeds no_window_schedule no_muon
+  speedrun no_muon no_value_embeds no_window_schedule  # most important first, should the lease run short
   timeout 300 python3 -m pytest -q tests/test_gpu.py > "$LOGS/gpu_tests.txt" 2>&1; echo "GPU tests: $(tail -n 1 "$LOGS/gpu_tests.txt")"
   inference_bench  # about 2 minutes
   echo "done $(date -u +%T)"; exit 0
