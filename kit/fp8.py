@@ -12,6 +12,8 @@ Weights stay fp32 (or bf16) parameters; only the copies fed to the products are 
 import torch
 import torch.nn as nn
 
+from kit.losses import softcapped_grad, softcapped_stats
+
 E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
 
@@ -93,8 +95,6 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, targets, cap: float, kernel: str = "torch"):
-        from kit.losses import softcapped_stats
-
         z, operands = fp8_product(x, w)
         lse, loss = softcapped_stats(z, targets, cap, kernel)
         ctx.save_for_backward(*operands, z, targets, lse)
@@ -103,8 +103,6 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):
-        from kit.losses import softcapped_grad
-
         *operands, z, targets, lse = ctx.saved_tensors
         headroom = torch.full((), E5M2_HEADROOM, device=z.device)
         g8 = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel)

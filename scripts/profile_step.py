@@ -3,7 +3,7 @@
     python scripts/profile_step.py train_gpt2_speedrun.py --data webmix [flags...]
 
 Builds the recipe's trainer exactly as a run would (same micro-batch, compile, optimizers),
-warms it up, runs two untimed steps, then profiles --steps (2) steps with the longest attention
+warms it up, runs two unprofiled steps, then profiles two steps with the longest attention
 window the recipe reaches, and prints the ops by total CUDA time.
 """
 
