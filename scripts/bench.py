@@ -57,23 +57,36 @@ def peak_for(device_name: str, override):
     return None, "none"
 
 
+def finished(run_dir: Path, steps: int) -> bool:
+    """Whether run_dir holds a completed run of exactly this many steps."""
+    summary = run_dir / "summary.json"
+    if not summary.exists():
+        return False
+    s = json.loads(summary.read_text())
+    return s.get("status") == "completed" and s.get("steps") == steps
+
+
 def run_row(row: dict, args, out: Path) -> dict:
     run_dir = out / row["label"]
     cmd = [sys.executable, row["script"], *shlex.split(args.common), *row["flags"],
            "--max-steps", str(args.warmup_steps + args.steps), "--val-every", "0", "--val-tokens", str(args.val_tokens),
            "--export", "0", "--progress", "lines", "--out-dir", str(run_dir)]
-    print(f"[bench] {row['label']}: {shlex.join(cmd[1:])}", flush=True)
-    t0 = time.perf_counter()
-    with open(out / f"{row['label']}.console.txt", "w") as console:
-        try:
-            code = subprocess.run(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT, timeout=args.row_timeout).returncode
-        except subprocess.TimeoutExpired:
-            code = 124
-            console.write(f"bench: row stopped after --row-timeout {args.row_timeout}s\n")
-    result = {**row, "exit_code": code, "run_dir": str(run_dir), "process_s": time.perf_counter() - t0}
-    if code != 0 or not (run_dir / "summary.json").exists():
+    if finished(run_dir, args.warmup_steps + args.steps):  # a bench cut short and started again keeps its measured rows
+        print(f"[bench] {row['label']}: already measured in {run_dir}", flush=True)
+        result = {**row, "exit_code": 0, "run_dir": str(run_dir), "process_s": None}
+    else:
+        print(f"[bench] {row['label']}: {shlex.join(cmd[1:])}", flush=True)
+        t0 = time.perf_counter()
+        with open(out / f"{row['label']}.console.txt", "w") as console:
+            try:
+                code = subprocess.run(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT, timeout=args.row_timeout).returncode
+            except subprocess.TimeoutExpired:
+                code = 124
+                console.write(f"bench: row stopped after --row-timeout {args.row_timeout}s\n")
+        result = {**row, "exit_code": code, "run_dir": str(run_dir), "process_s": time.perf_counter() - t0}
+    if result["exit_code"] != 0 or not (run_dir / "summary.json").exists():
         tail = (out / f"{row['label']}.console.txt").read_text().strip().splitlines()[-1:] or [""]
-        print(f"[bench] {row['label']} failed (exit {code}): {tail[0]}", flush=True)
+        print(f"[bench] {row['label']} failed (exit {result['exit_code']}): {tail[0]}", flush=True)
         return result
     run = report.load_run(run_dir, row["label"])
     ms = report.steady_step_ms(run, skip=args.warmup_steps, count=args.steps)

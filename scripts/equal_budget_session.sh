@@ -6,7 +6,10 @@
 # val, fineweb_sample and train shards 1-3, 75M tokens). Started like h200x2_session.sh:
 #   setsid nohup bash scripts/equal_budget_session.sh logs variants > logs/session.txt 2>&1 < /dev/null &
 #   (ROWS: variants = the user's scripts, issue 5; ideas = the seed's ideas, issue 6; LR_SCALE=3
-#   repeats the rows at 3x the baseline's learning rate, the first check of each row's LR)
+#   repeats the rows at 3x the baseline's learning rate, the first check of each row's LR;
+#   variants_lr = the variants whose output layer or mixer differs from the baseline's, for that check)
+# Issue 5's lease, both passes (a pass started again skips the rows it already measured):
+#   (bash scripts/equal_budget_session.sh logs variants; LR_SCALE=3 bash scripts/equal_budget_session.sh logs variants_lr)
 set -u
 LOGS=${1:-logs}
 ROWS=${2:-variants}
