@@ -11,6 +11,10 @@ token's attention reads them instead of recomputing the prefix. They share one i
   crosses into it and all of a sequence's blocks return when it ends, so sequences of any
   lengths share one pool. Reading gathers a sequence's blocks through its table (the paged-
   attention idea; here with a gather and a standard attention kernel, not a fused one).
+- "static": the contiguous cache decoded at fixed shapes (every row, all max_len slots, a mask
+  for what each row has), so one decoding step is the same kernels every time: on CUDA it is
+  captured once as a CUDA graph and replayed, which removes the per-kernel launch cost that
+  bounds batch-1 decoding (records/2026-11-29_h200_inference_cache_fix: ~8 ms a token).
 """
 
 import math
@@ -35,9 +39,9 @@ class CacheSlots:
     positions: torch.Tensor  # (B, n) position of each new token in its sequence
     write_blocks: torch.Tensor  # (B, n) block of each new token
     write_offsets: torch.Tensor  # (B, n) its slot in that block
-    read_blocks: torch.Tensor  # (B, L) block of each position up to the longest sequence
+    read_blocks: torch.Tensor  # (B, L) block of each position up to the longest sequence; None: every slot of rows 0..B-1
     read_offsets: torch.Tensor  # (L,)
-    lengths: list  # each sequence's length after the new tokens
+    lengths: list  # each sequence's length after the new tokens (None in static decoding, where they stay on the GPU)
     mask: torch.Tensor  # (B, n, L): causal, and padding beyond a sequence's length masked
 
 
@@ -124,6 +128,8 @@ class PagedKVCache:
     def read(self, layer: int, slots: CacheSlots):
         """Keys and values of each sequence's tokens so far, the new ones included: (B, H, L, D)
         each, L the longest; shorter sequences read padding there (slots.mask hides it)."""
+        if slots.read_blocks is None:  # static decoding: the contiguous rows themselves, no copy
+            return self.k[layer], self.v[layer]
         k = self.k[layer][slots.read_blocks, :, slots.read_offsets]  # (B, L, H, D): one gather through the block table
         v = self.v[layer][slots.read_blocks, :, slots.read_offsets]
         return k.transpose(1, 2), v.transpose(1, 2)
@@ -288,6 +294,13 @@ def check_supported(model) -> None:
                          "the baseline and the variants built on it")
 
 
+def check_static(model) -> None:
+    check_supported(model)
+    if is_modern(model):
+        raise ValueError("static decoding serves kit.model.GPT (the baseline and the variants built on it); "
+                         "the speedrun's model decodes with the paged or contiguous cache")
+
+
 def cache_geometry(model) -> dict:
     """Heads and numbers per head the cache keeps per layer and token, for the model's attention."""
     if is_modern(model):
@@ -307,7 +320,13 @@ def forward_cached(model, idx, cache, sids):
     if is_modern(model):
         return forward_cached_modern(model, idx, cache, sids)
     cache.reserve(sids, idx.size(1))
-    slots = cache.slots(sids, idx.size(1), idx.device)
+    logits = forward_through_slots(model, idx, cache, cache.slots(sids, idx.size(1), idx.device))
+    cache.advance(sids, idx.size(1))
+    return logits
+
+
+def forward_through_slots(model, idx, cache, slots: CacheSlots):
+    """kit.model.GPT's forward for new tokens whose cache addresses are worked out already."""
     positions = slots.positions
     x = model.embed(idx, positions)
     for layer, block in enumerate(model.h):
@@ -317,8 +336,72 @@ def forward_cached(model, idx, cache, sids):
         else:
             x = x + cached_attention(block.attn, h, cache, layer, slots)
         x = x + block.mlp(block.ln_2(x))
-    cache.advance(sids, idx.size(1))
     return model.logits(model.ln_f(x))
+
+
+def static_slots(lengths, max_len: int) -> CacheSlots:
+    """Addresses for one new token in each row of a contiguous cache, from the rows' lengths
+    (B,) on the device: row b writes slot lengths[b] and reads all max_len slots, masked."""
+    positions = lengths[:, None]
+    rows = torch.arange(lengths.size(0), device=lengths.device)[:, None]
+    mask = torch.arange(max_len, device=lengths.device)[None, None, :] <= positions[:, :, None]
+    return CacheSlots(positions, rows, positions, None, None, None, mask)
+
+
+class StaticDecoder:
+    """One decoding step for every row of a ContiguousKVCache (sequence i in row i) at fixed
+    shapes. On CUDA the step is captured once as a CUDA graph (graph=None: where CUDA is) and
+    each call replays it; elsewhere it runs eagerly, the same arithmetic."""
+
+    def __init__(self, model, cache, graph=None):
+        check_static(model)
+        self.model, self.cache = model, cache
+        if any(cache.tables.get(row) != [row] for row in range(cache.k.size(1))):
+            raise ValueError("static decoding needs a fresh contiguous cache whose sequence i owns row i")
+        device = cache.k.device
+        batch, self.max_len = cache.k.size(1), cache.k.size(3)
+        self.tokens = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.graph = None
+        if graph if graph is not None else device.type == "cuda":
+            self._capture()
+
+    def _step(self):
+        return forward_through_slots(self.model, self.tokens, self.cache, static_slots(self.lengths, self.max_len))[:, -1]
+
+    def _capture(self):
+        """Warm up on a side stream (kernel choice, allocations), then record the step. The
+        warm-up writes keys and values at each row's next slot, which the first real step
+        overwrites before anything reads it. Autocast's weight cache cannot live in a graph."""
+        autocast = torch.is_autocast_enabled("cuda")
+        dtype = torch.get_autocast_dtype("cuda")
+        self.lengths.copy_(torch.tensor([self.cache.lengths[row] for row in range(self.lengths.size(0))]).clamp(max=self.max_len - 1))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
+            for _ in range(2):
+                self._step()
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
+            self.logits = self._step()
+
+    @torch.no_grad()
+    def __call__(self, tokens, rows):
+        """Logits (len(rows), V) for one new token of each of these rows; the other rows are
+        computed too (fixed shapes) but neither advance nor change anything they will read."""
+        for row, token in zip(rows, tokens):
+            if self.cache.lengths[row] >= self.max_len:
+                raise RuntimeError(f"sequence {row} would pass the cache's {self.max_len} slots")
+        self.tokens[rows, 0] = torch.tensor(tokens, device=self.tokens.device)
+        self.lengths.copy_(torch.tensor([min(self.cache.lengths[r], self.max_len - 1) for r in range(self.lengths.size(0))]))
+        if self.graph is not None:
+            self.graph.replay()
+            logits = self.logits
+        else:
+            logits = self._step()
+        self.cache.advance(rows, 1)
+        return logits[rows]
 
 
 def make_cache(model, kind: str, sequences: int, max_len: int, block_size: int = 64):
@@ -327,9 +410,9 @@ def make_cache(model, kind: str, sequences: int, max_len: int, block_size: int =
     geometry = dict(cache_geometry(model), device=next(model.parameters()).device, dtype=next(model.parameters()).dtype)
     if kind == "paged":
         return PagedKVCache(model.config.n_layer, num_blocks=sequences * math.ceil(max_len / block_size), block_size=block_size, **geometry)
-    if kind == "contiguous":
+    if kind in ("contiguous", "static"):
         return ContiguousKVCache(model.config.n_layer, max_batch=sequences, max_len=max_len, **geometry)
-    raise ValueError(f"cache must be paged, contiguous or none, not {kind!r}")
+    raise ValueError(f"cache must be paged, contiguous, static or none, not {kind!r}")
 
 
 # ----- sampling and generation -----
@@ -356,7 +439,8 @@ def generate(model, prompts, max_new_tokens: int, cache: str = "paged", temperat
              top_p: float = 1.0, stop_token=None, seed: int = 0, block_size: int = 64, on_token=None):
     """Continue each prompt (a list of token ids) by up to max_new_tokens tokens.
 
-    cache: "paged", "contiguous", or "none" (recompute the whole sequence every step: the
+    cache: "paged", "contiguous", "static" (contiguous, decoded at fixed shapes: a CUDA graph
+    on CUDA; kit.model.GPT only), or "none" (recompute the whole sequence every step: the
     reference). A sequence stops early at stop_token (kept in its output); with the paged cache
     its blocks return to the pool then. on_token(i, token) is called for every new token.
     """
@@ -387,8 +471,11 @@ def generate(model, prompts, max_new_tokens: int, cache: str = "paged", temperat
             active = [i for i, t in zip(active, tokens) if not emit(i, t)]
         return outputs
 
+    if cache == "static":
+        check_static(model)
     kv = make_cache(model, cache, len(prompts), longest, block_size)
     sid_of = {i: kv.add_sequence() for i in range(len(prompts))}
+    decoder = None
     last = {}
     for i, prompt in enumerate(prompts):  # prefill one by one: prompts differ in length
         last[i] = forward_cached(model, torch.tensor([prompt], device=device), kv, [sid_of[i]])[:, -1]
@@ -397,12 +484,16 @@ def generate(model, prompts, max_new_tokens: int, cache: str = "paged", temperat
         tokens = sample(torch.cat([last[i] for i in active]), temperature, top_k, top_p, generator).tolist()
         still = []
         for i, token in zip(active, tokens):
-            if emit(i, token):
-                kv.free_sequence(sid_of[i])
-            else:
+            if not emit(i, token):
                 still.append(i)
+            elif cache != "static":  # a static decoder keeps every row to the end
+                kv.free_sequence(sid_of[i])
         active = still
-        if active:
+        if active and cache == "static":
+            decoder = decoder or StaticDecoder(model, kv)
+            logits = decoder([outputs[i][-1] for i in active], [sid_of[i] for i in active])
+            last = {i: logits[j:j + 1] for j, i in enumerate(active)}
+        elif active:
             step = torch.tensor([[outputs[i][-1]] for i in active], device=device)
             logits = forward_cached(model, step, kv, [sid_of[i] for i in active])[:, -1]
             last = {i: logits[j:j + 1] for j, i in enumerate(active)}

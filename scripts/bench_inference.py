@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model-size", default="124m")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64])
-    parser.add_argument("--caches", type=lambda s: s.split(","), default=["none", "contiguous", "paged"])
+    parser.add_argument("--caches", type=lambda s: s.split(","), default=["none", "contiguous", "paged", "static"])
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--gqa-heads", type=int, default=4)

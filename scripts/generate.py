@@ -3,12 +3,15 @@
     python scripts/generate.py logs/my_run --prompt "The history of the city" --max-new-tokens 100
     python scripts/generate.py logs/my_run --prompt "A" --prompt "B" --temperature 0.8 --top-k 50 --top-p 0.95
     python scripts/generate.py logs/my_run --prompt "Hello" --cache none      # no KV cache (the reference)
+    python scripts/generate.py logs/my_run --prompt "Hello" --cache static    # fixed-shape decoding, a CUDA graph on CUDA
 
 The run directory is what a train script wrote (config.json, summary.json, model.safetensors or
 checkpoints/). Prompts are tokenized offline (GPT-2 BPE) after a document start token. With one
 prompt the text streams as it comes; with several, each is printed when all are done. The KV
-cache (paged by default, blocks of 64 tokens) serves the baseline and the variants built on its
-GPT; other models (the speedrun's) generate by recomputing the sequence (--cache none).
+cache (paged by default, blocks of 64 tokens) serves the baseline, the variants built on its GPT
+and the speedrun's model; other models generate by recomputing the sequence (--cache none).
+--cache static (the baseline's GPT and its variants) replays one captured decoding step per
+token, for batch-1 speed.
 """
 
 import argparse
@@ -21,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kit.errors import run_cli  # noqa: E402
-from kit.inference import check_supported, generate  # noqa: E402
+from kit.inference import check_static, check_supported, generate  # noqa: E402
 from kit.runs import load_model  # noqa: E402
 from kit.tokenizer import EOT, gpt2_encoding  # noqa: E402
 
@@ -51,13 +54,20 @@ def main(argv=None) -> str:
     parser.add_argument("--temperature", type=float, default=0.8, help="0: greedy")
     parser.add_argument("--top-k", type=int, default=50, help="0: no limit")
     parser.add_argument("--top-p", type=float, default=0.95)
-    parser.add_argument("--cache", choices=["paged", "contiguous", "none"], default="paged")
+    parser.add_argument("--cache", choices=["paged", "contiguous", "static", "none"], default="paged",
+                        help="static: contiguous, decoded at fixed shapes through a CUDA graph on CUDA (kit.model.GPT only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
 
     model, _, _ = load_model(args.run_dir, args.device)
     cache = args.cache
+    if cache == "static":
+        try:
+            check_static(model)
+        except ValueError as e:
+            print(f"{e}; using the contiguous cache", file=sys.stderr)
+            cache = "contiguous"
     if cache != "none":
         try:
             check_supported(model)
@@ -79,7 +89,8 @@ def main(argv=None) -> str:
         for prompt, out in zip(args.prompt, outputs):
             print(f"--- {prompt}{encoding.decode([t for t in out if t != EOT])}")
     new = sum(len(o) for o in outputs)
-    return f"{new} tokens in {seconds:.2f} s ({new / seconds:.1f} tokens/s, cache: {cache}, device: {args.device})"
+    path = cache + (", CUDA graph" if cache == "static" and args.device.startswith("cuda") else "")
+    return f"{new} tokens in {seconds:.2f} s ({new / seconds:.1f} tokens/s, cache: {path}, device: {args.device})"
 
 
 if __name__ == "__main__":

@@ -79,3 +79,23 @@ def test_cached_generation_on_cuda_equals_recomputation():
     reference = generate(model, prompts, 20, cache="none")
     assert generate(model, prompts, 20, cache="paged") == reference
     assert generate(model, prompts, 20, cache="contiguous") == reference
+    assert generate(model, prompts, 20, cache="static") == reference  # decoding replays a CUDA graph
+
+
+def test_static_decoding_graph_replays_what_it_computes_eagerly():
+    from kit.inference import StaticDecoder, forward_cached, make_cache
+    from kit.model import GPT, gpt_config
+
+    torch.manual_seed(0)
+    model = GPT(gpt_config("tiny", block_size=128)).cuda().eval()
+    idx = torch.randint(0, 50257, (3, 40), device="cuda")
+    logits = {}
+    with torch.autocast("cuda", dtype=torch.bfloat16):  # as the inference benchmark runs it
+        for graph in (False, True):
+            cache = make_cache(model, "static", sequences=3, max_len=40)
+            sids = [cache.add_sequence() for _ in range(3)]
+            forward_cached(model, idx[:, :30], cache, sids)
+            decoder = StaticDecoder(model, cache, graph=graph)
+            assert (decoder.graph is not None) == graph
+            logits[graph] = torch.stack([decoder(idx[:, t].tolist(), sids) for t in range(30, 40)], 1)
+    torch.testing.assert_close(logits[True], logits[False], atol=0, rtol=0)

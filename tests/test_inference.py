@@ -22,7 +22,7 @@ def tiny_model():
 PROMPTS = [[50256, 11, 22, 33, 44], [50256, 5], [7, 8, 9, 10, 11, 12, 13, 14, 15]]
 
 
-@pytest.mark.parametrize("cache", ["paged", "contiguous"])
+@pytest.mark.parametrize("cache", ["paged", "contiguous", "static"])
 def test_greedy_generation_with_a_cache_equals_recomputation(cache):
     model = tiny_model()
     reference = generate(model, PROMPTS, max_new_tokens=12, cache="none")
@@ -57,6 +57,27 @@ def test_a_stopped_sequence_returns_its_blocks_and_the_others_go_on():
     for out, ref in zip(outputs, reference):
         assert out == ref[: len(out)]
     assert any(len(o) == 10 for o in outputs)
+    assert generate(model, PROMPTS, max_new_tokens=10, cache="static", stop_token=stop) == outputs  # its row decodes on, unread
+
+
+def test_static_decoding_equals_the_full_pass_and_leaves_finished_rows_alone():
+    from kit.inference import StaticDecoder, make_cache
+
+    model = tiny_model()
+    idx = torch.randint(0, 50257, (2, 10))
+    cache = make_cache(model, "static", sequences=2, max_len=10)
+    sids = [cache.add_sequence(), cache.add_sequence()]
+    forward_cached(model, idx[:, :6], cache, sids)
+    decoder = StaticDecoder(model, cache, graph=False)
+    steps = [decoder(idx[:, t].tolist(), sids) for t in range(6, 9)]
+    with torch.no_grad():
+        full = model(idx)
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 6:9], atol=1e-4, rtol=1e-4)
+    kept = cache.k[:, 0, :, :9].clone()
+    decoder([int(idx[1, 9])], [1])  # row 0 finished: computed at fixed shape, but its slots and length stay
+    assert torch.equal(cache.k[:, 0, :, :9], kept) and cache.lengths == {0: 9, 1: 10}
+    with pytest.raises(RuntimeError, match="pass the cache's 10 slots"):
+        decoder([1], [1])
 
 
 def test_block_pool_never_leaks_or_overlaps():
@@ -138,12 +159,12 @@ def load_script(name):
 def test_generate_cli_streams_and_the_cache_changes_nothing(baseline_run, capsys):
     generate_cli = load_script("generate")
     outputs = {}
-    for cache in ("paged", "none"):
+    for cache in ("paged", "static", "none"):
         line = generate_cli.main([str(baseline_run), "--prompt", "The city", "--max-new-tokens", "8", "--temperature", "0",
                                   "--cache", cache, "--device", "cpu"])
         outputs[cache] = capsys.readouterr().out
         assert re.match(rf"\d+ tokens in [\d.]+ s \([\d.]+ tokens/s, cache: {cache}, device: cpu\)$", line), line
-    assert outputs["paged"] == outputs["none"] and outputs["paged"].startswith("The city")
+    assert outputs["paged"] == outputs["static"] == outputs["none"] and outputs["paged"].startswith("The city")
     generate_cli.main([str(baseline_run), "--prompt", "A", "--prompt", "Longer prompt here", "--max-new-tokens", "4", "--device", "cpu"])
     printed = capsys.readouterr().out
     assert printed.count("--- ") == 2
@@ -166,6 +187,9 @@ def test_speedrun_run_generates_with_its_cache_and_stays_in_the_kit_format(tmp_p
         assert f"cache: {cache}" in line
         printed[cache] = capsys.readouterr().out
     assert printed["paged"] == printed["none"]
+    line = generate_cli.main([str(tmp_path), "--prompt", "Hi there", "--max-new-tokens", "6", "--temperature", "0",
+                              "--cache", "static", "--device", "cpu"])
+    assert "cache: contiguous" in line and "using the contiguous cache" in capsys.readouterr().err
     with pytest.raises(Exception, match="kit format"):
         load_script("export_hf").main([str(tmp_path), "--out", str(tmp_path / "hf")])
 
@@ -220,7 +244,7 @@ def variant_model(kind):
 
 
 @pytest.mark.parametrize("kind", ["gqa", "mla"])
-@pytest.mark.parametrize("cache", ["paged", "contiguous"])
+@pytest.mark.parametrize("cache", ["paged", "contiguous", "static"])
 def test_gqa_and_mla_caches_generate_what_recomputation_generates(kind, cache):
     model = variant_model(kind)
     reference = generate(model, PROMPTS, max_new_tokens=10, cache="none")
@@ -282,6 +306,11 @@ def test_speedrun_model_cache_generates_what_recomputation_generates(window_bloc
     assert generate(model, prompts, max_new_tokens=20, cache=cache, block_size=16) == reference
 
 
+def test_static_decoding_refuses_the_speedrun_model():
+    with pytest.raises(ValueError, match="static decoding serves kit.model.GPT"):
+        generate(modern_model(1), [[5, 6, 7]], max_new_tokens=2, cache="static")
+
+
 def test_speedrun_model_window_shapes_what_is_generated():
     from kit.modern import EOT
 
@@ -299,7 +328,7 @@ def test_inference_benchmark_runs_and_its_validation_losses_agree(tmp_path):
                        "--gqa-heads", "1", "--mla-latent", "16", "--eval-tokens", "128", "--eval-seq-len", "32",
                        "--eval-speed-tokens", "256", "--out", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / "bench_inference.json").read_text())["rows"]
-    assert len([r for r in rows if r["part"] == "generation"]) == 6
+    assert len([r for r in rows if r["part"] == "generation"]) == 8  # 2 batches x none, contiguous, paged, static
     validation = next(r for r in rows if r["part"] == "validation")
     assert validation["cached_loss"] == pytest.approx(validation["teacher_forced_loss"], abs=1e-4)
     speed = [r for r in rows if r["part"] == "validation_speed"]
