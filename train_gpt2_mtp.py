@@ -10,7 +10,8 @@ first: offset k of K reaches 0 at --mtp-frac x (K - k + 1) / K of the run, so th
 predicted offsets anneals from K to 0 and the end of the run trains next-token prediction only.
 Validation is always the plain next-token loss. Offsets whose weight reached 0 are no longer
 computed (each costs about one output-head matmul, or a block and a head when sequential); with
---compile 1 that change recompiles the model once per offset dropped.
+--compile 1 each number of offsets is its own compiled graph, all compiled in the untimed
+warm-up, so none compiles inside a timed step.
 
     python train_gpt2_mtp.py --data webmix --mtp-offsets 2
     python train_gpt2_mtp.py --data webmix --mtp-offsets 3 --mtp-style sequential
@@ -108,12 +109,18 @@ def before_step(step: int, model: MTPGPT, optimizers, cfg: Hyperparameters) -> N
     model.active_offsets = sum(w > 0 for w in weights)  # further offsets reach 0 first
 
 
+def offset_counts(model: MTPGPT, cfg: Hyperparameters) -> list:
+    """Functions setting each number of offsets the run will train (K .. 0), for the warm-up."""
+    return [lambda k=k: setattr(model, "active_offsets", k) for k in range(cfg.mtp_offsets, -1, -1)]
+
+
 def build_model(cfg: Hyperparameters):
     return MTPGPT(gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn), cfg.mtp_offsets, cfg.mtp_style)
 
 
 RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0],
-                before_step=before_step, ddp_find_unused=True)  # offsets whose weight reached 0 are skipped
+                before_step=before_step, ddp_find_unused=True,  # offsets whose weight reached 0 are skipped
+                warm_up_states=offset_counts)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

@@ -51,6 +51,7 @@ class Recipe:
     compile_model: Callable = torch.compile  # how --compile 1 compiles the model (e.g. block by block)
     batch_schedule: Callable = None  # (step, cfg) -> share of --batch-tokens for that step (a batch-size ramp)
     ddp_find_unused: bool = False  # True when steps may leave parameters without gradients (LayerDrop)
+    warm_up_states: Callable = None  # (model, cfg) -> functions, each putting the model in a state the run will meet: the warm-up compiles every one
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -224,16 +225,21 @@ class Trainer:
         """Untimed passes that compile and set up kernels, so the training time excludes them.
 
         One fwd+bwd on the first real batch (same shapes and strides as training, so a compiled
-        model does not recompile at step 1; the stream is rewound and the gradients dropped), and
-        one no-grad forward for evaluation; optimizers with compiled parts (Muon) compile them on
-        zeros, leaving weights and optimizer state untouched.
+        model does not recompile at step 1; the stream is rewound and the gradients dropped), once
+        in each of the recipe's warm_up_states (graphs that change during the run, such as the
+        offsets multi-token prediction still trains; before_step sets the real state at step 1),
+        and one no-grad forward for evaluation; optimizers with compiled parts (Muon) compile them
+        on zeros, leaving weights and optimizer state untouched.
         """
         t0 = time.perf_counter()
         position = self.stream.state_dict()
         batch = self.to_device(self.stream.next_batch())
         self.stream.load_state_dict(position)
-        self.forward_backward(self.train_model, batch)
-        self.model.zero_grad(set_to_none=True)
+        states = self.recipe.warm_up_states(self.model, self.cfg) if self.recipe.warm_up_states else [lambda: None]
+        for enter_state in states:
+            enter_state()
+            self.forward_backward(self.train_model, batch)
+            self.model.zero_grad(set_to_none=True)
         for opt in self.optimizers:
             if hasattr(opt, "warm_up"):
                 opt.warm_up()

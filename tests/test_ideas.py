@@ -297,6 +297,24 @@ def test_mtp_weights_anneal_the_furthest_offset_first():
     assert model.active_offsets == 1 and model.mtp_weights[1] == 0
 
 
+def test_mtp_warm_up_trains_every_offset_count_once_and_changes_no_step(tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    import train_gpt2_mtp as script
+
+    seen = []
+    original = script.MTPGPT.offset_states
+    monkeypatch.setattr(script.MTPGPT, "offset_states", lambda self, h, idx: seen.append(self.active_offsets) or original(self, h, idx))
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "0"]
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path / "a")]) == 0
+    assert seen[:3] == [2, 1, 0] and seen[3:] == [2, 1, 0, 0]  # warm-up: K..0 (each compiles there); steps as annealed
+    assert main(dataclasses.replace(script.RECIPE, warm_up_states=None), [*flags, "--out-dir", str(tmp_path / "b")]) == 0
+    losses = [[e["loss"] for e in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text().splitlines()) if e["type"] == "train"]
+              for run in "ab"]
+    assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
 @pytest.mark.parametrize("style", ["parallel", "sequential"])
 def test_mtp_script_smoke(tmp_path, style):
     import train_gpt2_mtp as script
