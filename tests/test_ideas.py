@@ -379,6 +379,12 @@ def test_curriculum_stages_and_one_cycle_at_their_boundaries():
     assert max(script.one_cycle(s, cfg) for s in range(301)) == pytest.approx(1.0)
     off = script.Hyperparameters(max_steps=300, one_cycle=False)
     assert script.one_cycle(10, off) == pytest.approx(warmup_cosine(10, off))
+    model = script.CurriculumGPT(gpt_config("tiny", block_size=1024))
+    warmed = []
+    for enter_stage in script.stage_lengths(model, cfg):  # the warm-up compiles every stage's length
+        enter_stage()
+        warmed.append(model.train_len)
+    assert warmed == [256, 512, 1024]
 
 
 def test_curriculum_trains_on_the_same_tokens_in_shorter_pieces():
