@@ -8,6 +8,10 @@
 #   (ROWS: variants = the user's scripts, issue 5; ideas = the seed's ideas, issue 6; LR_SCALE=3
 #   repeats the rows at 3x the baseline's learning rate, the first check of each row's LR;
 #   variants_lr = the variants whose output layer or mixer differs from the baseline's, for that check)
+# 8-bit AdamW (ideas) needs bitsandbytes, which the GPU machine cannot download: fetch its wheel here
+# (pip download bitsandbytes --no-deps -d .whl; ~43 MB, it has CUDA 13 kernels), carry .whl in its
+# own call after the session started and run `pip install --no-deps --no-index .whl/*.whl` there;
+# the session waits for part 2's shards, so stage part 2 after the wheel.
 # Issue 5's lease, both passes (a pass started again skips the rows it already measured):
 #   (bash scripts/equal_budget_session.sh logs variants; LR_SCALE=3 bash scripts/equal_budget_session.sh logs variants_lr)
 set -u
