@@ -375,7 +375,7 @@ class StaticDecoder:
         overwrites before anything reads it. Autocast's weight cache cannot live in a graph."""
         autocast = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda")
-        self.lengths.copy_(torch.tensor([self.cache.lengths[row] for row in range(self.lengths.size(0))]).clamp(max=self.max_len - 1))
+        self._load_lengths()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
@@ -386,15 +386,19 @@ class StaticDecoder:
         with torch.cuda.graph(self.graph), torch.autocast("cuda", dtype=dtype, enabled=autocast, cache_enabled=False):
             self.logits = self._step()
 
+    def _load_lengths(self):
+        """Every row's length onto the device; a full row (finished) writes its last slot, unread."""
+        self.lengths.copy_(torch.tensor([min(self.cache.lengths[row], self.max_len - 1) for row in range(self.lengths.size(0))]))
+
     @torch.no_grad()
     def __call__(self, tokens, rows):
         """Logits (len(rows), V) for one new token of each of these rows; the other rows are
         computed too (fixed shapes) but neither advance nor change anything they will read."""
-        for row, token in zip(rows, tokens):
+        for row in rows:
             if self.cache.lengths[row] >= self.max_len:
                 raise RuntimeError(f"sequence {row} would pass the cache's {self.max_len} slots")
         self.tokens[rows, 0] = torch.tensor(tokens, device=self.tokens.device)
-        self.lengths.copy_(torch.tensor([min(self.cache.lengths[r], self.max_len - 1) for r in range(self.lengths.size(0))]))
+        self._load_lengths()
         if self.graph is not None:
             self.graph.replay()
             logits = self.logits
