@@ -8,7 +8,8 @@
 #   (ROWS: variants = the user's scripts, issue 5; ideas = the seed's ideas, issue 6; LR_SCALE=3
 #   repeats the rows at 3x the baseline's learning rate, the first check of each row's LR;
 #   variants_lr = the variants whose output layer or mixer differs from the baseline's, for that check;
-#   ideas_lr = the optimizers' learning rates: AdamW / 8-bit AdamW at LR_SCALE, Lion at two --lion-lr)
+#   ideas_lr = the optimizers' learning rates: AdamW / 8-bit AdamW at LR_SCALE, Lion at two --lion-lr;
+#   checkpointing_24gb = what checkpointing frees under a 24 GB card's cap: micro-batch and speed at 1024 and 2048)
 # 8-bit AdamW (ideas) needs bitsandbytes, which the GPU machine cannot download: fetch its wheel here
 # (pip download bitsandbytes --no-deps -d .whl; ~43 MB, it has CUDA 13 kernels), carry .whl in its
 # own call after the session started and run `pip install --no-deps --no-index .whl/*.whl` there;
