@@ -30,6 +30,9 @@ The public record also starts every sequence at a document; here that is --align
 by default: it skips the rest of the document a sequence cuts, which at this kit's 16,384-token
 sequences (sized for 24 GB cards; the record uses 48K) is 12% of webmix's tokens and 8% of
 FineWeb's (measured on the shards), so a one-pass run would repeat data.
+Validation is ~100 s of a run's wall time on an H200 (more on a 4090): --val-screen-tokens N
+(off by default, unmeasured) lets each late check score N tokens first and validate in full only
+near the target; the measured crossing can only come later, never earlier.
 
     python train_gpt2_speedrun.py                          # FineWeb, target 3.3821
     python train_gpt2_speedrun.py --data webmix            # webmix preset: 410 steps, target 3.64

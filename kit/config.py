@@ -31,6 +31,10 @@ class TrainConfig:
     val_every: int = field(default=250, metadata={"help": "validate every N steps (and at the first and last step); 0: only at the end"})
     val_tokens: int = 10_485_760
     extra_val: bool = field(default=True, metadata={"help": "also report the dataset's further validation sets (webmix: fineweb_sample_val.bin)"})
+    val_screen_tokens: int = field(default=0, metadata={"help": "checks between the regular validations (a recipe's frequent late ones) first score this many "
+                                                             "validation tokens and validate in full only within --val-screen-margin of the target "
+                                                             "(fewer full validations; the crossing is never found earlier than without); 0: off"})
+    val_screen_margin: float = 0.03
     # model
     model_size: str = field(default="124m", metadata={"choices": ["tiny", "124m", "350m", "774m", "1558m"]})
     attn: str = field(default="manual", metadata={"choices": ["manual", "sdpa", "flex"], "help": "manual: explicit softmax(QK^T)V; sdpa: torch's fused kernels; flex: FlexAttention"})
@@ -145,6 +149,8 @@ def check_config(cfg, explicit: set, world_size: int) -> None:
         raise UserError(f"--micro-batch {cfg.micro_batch} does not divide the {seqs_per_rank} sequences per rank and step")
     if cfg.val_tokens < cfg.seq_len:
         raise UserError(f"--val-tokens {cfg.val_tokens} is shorter than one sequence (--seq-len {cfg.seq_len})")
+    if cfg.val_screen_tokens and not cfg.seq_len <= cfg.val_screen_tokens < cfg.val_tokens:
+        raise UserError(f"--val-screen-tokens {cfg.val_screen_tokens}: at least one sequence ({cfg.seq_len}) and fewer than --val-tokens {cfg.val_tokens}")
 
 
 def config_dict(cfg) -> dict:

@@ -112,7 +112,7 @@ class Trainer:
             self.tokens_seen = payload["tokens"]
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
-        self.last_val, self.reached_at = None, None
+        self.last_val, self.reached_at, self.screen_loss = None, None, None
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
         run_dir = cfg.out_dir or (resumed_from.parent.parent if resumed_from else default_run_dir(self.recipe.script))
         self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps)
@@ -253,10 +253,11 @@ class Trainer:
     # ----- evaluation -----
 
     @torch.no_grad()
-    def evaluate(self, path, strict: bool) -> float:
+    def evaluate(self, path, strict: bool, tokens: int = None) -> float:
+        """Mean loss over the first `tokens` (default --val-tokens) tokens of a validation shard."""
         self.eval_model.eval()
         loss_sum, count = torch.zeros((), device=self.device, dtype=torch.float64), 0
-        for batch in validation_batches(path, self.cfg.val_tokens, self.cfg.seq_len, self.eval_micro_batch, self.ddp.rank, self.ddp.world_size, strict):
+        for batch in validation_batches(path, tokens or self.cfg.val_tokens, self.cfg.seq_len, self.eval_micro_batch, self.ddp.rank, self.ddp.world_size, strict):
             x, y = self.to_device(batch)
             with hw.autocast(self.device, self.dtype):
                 loss = self.eval_model(x, y)
@@ -267,9 +268,34 @@ class Trainer:
         hw.all_reduce_sum(total)
         return (total[0] / total[1]).item()
 
+    def regular_validation(self) -> bool:
+        """The first and last step and every --val-every: always validated in full."""
+        every = self.cfg.val_every > 0 and self.step % self.cfg.val_every == 0
+        return every or self.step in (0, self.cfg.max_steps)
+
+    def screened_out(self) -> bool:
+        """Whether the first --val-screen-tokens of the validation set say that this check cannot
+        reach the target (loss above target + margin), so the full validation is skipped. A
+        skipped check can only delay the measured crossing, never bring it forward."""
+        if not self.cfg.val_screen_tokens or self.target is None or self.regular_validation():
+            return False
+        t0 = time.perf_counter()
+        self.screen_loss = self.evaluate(self.files.val, strict=False, tokens=self.cfg.val_screen_tokens)  # whole micro-batches: no new shape
+        event = {"type": "val_screen", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms,
+                 "screen_loss": self.screen_loss, "eval_s": time.perf_counter() - t0}
+        self.eval_time_s += event["eval_s"]
+        self.log.metric(event)
+        out = self.screen_loss > self.target + self.cfg.val_screen_margin
+        if out:
+            self.log.print(f"screen step {self.step}/{self.cfg.max_steps} | first {self.cfg.val_screen_tokens:,} val tokens {self.screen_loss:.4f} "
+                           f"> target + {self.cfg.val_screen_margin}: no full validation | eval {event['eval_s']:.1f}s")
+        return out
+
     def validate(self) -> float:
         t0 = time.perf_counter()
         event = {"type": "val", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms}
+        if self.screen_loss is not None:  # the screen that let this validation through: how far it was from the full loss
+            event["screen_loss"], self.screen_loss = self.screen_loss, None
         event["val_loss"] = self.evaluate(self.files.val, strict=True)
         if self.cfg.extra_val and self.extra_val_due(event["val_loss"]):
             for name, path in self.files.extra_val.items():
@@ -278,6 +304,7 @@ class Trainer:
         self.eval_time_s += event["eval_s"]
         self.log.metric(event)
         extras = "".join(f" | {k[9:]} {v:.4f}" for k, v in event.items() if k.startswith("val_loss_"))
+        extras += f" | screen {event['screen_loss']:.4f}" if "screen_loss" in event else ""
         self.log.print(f"val step {self.step}/{self.cfg.max_steps} | val_loss {event['val_loss']:.4f}{extras} | train_time {self.train_time_ms / 1000:.1f}s | eval {event['eval_s']:.1f}s")
         self.last_val = event
         return event["val_loss"]
@@ -285,9 +312,8 @@ class Trainer:
     def extra_val_due(self, val_loss: float) -> bool:
         """The further validation sets run at the regular validations, at the end and where the target
         is reached; the frequent late checks of a recipe's validate_at look at the main set only."""
-        regular = self.cfg.val_every > 0 and self.step % self.cfg.val_every == 0
         reached = self.target is not None and val_loss <= self.target
-        return regular or reached or self.step == self.cfg.max_steps
+        return self.regular_validation() or reached
 
     def validation_due(self) -> bool:
         if self.step == self.cfg.max_steps:
@@ -319,7 +345,7 @@ class Trainer:
         while True:
             if self.recipe.before_step is not None:
                 self.run_before_step()
-            if self.validation_due():
+            if self.validation_due() and not self.screened_out():
                 val_loss = self.validate()
                 if self.target is not None and val_loss <= self.target:
                     self.reached_at = dict(self.last_val)

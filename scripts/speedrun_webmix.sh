@@ -10,7 +10,7 @@ OUT=${1:-logs/speedrun_webmix}
 shift || true
 RUNS=${RUNS:-"best repeat fit_24gb no_muon no_value_embeds no_window_schedule"}
 # every training run flags_for knows, in the order of the comparison table (fit_24gb is a memory check, not compared)
-COMPARED="best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos no_bigram torch_loss steps440 normuon"
+COMPARED="best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos no_bigram torch_loss steps440 normuon val_screen"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 n=$(ls data/webmix/webmix_train_*.bin 2>/dev/null | wc -l)
@@ -31,6 +31,7 @@ flags_for() {
     batch_ramp) echo "--batch-ramp-start 0.5 --batch-ramp-frac 0.3" ;;
     align_bos) echo "--align-bos 1" ;;
     normuon) echo "--normuon 1" ;;
+    val_screen) echo "--val-screen-tokens 2097152" ;;  # same training; fewer full validations (compare eval time and crossing step with best)
     # the defaults' latest additions, one at a time (records/2026-11-29_h200_speedrun_steps410)
     no_bigram) echo "--bigram-buckets 0" ;;
     torch_loss) echo "--loss-kernel torch" ;;

@@ -272,4 +272,32 @@ def test_further_validation_sets_run_at_regular_checks_the_target_and_the_end(st
     from kit.train import Trainer
 
     trainer = SimpleNamespace(cfg=SimpleNamespace(val_every=100, max_steps=440), step=step, target=3.64)
+    trainer.regular_validation = lambda: Trainer.regular_validation(trainer)
     assert Trainer.extra_val_due(trainer, loss) is due
+
+
+def test_a_screened_check_validates_in_full_only_near_the_target(tmp_path, monkeypatch, capsys):
+    import train_gpt2
+    from kit.train import Recipe, Trainer, main
+
+    screens = {1: 9.0, 2: 5.02, 3: 5.02}  # the first --val-screen-tokens at each late check
+    full = {0: 10.0, 2: 5.1, 3: 4.9}  # the whole validation set
+
+    def scripted_evaluate(self, path, strict, tokens=None):
+        assert tokens in (None, 64)
+        return screens[self.step] if tokens else full.get(self.step, 10.0)
+
+    monkeypatch.setattr(Trainer, "evaluate", scripted_evaluate)
+    recipe = Recipe(train_gpt2.Hyperparameters, train_gpt2.build_model, train_gpt2.build_optimizers, script=train_gpt2.__file__,
+                    validate_at=lambda step, cfg: True)  # a check at every step; 0 and the last are regular
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "6", "--val-every", "0", "--target-loss", "5.0", "--val-screen-tokens", "64"]
+    assert main(recipe, [*flags, "--out-dir", str(tmp_path)]) == 0
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["type"] == "val_screen"] == [1, 2, 3]
+    vals = [e for e in events if e["type"] == "val"]
+    assert [e["step"] for e in vals] == [0, 2, 3]  # step 1: 9.0 > 5.0 + 0.03, no full validation
+    assert "screen_loss" not in vals[0] and vals[1]["screen_loss"] == 5.02 and vals[1]["val_loss"] == 5.1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["reached_target"] and summary["tokens_to_target"] == vals[2]["tokens"] and summary["final_val_loss"] == 4.9
+    assert "screen step 1/6" in (tmp_path / "log.txt").read_text()
+    assert main(recipe, [*flags[:-1], "16", "--out-dir", str(tmp_path / "bad")]) == 2  # shorter than one sequence
