@@ -5,7 +5,9 @@ what a cache can and cannot do for teacher-forced validation.
     python scripts/bench_inference.py --run-dir logs/my_run --out logs/bench_inference
 
 1. Generation: tokens/s for each --batches x --caches (none = recompute the whole sequence for
-   every new token), --prompt-len tokens of prompt, --new-tokens greedy tokens, bf16 on CUDA.
+   every new token; static = the contiguous cache decoded through a CUDA graph), --prompt-len
+   tokens of prompt, --new-tokens greedy tokens, bf16 on CUDA; the median of --repeats timed
+   runs and their range (batch-1 decoding is bound by host time, which varies between runs).
 2. Cache memory per token: MHA (the baseline), GQA (--gqa-heads key/value heads) and MLA
    (--mla-latent + its rotary key), from the allocated cache tensors (bytes of one token's
    keys and values over all layers) and from CUDA's allocator where there is one.
@@ -24,6 +26,7 @@ Writes bench_inference.json and .md into --out.
 import argparse
 import functools
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -64,10 +67,13 @@ def generation_rows(model, args, device, dtype):
                 # GPU pays one-time kernel selection (measured 2026-11-29: the first cached variant timed, after a
                 # 2-token warm-up, ran 3-5x slower than the next one over the same lengths)
                 generate(model, prompts, args.new_tokens, cache=cache)
-                outputs, seconds = timed(lambda: generate(model, prompts, args.new_tokens, cache=cache), device)
-            new = sum(len(o) for o in outputs)
-            rows.append({"part": "generation", "batch": batch, "cache": cache, "new_tokens": new, "seconds": seconds, "tokens_per_s": new / seconds})
-            print(f"generation batch {batch:3d} cache {cache:10s}: {new / seconds:10.1f} tokens/s", flush=True)
+                runs = [timed(lambda: generate(model, prompts, args.new_tokens, cache=cache), device) for _ in range(args.repeats)]
+            new = sum(len(o) for o in runs[0][0])
+            rates = sorted(new / seconds for _, seconds in runs)
+            rows.append({"part": "generation", "batch": batch, "cache": cache, "new_tokens": new, "seconds": [seconds for _, seconds in runs],
+                         "tokens_per_s": statistics.median(rates), "tokens_per_s_range": [rates[0], rates[-1]]})
+            print(f"generation batch {batch:3d} cache {cache:10s}: {statistics.median(rates):10.1f} tokens/s "
+                  f"(median of {len(rates)}: {rates[0]:.1f} .. {rates[-1]:.1f})", flush=True)
     return rows
 
 
@@ -154,8 +160,9 @@ def validation_speed_rows(model, args, device):
 
 
 def markdown(rows, device_name) -> str:
-    lines = [f"Device: {device_name}", "", "| batch | cache | tokens/s |", "|---|---|---|"]
-    lines += [f"| {r['batch']} | {r['cache']} | {r['tokens_per_s']:,.1f} |" for r in rows if r["part"] == "generation"]
+    lines = [f"Device: {device_name}", "", "| batch | cache | tokens/s (median) | range |", "|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['cache']} | {r['tokens_per_s']:,.1f} | {r['tokens_per_s_range'][0]:,.1f} .. {r['tokens_per_s_range'][1]:,.1f} |"
+              for r in rows if r["part"] == "generation"]
     lines += ["", "| attention | cache bytes per token (tensors) | (CUDA allocator) |", "|---|---|---|"]
     lines += [f"| {r['attention']} | {r['bytes_per_token']:,} | {r['allocator_bytes_per_token'] or '-'} |" for r in rows if r["part"] == "cache_memory"]
     speed = [r for r in rows if r["part"] == "validation_speed"]
@@ -180,6 +187,7 @@ def main(argv=None) -> int:
     parser.add_argument("--caches", type=lambda s: s.split(","), default=["none", "contiguous", "paged", "static"])
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3, help="timed generation runs per row (after one warm-up run)")
     parser.add_argument("--gqa-heads", type=int, default=4)
     parser.add_argument("--mla-latent", type=int, default=128)
     parser.add_argument("--eval-tokens", type=int, default=65_536)
