@@ -29,5 +29,5 @@ lr_flag=""
 [ -n "${LR_SCALE:-}" ] && lr_flag="--lr $(python3 -c "print(6e-4 * ${LR_SCALE})")"
 echo "start $(date -u +%T) rows=$ROWS ${lr_flag}"
 python3 scripts/bench.py --rows "scripts/rows/$ROWS.json" --common "--data webmix --compile 1 $lr_flag" --steps 60 --warmup-steps 3 \
-  --val-tokens 2097152 --row-timeout 300 --out "$LOGS/bench_$ROWS${LR_SCALE:+_lr$LR_SCALE}"
+  --val-tokens 2097152 --row-timeout 420 --out "$LOGS/bench_$ROWS${LR_SCALE:+_lr$LR_SCALE}"
 echo "done $(date -u +%T) exit $?"
