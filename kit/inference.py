@@ -253,8 +253,9 @@ def forward_cached_modern(model, idx, cache, sids):
     slots = cache.slots(sids, idx.size(1), idx.device)
     positions = slots.positions
     previous_first = torch.tensor([cache.last_tokens.get(sid, -1) for sid in sids], device=idx.device)
+    host_idx = idx.cpu()  # one copy for all rows (a copy per row was a wait per row at every decoding step)
     for row, sid in enumerate(sids):  # document number of every token so far (a 50256 starts one), and the last token
-        tokens = idx[row].cpu()
+        tokens = host_idx[row]
         previous = cache.documents.get(sid, torch.zeros(0, dtype=torch.long))
         offset = previous[-1] if len(previous) else 0
         cache.documents[sid] = torch.cat([previous, offset + (tokens == EOT).cumsum(0)])
