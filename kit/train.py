@@ -112,7 +112,7 @@ class Trainer:
             self.tokens_seen = payload["tokens"]
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
-        self.last_val, self.reached_at, self.screen_loss = None, None, None
+        self.last_val, self.reached_at = None, None
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
         run_dir = cfg.out_dir or (resumed_from.parent.parent if resumed_from else default_run_dir(self.recipe.script))
         self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps)
@@ -268,34 +268,38 @@ class Trainer:
         hw.all_reduce_sum(total)
         return (total[0] / total[1]).item()
 
+    def on_val_every(self) -> bool:
+        return self.cfg.val_every > 0 and self.step % self.cfg.val_every == 0
+
     def regular_validation(self) -> bool:
         """The first and last step and every --val-every: always validated in full."""
-        every = self.cfg.val_every > 0 and self.step % self.cfg.val_every == 0
-        return every or self.step in (0, self.cfg.max_steps)
+        return self.on_val_every() or self.step in (0, self.cfg.max_steps)
 
-    def screened_out(self) -> bool:
-        """Whether the first --val-screen-tokens of the validation set say that this check cannot
-        reach the target (loss above target + margin), so the full validation is skipped. A
-        skipped check can only delay the measured crossing, never bring it forward."""
+    def screen(self):
+        """The loss of the first --val-screen-tokens of the validation set at a check between the
+        regular validations (None where there is no screen). Above target + margin, the full
+        validation is skipped: a skipped check can only delay the measured crossing."""
         if not self.cfg.val_screen_tokens or self.target is None or self.regular_validation():
-            return False
+            return None
         t0 = time.perf_counter()
-        self.screen_loss = self.evaluate(self.files.val, strict=False, tokens=self.cfg.val_screen_tokens)  # whole micro-batches: no new shape
+        loss = self.evaluate(self.files.val, strict=False, tokens=self.cfg.val_screen_tokens)  # whole micro-batches: no new shape
         event = {"type": "val_screen", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms,
-                 "screen_loss": self.screen_loss, "eval_s": time.perf_counter() - t0}
+                 "screen_loss": loss, "eval_s": time.perf_counter() - t0}
         self.eval_time_s += event["eval_s"]
         self.log.metric(event)
-        out = self.screen_loss > self.target + self.cfg.val_screen_margin
-        if out:
-            self.log.print(f"screen step {self.step}/{self.cfg.max_steps} | first {self.cfg.val_screen_tokens:,} val tokens {self.screen_loss:.4f} "
+        if self.screened_out(loss):
+            self.log.print(f"screen step {self.step}/{self.cfg.max_steps} | first {self.cfg.val_screen_tokens:,} val tokens {loss:.4f} "
                            f"> target + {self.cfg.val_screen_margin}: no full validation | eval {event['eval_s']:.1f}s")
-        return out
+        return loss
 
-    def validate(self) -> float:
+    def screened_out(self, screen_loss) -> bool:
+        return screen_loss is not None and screen_loss > self.target + self.cfg.val_screen_margin
+
+    def validate(self, screen_loss=None) -> float:
         t0 = time.perf_counter()
         event = {"type": "val", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms}
-        if self.screen_loss is not None:  # the screen that let this validation through: how far it was from the full loss
-            event["screen_loss"], self.screen_loss = self.screen_loss, None
+        if screen_loss is not None:  # the screen that let this validation through: how far it was from the full loss
+            event["screen_loss"] = screen_loss
         event["val_loss"] = self.evaluate(self.files.val, strict=True)
         if self.cfg.extra_val and self.extra_val_due(event["val_loss"]):
             for name, path in self.files.extra_val.items():
@@ -322,7 +326,7 @@ class Trainer:
             return False  # the run that saved this checkpoint validated here already
         if self.recipe.validate_at is not None:
             return self.recipe.validate_at(self.step, self.cfg)
-        return self.cfg.val_every > 0 and self.step % self.cfg.val_every == 0
+        return self.on_val_every()
 
     # ----- the run -----
 
@@ -345,8 +349,10 @@ class Trainer:
         while True:
             if self.recipe.before_step is not None:
                 self.run_before_step()
-            if self.validation_due() and not self.screened_out():
-                val_loss = self.validate()
+            due = self.validation_due()
+            screen_loss = self.screen() if due else None
+            if due and not self.screened_out(screen_loss):
+                val_loss = self.validate(screen_loss)
                 if self.target is not None and val_loss <= self.target:
                     self.reached_at = dict(self.last_val)
                     return "reached_target"

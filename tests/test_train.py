@@ -272,6 +272,7 @@ def test_further_validation_sets_run_at_regular_checks_the_target_and_the_end(st
     from kit.train import Trainer
 
     trainer = SimpleNamespace(cfg=SimpleNamespace(val_every=100, max_steps=440), step=step, target=3.64)
+    trainer.on_val_every = lambda: Trainer.on_val_every(trainer)
     trainer.regular_validation = lambda: Trainer.regular_validation(trainer)
     assert Trainer.extra_val_due(trainer, loss) is due
 
