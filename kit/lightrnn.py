@@ -201,7 +201,8 @@ def measure_and_reallocate(model: "LightRNNGPT", batches, autocast, rounds: int 
         placement_losses(model.head, h, y, A, B)
     model.train(was_training)
     all_reduce_sum(A), all_reduce_sum(B)
-    old_rows, old_cols = table.row_of.cpu().numpy(), table.col_of.cpu().numpy()
+    # copies: on CPU .numpy() shares the buffers that apply_allocation overwrites
+    old_rows, old_cols = table.row_of.cpu().numpy().copy(), table.col_of.cpu().numpy().copy()
     rows, cols, before, after = reallocate(old_rows, old_cols, A.cpu().numpy(), B.cpu().numpy(), rounds)
     apply_allocation(table, rows, cols)
     return before, after, int(((rows != old_rows) | (cols != old_cols)).sum())

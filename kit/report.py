@@ -4,9 +4,12 @@ A run directory is what kit.train writes (summary.json, metrics.jsonl, config.js
 is a folder under records/ with a record.json naming its runs:
 
     {"title": "...", "gpu": "NVIDIA H200", "commit": "...", "command": "...",
-     "table": "training" | "throughput" | "bench" | "none", "runs": {"label": "relative/run/dir", ...},
+     "table": "training" | "throughput" | "bench" | "file" | "none", "runs": {"label": "relative/run/dir", ...},
      "baseline": "label", "notes": "...", "plot": true,
-     "flags": {"label": "--attn sdpa"}}   # only for runs whose summary.json lacks its flags
+     "flags": {"label": "--attn sdpa"},   # only for runs whose summary.json lacks its flags
+     "verdicts": {"label": "..."},         # bench records: one verdict per row, in a table of measured figures
+     "lr_checks": {"at 3x LR": "sub/bench.json"},  # the same rows benched again at other learning rates
+     "table_file": "x.md"}                 # "table": "file": markdown a benchmark script wrote, shown as it is
 
 `write_results` turns every record into a section of records/RESULTS.md and of the README
 (between the results markers), so no figure is ever typed by hand.
@@ -180,7 +183,42 @@ def label_flags(record: dict, label: str):
     return record.get("flags", {}).get(label)
 
 
-def record_section(record: dict, heading: str = "##", link_prefix: str = "") -> str:
+def bench_rows(path: Path) -> dict:
+    """bench.py's bench.json as {label: row}."""
+    return {row["label"]: row for row in json.loads(Path(path).read_text())["rows"]}
+
+
+def loss_against(rows: dict, label: str, base_label: str, key: str = "val_loss") -> str:
+    """'loss (+delta)' of a row against the base row of the same bench; '-' where either is missing."""
+    row, base = rows.get(label, {}), rows.get(base_label, {})
+    if row.get(key) is None:
+        return "-"
+    return f"{row[key]:.4f} ({row[key] - base[key]:+.3f})" if base.get(key) is not None else f"{row[key]:.4f}"
+
+
+def verdict_table(record: dict) -> str:
+    """One row per benched label: speed, memory and loss against the base row (also at each LR
+    check, against that bench's own base row), and the record's verdict. Figures come from bench.json."""
+    folder = record["folder"]
+    main = bench_rows(folder / "bench.json")
+    checks = {name: bench_rows(folder / rel) for name, rel in record.get("lr_checks", {}).items()}
+    base_label = record.get("baseline") or next(iter(main))
+    base = main[base_label]
+    head = ["row", "tokens/s (vs base)", "MFU", "peak GiB", "val loss (vs base)", *[f"val loss {name} (vs its base)" for name in checks],
+            "fineweb_sample (vs base)", "verdict"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, verdict in record["verdicts"].items():
+        row = main.get(label, {})
+        speed = f"{row['tokens_per_s']:,.0f} ({ratio(row['tokens_per_s'], base.get('tokens_per_s'))})" if row.get("tokens_per_s") else "-"
+        cells = [label, speed, fmt(row.get("mfu"), ".1%"), fmt(row.get("peak_mem_gib"), ".1f"), loss_against(main, label, base_label),
+                 *[loss_against(rows, label, base_label) for rows in checks.values()],
+                 loss_against(main, label, base_label, "val_loss_fineweb_sample"), verdict]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def record_section(record: dict, heading: str = "##", link_prefix: str = "", brief: bool = False) -> str:
+    """A record as markdown; brief (the README's) shows a record's verdict table instead of its full bench table."""
     runs = record["loaded"]
     baseline = next((r for r in runs if r.label == record.get("baseline")), runs[0] if runs else None)
     folder = record["folder"].name
@@ -188,8 +226,13 @@ def record_section(record: dict, heading: str = "##", link_prefix: str = "") -> 
              f"GPU: {record.get('gpu', '-')} · commit `{record.get('commit', '-')}` · folder `records/{folder}/`", ""]
     if record.get("command"):
         parts += [f"Command: `{record['command']}`", ""]
+    if record.get("verdicts"):
+        parts += [verdict_table(record), ""]
     if record.get("table") == "bench":  # bench.py's own table, written when it ran
-        parts += [(record["folder"] / "bench.md").read_text().strip(), ""]
+        if not (brief and record.get("verdicts")):
+            parts += [(record["folder"] / "bench.md").read_text().strip(), ""]
+    elif record.get("table") == "file":
+        parts += [(record["folder"] / record["table_file"]).read_text().strip(), ""]
     elif record.get("table") == "none" or not runs:  # a run that measured nothing: its notes say why
         pass
     else:
@@ -217,7 +260,7 @@ def write_results(records_dir, readme=None) -> Path:
     out = records_dir / "RESULTS.md"
     out.write_text("\n".join(body).rstrip() + "\n")
     if readme is not None and Path(readme).exists():
-        update_readme(Path(readme), [record_section(r, "###", "records/") for r in records if r.get("readme", True)])
+        update_readme(Path(readme), [record_section(r, "###", "records/", brief=True) for r in records if r.get("readme", True)])
     return out
 
 

@@ -165,9 +165,18 @@ def test_generate_cli_streams_and_the_cache_changes_nothing(baseline_run, capsys
         outputs[cache] = capsys.readouterr().out
         assert re.match(rf"\d+ tokens in [\d.]+ s \([\d.]+ tokens/s, cache: {cache}, device: cpu\)$", line), line
     assert outputs["paged"] == outputs["static"] == outputs["none"] and outputs["paged"].startswith("The city")
-    generate_cli.main([str(baseline_run), "--prompt", "A", "--prompt", "Longer prompt here", "--max-new-tokens", "4", "--device", "cpu"])
+    line = generate_cli.main([str(baseline_run), "--prompt", "A", "--prompt", "Longer prompt here", "--max-new-tokens", "4", "--device", "cpu"])
     printed = capsys.readouterr().out
-    assert printed.count("--- ") == 2
+    assert printed.count("--- ") == 2 and "cache: paged" in line  # auto, the default, is paged off CUDA
+
+
+def test_auto_cache_takes_the_cuda_graph_only_where_it_applies(baseline_run):
+    from kit.runs import load_model
+
+    auto_cache = load_script("generate").auto_cache
+    model, _, _ = load_model(str(baseline_run), "cpu")
+    assert (auto_cache(model, "cuda"), auto_cache(model, "cuda:1"), auto_cache(model, "cpu")) == ("static", "static", "paged")
+    assert auto_cache(modern_model(1), "cuda") == "paged"  # the speedrun's model has no static decoder
 
 
 def test_speedrun_run_generates_with_its_cache_and_stays_in_the_kit_format(tmp_path, capsys):

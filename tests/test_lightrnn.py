@@ -1,12 +1,13 @@
 """LightRNN: a bijective allocation, a normalised factorised distribution, an exact loss, and re-allocation."""
 
+import contextlib
 import itertools
 
 import numpy as np
 import torch
 
 from kit.lightrnn import (LightRNNGPT, LightRNNHead, LightRNNTable, allocation_cost, apply_allocation, frequency_allocation, grid_shape,
-                         placement_losses, reallocate)
+                         measure_and_reallocate, placement_losses, reallocate)
 from kit.model import gpt_config
 
 
@@ -133,6 +134,19 @@ def test_moved_tokens_keep_a_normalised_distribution_and_an_exact_loss():
     log_probs = head.log_probs(h)
     torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(3, 7), atol=1e-5, rtol=0)
     torch.testing.assert_close(head.loss(h, targets), -log_probs.gather(-1, targets[..., None]).mean(), atol=1e-5, rtol=1e-5)
+
+
+def test_measure_and_reallocate_counts_the_tokens_it_moved():
+    torch.manual_seed(0)
+    model = LightRNNGPT(gpt_config("tiny", block_size=32), np.random.default_rng(2).integers(0, 100, size=50257))
+    with torch.no_grad():  # a trained-looking head, so that some tokens have cheaper cells elsewhere
+        for p in model.head.parameters():
+            p.normal_(0, 0.5)
+    rows_before, cols_before = model.head.table.row_of.clone(), model.head.table.col_of.clone()
+    x = torch.randint(0, 2000, (4, 32))
+    before, after, moved = measure_and_reallocate(model, [(x, x.roll(-1, 1))], contextlib.nullcontext)
+    changed = int(((model.head.table.row_of != rows_before) | (model.head.table.col_of != cols_before)).sum())
+    assert after < before and moved == changed > 0
 
 
 def test_lightrnn_script_reallocates(tmp_path, capsys):

@@ -164,3 +164,38 @@ def test_bench_rows_name_existing_scripts_and_valid_flags(rows_file):
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         parse_config(module.RECIPE.config_cls, shlex.split(row.get("flags", "")))
+
+
+def write_bench(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"device": "test", "steps": 3, "warmup_steps": 1, "rows": rows}))
+
+
+def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
+    folder = tmp_path / "records" / "2026-01-01_variants"
+    write_bench(folder / "bench.json", [
+        {"label": "baseline", "tokens_per_s": 500_000.0, "mfu": 0.4, "peak_mem_gib": 100.0, "val_loss": 7.0, "val_loss_fineweb_sample": 7.5},
+        {"label": "cheap", "tokens_per_s": 750_000.0, "mfu": 0.45, "peak_mem_gib": 40.0, "val_loss": 7.25, "val_loss_fineweb_sample": 7.6},
+        {"label": "broken", "exit_code": 1}])
+    write_bench(folder / "lr3" / "bench.json", [{"label": "baseline", "val_loss": 6.5}, {"label": "cheap", "val_loss": 7.5}])
+    (folder / "record.json").write_text(json.dumps({
+        "title": "Variants", "table": "bench", "runs": {}, "baseline": "baseline", "lr_checks": {"at 3x LR": "lr3/bench.json"},
+        "verdicts": {"baseline": "reference", "cheap": "faster, worse", "broken": "failed"}}))
+    (folder / "bench.md").write_text("| full bench table |")
+    record = report.load_record(folder)
+    lines = report.verdict_table(record).splitlines()
+    assert "val loss at 3x LR (vs its base)" in lines[0]
+    assert lines[2] == "| baseline | 500,000 (1.00x) | 40.0% | 100.0 | 7.0000 (+0.000) | 6.5000 (+0.000) | 7.5000 (+0.000) | reference |"
+    assert lines[3] == "| cheap | 750,000 (1.50x) | 45.0% | 40.0 | 7.2500 (+0.250) | 7.5000 (+1.000) | 7.6000 (+0.100) | faster, worse |"
+    assert lines[4] == "| broken | - | - | - | - | - | - | failed |"
+    full, brief = report.record_section(record), report.record_section(record, brief=True)
+    assert "| full bench table |" in full and "| cheap |" in full
+    assert "| full bench table |" not in brief and "| cheap |" in brief  # the README shows the verdicts only
+
+
+def test_a_record_can_show_a_markdown_table_its_benchmark_wrote(tmp_path):
+    folder = tmp_path / "2026-01-01_inference"
+    folder.mkdir()
+    (folder / "bench_inference.md").write_text("| batch | tokens/s |\n|---|---|\n| 1 | 492.8 |\n")
+    (folder / "record.json").write_text(json.dumps({"title": "Inference", "table": "file", "table_file": "bench_inference.md", "runs": {}, "notes": "n"}))
+    assert "| 1 | 492.8 |" in report.record_section(report.load_record(folder))
