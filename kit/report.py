@@ -8,7 +8,7 @@ is a folder under records/ with a record.json naming its runs:
      "baseline": "label", "notes": "...", "plot": true,
      "flags": {"label": "--attn sdpa"},   # only for runs whose summary.json lacks its flags
      "verdicts": {"label": "..."},         # bench records: one verdict per row, in a table of measured figures
-     "lr_checks": {"at 3x LR": "sub/bench.json"},  # the same rows benched again at other learning rates
+     "extra_benches": {"at 3x LR": "sub/bench.json"},  # the same rows benched again (another LR, equal time)
      "table_file": "x.md"}                 # "table": "file": markdown a benchmark script wrote, shown as it is
 
 `write_results` turns every record into a section of records/RESULTS.md and of the README
@@ -197,11 +197,11 @@ def loss_against(rows: dict, label: str, base_label: str, key: str = "val_loss")
 
 
 def verdict_table(record: dict) -> str:
-    """One row per benched label: speed, memory and loss against the base row (also at each LR
-    check, against that bench's own base row), and the record's verdict. Figures come from bench.json."""
+    """One row per benched label: speed, memory and loss against the base row (also in each extra
+    bench, against that bench's own base row), and the record's verdict. Figures come from bench.json."""
     folder = record["folder"]
     main = bench_rows(folder / "bench.json")
-    checks = {name: bench_rows(folder / rel) for name, rel in record.get("lr_checks", {}).items()}
+    checks = {name: bench_rows(folder / rel) for name, rel in record.get("extra_benches", {}).items()}
     base_label = record.get("baseline") or next(iter(main))
     base = main[base_label]
     head = ["row", "tokens/s (vs base)", "MFU", "peak GiB", "val loss (vs base)", *[f"val loss {name} (vs its base)" for name in checks],

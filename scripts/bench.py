@@ -8,6 +8,9 @@ at the end, on --val-tokens tokens of each validation set; no export); its ms/st
 over the --steps steps after the warm-up ones. The end-of-run validation losses are in the
 table too: with enough steps (e.g. --steps 60 --val-tokens 2097152), rows of equal batch compare
 their loss at an equal token budget. Same model size and batch across rows unless a row's flags say otherwise.
+With --equal-time BENCH_JSON (an earlier bench of the same rows), each row instead trains for the
+steps that fit in the base row's training time of that bench at the row's own measured ms/step,
+its schedule scaled to them: the rows' losses then compare at an equal time budget.
 MFU is taken against the GPU's datasheet bf16 peak (kit/hw.py), or, for a GPU not in that
 table, against a bf16 matrix product measured here (--peak-flops overrides both).
 Writes bench.json and bench.md into --out, and prints the table.
@@ -66,12 +69,24 @@ def finished(run_dir: Path, steps: int) -> bool:
     return s.get("status") == "completed" and s.get("steps") == steps
 
 
+def equal_time_steps(reference: dict, base_label: str = None) -> dict:
+    """{label: optimizer steps} that fit each row of an earlier bench.json into its base row's
+    training time (the first row's unless base_label), at the row's own measured ms/step."""
+    rows = {r["label"]: r for r in reference["rows"] if r.get("ms_per_step")}
+    if not rows:
+        raise SystemExit("bench: --equal-time: the reference bench has no measured rows")
+    base = rows[base_label] if base_label else next(iter(rows.values()))
+    budget_ms = base["train_s"] * 1000 if base.get("train_s") else base["ms_per_step"] * (reference["steps"] + reference["warmup_steps"])
+    return {label: max(1, round(budget_ms / r["ms_per_step"])) for label, r in rows.items()}
+
+
 def run_row(row: dict, args, out: Path) -> dict:
     run_dir = out / row["label"]
+    total_steps = row.get("total_steps", args.warmup_steps + args.steps)
     cmd = [sys.executable, row["script"], *shlex.split(args.common), *row["flags"],
-           "--max-steps", str(args.warmup_steps + args.steps), "--val-every", "0", "--val-tokens", str(args.val_tokens),
+           "--max-steps", str(total_steps), "--val-every", "0", "--val-tokens", str(args.val_tokens),
            "--export", "0", "--progress", "lines", "--out-dir", str(run_dir)]
-    if finished(run_dir, args.warmup_steps + args.steps):  # a bench cut short and started again keeps its measured rows
+    if finished(run_dir, total_steps):  # a bench cut short and started again keeps its measured rows
         print(f"[bench] {row['label']}: already measured in {run_dir}", flush=True)
         result = {**row, "exit_code": 0, "run_dir": str(run_dir), "process_s": None}
     else:
@@ -89,9 +104,9 @@ def run_row(row: dict, args, out: Path) -> dict:
         print(f"[bench] {row['label']} failed (exit {result['exit_code']}): {tail[0]}", flush=True)
         return result
     run = report.load_run(run_dir, row["label"])
-    ms = report.steady_step_ms(run, skip=args.warmup_steps, count=args.steps)
+    ms = report.steady_step_ms(run, skip=min(args.warmup_steps, total_steps - 1), count=max(1, total_steps - args.warmup_steps))
     s = run.summary
-    result.update(ms_per_step=ms, tokens_per_s=s["tokens"] / s["steps"] / (ms / 1000), micro_batch=s["micro_batch"],
+    result.update(ms_per_step=ms, steps=s["steps"], train_s=s["train_time_s"], tokens_per_s=s["tokens"] / s["steps"] / (ms / 1000), micro_batch=s["micro_batch"],
                   peak_mem_gib=s["peak_mem_gib"], flops_per_token=s["flops_per_token"], device_name=s["device_name"],
                   batch_tokens=s["tokens"] // s["steps"], attn=s["attn"], dtype=s["dtype"], compile=s["compile"],
                   tokens=s["tokens"], val_loss=s.get("final_val_loss"), val_loss_fineweb_sample=s.get("final_val_loss_fineweb_sample"))
@@ -113,7 +128,7 @@ def fmt_flops(peak) -> str:
 
 def markdown(results: list[dict], header: str) -> str:
     base = next((r for r in results if "tokens_per_s" in r), None)
-    columns = ["row", "flags", "micro-batch", "ms/step", "tokens/s", "MFU", "peak GiB", "vs first row", "tokens", "val loss", "fineweb_sample"]
+    columns = ["row", "flags", "micro-batch", "ms/step", "tokens/s", "MFU", "peak GiB", "vs first row", "train s", "tokens", "val loss", "fineweb_sample"]
     lines = [f"Device: {header}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
         if "tokens_per_s" not in r:
@@ -122,7 +137,7 @@ def markdown(results: list[dict], header: str) -> str:
         lines.append(
             f"| {r['label']} | `{shlex.join(r['flags'])}` | {r['micro_batch']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
             f"{report.fmt(r['mfu'], '.1%')} | {report.fmt(r['peak_mem_gib'], '.1f')} | {report.ratio(r['tokens_per_s'], base['tokens_per_s'])} | "
-            f"{r['tokens']:,} | {report.fmt(r['val_loss'], '.4f')} | {report.fmt(r['val_loss_fineweb_sample'], '.4f')} |"
+            f"{report.fmt(r.get('train_s'), '.1f')} | {r['tokens']:,} | {report.fmt(r['val_loss'], '.4f')} | {report.fmt(r['val_loss_fineweb_sample'], '.4f')} |"
         )
     return "\n".join(lines)
 
@@ -136,13 +151,22 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps before the timed ones")
     parser.add_argument("--val-tokens", type=int, default=65_536, help="validation tokens of the single end-of-run validation")
     parser.add_argument("--row-timeout", type=float, help="seconds a row may run before it is stopped and marked failed")
+    parser.add_argument("--equal-time", help="an earlier bench.json of these rows: train each row for the steps that fit in its base row's time")
+    parser.add_argument("--equal-time-base", help="the reference's base row (default: its first measured row)")
     parser.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU (default: datasheet or measured)")
     parser.add_argument("--out", default=str(REPO / "logs" / time.strftime("bench_%Y%m%d_%H%M%S")))
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    rows = load_rows(args)
+    if args.equal_time:
+        steps = equal_time_steps(json.loads(Path(args.equal_time).read_text()), args.equal_time_base)
+        missing = [r["label"] for r in rows if r["label"] not in steps]
+        if missing:
+            raise SystemExit(f"bench: --equal-time: no measured ms/step for {', '.join(missing)} in {args.equal_time}")
+        rows = [{**r, "total_steps": steps[r["label"]]} for r in rows]
     results = []
-    for row in load_rows(args):  # the files are rewritten after every row, so a stopped bench keeps what it measured
+    for row in rows:  # the files are rewritten after every row, so a stopped bench keeps what it measured
         results.append(run_row(row, args, out))
         header = add_mfu(results, args.peak_flops)
         table = markdown(results, header)

@@ -179,7 +179,7 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
         {"label": "broken", "exit_code": 1}])
     write_bench(folder / "lr3" / "bench.json", [{"label": "baseline", "val_loss": 6.5}, {"label": "cheap", "val_loss": 7.5}])
     (folder / "record.json").write_text(json.dumps({
-        "title": "Variants", "table": "bench", "runs": {}, "baseline": "baseline", "lr_checks": {"at 3x LR": "lr3/bench.json"},
+        "title": "Variants", "table": "bench", "runs": {}, "baseline": "baseline", "extra_benches": {"at 3x LR": "lr3/bench.json"},
         "verdicts": {"baseline": "reference", "cheap": "faster, worse", "broken": "failed"}}))
     (folder / "bench.md").write_text("| full bench table |")
     record = report.load_record(folder)
@@ -199,3 +199,21 @@ def test_a_record_can_show_a_markdown_table_its_benchmark_wrote(tmp_path):
     (folder / "bench_inference.md").write_text("| batch | tokens/s |\n|---|---|\n| 1 | 492.8 |\n")
     (folder / "record.json").write_text(json.dumps({"title": "Inference", "table": "file", "table_file": "bench_inference.md", "runs": {}, "notes": "n"}))
     assert "| 1 | 492.8 |" in report.record_section(report.load_record(folder))
+
+
+def test_equal_time_gives_each_row_the_steps_that_fit_in_the_base_rows_time(tmp_path):
+    bench = load_script("bench")
+    reference = {"steps": 8, "warmup_steps": 2, "rows": [{"label": "base", "ms_per_step": 100.0, "train_s": 1.0},
+                                                        {"label": "fast", "ms_per_step": 40.0}, {"label": "broken", "exit_code": 1}]}
+    assert bench.equal_time_steps(reference) == {"base": 10, "fast": 25}
+    assert bench.equal_time_steps({**reference, "rows": [dict(reference["rows"][0], train_s=None), reference["rows"][1]]}) == {"base": 10, "fast": 25}
+    assert bench.equal_time_steps(reference, "fast") == {"base": 4, "fast": 10}  # fast's budget: 40 ms x (8 + 2) steps
+    (tmp_path / "reference.json").write_text(json.dumps(reference))
+    common = " ".join(FAST[:-4]) + " --data synthetic"
+    assert bench.main(["--row", "base=train_gpt2.py", "--row", "fast=train_gpt2.py --attn sdpa", "--common", common, "--steps", "3",
+                       "--warmup-steps", "1", "--val-tokens", "512", "--equal-time", str(tmp_path / "reference.json"), "--out", str(tmp_path / "b")]) == 0
+    rows = {r["label"]: r for r in json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]}
+    assert (rows["base"]["steps"], rows["fast"]["steps"]) == (10, 25)
+    assert rows["fast"]["tokens"] == 25 * 256 and rows["fast"]["train_s"] > 0
+    with pytest.raises(SystemExit, match="no measured ms/step for other"):
+        bench.main(["--row", "other=train_gpt2.py", "--equal-time", str(tmp_path / "reference.json"), "--out", str(tmp_path / "c")])
