@@ -11,6 +11,7 @@ lower loss (measured on the first --realloc-tokens training tokens; kit.lightrnn
 """
 
 import sys
+import time
 from dataclasses import dataclass, field
 
 from kit import datasets, hw
@@ -48,9 +49,11 @@ def before_step(step: int, model: LightRNNGPT, optimizers, cfg: Hyperparameters)
     batches = validation_batches(first_shard, cfg.realloc_tokens, cfg.seq_len, per_batch, ddp.rank, ddp.world_size, strict=False)
     device = model.head.table.row_of.device
     dtype = hw.pick_dtype(cfg.dtype, device)
+    t0 = time.perf_counter()
     before, after, moved = measure_and_reallocate(model, batches, lambda: hw.autocast(device, dtype), cfg.realloc_rounds)
     if ddp.rank == 0:
-        print(f"re-allocation at step {step}: {moved} tokens moved, summed placement loss {before:.4g} -> {after:.4g}")
+        print(f"re-allocation at step {step}: {moved} tokens moved, summed placement loss {before:.4g} -> {after:.4g} "
+              f"({time.perf_counter() - t0:.1f} s, counted as training time)")
 
 
 RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0],

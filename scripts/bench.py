@@ -72,6 +72,8 @@ def finished(run_dir: Path, steps: int) -> bool:
 def equal_time_steps(reference: dict, base_label: str = None) -> dict:
     """{label: optimizer steps} that fit each row of an earlier bench.json into its base row's
     training time (the first row's unless base_label), at the row's own measured ms/step."""
+    if reference.get("parallel", 1) > 1:
+        raise SystemExit("bench: --equal-time: the reference bench ran rows in parallel, so its step times are not measurements")
     rows = {r["label"]: r for r in reference["rows"] if r.get("ms_per_step")}
     if not rows:
         raise SystemExit("bench: --equal-time: the reference bench has no measured rows")
@@ -80,37 +82,84 @@ def equal_time_steps(reference: dict, base_label: str = None) -> dict:
     return {label: max(1, round(budget_ms / r["ms_per_step"])) for label, r in rows.items()}
 
 
-def run_row(row: dict, args, out: Path) -> dict:
-    run_dir = out / row["label"]
-    total_steps = row.get("total_steps", args.warmup_steps + args.steps)
-    cmd = [sys.executable, row["script"], *shlex.split(args.common), *row["flags"],
-           "--max-steps", str(total_steps), "--val-every", "0", "--val-tokens", str(args.val_tokens),
-           "--export", "0", "--progress", "lines", "--out-dir", str(run_dir)]
-    if finished(run_dir, total_steps):  # a bench cut short and started again keeps its measured rows
-        print(f"[bench] {row['label']}: already measured in {run_dir}", flush=True)
-        result = {**row, "exit_code": 0, "run_dir": str(run_dir), "process_s": None}
-    else:
+def row_command(row: dict, args, out: Path) -> list[str]:
+    cmd = [sys.executable, row["script"], *shlex.split(args.common), *row["flags"]]
+    if args.parallel > 1 and args.memory_cap_gib:  # rows sharing the GPU split its memory
+        cmd += ["--memory-cap-gib", str(args.memory_cap_gib)]
+    return cmd + ["--max-steps", str(row_steps(row, args)), "--val-every", "0", "--val-tokens", str(args.val_tokens),
+                  "--export", "0", "--progress", "lines", "--out-dir", str(out / row["label"])]
+
+
+def row_steps(row: dict, args) -> int:
+    return row.get("total_steps", args.warmup_steps + args.steps)
+
+
+class RowProcess:
+    """One row's training process, its console file and its clock (None: measured by an earlier bench)."""
+
+    def __init__(self, row: dict, args, out: Path):
+        self.row, self.args, self.out = row, args, out
+        self.run_dir = out / row["label"]
+        self.proc = self.console = None
+        if finished(self.run_dir, row_steps(row, args)):  # a bench cut short and started again keeps its measured rows
+            print(f"[bench] {row['label']}: already measured in {self.run_dir}", flush=True)
+            return
+        cmd = row_command(row, args, out)
         print(f"[bench] {row['label']}: {shlex.join(cmd[1:])}", flush=True)
-        t0 = time.perf_counter()
-        with open(out / f"{row['label']}.console.txt", "w") as console:
-            try:
-                code = subprocess.run(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT, timeout=args.row_timeout).returncode
-            except subprocess.TimeoutExpired:
-                code = 124
-                console.write(f"bench: row stopped after --row-timeout {args.row_timeout}s\n")
-        result = {**row, "exit_code": code, "run_dir": str(run_dir), "process_s": time.perf_counter() - t0}
-    if result["exit_code"] != 0 or not (run_dir / "summary.json").exists():
-        tail = (out / f"{row['label']}.console.txt").read_text().strip().splitlines()[-1:] or [""]
-        print(f"[bench] {row['label']} failed (exit {result['exit_code']}): {tail[0]}", flush=True)
+        self.t0 = time.perf_counter()
+        self.console = open(out / f"{row['label']}.console.txt", "w")
+        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.console, stderr=subprocess.STDOUT)
+
+    def exit_code(self):
+        """The process's exit code once it ended (124 once past --row-timeout, which stops it); None while it runs."""
+        if self.proc is None:
+            return 0
+        code = self.proc.poll()
+        if code is None and self.args.row_timeout and time.perf_counter() - self.t0 > self.args.row_timeout:
+            self.proc.kill()
+            self.proc.wait()
+            self.console.write(f"bench: row stopped after --row-timeout {self.args.row_timeout}s\n")
+            code = 124
+        if code is not None and not self.console.closed:
+            self.console.close()
+        return code
+
+    def result(self, code: int) -> dict:
+        row, args = self.row, self.args
+        result = {**row, "exit_code": code, "run_dir": str(self.run_dir), "process_s": time.perf_counter() - self.t0 if self.proc else None}
+        if code != 0 or not (self.run_dir / "summary.json").exists():
+            tail = (self.out / f"{row['label']}.console.txt").read_text().strip().splitlines()[-1:] or [""]
+            print(f"[bench] {row['label']} failed (exit {code}): {tail[0]}", flush=True)
+            return result
+        total_steps = row_steps(row, args)
+        run = report.load_run(self.run_dir, row["label"])
+        ms = report.steady_step_ms(run, skip=min(args.warmup_steps, total_steps - 1), count=max(1, total_steps - args.warmup_steps))
+        s = run.summary
+        result.update(ms_per_step=ms, steps=s["steps"], train_s=s["train_time_s"], tokens_per_s=s["tokens"] / s["steps"] / (ms / 1000),
+                      micro_batch=s["micro_batch"], peak_mem_gib=s["peak_mem_gib"], flops_per_token=s["flops_per_token"],
+                      device_name=s["device_name"], batch_tokens=s["tokens"] // s["steps"], attn=s["attn"], dtype=s["dtype"],
+                      compile=s["compile"], tokens=s["tokens"], val_loss=s.get("final_val_loss"),
+                      val_loss_fineweb_sample=s.get("final_val_loss_fineweb_sample"))
         return result
-    run = report.load_run(run_dir, row["label"])
-    ms = report.steady_step_ms(run, skip=min(args.warmup_steps, total_steps - 1), count=max(1, total_steps - args.warmup_steps))
-    s = run.summary
-    result.update(ms_per_step=ms, steps=s["steps"], train_s=s["train_time_s"], tokens_per_s=s["tokens"] / s["steps"] / (ms / 1000), micro_batch=s["micro_batch"],
-                  peak_mem_gib=s["peak_mem_gib"], flops_per_token=s["flops_per_token"], device_name=s["device_name"],
-                  batch_tokens=s["tokens"] // s["steps"], attn=s["attn"], dtype=s["dtype"], compile=s["compile"],
-                  tokens=s["tokens"], val_loss=s.get("final_val_loss"), val_loss_fineweb_sample=s.get("final_val_loss_fineweb_sample"))
-    return result
+
+
+def run_rows(rows: list[dict], args, out: Path, on_result) -> list:
+    """Run the rows, args.parallel at a time, in their order; on_result(results so far, in row order)
+    after each one ends."""
+    results, pending, running = [None] * len(rows), list(enumerate(rows)), {}
+    while pending or running:
+        while pending and len(running) < args.parallel:
+            i, row = pending.pop(0)
+            running[i] = RowProcess(row, args, out)
+        for i, process in list(running.items()):
+            code = process.exit_code()
+            if code is not None:
+                results[i] = process.result(code)
+                del running[i]
+                on_result([r for r in results if r is not None])
+        if running:
+            time.sleep(0.2)
+    return results
 
 
 def add_mfu(results: list[dict], peak_override) -> str:
@@ -126,7 +175,8 @@ def fmt_flops(peak) -> str:
     return f"{peak / 1e12:.1f} TFLOP/s" if peak else "no known peak"
 
 
-def markdown(results: list[dict], header: str) -> str:
+def markdown(results: list[dict], header: str, shared_gpu: bool = False) -> str:
+    """The bench table; rows that shared the GPU (--parallel) show no speed or time."""
     base = next((r for r in results if "tokens_per_s" in r), None)
     columns = ["row", "flags", "micro-batch", "ms/step", "tokens/s", "MFU", "peak GiB", "vs first row", "train s", "tokens", "val loss", "fineweb_sample"]
     lines = [f"Device: {header}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -134,11 +184,13 @@ def markdown(results: list[dict], header: str) -> str:
         if "tokens_per_s" not in r:
             lines.append(f"| {r['label']} | `{shlex.join(r['flags'])}` | failed (exit {r['exit_code']}) |" + " - |" * (len(columns) - 3))
             continue
-        lines.append(
-            f"| {r['label']} | `{shlex.join(r['flags'])}` | {r['micro_batch']} | {r['ms_per_step']:.1f} | {r['tokens_per_s']:,.0f} | "
-            f"{report.fmt(r['mfu'], '.1%')} | {report.fmt(r['peak_mem_gib'], '.1f')} | {report.ratio(r['tokens_per_s'], base['tokens_per_s'])} | "
-            f"{report.fmt(r.get('train_s'), '.1f')} | {r['tokens']:,} | {report.fmt(r['val_loss'], '.4f')} | {report.fmt(r['val_loss_fineweb_sample'], '.4f')} |"
-        )
+        speed = [f"{r['ms_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}", report.fmt(r["mfu"], ".1%")]
+        timing = [report.ratio(r["tokens_per_s"], base["tokens_per_s"]), report.fmt(r.get("train_s"), ".1f")]
+        if shared_gpu:
+            speed, timing = ["shared"] * 3, ["shared"] * 2
+        cells = [r["label"], f"`{shlex.join(r['flags'])}`", str(r["micro_batch"]), *speed, report.fmt(r["peak_mem_gib"], ".1f"), *timing,
+                 f"{r['tokens']:,}", report.fmt(r["val_loss"], ".4f"), report.fmt(r["val_loss_fineweb_sample"], ".4f")]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -153,6 +205,9 @@ def main(argv=None) -> int:
     parser.add_argument("--row-timeout", type=float, help="seconds a row may run before it is stopped and marked failed")
     parser.add_argument("--equal-time", help="an earlier bench.json of these rows: train each row for the steps that fit in its base row's time")
     parser.add_argument("--equal-time-base", help="the reference's base row (default: its first measured row)")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="rows run at once on one GPU: for passes that compare losses only (an LR check, equal time); speed is not measured then")
+    parser.add_argument("--memory-cap-gib", type=float, help="with --parallel: each row's GPU memory cap (e.g. 42 for 3 rows on an H200)")
     parser.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU (default: datasheet or measured)")
     parser.add_argument("--out", default=str(REPO / "logs" / time.strftime("bench_%Y%m%d_%H%M%S")))
     args = parser.parse_args(argv)
@@ -165,15 +220,18 @@ def main(argv=None) -> int:
         if missing:
             raise SystemExit(f"bench: --equal-time: no measured ms/step for {', '.join(missing)} in {args.equal_time}")
         rows = [{**r, "total_steps": steps[r["label"]]} for r in rows]
-    results = []
-    for row in rows:  # the files are rewritten after every row, so a stopped bench keeps what it measured
-        results.append(run_row(row, args, out))
+
+    def write(results):  # after every row, so a stopped bench keeps what it measured
         header = add_mfu(results, args.peak_flops)
-        table = markdown(results, header)
-        (out / "bench.json").write_text(json.dumps({"device": header, "steps": args.steps, "warmup_steps": args.warmup_steps, "rows": results}, indent=2) + "\n")
-        (out / "bench.md").write_text(table + "\n")
-    print(table)
-    return 0 if all(r["exit_code"] == 0 for r in results) else 1
+        if args.parallel > 1:
+            header += f"; rows ran {args.parallel} at a time on one GPU, so their speed and time columns are not measurements"
+        (out / "bench.json").write_text(json.dumps({"device": header, "steps": args.steps, "warmup_steps": args.warmup_steps,
+                                                    "parallel": args.parallel, "rows": results}, indent=2) + "\n")
+        (out / "bench.md").write_text(markdown(results, header, shared_gpu=args.parallel > 1) + "\n")
+
+    results = run_rows(rows, args, out, write)
+    print((out / "bench.md").read_text().rstrip())
+    return 0 if all("tokens_per_s" in r for r in results) else 1  # every row measured
 
 
 if __name__ == "__main__":

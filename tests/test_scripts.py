@@ -217,3 +217,38 @@ def test_equal_time_gives_each_row_the_steps_that_fit_in_the_base_rows_time(tmp_
     assert rows["fast"]["tokens"] == 25 * 256 and rows["fast"]["train_s"] > 0
     with pytest.raises(SystemExit, match="no measured ms/step for other"):
         bench.main(["--row", "other=train_gpt2.py", "--equal-time", str(tmp_path / "reference.json"), "--out", str(tmp_path / "c")])
+
+
+WAIT_FOR_EACH_OTHER = """import pathlib, sys, time
+me, other = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2])
+me.touch()
+deadline = time.time() + 30
+while not other.exists():
+    if time.time() > deadline:
+        sys.exit(3)
+    time.sleep(0.05)
+"""
+
+
+def test_parallel_rows_run_at_the_same_time(tmp_path):
+    bench = load_script("bench")
+    script = tmp_path / "wait_for_each_other.py"
+    script.write_text(WAIT_FOR_EACH_OTHER)
+    a, b = tmp_path / "a", tmp_path / "b"
+    rows = [f"a={script} {a} {b}", f"b={script} {b} {a}"]
+    assert bench.main([*(f"--row={r}" for r in rows), "--parallel", "2", "--row-timeout", "60", "--out", str(tmp_path / "together")]) == 1  # no summaries: not training runs
+    together = json.loads((tmp_path / "together" / "bench.json").read_text())
+    assert [r["exit_code"] for r in together["rows"]] == [0, 0] and together["parallel"] == 2  # each saw the other running
+    a.unlink(), b.unlink()
+    bench.main([*(f"--row={r}" for r in rows), "--row-timeout", "2", "--out", str(tmp_path / "in_turn")])
+    assert json.loads((tmp_path / "in_turn" / "bench.json").read_text())["rows"][0]["exit_code"] == 124  # one at a time: the first waits in vain
+    with pytest.raises(SystemExit, match="ran rows in parallel"):
+        bench.equal_time_steps(together)
+
+
+def test_rows_that_shared_the_gpu_show_no_speed():
+    bench = load_script("bench")
+    row = {"label": "r", "flags": [], "micro_batch": 8, "ms_per_step": 10.0, "tokens_per_s": 1000.0, "mfu": 0.5, "peak_mem_gib": 1.0,
+           "train_s": 2.0, "tokens": 4096, "val_loss": 7.0, "val_loss_fineweb_sample": 7.5}
+    assert bench.markdown([row], "cpu").splitlines()[-1] == "| r | `` | 8 | 10.0 | 1,000 | 50.0% | 1.0 | 1.00x | 2.0 | 4,096 | 7.0000 | 7.5000 |"
+    assert bench.markdown([row], "cpu", shared_gpu=True).splitlines()[-1] == "| r | `` | 8 | shared | shared | shared | 1.0 | shared | shared | 4,096 | 7.0000 | 7.5000 |"
