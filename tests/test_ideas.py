@@ -79,6 +79,34 @@ def test_chunked_loss_model_matches_the_baseline_and_trains(tmp_path):
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3", "--out-dir", str(tmp_path)]) == 0
 
 
+# ----- fused residual add + LayerNorm -----
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_norm_model_is_the_baseline_with_equal_gradients(compiled):
+    from kit.fused import FusedNormGPT
+
+    plain = tiny_gpt()
+    with torch.no_grad():  # distinct norms, so that a fusion with the wrong LayerNorm shows
+        for module in plain.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.5, 0.5)
+    fused = FusedNormGPT(gpt_config("tiny", block_size=32), compiled=compiled)
+    fused.load_state_dict(plain.state_dict())
+    idx = torch.randint(0, 50257, (2, 32))
+    torch.testing.assert_close(fused.hidden(idx), plain.hidden(idx), atol=1e-5, rtol=1e-5)
+    a, b = grads_of(plain, idx), grads_of(fused, idx)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_fused_norm_script_smoke(tmp_path):
+    import train_gpt2_fused_norm as script
+
+    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--out-dir", str(tmp_path)]) == 0
+    with pytest.raises(ValueError, match="does not checkpoint"):
+        script.FusedNormGPT(gpt_config("tiny", block_size=32, checkpoint_layers=1))
+
+
 # ----- optimizers -----
 
 def test_lion_step_by_hand():
