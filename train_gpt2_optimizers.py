@@ -5,7 +5,7 @@ wants a smaller learning rate and a larger weight decay than AdamW: --lion-lr / 
 (defaults 2e-4 and 0.3, a third of AdamW's lr and three times its decay, the paper's advice;
 not tuned on this kit yet). 8-bit AdamW keeps Adam's two moments in 8 bits (block-wise
 quantised), cutting optimizer memory by ~75%, with the baseline's --lr and --weight-decay;
-it needs `pip install bitsandbytes` (CUDA only). The warmup + cosine schedule is the baseline's.
+it needs `pip install bitsandbytes` (0.50 runs on CUDA and on the CPU). The warmup + cosine schedule is the baseline's.
 
     python train_gpt2_optimizers.py --data webmix --optimizer lion
     python train_gpt2_optimizers.py --data webmix --optimizer adamw8bit
@@ -34,7 +34,7 @@ def adamw8bit(model, cfg: Hyperparameters):
     try:
         import bitsandbytes as bnb
     except ImportError:
-        raise UserError("--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes; CUDA GPUs only)") from None
+        raise UserError("--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
     return bnb.optim.AdamW8bit(decay_groups(model, cfg.weight_decay, cfg.lr), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 

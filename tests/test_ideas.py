@@ -109,6 +109,23 @@ def test_fused_norm_script_smoke(tmp_path):
 
 # ----- optimizers -----
 
+def test_8bit_adamw_follows_adamw_where_bitsandbytes_installs():
+    bnb = pytest.importorskip("bitsandbytes")  # not in CI; the GPU lease installs its wheel
+    torch.manual_seed(0)
+    exact = torch.nn.Parameter(torch.randn(256, 64))  # >= 4096 elements: bitsandbytes quantises only those
+    quantised = torch.nn.Parameter(exact.detach().clone())
+    adamw = torch.optim.AdamW([exact], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    adamw8 = bnb.optim.AdamW8bit([quantised], lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1)
+    start = exact.detach().clone()
+    for _ in range(5):
+        g = torch.randn_like(exact)
+        exact.grad, quantised.grad = g.clone(), g.clone()
+        adamw.step(), adamw8.step()
+    moved, gap = (exact - start).norm(), (quantised - exact).norm()
+    assert adamw8.state[quantised]["state1"].dtype == torch.uint8  # the moments are 8-bit
+    assert gap < 0.05 * moved  # the same steps, within the 8-bit moments' rounding
+
+
 def test_lion_step_by_hand():
     from kit.optim import Lion
 
