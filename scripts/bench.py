@@ -42,7 +42,8 @@ def load_rows(args) -> list[dict]:
     rows = [parse_row(r) for r in args.row or []]
     if args.rows:
         for entry in json.loads(Path(args.rows).read_text()):
-            rows.append({"label": entry["label"], "script": entry.get("script", "train_gpt2.py"), "flags": shlex.split(entry.get("flags", ""))})
+            rows.append({"label": entry["label"], "script": entry.get("script", "train_gpt2.py"), "flags": shlex.split(entry.get("flags", "")),
+                         "export": bool(entry.get("export", False))})  # keep the weights, for a later analysis (moe_routing.py)
     if not rows:
         raise SystemExit("bench: give --row or --rows")
     return rows
@@ -87,7 +88,7 @@ def row_command(row: dict, args, out: Path) -> list[str]:
     if args.parallel > 1 and args.memory_cap_gib:  # rows sharing the GPU split its memory
         cmd += ["--memory-cap-gib", str(args.memory_cap_gib)]
     return cmd + ["--max-steps", str(row_steps(row, args)), "--val-every", "0", "--val-tokens", str(args.val_tokens),
-                  "--export", "0", "--progress", "lines", "--out-dir", str(out / row["label"])]
+                  "--export", "1" if row.get("export") else "0", "--progress", "lines", "--out-dir", str(out / row["label"])]
 
 
 def row_steps(row: dict, args) -> int:
@@ -197,7 +198,7 @@ def markdown(results: list[dict], header: str, shared_gpu: bool = False) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row", action="append", help="'label=script.py flags...' (repeatable)")
-    parser.add_argument("--rows", help="JSON list of {label, script, flags}")
+    parser.add_argument("--rows", help="JSON list of {label, script, flags[, export: true to keep the row's weights]}")
     parser.add_argument("--common", default="", help="flags added to every row (before the row's own)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps before the timed ones")

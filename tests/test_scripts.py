@@ -252,3 +252,14 @@ def test_rows_that_shared_the_gpu_show_no_speed():
            "train_s": 2.0, "tokens": 4096, "val_loss": 7.0, "val_loss_fineweb_sample": 7.5}
     assert bench.markdown([row], "cpu").splitlines()[-1] == "| r | `` | 8 | 10.0 | 1,000 | 50.0% | 1.0 | 1.00x | 2.0 | 4,096 | 7.0000 | 7.5000 |"
     assert bench.markdown([row], "cpu", shared_gpu=True).splitlines()[-1] == "| r | `` | 8 | shared | shared | shared | 1.0 | shared | shared | 4,096 | 7.0000 | 7.5000 |"
+
+
+def test_a_rows_file_can_keep_a_rows_weights(tmp_path):
+    bench = load_script("bench")
+    (tmp_path / "rows.json").write_text(json.dumps([{"label": "kept", "script": "train_gpt2.py", "export": True},
+                                                    {"label": "dropped", "script": "train_gpt2.py"}]))
+    common = " ".join(FAST[:-4]) + " --data synthetic"
+    assert bench.main(["--rows", str(tmp_path / "rows.json"), "--common", common, "--steps", "1", "--warmup-steps", "1",
+                       "--val-tokens", "512", "--out", str(tmp_path / "b")]) == 0
+    assert (tmp_path / "b" / "kept" / "model.safetensors").exists()  # for an analysis after the bench (moe_routing.py)
+    assert not (tmp_path / "b" / "dropped" / "model.safetensors").exists()
