@@ -262,7 +262,7 @@ def forward_cached_modern(model, idx, cache, sids):
         cache.last_tokens[sid] = int(tokens[-1])
     docs = torch.nn.utils.rnn.pad_sequence([cache.documents[sid] for sid in sids], batch_first=True, padding_value=-1)
     docs = F.pad(docs, (0, slots.mask.size(-1) - docs.size(1)), value=-1).to(idx.device)  # as wide as the slots read
-    long_window = int(model.window_blocks)
+    long_window = model.window_blocks_on_host
     short_window = max(1, long_window // 2)
     x0, value_embeds, bigram = model.embed_tokens(idx, previous_first)
 

@@ -300,12 +300,14 @@ class ModernGPT(nn.Module):
         self.mtp_adapters = nn.ModuleList(hidden_linear(cfg.n_embd, cfg.n_embd, zero=True) for _ in range(cfg.mtp_offsets))
         self.register_buffer("mtp_weight", torch.tensor(0.0), persistent=False)
         self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
+        self.window_blocks_on_host = 1  # the same number, for cached decoding (no device-to-host wait per call)
         long_layers = cfg.long_window_layers or tuple(range(0, cfg.n_layer, 4)) + (cfg.n_layer - 1,)
         self.long_window = [i in long_layers for i in range(cfg.n_layer)]
 
     def set_window(self, long_blocks: int) -> None:
         """Attention span of the long-window layers, in blocks of 128 tokens (the others get half)."""
-        self.window_blocks.fill_(max(1, int(long_blocks)))
+        self.window_blocks_on_host = max(1, int(long_blocks))
+        self.window_blocks.fill_(self.window_blocks_on_host)
 
     def value_embed_slots(self) -> list:
         """For each layer, which value embedding it takes: the first and the last `value_embeds`
