@@ -133,13 +133,17 @@ def allocation_cost(row_of, col_of, A, B) -> float:
 
 def reassign_within(groups_of, slot_of, cost) -> np.ndarray:
     """For each value g of groups_of (a column, say), give its tokens distinct slots (rows) so that
-    the summed cost[token, slot] is least: one exact linear assignment per group."""
+    the summed cost[token, slot] is least: one exact linear assignment per group. Ties go to the
+    slot a token has: a token the measurement never saw (all its costs 0) stays where it is."""
     from scipy.optimize import linear_sum_assignment
 
     new = slot_of.copy()
+    stay_bonus = 1e-9 * max(1.0, float(np.abs(cost).max()))
     for g in np.unique(groups_of):
         members = np.flatnonzero(groups_of == g)
-        chosen, slot = linear_sum_assignment(cost[members])
+        group_cost = cost[members].astype(np.float64)
+        group_cost[np.arange(len(members)), slot_of[members]] -= stay_bonus
+        chosen, slot = linear_sum_assignment(group_cost)
         new[members[chosen]] = slot
     return new
 

@@ -109,6 +109,23 @@ def test_reallocation_recovers_a_planted_allocation_from_a_transposed_start():
     assert (new_rows == planted_rows).all() and (new_cols == planted_cols).all()
 
 
+def test_reallocation_moves_nothing_when_every_measured_token_sits_in_its_best_cell():
+    """Ties go to the current cell: tokens the measurement never saw (all costs 0) are not
+    reshuffled when no measured token wants their cell (a plain assignment would reorder them)."""
+    rng = np.random.default_rng(5)
+    rows = cols = 6
+    cells = rng.permutation(rows * cols)
+    row_of, col_of = cells // cols, cells % cols
+    A, B = np.ones((rows * cols, rows)), np.ones((rows * cols, cols))
+    A[np.arange(rows * cols), row_of] = 0.0  # every token is where it is cheapest ...
+    B[np.arange(rows * cols), col_of] = 0.0
+    unseen = np.arange(0, rows * cols, 3)  # ... and a third of them never occurred: no cost anywhere
+    A[unseen], B[unseen] = 0.0, 0.0
+    new_rows, new_cols, before, after = reallocate(row_of, col_of, A, B)
+    assert before == after == 0
+    assert (new_rows == row_of).all() and (new_cols == col_of).all()
+
+
 def test_placement_losses_are_the_summed_row_and_column_losses_of_each_token():
     head = small_head()
     h, targets = torch.randn(40, 16), torch.randint(0, 10, (40,))  # repeats: 40 positions, 10 tokens
