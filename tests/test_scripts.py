@@ -263,3 +263,35 @@ def test_a_rows_file_can_keep_a_rows_weights(tmp_path):
                        "--val-tokens", "512", "--out", str(tmp_path / "b")]) == 0
     assert (tmp_path / "b" / "kept" / "model.safetensors").exists()  # for an analysis after the bench (moe_routing.py)
     assert not (tmp_path / "b" / "dropped" / "model.safetensors").exists()
+
+
+def fake_bench(folder, labels, commit="abc123"):
+    write_bench(folder / "bench.json", [{"label": label, "val_loss": 7.0} for label in labels])
+    (folder / "bench.md").write_text("| table |\n")
+    for label in labels:
+        run = folder / label
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps({"git_commit": commit}))
+        (run / "log.txt").write_text("command: x\nversions: python 3.12.3 | torch 2.11.0+cu130 (cuda 13.0)\ndevice: NVIDIA H200 (sm90, 139.8 GiB) | dtype: bf16\n")
+        (run / "model.safetensors").write_bytes(b"weights")
+        (folder / f"{label}.console.txt").write_text("console\n")
+
+
+def test_record_bench_copies_a_fetched_bench_into_a_record(tmp_path):
+    record_bench = load_script("record_bench")
+    fake_bench(tmp_path / "fetched", ["baseline", "variant"])
+    fake_bench(tmp_path / "fetched_lr3", ["baseline", "variant"])
+    target = tmp_path / "records" / "2026-01-01_variants"
+    assert record_bench.main([str(tmp_path / "fetched"), str(target), "--title", "Variants", "--command", "bench it",
+                              "--extra", f"at 3x LR={tmp_path / 'fetched_lr3'}"]) == 0
+    record = json.loads((target / "record.json").read_text())
+    assert record["gpu"] == "NVIDIA H200 (sm90), torch 2.11.0+cu130" and record["commit"] == "abc123"
+    assert record["baseline"] == "baseline" and record["extra_benches"] == {"at 3x LR": "at_3x_lr/bench.json"}
+    assert (target / "variant" / "log.txt").exists() and (target / "at_3x_lr" / "variant.console.txt").exists()
+    assert not list(target.rglob("*.safetensors"))  # weights stay behind
+    assert "| table |" in report.record_section(report.load_record(target))
+    with pytest.raises(SystemExit, match="not overwritten"):
+        record_bench.main([str(tmp_path / "fetched"), str(target), "--title", "t", "--command", "c"])
+    fake_bench(tmp_path / "other_commit", ["baseline"], commit="def456")
+    with pytest.raises(SystemExit, match="2 commits"):
+        record_bench.main([str(tmp_path / "fetched"), str(tmp_path / "mixed"), "--title", "t", "--command", "c", "--extra", f"x={tmp_path / 'other_commit'}"])

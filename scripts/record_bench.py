@@ -1,0 +1,84 @@
+"""Turn a bench folder fetched from the GPU machine into a record under records/.
+
+    python scripts/record_bench.py /work/.device/8/logs/bench_variants records/2026-11-29_h200_variants \\
+        --title "The user's variants at 33M tokens" --command "bash scripts/equal_budget_session.sh logs variants" \\
+        --extra "at 3x LR=/work/.device/8/logs/bench_variants_lr_lr3"
+
+Copies bench.json, bench.md, the consoles and every row's run directory (weights and checkpoints
+left out), each --extra bench into its own sub-folder, and writes record.json with the GPU, torch
+version and commit read from the runs themselves (all rows must share one commit). Notes and
+verdicts are yours to add to record.json; then `python scripts/compare.py --records`.
+"""
+
+import argparse
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+LEFT_OUT = shutil.ignore_patterns("*.safetensors", "*.pt", "checkpoints")
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def copy_bench(source: Path, target: Path) -> list[dict]:
+    """Copy a bench folder; returns its rows (bench.json)."""
+    if not (source / "bench.json").exists():
+        raise SystemExit(f"record_bench: {source} has no bench.json")
+    shutil.copytree(source, target, ignore=LEFT_OUT, dirs_exist_ok=True)
+    return json.loads((source / "bench.json").read_text())["rows"]
+
+
+def run_facts(folder: Path, rows: list[dict]) -> tuple[set, str]:
+    """(the commits of the rows' runs, 'GPU (smXY), torch V') from their summary.json and log.txt."""
+    commits, gpu = set(), None
+    for row in rows:
+        run = folder / row["label"]
+        if not (run / "summary.json").exists():
+            continue  # a failed row
+        commits.add(json.loads((run / "summary.json").read_text()).get("git_commit"))
+        log = (run / "log.txt").read_text() if (run / "log.txt").exists() else ""
+        device = re.search(r"^device: (.+?) \((sm\d+)", log, re.M)
+        torch_version = re.search(r"torch (\S+)", log)
+        if gpu is None and device and torch_version:
+            gpu = f"{device.group(1)} ({device.group(2)}), torch {torch_version.group(1)}"
+    return commits, gpu or "-"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bench_dir")
+    parser.add_argument("record_dir")
+    parser.add_argument("--title", required=True)
+    parser.add_argument("--command", required=True, help="the command that ran the bench, as it was run")
+    parser.add_argument("--extra", action="append", default=[], help="'column name=bench folder': the same rows benched again (another LR, equal time)")
+    args = parser.parse_args(argv)
+    target = Path(args.record_dir)
+    if (target / "record.json").exists():
+        raise SystemExit(f"record_bench: {target}/record.json exists; not overwritten")
+    rows = copy_bench(Path(args.bench_dir), target)
+    commits, gpu = run_facts(target, rows)
+    extra_benches = {}
+    for spec in args.extra:
+        name, _, folder = spec.partition("=")
+        if not folder:
+            raise SystemExit(f"record_bench: --extra is 'column name=bench folder', got {spec!r}")
+        extra_rows = copy_bench(Path(folder), target / slug(name))
+        commits |= run_facts(target / slug(name), extra_rows)[0]
+        extra_benches[name] = f"{slug(name)}/bench.json"
+    if len(commits) != 1:
+        raise SystemExit(f"record_bench: the runs come from {len(commits)} commits ({', '.join(sorted(map(str, commits)))}); one record per commit")
+    record = {"title": args.title, "gpu": gpu, "commit": commits.pop(), "command": args.command, "table": "bench", "runs": {},
+              "baseline": rows[0]["label"], "readme": False}
+    if extra_benches:
+        record["extra_benches"] = extra_benches
+    (target / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {target}/record.json; add its notes (and verdicts), then: python scripts/compare.py --records")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
