@@ -75,8 +75,10 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
 
     model, _, _ = load_model(args.run_dir, args.device)
-    cache = auto_cache(model, args.device) if args.cache == "auto" else args.cache
-    if cache == "static":
+    cache = args.cache
+    if cache == "auto":  # already checked: static only where the model allows it
+        cache = auto_cache(model, args.device)
+    elif cache == "static":
         try:
             check_static(model)
         except ValueError as e:
