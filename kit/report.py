@@ -196,22 +196,47 @@ def loss_against(rows: dict, label: str, base_label: str, key: str = "val_loss")
     return f"{row[key]:.4f} ({row[key] - base[key]:+.3f})" if base.get(key) is not None else f"{row[key]:.4f}"
 
 
+def run_lr(bench_json: Path, label: str):
+    """The peak learning rate a bench row trained with (its run's config.json), or None."""
+    config = Path(bench_json).parent / label / "config.json"
+    return json.loads(config.read_text()).get("lr") if config.exists() else None
+
+
+def best_of_benches(benches: dict, label: str):
+    """(val loss, lr) of a row's lowest validation loss over benches {bench.json path: rows}; None if never measured."""
+    measured = [(rows[label]["val_loss"], run_lr(path, label)) for path, rows in benches.items() if rows.get(label, {}).get("val_loss") is not None]
+    return min(measured, key=lambda m: m[0]) if measured else None
+
+
+def best_against(benches: dict, label: str, base_label: str) -> str:
+    """'loss @lr (+delta)': a row at its best learning rate against the base row at the base row's best."""
+    best, base = best_of_benches(benches, label), best_of_benches(benches, base_label)
+    if best is None:
+        return "-"
+    at = f" @{best[1]:g}" if best[1] is not None else ""
+    return f"{best[0]:.4f}{at} ({best[0] - base[0]:+.3f})" if base else f"{best[0]:.4f}{at}"
+
+
 def verdict_table(record: dict) -> str:
     """One row per benched label: speed, memory and loss against the base row (also in each extra
-    bench, against that bench's own base row), and the record's verdict. Figures come from bench.json."""
+    bench, against that bench's own base row), with extra benches each row's best over all of
+    them against the base row's best, and the record's verdict. Figures come from bench.json."""
     folder = record["folder"]
     main = bench_rows(folder / "bench.json")
     checks = {name: bench_rows(folder / rel) for name, rel in record.get("extra_benches", {}).items()}
+    benches = {folder / "bench.json": main, **{folder / rel: bench_rows(folder / rel) for rel in record.get("extra_benches", {}).values()}}
     base_label = record.get("baseline") or next(iter(main))
     base = main[base_label]
+    best_head = ["best over the benches (vs the base's best)"] if checks else []
     head = ["row", "tokens/s (vs base)", "MFU", "peak GiB", "val loss (vs base)", *[f"val loss {name} (vs its base)" for name in checks],
-            "fineweb_sample (vs base)", "verdict"]
+            *best_head, "fineweb_sample (vs base)", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, verdict in record["verdicts"].items():
         row = main.get(label, {})
         speed = f"{row['tokens_per_s']:,.0f} ({ratio(row['tokens_per_s'], base.get('tokens_per_s'))})" if row.get("tokens_per_s") else "-"
+        best = [best_against(benches, label, base_label)] if checks else []
         cells = [label, speed, fmt(row.get("mfu"), ".1%"), fmt(row.get("peak_mem_gib"), ".1f"), loss_against(main, label, base_label),
-                 *[loss_against(rows, label, base_label) for rows in checks.values()],
+                 *[loss_against(rows, label, base_label) for rows in checks.values()], *best,
                  loss_against(main, label, base_label, "val_loss_fineweb_sample"), verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

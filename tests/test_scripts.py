@@ -178,6 +178,10 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
         {"label": "cheap", "tokens_per_s": 750_000.0, "mfu": 0.45, "peak_mem_gib": 40.0, "val_loss": 7.25, "val_loss_fineweb_sample": 7.6},
         {"label": "broken", "exit_code": 1}])
     write_bench(folder / "lr3" / "bench.json", [{"label": "baseline", "val_loss": 6.5}, {"label": "cheap", "val_loss": 7.5}])
+    for bench, lr in (("", 6e-4), ("lr3", 1.8e-3)):  # each row's learning rate, from its run's config.json
+        for label in ("baseline", "cheap"):
+            (folder / bench / label).mkdir(parents=True)
+            (folder / bench / label / "config.json").write_text(json.dumps({"lr": lr}))
     (folder / "record.json").write_text(json.dumps({
         "title": "Variants", "table": "bench", "runs": {}, "baseline": "baseline", "extra_benches": {"at 3x LR": "lr3/bench.json"},
         "verdicts": {"baseline": "reference", "cheap": "faster, worse", "broken": "failed"}}))
@@ -185,9 +189,11 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
     record = report.load_record(folder)
     lines = report.verdict_table(record).splitlines()
     assert "val loss at 3x LR (vs its base)" in lines[0]
-    assert lines[2] == "| baseline | 500,000 (1.00x) | 40.0% | 100.0 | 7.0000 (+0.000) | 6.5000 (+0.000) | 7.5000 (+0.000) | reference |"
-    assert lines[3] == "| cheap | 750,000 (1.50x) | 45.0% | 40.0 | 7.2500 (+0.250) | 7.5000 (+1.000) | 7.6000 (+0.100) | faster, worse |"
-    assert lines[4] == "| broken | - | - | - | - | - | - | failed |"
+    assert "best over the benches (vs the base's best)" in lines[0]
+    # best against best: cheap's best (7.25 at 6e-4) against the baseline's (6.5 at 1.8e-3), not against 7.0
+    assert lines[2] == "| baseline | 500,000 (1.00x) | 40.0% | 100.0 | 7.0000 (+0.000) | 6.5000 (+0.000) | 6.5000 @0.0018 (+0.000) | 7.5000 (+0.000) | reference |"
+    assert lines[3] == "| cheap | 750,000 (1.50x) | 45.0% | 40.0 | 7.2500 (+0.250) | 7.5000 (+1.000) | 7.2500 @0.0006 (+0.750) | 7.6000 (+0.100) | faster, worse |"
+    assert lines[4] == "| broken | - | - | - | - | - | - | - | failed |"
     full, brief = report.record_section(record), report.record_section(record, brief=True)
     assert "| full bench table |" in full and "| cheap |" in full
     assert "| full bench table |" not in brief and "| cheap |" in brief  # the README shows the verdicts only
