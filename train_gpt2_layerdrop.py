@@ -4,8 +4,9 @@ residual update is scaled by 1 / (1 - p_l) so its expected contribution equals t
 From --layerdrop-until x max-steps on, and always in evaluation, every block runs.
 
 Skipping a block skips its compute: at --layerdrop 0.1 on 12 layers the expected depth is
-11.35, ~5% less work per step while it lasts. With --compile 1 the blocks are compiled one by
-one, so skipping stays a plain Python branch between compiled blocks.
+11.35, ~5% less work per step while it lasts. With --compile 1 the blocks and the loss are
+compiled one by one (kit.model.compile_regions), so skipping stays a plain Python branch between
+compiled blocks.
 
     python train_gpt2_layerdrop.py --data webmix --attn sdpa --compile 1
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kit.model import GPT, gpt_config
+from kit.model import GPT, compile_regions, gpt_config
 from kit.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
@@ -63,14 +64,8 @@ def before_step(step: int, model: LayerDropGPT, optimizers, cfg: Hyperparameters
     model.dropping = layerdrop_active(step, cfg)
 
 
-def compile_blocks(model: LayerDropGPT):
-    for block in model.h:
-        block.compile()
-    return model
-
-
 RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0],
-                before_step=before_step, compile_model=compile_blocks, ddp_find_unused=True)
+                before_step=before_step, compile_model=compile_regions, ddp_find_unused=True)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

@@ -33,8 +33,8 @@ class Hyperparameters(baseline.Hyperparameters):
 def adamw8bit(model, cfg: Hyperparameters):
     try:
         import bitsandbytes as bnb
-    except ImportError:
-        raise UserError("--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes)") from None
+    except ImportError as error:  # not installed, or one of its own imports failed (say which)
+        raise UserError(f"--optimizer adamw8bit needs bitsandbytes (pip install bitsandbytes): {error}") from None
     return bnb.optim.AdamW8bit(decay_groups(model, cfg.weight_decay, cfg.lr), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
 
 

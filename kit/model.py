@@ -62,6 +62,26 @@ def causal_block_mask(seq_len: int, device: str):
     return create_block_mask(lambda b, h, q, kv: q >= kv, None, None, seq_len, seq_len, device=device)
 
 
+def raise_recompile_limit(at_least: int = 32) -> None:
+    """Compiled blocks share one code object, so each shape or variant they meet (training, evaluation,
+    with or without value embeddings) counts against dynamo's per-code recompile limit (8), past which
+    new variants run uncompiled."""
+    config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # its name before torch 2.6
+    setattr(config, limit, max(getattr(config, limit), at_least))
+
+
+def compile_regions(model, **compile_kwargs):
+    """Compile a GPT's blocks one by one and its loss (head + cross-entropy), in place: Python between
+    them (LayerDrop's skipped blocks) stays eager without recompiling, and the loss, the largest
+    elementwise work of a step, is fused as whole-model compilation fuses it."""
+    raise_recompile_limit()
+    for block in model.h:
+        block.compile(**compile_kwargs)
+    model.loss = torch.compile(model.loss, **compile_kwargs)
+    return model
+
+
 @functools.lru_cache(maxsize=1)
 def compiled_flex_attention():
     """FlexAttention is only fast compiled; on the CPU the eager (unfused) version is used."""

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from kit.fp8 import FP8Head, FP8SoftcappedHeadLoss
 from kit.losses import softcap, softcapped_cross_entropy
+from kit.model import raise_recompile_limit
 
 EOT = 50256
 BLOCK = 128  # tokens per attention block: windows and the block-sparse mask count in these
@@ -403,12 +404,7 @@ class ModernGPT(nn.Module):
         """Compile each block and the head separately, in place ("regional compilation"): the 12
         blocks share one compiled graph (two: with and without value embeddings), so compiling
         costs about one block instead of the whole unrolled model; masks stay eager."""
-        # The blocks share one code object, so each variant (with/without value embeddings, training and
-        # evaluation shapes) counts against dynamo's per-code recompile limit (8), past which new variants
-        # run uncompiled; the limit was reached on an H200 (TORCH_LOGS=recompiles names each variant).
-        config = torch._dynamo.config
-        limit = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # its name before torch 2.6
-        setattr(config, limit, max(getattr(config, limit), 32))
+        raise_recompile_limit()  # the default limit was reached on an H200 (TORCH_LOGS=recompiles names each variant)
         for block in self.blocks:
             block.compile()
         self.head = torch.compile(self.head)
