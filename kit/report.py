@@ -243,7 +243,8 @@ def verdict_table(record: dict) -> str:
 
 
 def record_section(record: dict, heading: str = "##", link_prefix: str = "", brief: bool = False) -> str:
-    """A record as markdown; brief (the README's) shows a record's verdict table instead of its full bench table."""
+    """A record as markdown; brief (the README's) shows a record's verdict table instead of its full bench
+    table, and points to the notes in RESULTS.md instead of repeating them."""
     runs = record["loaded"]
     baseline = next((r for r in runs if r.label == record.get("baseline")), runs[0] if runs else None)
     folder = record["folder"].name
@@ -268,7 +269,7 @@ def record_section(record: dict, heading: str = "##", link_prefix: str = "", bri
     if record.get("plot") and (record["folder"] / "loss_vs_time.png").exists():
         parts += [f"![validation loss against training time]({link_prefix}{folder}/loss_vs_time.png)", ""]
     if record.get("notes"):
-        parts += [record["notes"], ""]
+        parts += [f"How it was run, and what the figures do not show: [RESULTS.md]({link_prefix}RESULTS.md)." if brief else record["notes"], ""]
     return "\n".join(parts)
 
 

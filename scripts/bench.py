@@ -46,6 +46,12 @@ def load_rows(args) -> list[dict]:
                          "export": bool(entry.get("export", False))})  # keep the weights, for a later analysis (moe_routing.py)
     if not rows:
         raise SystemExit("bench: give --row or --rows")
+    if args.only:  # a subset of a rows file, in the file's order
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {r["label"] for r in rows})
+        if unknown:
+            raise SystemExit(f"bench: --only: no row labelled {', '.join(unknown)}")
+        rows = [r for r in rows if r["label"] in wanted]
     return rows
 
 
@@ -199,6 +205,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--row", action="append", help="'label=script.py flags...' (repeatable)")
     parser.add_argument("--rows", help="JSON list of {label, script, flags[, export: true to keep the row's weights]}")
+    parser.add_argument("--only", help="comma-separated labels: bench only these rows of --rows")
     parser.add_argument("--common", default="", help="flags added to every row (before the row's own)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per row")
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps before the timed ones")

@@ -12,6 +12,8 @@
 #   checkpointing_24gb = what checkpointing frees under a 24 GB card's cap: micro-batch and speed at 1024 and 2048;
 #   variants_lr_other = each variant at the other side of its best LR so far, the baseline at its best;
 #   EQUAL_TIME=logs/bench_ideas/bench.json repeats the rows at the base row's training time of that bench;
+#   ideas_rest = the ideas the first ideas lease did not reach, with their own baseline (and LayerDrop re-run);
+#   ONLY=a,b benches only those rows of the rows file (bench.py --only);
 #   PARALLEL=3 runs 3 rows at once, each capped at 130/3 GiB: for passes that compare losses only)
 # 8-bit AdamW (ideas) needs bitsandbytes, which the GPU machine cannot download: fetch its wheel here
 # (pip download bitsandbytes --no-deps -d .whl; ~43 MB, it has CUDA 13 kernels), carry .whl in its
@@ -30,11 +32,13 @@ for _ in $(seq 600); do  # the second part's shards
 done
 lr_flag=""
 [ -n "${LR_SCALE:-}" ] && lr_flag="--lr $(python3 -c "print(6e-4 * ${LR_SCALE})")"
-time_flag=()
-[ -n "${EQUAL_TIME:-}" ] && time_flag=(--equal-time "$EQUAL_TIME")
+bench_flags=()
+[ -n "${EQUAL_TIME:-}" ] && bench_flags=(--equal-time "$EQUAL_TIME")
+[ -n "${ONLY:-}" ] && bench_flags+=(--only "$ONLY")
 parallel=${PARALLEL:-1}
-time_flag+=(--parallel "$parallel" --memory-cap-gib "$(python3 -c "print(130 // $parallel)")")
-echo "start $(date -u +%T) rows=$ROWS ${lr_flag} ${time_flag[*]}"
+bench_flags+=(--parallel "$parallel" --memory-cap-gib "$(python3 -c "print(130 // $parallel)")")
+echo "start $(date -u +%T) rows=$ROWS ${lr_flag} ${bench_flags[*]}"
 python3 scripts/bench.py --rows "scripts/rows/$ROWS.json" --common "--data webmix --compile 1 $lr_flag" --steps 60 --warmup-steps 3 \
-  --val-tokens 2097152 --row-timeout 420 "${time_flag[@]}" --out "$LOGS/bench_$ROWS${LR_SCALE:+_lr$LR_SCALE}${EQUAL_TIME:+_equal_time}"
-echo "done $(date -u +%T) exit $?"
+  --val-tokens 2097152 --row-timeout 420 "${bench_flags[@]}" --out "$LOGS/bench_$ROWS${LR_SCALE:+_lr$LR_SCALE}${EQUAL_TIME:+_equal_time}"
+code=$?  # before the line below, whose $(date) would overwrite it
+echo "done $(date -u +%T) exit $code"

@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# The next one-GPU lease (records/NOT_RUN.md): issue 5's last pass, each variant on the other side
-# of its best learning rate so far and LightRNN with re-allocation (losses only, 3 rows at a time:
-# ~9 min), then issue 6: the fused ops one at a time on the eager baseline (~4 min), the ideas
-# at an equal token budget (13 rows, ~26 min: cut by the lease's end; started again, it skips the rows
-# it measured), the MoE rows' routing (moe_routing.py), then, once the ideas are complete, the ideas at equal time (EQUAL_TIME, same rows).
-# Stage part 1, start this, carry .whl and `pip install --no-deps --no-index .whl/*.whl` (8-bit AdamW),
-# then stage part 2 (the session waits for its shards):
+# The next one-GPU lease (issue 6; records/NOT_RUN.md), in order:
+#   1. the ideas the first ideas lease did not reach, beside their own baseline, one row at a time
+#      (scripts/rows/ideas_rest.json: LayerDrop again with its loss compiled and with --layerdrop 0,
+#      8-bit AdamW, the MoE rows, R-Drop, curriculum, sequential MTP, 4096 context; ~23 min), with
+#      TORCH_LOGS=recompiles so a row that recompiles inside its timed steps shows it;
+#   2. where the MoE rows' experts route (moe_routing.py);
+#   3. the ideas at equal time, 3 rows at a time (losses only): the first lease's measured rows
+#      against its bench (records/2026-11-29_h200_ideas_equal_tokens), then these rows against theirs.
+# A cut pass resumes in the next lease if its fetched folder is put back under logs/ and carried.
+# Stage part 1, start this, carry .whl and run `python3 -m pip install --no-deps --no-index .whl/*.whl
+# && python3 -c "import bitsandbytes"` (8-bit AdamW: bitsandbytes and packaging, which it imports;
+# the import shows at once whether the row can run), then stage part 2 (the session waits for its shards):
 #   setsid nohup bash scripts/h200_session.sh logs > logs/session.txt 2>&1 < /dev/null &
 # and poll with scripts/poll.sh.
 set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1
 mkdir -p "$LOGS"
-PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" variants_lr_other  # losses only: 3 rows at a time
-python3 scripts/bench.py --rows scripts/rows/fused_ops.json --common "--data webmix" --steps 10 --warmup-steps 3 --row-timeout 200 \
-  --out "$LOGS/bench_fused_ops" > "$LOGS/bench_fused_ops.console.txt" 2>&1; echo "fused ops (eager rows, one at a time): exit $?"
-bash scripts/equal_budget_session.sh "$LOGS" ideas
-for run in "$LOGS"/bench_ideas/moe*_top1; do  # the MoE rows keep their weights: where do their experts route?
+TORCH_LOGS=recompiles bash scripts/equal_budget_session.sh "$LOGS" ideas_rest
+for run in "$LOGS"/bench_ideas_rest/moe*_top1; do  # the MoE rows keep their weights: where do their experts route?
   if [ -f "$run/model.safetensors" ]; then
     python3 scripts/moe_routing.py "$run" --tokens 1048576 > "$run.routing.txt" 2>&1; echo "routing $run: exit $?"
   fi
 done
-EQUAL_TIME="$LOGS/bench_ideas/bench.json" PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas
+EQUAL_TIME=records/2026-11-29_h200_ideas_equal_tokens/bench.json ONLY=baseline,checkpointing,chunked_ce,lion,mtp_parallel PARALLEL=3 \
+  bash scripts/equal_budget_session.sh "$LOGS" ideas
+EQUAL_TIME="$LOGS/bench_ideas_rest/bench.json" PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_rest
 echo "done $(date -u +%T)"

@@ -130,6 +130,18 @@ def test_bench_mfu_is_the_hand_count(tmp_path):
     assert (tmp_path / "tiny.console.txt").read_text() == "kept\n" and again["ms_per_step"] == row["ms_per_step"]
 
 
+def test_bench_only_keeps_the_named_rows_in_file_order(tmp_path):
+    import argparse
+
+    bench = load_script("bench")
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([{"label": "a"}, {"label": "b", "flags": "--attn sdpa"}, {"label": "c"}]))
+    labels = lambda only: [r["label"] for r in bench.load_rows(argparse.Namespace(rows=str(rows), row=None, only=only))]
+    assert labels("c,a") == ["a", "c"] and labels(None) == ["a", "b", "c"]
+    with pytest.raises(SystemExit, match="no row labelled x"):
+        labels("a,x")
+
+
 def test_sweep_survives_a_failing_configuration_and_resumes(tmp_path, capsys):
     sweep = load_script("sweep")
     argv = ["train_gpt2.py", "--grid", "seq-len=32,40", "--out", str(tmp_path), "--", *FAST, "--data", "synthetic", "--max-steps", "2"]
@@ -184,7 +196,7 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
             (folder / bench / label / "config.json").write_text(json.dumps({"lr": lr}))
     (folder / "record.json").write_text(json.dumps({
         "title": "Variants", "table": "bench", "runs": {}, "baseline": "baseline", "extra_benches": {"at 3x LR": "lr3/bench.json"},
-        "verdicts": {"baseline": "reference", "cheap": "faster, worse", "broken": "failed"}}))
+        "verdicts": {"baseline": "reference", "cheap": "faster, worse", "broken": "failed"}, "notes": "how it was measured"}))
     (folder / "bench.md").write_text("| full bench table |")
     record = report.load_record(folder)
     lines = report.verdict_table(record).splitlines()
@@ -197,6 +209,7 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
     full, brief = report.record_section(record), report.record_section(record, brief=True)
     assert "| full bench table |" in full and "| cheap |" in full
     assert "| full bench table |" not in brief and "| cheap |" in brief  # the README shows the verdicts only
+    assert "how it was measured" in full and "how it was measured" not in brief and "RESULTS.md" in brief  # and points to the notes
 
 
 def test_a_record_can_show_a_markdown_table_its_benchmark_wrote(tmp_path):
