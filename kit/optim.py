@@ -14,15 +14,18 @@ import math
 import torch
 
 
-def adamw(model, lr, betas, eps, weight_decay, fused=False):
-    """AdamW with weight decay on matrices (dim >= 2) only: not on biases and norm gains."""
-    return torch.optim.AdamW(decay_groups(model, weight_decay, lr), lr=lr, betas=betas, eps=eps, fused=fused or None,
+def adamw(model, lr, betas, eps, weight_decay, fused=False, exclude=()):
+    """AdamW with weight decay on matrices (dim >= 2) only: not on biases and norm gains (nor on
+    the parameters in exclude, which another optimizer takes)."""
+    return torch.optim.AdamW(decay_groups(model, weight_decay, lr, exclude), lr=lr, betas=betas, eps=eps, fused=fused or None,
                              foreach=None if fused else True)
 
 
-def decay_groups(model, weight_decay: float, lr: float) -> list[dict]:
-    """Two param groups: matrices (dim >= 2) with weight decay, biases and gains without."""
-    params = {id(p): p for p in model.parameters() if p.requires_grad}.values()
+def decay_groups(model, weight_decay: float, lr: float, exclude=()) -> list[dict]:
+    """Two param groups: matrices (dim >= 2) with weight decay, biases and gains without
+    (leaving out the parameters in exclude, which another optimizer takes)."""
+    excluded = {id(p) for p in exclude}
+    params = {id(p): p for p in model.parameters() if p.requires_grad and id(p) not in excluded}.values()
     return [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay, "base_lr": lr},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0, "base_lr": lr},

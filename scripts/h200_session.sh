@@ -2,7 +2,7 @@
 # The next one-GPU lease (issue 6; records/NOT_RUN.md), in order:
 #   1. the ideas the first ideas lease did not reach, beside their own baseline, one row at a time
 #      (scripts/rows/ideas_rest.json: LayerDrop again with its loss compiled and with --layerdrop 0,
-#      8-bit AdamW, the MoE rows, R-Drop, curriculum, sequential MTP, 4096 context; ~23 min), with
+#      8-bit AdamW, Muon for reference, the MoE rows, R-Drop, curriculum, sequential MTP, 4096 context; ~25 min), with
 #      TORCH_LOGS=recompiles so a row that recompiles inside its timed steps shows it;
 #   2. where the MoE rows' experts route (moe_routing.py);
 #   3. the ideas at equal time, 3 rows at a time (losses only): the first lease's measured rows

@@ -153,6 +153,26 @@ def test_optimizer_script_runs_lion_and_explains_a_missing_bitsandbytes(tmp_path
     assert code == 2 and "needs bitsandbytes" in err and "import of bitsandbytes halted" in err  # the cause is shown
 
 
+def test_muon_reference_takes_each_block_matrix_once_and_adamw_the_rest(tmp_path):
+    import train_gpt2_optimizers as script
+
+    from kit.muon import Muon
+
+    model = tiny_gpt()
+    adam, muon = script.muon_and_adamw(model, script.Hyperparameters(optimizer="muon"))
+    assert isinstance(muon, Muon) and isinstance(adam, torch.optim.AdamW)
+    on_muon = [p for g in muon.param_groups for p in g["params"]]
+    on_adam = [p for g in adam.param_groups for p in g["params"]]
+    block_matrices = {id(p) for p in model.h.parameters() if p.dim() == 2}
+    assert {id(p) for p in on_muon} == block_matrices and len(on_muon) == len(block_matrices)
+    assert not block_matrices & {id(p) for p in on_adam}  # no parameter stepped twice
+    assert {id(p) for p in on_muon} | {id(p) for p in on_adam} == {id(p) for p in model.parameters()}  # none left out
+    assert [g["split"] for g in muon.param_groups] == [3, 1]  # Q, K and V orthogonalised apart
+    assert model.wte.weight in on_adam and model.lm_head.weight in on_adam  # the tied embedding and head
+    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3", "--optimizer", "muon",
+                                "--out-dir", str(tmp_path)]) == 0
+
+
 # ----- LayerDrop -----
 
 def layerdrop_pair(p=0.5):
