@@ -436,6 +436,7 @@ class Trainer:
             "mfu": flops.mfu(tokens_per_s, self.flops_per_token, self.peak_flops) if tokens_per_s else None,
             "steady_mfu": flops.mfu(steady_tokens_per_s, self.flops_per_token, self.peak_flops) if median_ms else None,
             "peak_mem_gib": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None,
+            "alloc_retries": torch.cuda.memory_stats(self.device).get("num_alloc_retries", 0) if self.device.type == "cuda" else None,
             "n_params": self.n_params,
             "flops_per_token": self.flops_per_token,
             "micro_batch": self.micro_batch,
@@ -454,5 +455,8 @@ class Trainer:
         elif status == "completed":
             self.log.print(f"finished {self.step} steps: final val loss {summary['final_val_loss']:.4f} (target {self.target}), "
                            f"train time {summary['train_time_s']:.1f}s, wall time {summary['wall_time_s']:.1f}s")
+        if summary["alloc_retries"]:  # each one frees the allocator's cache and synchronises: steps slow down
+            self.log.print(f"warning: the CUDA allocator ran out and retried {summary['alloc_retries']} times (a memory-bound run); "
+                           "a smaller --micro-batch or --memory-cap-gib may be faster")
         self.log.print(f"run directory: {self.log.dir}")
         self.log.close()

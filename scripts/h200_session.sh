@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # The next one-GPU lease (issue 6; records/NOT_RUN.md), in order:
+#   0. the GPU test of LayerDrop's compiled regions (no recompiles whatever it drops; ~1 min);
 #   1. the ideas the first ideas lease did not reach, beside their own baseline, one row at a time
 #      (scripts/rows/ideas_rest.json: LayerDrop again with its loss compiled and with --layerdrop 0,
 #      8-bit AdamW, Muon for reference, the MoE rows, R-Drop, curriculum, sequential MTP, 4096 context; ~25 min), with
@@ -17,6 +18,7 @@ set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1
 mkdir -p "$LOGS"
+python3 -m pytest -q tests/test_gpu.py -k layerdrop 2>&1 | tail -n 3  # LayerDrop's compiled regions: no recompiles on CUDA
 TORCH_LOGS=recompiles bash scripts/equal_budget_session.sh "$LOGS" ideas_rest
 for run in "$LOGS"/bench_ideas_rest/moe*_top1; do  # the MoE rows keep their weights: where do their experts route?
   if [ -f "$run/model.safetensors" ]; then

@@ -30,7 +30,12 @@ def test_compiled_batched_newton_schulz_matches_eager():
 
 
 def tiny_compiled_speedrun(out_dir, data_dir, *extra):
-    cmd = [sys.executable, "train_gpt2_speedrun.py", "--model-size", "tiny", "--data", "synthetic", "--seq-len", "256",
+    return tiny_compiled_run("train_gpt2_speedrun.py", out_dir, data_dir, *extra)
+
+
+def tiny_compiled_run(script, out_dir, data_dir, *extra):
+    """A tiny compiled run of a script on CUDA; fails on any recompilation after the warm-up."""
+    cmd = [sys.executable, script, "--model-size", "tiny", "--data", "synthetic", "--seq-len", "256", "--compile", "1",
            "--batch-tokens", "1024", "--val-tokens", "1024", "--max-steps", "6", "--val-every", "3", "--export", "1",
            "--progress", "lines", "--out-dir", str(out_dir), *extra]
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(KIT_DATA_DIR=data_dir, TORCH_LOGS="recompiles", PYTHONUNBUFFERED=1),
@@ -43,6 +48,14 @@ def tiny_compiled_speedrun(out_dir, data_dir, *extra):
 
 def test_speedrun_on_cuda_uses_flex_and_does_not_recompile_after_warm_up(tmp_path, isolated_data_dir):
     assert "FlexAttention (block-sparse, compiled)" in tiny_compiled_speedrun(tmp_path, isolated_data_dir)
+
+
+def test_layerdrop_compiled_by_regions_never_recompiles_whatever_it_drops(tmp_path, isolated_data_dir):
+    import json
+
+    tiny_compiled_run("train_gpt2_layerdrop.py", tmp_path, isolated_data_dir, "--layerdrop", "0.5")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert isinstance(summary["alloc_retries"], int)  # the allocator's retries, read on CUDA
 
 
 def test_triton_loss_kernels_on_cuda_equal_the_reference():
