@@ -11,6 +11,7 @@
 #   ideas_lr = the optimizers' learning rates: AdamW / 8-bit AdamW at LR_SCALE, Lion at two --lion-lr;
 #   checkpointing_24gb = what checkpointing frees under a 24 GB card's cap: micro-batch and speed at 1024 and 2048;
 #   variants_lr_other = each variant at the other side of its best LR so far, the baseline at its best;
+#   mla_ablation = MLA without its rotary key part and with a full-rank latent, beside MLA-256 and the baseline;
 #   EQUAL_TIME=logs/bench_ideas/bench.json repeats the rows at the base row's training time of that bench;
 #   ideas_rest = the ideas the first ideas lease did not reach, with their own baseline (and LayerDrop re-run);
 #   ONLY=a,b benches only those rows of the rows file (bench.py --only);

@@ -7,7 +7,8 @@
 #      TORCH_LOGS=recompiles so a row that recompiles inside its timed steps shows it;
 #   2. where the MoE rows' experts route (moe_routing.py);
 #   3. the ideas at equal time, 3 rows at a time (losses only): the first lease's measured rows
-#      against its bench (records/2026-11-29_h200_ideas_equal_tokens), then these rows against theirs.
+#      against its bench (records/2026-11-29_h200_ideas_equal_tokens), then these rows against theirs;
+#   4. MLA's ablation, 3 rows at a time: without its rotary key part, and with a full-rank latent.
 # A cut pass resumes in the next lease if its fetched folder is put back under logs/ and carried.
 # Stage part 1, start this, carry .whl and run `python3 -m pip install --no-deps --no-index .whl/*.whl
 # && python3 -c "import bitsandbytes"` (8-bit AdamW: bitsandbytes and packaging, which it imports;
@@ -28,4 +29,5 @@ done
 EQUAL_TIME=records/2026-11-29_h200_ideas_equal_tokens/bench.json ONLY=baseline,checkpointing,chunked_ce,lion,mtp_parallel PARALLEL=3 \
   bash scripts/equal_budget_session.sh "$LOGS" ideas
 EQUAL_TIME="$LOGS/bench_ideas_rest/bench.json" PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_rest
+PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation  # where MLA's gain per token comes from (issue 5's open question)
 echo "done $(date -u +%T)"
