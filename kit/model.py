@@ -72,9 +72,10 @@ def raise_recompile_limit(at_least: int = 32) -> None:
 
 
 def compile_regions(model, **compile_kwargs):
-    """Compile a GPT's blocks one by one and its loss (head + cross-entropy), in place: Python between
-    them (LayerDrop's skipped blocks) stays eager without recompiling, and the loss, the largest
-    elementwise work of a step, is fused as whole-model compilation fuses it."""
+    """Compile a GPT's blocks one by one and its loss (head + cross-entropy over the vocabulary), in
+    place: Python between them (LayerDrop's skipped blocks) stays eager without recompiling, and the
+    loss is fused as whole-model compilation fuses it. The compiled loss is bound to this model: a
+    deep copy would still compute it with the original's weights, so compile copies, not originals."""
     raise_recompile_limit()
     for block in model.h:
         block.compile(**compile_kwargs)
