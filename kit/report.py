@@ -223,8 +223,9 @@ def verdict_table(record: dict) -> str:
     them against the base row's best, and the record's verdict. Figures come from bench.json."""
     folder = record["folder"]
     main = bench_rows(folder / "bench.json")
-    checks = {name: bench_rows(folder / rel) for name, rel in record.get("extra_benches", {}).items()}
-    benches = {folder / "bench.json": main, **{folder / rel: bench_rows(folder / rel) for rel in record.get("extra_benches", {}).values()}}
+    extra_paths = {name: folder / rel for name, rel in record.get("extra_benches", {}).items()}
+    checks = {name: bench_rows(path) for name, path in extra_paths.items()}
+    benches = {folder / "bench.json": main, **{extra_paths[name]: rows for name, rows in checks.items()}}  # each read once
     base_label = record.get("baseline") or next(iter(main))
     base = main[base_label]
     best_head = ["best over the benches (vs the base's best)"] if checks else []

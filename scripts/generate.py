@@ -47,15 +47,18 @@ class Streamer:
         self.out.flush()
 
 
+def refusal(check, model):
+    """Why check (check_static, check_supported) refuses the model, or None where it does not."""
+    try:
+        check(model)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def auto_cache(model, device: str) -> str:
     """The fastest cache measured for this model and device: static (a CUDA graph) on CUDA, else paged."""
-    if not device.startswith("cuda"):
-        return "paged"
-    try:
-        check_static(model)
-    except ValueError:
-        return "paged"
-    return "static"
+    return "static" if device.startswith("cuda") and refusal(check_static, model) is None else "paged"
 
 
 def main(argv=None) -> str:
@@ -78,18 +81,12 @@ def main(argv=None) -> str:
     cache = args.cache
     if cache == "auto":  # already checked: static only where the model allows it
         cache = auto_cache(model, args.device)
-    elif cache == "static":
-        try:
-            check_static(model)
-        except ValueError as e:
-            print(f"{e}; using the contiguous cache", file=sys.stderr)
-            cache = "contiguous"
-    if cache != "none":
-        try:
-            check_supported(model)
-        except ValueError as e:
-            print(f"{e}; generating without a cache", file=sys.stderr)
-            cache = "none"
+    elif cache == "static" and (reason := refusal(check_static, model)):
+        print(f"{reason}; using the contiguous cache", file=sys.stderr)
+        cache = "contiguous"
+    if cache != "none" and (reason := refusal(check_supported, model)):
+        print(f"{reason}; generating without a cache", file=sys.stderr)
+        cache = "none"
     encoding = gpt2_encoding()
     prompts = [[EOT, *encoding.encode_ordinary(p)] for p in args.prompt]
     streamer = Streamer() if len(prompts) == 1 else None
