@@ -275,25 +275,24 @@ class Trainer:
         """The first and last step and every --val-every: always validated in full."""
         return self.on_val_every() or self.step in (0, self.cfg.max_steps)
 
-    def screen(self):
-        """The loss of the first --val-screen-tokens of the validation set at a check between the
-        regular validations (None where there is no screen). Above target + margin, the full
-        validation is skipped: a skipped check can only delay the measured crossing."""
+    def screen(self) -> tuple:
+        """(loss of the first --val-screen-tokens of the validation set, whether the full validation is
+        skipped) at a check between the regular validations; (None, False) where there is no screen.
+        Above target + margin the full validation is skipped: a skipped check can only delay the
+        measured crossing."""
         if not self.cfg.val_screen_tokens or self.target is None or self.regular_validation():
-            return None
+            return None, False
         t0 = time.perf_counter()
         loss = self.evaluate(self.files.val, strict=False, tokens=self.cfg.val_screen_tokens)  # whole micro-batches: no new shape
         event = {"type": "val_screen", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms,
                  "screen_loss": loss, "eval_s": time.perf_counter() - t0}
         self.eval_time_s += event["eval_s"]
         self.log.metric(event)
-        if self.screened_out(loss):
+        skipped = loss > self.target + self.cfg.val_screen_margin
+        if skipped:
             self.log.print(f"screen step {self.step}/{self.cfg.max_steps} | first {self.cfg.val_screen_tokens:,} val tokens {loss:.4f} "
                            f"> target + {self.cfg.val_screen_margin}: no full validation | eval {event['eval_s']:.1f}s")
-        return loss
-
-    def screened_out(self, screen_loss) -> bool:
-        return screen_loss is not None and screen_loss > self.target + self.cfg.val_screen_margin
+        return loss, skipped
 
     def validate(self, screen_loss=None) -> float:
         t0 = time.perf_counter()
@@ -350,8 +349,8 @@ class Trainer:
             if self.recipe.before_step is not None:
                 self.run_before_step()
             due = self.validation_due()
-            screen_loss = self.screen() if due else None
-            if due and not self.screened_out(screen_loss):
+            screen_loss, skipped = self.screen() if due else (None, False)
+            if due and not skipped:
                 val_loss = self.validate(screen_loss)
                 if self.target is not None and val_loss <= self.target:
                     self.reached_at = dict(self.last_val)
