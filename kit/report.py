@@ -73,6 +73,16 @@ def ratio(a, b) -> str:
     return f"{a / b:.2f}x" if (a and b) else "-"
 
 
+def run_tokens_per_s(row: dict):
+    """A bench row's tokens over its whole training time. Unlike the median step's rate
+    (tokens_per_s), it counts every step, so it is the rate that decides time-to-target for rows
+    whose step cost changes over the run (MTP's annealed heads, a curriculum). Falls back to the
+    median where the row has no training time."""
+    if row.get("tokens") and row.get("train_s"):
+        return row["tokens"] / row["train_s"]
+    return row.get("tokens_per_s")
+
+
 def training_table(runs: list[Run], baseline: Run = None) -> str:
     """Time-to-target comparison: one row per run, ratios against the baseline row."""
     baseline = baseline or (runs[0] if runs else None)
@@ -229,12 +239,13 @@ def verdict_table(record: dict) -> str:
     base_label = record.get("baseline") or next(iter(main))
     base = main[base_label]
     best_head = ["best over the benches (vs the base's best)"] if checks else []
-    head = ["row", "tokens/s (vs base)", "MFU", "peak GiB", "val loss (vs base)", *[f"val loss {name} (vs its base)" for name in checks],
+    head = ["row", "tokens/s over the run (vs base)", "MFU (median step)", "peak GiB", "val loss (vs base)", *[f"val loss {name} (vs its base)" for name in checks],
             *best_head, "fineweb_sample (vs base)", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, verdict in record["verdicts"].items():
         row = main.get(label, {})
-        speed = f"{row['tokens_per_s']:,.0f} ({ratio(row['tokens_per_s'], base.get('tokens_per_s'))})" if row.get("tokens_per_s") else "-"
+        rate = run_tokens_per_s(row)
+        speed = f"{rate:,.0f} ({ratio(rate, run_tokens_per_s(base))})" if rate else "-"
         best = [best_against(benches, label, base_label)] if checks else []
         cells = [label, speed, fmt(row.get("mfu"), ".1%"), fmt(row.get("peak_mem_gib"), ".1f"), loss_against(main, label, base_label),
                  *[loss_against(rows, label, base_label) for rows in checks.values()], *best,

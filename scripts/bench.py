@@ -5,11 +5,13 @@
 
 Each row runs as its own process for --warmup-steps + --steps optimizer steps (validation only
 at the end, on --val-tokens tokens of each validation set; no export); its ms/step is the median
-over the --steps steps after the warm-up ones. The end-of-run validation losses are in the
+over the --steps steps after the warm-up ones; "tokens/s over the run" divides all its tokens by
+its whole training time, and the speed ratio uses that (a row whose step cost changes as it trains,
+like MTP's annealed heads, is not judged by its cheapest steps). The end-of-run validation losses are in the
 table too: with enough steps (e.g. --steps 60 --val-tokens 2097152), rows of equal batch compare
 their loss at an equal token budget. Same model size and batch across rows unless a row's flags say otherwise.
 With --equal-time BENCH_JSON (an earlier bench of the same rows), each row instead trains for the
-steps that fit in the base row's training time of that bench at the row's own measured ms/step,
+steps that fit in the base row's training time of that bench at the row's own mean step time,
 its schedule scaled to them: the rows' losses then compare at an equal time budget.
 MFU is taken against the GPU's datasheet bf16 peak (kit/hw.py), or, for a GPU not in that
 table, against a bf16 matrix product measured here (--peak-flops overrides both).
@@ -78,7 +80,9 @@ def finished(run_dir: Path, steps: int) -> bool:
 
 def equal_time_steps(reference: dict, base_label: str = None) -> dict:
     """{label: optimizer steps} that fit each row of an earlier bench.json into its base row's
-    training time (the first row's unless base_label), at the row's own measured ms/step."""
+    training time (the first row's unless base_label), at the row's own mean step time over its
+    run (the median step where the row has no training time): a row whose steps get cheaper as it
+    trains (MTP's annealed heads) would overrun the budget at its median."""
     if reference.get("parallel", 1) > 1:
         raise SystemExit("bench: --equal-time: the reference bench ran rows in parallel, so its step times are not measurements")
     rows = {r["label"]: r for r in reference["rows"] if r.get("ms_per_step")}
@@ -86,7 +90,11 @@ def equal_time_steps(reference: dict, base_label: str = None) -> dict:
         raise SystemExit("bench: --equal-time: the reference bench has no measured rows")
     base = rows[base_label] if base_label else next(iter(rows.values()))
     budget_ms = base["train_s"] * 1000 if base.get("train_s") else base["ms_per_step"] * (reference["steps"] + reference["warmup_steps"])
-    return {label: max(1, round(budget_ms / r["ms_per_step"])) for label, r in rows.items()}
+    return {label: max(1, round(budget_ms / mean_step_ms(r))) for label, r in rows.items()}
+
+
+def mean_step_ms(row: dict) -> float:
+    return row["train_s"] * 1000 / row["steps"] if row.get("train_s") and row.get("steps") else row["ms_per_step"]
 
 
 def row_command(row: dict, args, out: Path) -> list[str]:
@@ -185,16 +193,18 @@ def fmt_flops(peak) -> str:
 def markdown(results: list[dict], header: str, shared_gpu: bool = False) -> str:
     """The bench table; rows that shared the GPU (--parallel) show no speed or time."""
     base = next((r for r in results if "tokens_per_s" in r), None)
-    columns = ["row", "flags", "micro-batch", "ms/step", "tokens/s", "MFU", "peak GiB", "vs first row", "train s", "tokens", "val loss", "fineweb_sample"]
+    columns = ["row", "flags", "micro-batch", "ms/step", "tokens/s", "MFU", "peak GiB", "tokens/s over the run", "vs first row (over the run)",
+               "train s", "tokens", "val loss", "fineweb_sample"]
     lines = [f"Device: {header}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
         if "tokens_per_s" not in r:
             lines.append(f"| {r['label']} | `{shlex.join(r['flags'])}` | failed (exit {r['exit_code']}) |" + " - |" * (len(columns) - 3))
             continue
         speed = [f"{r['ms_per_step']:.1f}", f"{r['tokens_per_s']:,.0f}", report.fmt(r["mfu"], ".1%")]
-        timing = [report.ratio(r["tokens_per_s"], base["tokens_per_s"]), report.fmt(r.get("train_s"), ".1f")]
+        rate = report.run_tokens_per_s(r)
+        timing = [f"{rate:,.0f}", report.ratio(rate, report.run_tokens_per_s(base)), report.fmt(r.get("train_s"), ".1f")]
         if shared_gpu:
-            speed, timing = ["shared"] * 3, ["shared"] * 2
+            speed, timing = ["shared"] * 3, ["shared"] * 3
         cells = [r["label"], f"`{shlex.join(r['flags'])}`", str(r["micro_batch"]), *speed, report.fmt(r["peak_mem_gib"], ".1f"), *timing,
                  f"{r['tokens']:,}", report.fmt(r["val_loss"], ".4f"), report.fmt(r["val_loss_fineweb_sample"], ".4f")]
         lines.append("| " + " | ".join(cells) + " |")

@@ -574,3 +574,13 @@ def test_moe_routing_report_on_a_trained_run(tmp_path):
     batches = [(torch.randint(0, 50000, (4, 32)), None)]
     forced = routing.routing_stats(model, batches, "cpu", min_doc_tokens=16)
     assert forced["share"][0] == [1.0, 0.0] and forced["doc_concentration"][0] == 1.0
+
+    # chance: routing that ignores the document; one expert takes all, or two split a long document ~evenly
+    one_document = [(torch.randint(0, 50000, (2, 4096)), None)]
+    assert routing.chance_concentration(one_document, [[1.0, 0.0]]) == [1.0]
+    assert 0.5 < routing.chance_concentration(one_document, [[0.5, 0.5]])[0] < 0.52
+    short = [(torch.randint(0, 50000, (64, 64)), None)]  # 64-token documents: the larger half is well above 1/2 by chance
+    assert 0.53 < routing.chance_concentration(short, [[0.5, 0.5]])[0] < 0.57
+    again = routing.main([str(tmp_path), "--tokens", "2048", "--chance-only"])  # from the saved json and the data alone
+    assert json.loads((tmp_path / "moe_routing.json").read_text())["val"]["chance_doc_concentration"] is not None
+    assert again.splitlines()[0] == printed.splitlines()[0]

@@ -188,7 +188,9 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
     write_bench(folder / "bench.json", [
         {"label": "baseline", "tokens_per_s": 500_000.0, "mfu": 0.4, "peak_mem_gib": 100.0, "val_loss": 7.0, "val_loss_fineweb_sample": 7.5},
         {"label": "cheap", "tokens_per_s": 750_000.0, "mfu": 0.45, "peak_mem_gib": 40.0, "val_loss": 7.25, "val_loss_fineweb_sample": 7.6},
-        {"label": "broken", "exit_code": 1}])
+        {"label": "broken", "exit_code": 1},
+        {"label": "annealed", "tokens_per_s": 500_000.0, "tokens": 1_000_000, "train_s": 4.0, "mfu": 0.4, "peak_mem_gib": 100.0,
+         "val_loss": 7.0, "val_loss_fineweb_sample": 7.5}])
     write_bench(folder / "lr3" / "bench.json", [{"label": "baseline", "val_loss": 6.5}, {"label": "cheap", "val_loss": 7.5}])
     for bench, lr in (("", 6e-4), ("lr3", 1.8e-3)):  # each row's learning rate, from its run's config.json
         for label in ("baseline", "cheap"):
@@ -196,7 +198,7 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
             (folder / bench / label / "config.json").write_text(json.dumps({"lr": lr}))
     (folder / "record.json").write_text(json.dumps({
         "title": "Variants", "table": "bench", "runs": {}, "baseline": "baseline", "extra_benches": {"at 3x LR": "lr3/bench.json"},
-        "verdicts": {"baseline": "reference", "cheap": "faster, worse", "broken": "failed"}, "notes": "how it was measured"}))
+        "verdicts": {"baseline": "reference", "cheap": "faster, worse", "broken": "failed", "annealed": "slow early"}, "notes": "how it was measured"}))
     (folder / "bench.md").write_text("| full bench table |")
     record = report.load_record(folder)
     lines = report.verdict_table(record).splitlines()
@@ -206,6 +208,7 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
     assert lines[2] == "| baseline | 500,000 (1.00x) | 40.0% | 100.0 | 7.0000 (+0.000) | 6.5000 (+0.000) | 6.5000 @0.0018 (+0.000) | 7.5000 (+0.000) | reference |"
     assert lines[3] == "| cheap | 750,000 (1.50x) | 45.0% | 40.0 | 7.2500 (+0.250) | 7.5000 (+1.000) | 7.2500 @0.0006 (+0.750) | 7.6000 (+0.100) | faster, worse |"
     assert lines[4] == "| broken | - | - | - | - | - | - | - | failed |"
+    assert lines[5].startswith("| annealed | 250,000 (0.50x) |")  # its tokens over its whole training time, not its median step
     full, brief = report.record_section(record), report.record_section(record, brief=True)
     assert "| full bench table |" in full and "| cheap |" in full
     assert "| full bench table |" not in brief and "| cheap |" in brief  # the README shows the verdicts only
@@ -225,6 +228,9 @@ def test_equal_time_gives_each_row_the_steps_that_fit_in_the_base_rows_time(tmp_
     reference = {"steps": 8, "warmup_steps": 2, "rows": [{"label": "base", "ms_per_step": 100.0, "train_s": 1.0},
                                                         {"label": "fast", "ms_per_step": 40.0}, {"label": "broken", "exit_code": 1}]}
     assert bench.equal_time_steps(reference) == {"base": 10, "fast": 25}
+    # a row whose early steps cost more (annealed MTP heads): its mean step (50 ms), not its median (40 ms), sets its steps
+    annealed = {"label": "annealed", "ms_per_step": 40.0, "train_s": 0.5, "steps": 10}
+    assert bench.equal_time_steps({**reference, "rows": reference["rows"] + [annealed]})["annealed"] == 20
     assert bench.equal_time_steps({**reference, "rows": [dict(reference["rows"][0], train_s=None), reference["rows"][1]]}) == {"base": 10, "fast": 25}
     assert bench.equal_time_steps(reference, "fast") == {"base": 4, "fast": 10}  # fast's budget: 40 ms x (8 + 2) steps
     (tmp_path / "reference.json").write_text(json.dumps(reference))
@@ -269,8 +275,17 @@ def test_rows_that_shared_the_gpu_show_no_speed():
     bench = load_script("bench")
     row = {"label": "r", "flags": [], "micro_batch": 8, "ms_per_step": 10.0, "tokens_per_s": 1000.0, "mfu": 0.5, "peak_mem_gib": 1.0,
            "train_s": 2.0, "tokens": 4096, "val_loss": 7.0, "val_loss_fineweb_sample": 7.5}
-    assert bench.markdown([row], "cpu").splitlines()[-1] == "| r | `` | 8 | 10.0 | 1,000 | 50.0% | 1.0 | 1.00x | 2.0 | 4,096 | 7.0000 | 7.5000 |"
-    assert bench.markdown([row], "cpu", shared_gpu=True).splitlines()[-1] == "| r | `` | 8 | shared | shared | shared | 1.0 | shared | shared | 4,096 | 7.0000 | 7.5000 |"
+    assert bench.markdown([row], "cpu").splitlines()[-1] == "| r | `` | 8 | 10.0 | 1,000 | 50.0% | 1.0 | 2,048 | 1.00x | 2.0 | 4,096 | 7.0000 | 7.5000 |"
+    assert bench.markdown([row], "cpu", shared_gpu=True).splitlines()[-1] == "| r | `` | 8 | shared | shared | shared | 1.0 | shared | shared | shared | 4,096 | 7.0000 | 7.5000 |"
+
+
+def test_bench_speed_ratio_counts_every_step_not_the_median_one():
+    bench = load_script("bench")
+    base = {"label": "base", "flags": [], "micro_batch": 8, "ms_per_step": 10.0, "tokens_per_s": 1000.0, "mfu": 0.5, "peak_mem_gib": 1.0,
+            "train_s": 4.0, "tokens": 4000, "val_loss": 7.0, "val_loss_fineweb_sample": 7.5}
+    annealed = {**base, "label": "annealed", "train_s": 8.0}  # same median step, but its early steps cost more
+    last = bench.markdown([base, annealed], "cpu").splitlines()[-1]
+    assert "| 1,000 | 50.0% | 1.0 | 500 | 0.50x | 8.0 |" in last
 
 
 def test_a_rows_file_can_keep_a_rows_weights(tmp_path):
