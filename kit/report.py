@@ -177,6 +177,44 @@ def plot_curves(runs: list[Run], out_dir, target=None) -> list[Path]:
     return written
 
 
+def speed_loss_points(record: dict) -> dict:
+    """{label: (speed over the run / the base row's, val loss - the base row's)} for every verdict row
+    of a record's bench that was measured; the base row is (1, 0)."""
+    rows = bench_rows(record["folder"] / "bench.json")
+    base = rows[record.get("baseline") or next(iter(rows))]
+    points = {}
+    for label in record.get("verdicts", rows):
+        row = rows.get(label, {})
+        if run_tokens_per_s(row) and row.get("val_loss") is not None:
+            points[label] = (run_tokens_per_s(row) / run_tokens_per_s(base), row["val_loss"] - base["val_loss"])
+    return points
+
+
+def plot_speed_vs_loss(record: dict) -> Path:
+    """speed_vs_loss.png in the record's folder: each row's speed against its loss change at the
+    bench's token budget; below the line gains per token, right of it gains per second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    colors, markers = plt.get_cmap("tab20").colors, "osD^v<>ph*"
+    for i, (label, (speed, delta)) in enumerate(speed_loss_points(record).items()):  # a legend: labels near (1, 0) would overlap
+        ax.scatter(speed, delta, s=30, color=colors[i % len(colors)], marker=markers[i % len(markers)], label=label)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axvline(1, color="black", linewidth=0.8)
+    ax.set_xlabel("tokens/s over the run, against the base row")
+    ax.set_ylabel("validation loss minus the base row's (lower is better)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = record["folder"] / "speed_vs_loss.png"
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 # ----- records -----
 
 def load_record(folder: Path) -> dict:
@@ -280,6 +318,8 @@ def record_section(record: dict, heading: str = "##", link_prefix: str = "", bri
             parts += [equal_budget_table(runs, baseline), ""]
     if record.get("plot") and (record["folder"] / "loss_vs_time.png").exists():
         parts += [f"![validation loss against training time]({link_prefix}{folder}/loss_vs_time.png)", ""]
+    if record.get("speed_loss_plot") and (record["folder"] / "speed_vs_loss.png").exists():
+        parts += [f"![each row's speed against its loss change at equal tokens (the main bench)]({link_prefix}{folder}/speed_vs_loss.png)", ""]
     if record.get("notes"):
         parts += [f"How it was run, and what the figures do not show: [RESULTS.md]({link_prefix}RESULTS.md)." if brief else record["notes"], ""]
     return "\n".join(parts)
@@ -292,6 +332,8 @@ def write_results(records_dir, readme=None) -> Path:
     for record in records:
         if record.get("plot"):
             plot_curves(record["loaded"], record["folder"])
+        if record.get("speed_loss_plot"):
+            plot_speed_vs_loss(record)
     body = ["# Results", "", "Written by `python scripts/compare.py --records` from the record.json files in this folder;",
             "every figure was measured on the GPU named, with the command and commit given.", ""]
     body += [record_section(r) for r in records]

@@ -209,6 +209,10 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
     assert lines[3] == "| cheap | 750,000 (1.50x) | 45.0% | 40.0 | 7.2500 (+0.250) | 7.5000 (+1.000) | 7.2500 @0.0006 (+0.750) | 7.6000 (+0.100) | faster, worse |"
     assert lines[4] == "| broken | - | - | - | - | - | - | - | failed |"
     assert lines[5].startswith("| annealed | 250,000 (0.50x) |")  # its tokens over its whole training time, not its median step
+    points = report.speed_loss_points(record)  # the plot's points: broken has none
+    assert points["baseline"] == (1.0, 0.0) and points["cheap"] == pytest.approx((1.5, 0.25)) and set(points) == {"baseline", "cheap", "annealed"}
+    record["speed_loss_plot"] = True
+    assert report.plot_speed_vs_loss(record).exists() and "(records/2026-01-01_variants/speed_vs_loss.png)" in report.record_section(record, link_prefix="records/")
     full, brief = report.record_section(record), report.record_section(record, brief=True)
     assert "| full bench table |" in full and "| cheap |" in full
     assert "| full bench table |" not in brief and "| cheap |" in brief  # the README shows the verdicts only
