@@ -6,7 +6,9 @@ From --layerdrop-until x max-steps on, and always in evaluation, every block run
 Skipping a block skips its compute: at --layerdrop 0.1 on 12 layers the expected depth is
 11.35, ~5% less work per step while it lasts. With --compile 1 the blocks and the loss are
 compiled one by one (kit.model.compile_regions), so skipping stays a plain Python branch between
-compiled blocks.
+compiled blocks. The rescaling happens inside each block (its scale is a tensor argument, 1 once
+LayerDrop ends), so it is fused into the block's compiled graph: outside it, three full-size
+elementwise passes per block would run eagerly, forward and backward.
 
     python train_gpt2_layerdrop.py --data webmix --attn sdpa --compile 1
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kit.model import GPT, compile_regions, gpt_config
+from kit.model import GPT, Block, compile_regions, gpt_config
 from kit.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
@@ -28,27 +30,43 @@ class Hyperparameters(baseline.Hyperparameters):
     layerdrop_until: float = field(default=0.75, metadata={"help": "share of the run with LayerDrop; full depth afterwards"})
 
 
+class ScaledBlock(Block):
+    """The baseline's block, its residual update (attention's plus the MLP's) optionally scaled:
+    x + scale * (block(x) - x)."""
+
+    def forward(self, x, scale=None):
+        if scale is None:
+            return super().forward(x)
+        update = self.attn(self.ln_1(x))
+        update = update + self.mlp(self.ln_2(x + update))
+        return x + scale * update
+
+
 class LayerDropGPT(GPT):
     def __init__(self, config, layerdrop: float, seed: int):
-        super().__init__(config)
+        super().__init__(config, block=ScaledBlock)
         if not 0 <= layerdrop < 1:
             raise ValueError("--layerdrop must be in [0, 1)")
         self.drop_probs = [layerdrop * (i + 1) / config.n_layer for i in range(config.n_layer)]
         self.dropping = layerdrop > 0
         self.generator = torch.Generator().manual_seed(seed)  # same draws on every rank: DDP ranks skip the same blocks
+        # kept blocks' scales as tensors (a float argument would be a constant in each compiled graph); not saved
+        self.register_buffer("kept_scales", torch.tensor([1 / (1 - p) for p in self.drop_probs]), persistent=False)
+        self.register_buffer("unit_scale", torch.ones(()), persistent=False)
 
     def dropped_blocks(self) -> set:
         draws = torch.rand(len(self.drop_probs), generator=self.generator).tolist()
         return {i for i, (u, p) in enumerate(zip(draws, self.drop_probs)) if u < p}
 
     def hidden(self, idx, token_keep=None):
-        if not (self.training and self.dropping):
+        if not self.training:
             return super().hidden(idx, token_keep)
-        dropped = self.dropped_blocks()
+        # training always takes this path, scale 1 once LayerDrop ends: one training graph per block for the whole run
+        dropped = self.dropped_blocks() if self.dropping else set()
         x = self.embed(idx, token_keep=token_keep)
         for i, block in enumerate(self.h):
             if i not in dropped:
-                x = x + (block(x) - x) / (1 - self.drop_probs[i])
+                x = block(x, self.kept_scales[i] if self.dropping else self.unit_scale)
         return self.ln_f(x)
 
 

@@ -6,6 +6,7 @@
 #   2. the ablations the second part asked for, 3 at a time (scripts/rows/ideas_ablation.json): 8-bit AdamW
 #      on a second seed beside the baseline on it, curriculum without one-cycle and one-cycle without
 #      curriculum, and document masking at 1024 (is long context's gain the length or the masking?);
+#   2b. LayerDrop's speed with its rescaling moved into the compiled blocks, alone on the GPU beside the baseline (~3 min);
 #   3. MLA's ablation, 3 rows at a time: without its rotary key part, and with a full-rank latent (issue 5's open question);
 #   4. the context sweep, one length at a time (speed measured): 1024..16384 at 524,288 tokens a step.
 # A cut pass resumes in the next lease if its fetched folder is put back under logs/ and carried.
@@ -23,6 +24,8 @@ EQUAL_TIME=records/2026-11-29_h200_ideas_equal_tokens/bench.json ONLY=baseline,c
 EQUAL_TIME=records/2026-11-29_h200_ideas_rest_equal_tokens/bench.json ONLY=baseline,moe4_top1,moe2_top1,rdrop,mtp_sequential,long_context_4096 \
   PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_rest
 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_ablation
+python3 scripts/bench.py --rows scripts/rows/ideas_rest.json --only baseline,layerdrop,layerdrop_off --common "--data webmix --compile 1" \
+  --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/bench_layerdrop_speed"
 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation  # where MLA's gain per token comes from
 python3 scripts/sweep.py train_gpt2_long_context.py --grid seq-len=1024,2048,4096,8192,16384 --out "$LOGS/ctx" -- \
   --data webmix --compile 1 --max-steps 63 --val-every 63 --val-tokens 2097152 --export 0

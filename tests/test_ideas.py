@@ -232,6 +232,11 @@ def test_layerdrop_compiles_blocks_and_loss_once_whatever_blocks_it_drops():
         dropping.dropped_blocks = lambda dropped=dropped: dropped
         dropping(idx, idx).backward()
     assert counters["stats"]["unique_graphs"] == 2  # one block graph, one loss graph: no recompiling per drop pattern
+    dropping.dropping = False  # LayerDrop's end, still training: the same graphs (every block at scale 1), the plain model's loss
+    ended = dropping(idx, idx)
+    ended.backward()
+    assert counters["stats"]["unique_graphs"] == 2
+    torch.testing.assert_close(ended, plain(idx, idx))
     dropping.eval(), plain.eval()
     torch.testing.assert_close(dropping(idx, idx), plain(idx, idx))  # the compiled loss is the plain model's loss
 
