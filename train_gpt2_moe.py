@@ -5,7 +5,8 @@ the same shape behind a learned router: top-1 (Switch) routing by default, --top
 --capacity-factor per expert (0: dropless), and --balance-weight x the Switch balance loss
 added to the training loss (never to validation). Each token runs k experts, so the compute per
 token stays near the baseline's (k = 1) while the parameters grow E-fold. The log reports each
-MoE layer's expert loads and dropped share at every validation.
+MoE layer's expert loads and dropped share at every validation, and summary.json keeps them for
+the whole run (run_report: each layer's share of assignments per expert, and share dropped).
 
     python train_gpt2_moe.py --data webmix --experts 4
     python train_gpt2_moe.py --data webmix --experts 8 --top-k 2 --capacity-factor 0
@@ -56,13 +57,14 @@ class MoEGPT(GPT):
         dense = flops_per_token(self, self.config.n_layer, self.config.n_embd, seq_len)
         return dense + sum(6 * layer.top_k * (layer.w_in[0].numel() + layer.w_out[0].numel()) for layer in self.moe_layers())
 
+    def routing_counts(self) -> list:
+        """Per MoE layer, over the training steps so far: (each expert's share of assignments, the share dropped for capacity)."""
+        return [((layer.load / layer.load.sum().clamp(min=1)).tolist(), (layer.dropped / layer.routed.clamp(min=1)).item())
+                for layer in self.moe_layers()]
+
     def routing_report(self) -> str:
-        parts = []
-        for i, layer in enumerate(self.moe_layers()):
-            share = (layer.load / layer.load.sum().clamp(min=1)).tolist()
-            dropped = (layer.dropped / layer.routed.clamp(min=1)).item()
-            parts.append(f"moe{i}: load " + "/".join(f"{s:.2f}" for s in share) + f" dropped {dropped:.3f}")
-        return " | ".join(parts)
+        return " | ".join(f"moe{i}: load " + "/".join(f"{s:.2f}" for s in share) + f" dropped {dropped:.3f}"
+                          for i, (share, dropped) in enumerate(self.routing_counts()))
 
 
 def build_model(cfg: Hyperparameters):
@@ -74,8 +76,13 @@ def before_step(step: int, model: MoEGPT, optimizers, cfg: Hyperparameters) -> N
         print(f"routing at step {step}: {model.routing_report()}")
 
 
+def run_report(model: MoEGPT) -> dict:
+    counts = model.routing_counts()
+    return {"moe_load": [[round(s, 4) for s in share] for share, _ in counts], "moe_dropped_share": [round(d, 4) for _, d in counts]}
+
+
 RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0],
-                before_step=before_step)
+                before_step=before_step, run_report=run_report)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

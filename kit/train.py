@@ -10,6 +10,7 @@ everything from the start of `main`.
 """
 
 import contextlib
+import json
 import math
 import statistics
 import sys
@@ -52,6 +53,7 @@ class Recipe:
     batch_schedule: Callable = None  # (step, cfg) -> share of --batch-tokens for that step (a batch-size ramp)
     ddp_find_unused: bool = False  # True when steps may leave parameters without gradients (LayerDrop)
     warm_up_states: Callable = None  # (model, cfg) -> functions, each putting the model in a state the run will meet: the warm-up compiles every one
+    run_report: Callable = None  # model -> {name: figure}: a script's own end-of-run figures (MoE loads), in summary.json and the log
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -444,6 +446,9 @@ class Trainer:
             "attn": cfg.attn,
             "dtype": str(self.dtype).replace("torch.", ""),
         }
+        if self.recipe.run_report:
+            summary["run_report"] = self.recipe.run_report(self.model)
+            self.log.print(f"end of run: {json.dumps(summary['run_report'])}")
         self.log.summary(summary)
         if status in ("reached_target", "completed") and cfg.export and self.ddp.is_main:
             path = checkpoint.export_safetensors(self.model, Path(self.log.dir) / "model.safetensors")

@@ -320,6 +320,14 @@ def test_moe_script_reports_routing(tmp_path, capsys):
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "2", "--experts", "2",
                                 "--out-dir", str(tmp_path)]) == 0
     assert "routing at step 2: moe0: load" in capsys.readouterr().out
+    import json
+
+    report = json.loads((tmp_path / "summary.json").read_text())["run_report"]  # the whole run's loads and drops, kept
+    layers = gpt_config("tiny", block_size=32).n_layer
+    assert len(report["moe_load"]) == len(report["moe_dropped_share"]) == layers
+    assert all(sum(share) == pytest.approx(1.0, abs=1e-3) and len(share) == 2 for share in report["moe_load"])
+    assert all(0 <= d <= 1 for d in report["moe_dropped_share"])
+    assert "end of run: {\"moe_load\"" in (tmp_path / "log.txt").read_text()
 
 
 # ----- multi-token prediction on the baseline -----
