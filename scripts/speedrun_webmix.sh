@@ -10,7 +10,7 @@ OUT=${1:-logs/speedrun_webmix}
 shift || true
 RUNS=${RUNS:-"best repeat fit_24gb no_muon no_value_embeds no_window_schedule"}
 # every training run flags_for knows, in the order of the comparison table (fit_24gb is a memory check, not compared)
-COMPARED="best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos no_bigram torch_loss steps440 normuon val_screen"
+COMPARED="best repeat no_muon no_value_embeds no_window_schedule recipe_c7059fe polar batch_ramp align_bos no_bigram torch_loss steps440 normuon val_screen mtp"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 n=$(ls data/webmix/webmix_train_*.bin 2>/dev/null | wc -l)
@@ -32,6 +32,8 @@ flags_for() {
     align_bos) echo "--align-bos 1" ;;
     normuon) echo "--normuon 1" ;;
     val_screen) echo "--val-screen-tokens 2097152" ;;  # same training; fewer full validations (compare eval time and crossing step with best)
+    # issue 6's ideas tried in the record: MTP (t+2, t+3 through adapters, weight falling to 0 by mid-run; -0.036 per token on the baseline)
+    mtp) echo "--mtp-offsets 2" ;;
     # the defaults' latest additions, one at a time (records/2026-11-29_h200_speedrun_steps410)
     no_bigram) echo "--bigram-buckets 0" ;;
     torch_loss) echo "--loss-kernel torch" ;;

@@ -171,11 +171,32 @@ def test_bench_rows_name_existing_scripts_and_valid_flags(rows_file):
     from kit.config import parse_config
 
     for row in json.loads(rows_file.read_text()):
-        script = REPO / row.get("script", "train_gpt2.py")
-        spec = importlib.util.spec_from_file_location(script.stem, script)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        module = load_module(REPO / row.get("script", "train_gpt2.py"))
         parse_config(module.RECIPE.config_cls, shlex.split(row.get("flags", "")))
+
+
+def test_speedrun_webmix_runs_take_valid_flags():
+    """Every named run of scripts/speedrun_webmix.sh gives the speedrun flags it accepts."""
+    import shlex
+    import subprocess
+
+    from kit.config import parse_config
+
+    script = (REPO / "scripts" / "speedrun_webmix.sh").read_text()
+    names = set(script.split('COMPARED="', 1)[1].split('"', 1)[0].split()) | {"fit_24gb"}
+    speedrun = load_module(REPO / "train_gpt2_speedrun.py")
+    start = script.index("flags_for() {")
+    define = script[start:script.index("\n}\n", start) + 3]
+    for name in sorted(names):
+        flags = subprocess.run(["bash", "-c", define + f"flags_for {name}"], capture_output=True, text=True, check=True).stdout
+        parse_config(speedrun.RECIPE.config_cls, shlex.split(flags))
+
+
+def load_module(path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def write_bench(path, rows):
