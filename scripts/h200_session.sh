@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
-# The next one-GPU lease (issue 6; records/NOT_RUN.md), in order:
+# The next one-GPU lease (issue 6; records/NOT_RUN.md). The issue's own asks first, then the follow-ups:
 #   1. the ideas at equal time, 3 rows at a time (losses only), for the rows whose speed differs from the
 #      baseline's (at ~1.00x equal tokens already is equal time): checkpointing and parallel MTP against the
-#      first part's bench, MoE, R-Drop, sequential MTP and 4096 context against the second part's;
-#   2. the ablations the second part asked for, 3 at a time (scripts/rows/ideas_ablation.json): 8-bit AdamW
-#      on a second seed beside the baseline on it, curriculum without one-cycle and one-cycle without
-#      curriculum, and document masking at 1024 (is long context's gain the length or the masking?);
-#   2b. LayerDrop's speed with its rescaling moved into the compiled blocks, alone on the GPU beside the baseline (~3 min);
-#   3. MLA's ablation, 3 rows at a time: without its rotary key part, and with a full-rank latent (issue 5's open question);
-#   4. the context sweep, one length at a time (speed measured): 1024..16384 at 524,288 tokens a step.
-# A cut pass resumes in the next lease if its fetched folder is put back under logs/ and carried.
-# Stage part 1, start this, then stage part 2 (the session waits for its shards); 8-bit AdamW needs
-# bitsandbytes: carry .whl and run `python3 -m pip install --no-deps --no-index .whl/*.whl && python3 -c "import bitsandbytes"`
-# before part 2:
+#      first part's bench, MoE, R-Drop, sequential MTP and 4096 context against the second part's (~13 min);
+#   2. the optimizers' learning rates, 3 at a time: the baseline and 8-bit AdamW at 3x (is 8-bit's -0.064 a
+#      larger effective step at an LR too low for 33M tokens?), Lion at 1e-4 and 6e-4 (~6 min);
+#   3. the context sweep, one length at a time (speed measured): 1024..16384 at 524,288 tokens a step (~10 min);
+#   4. what checkpointing buys under a 24 GB card's cap, one row at a time;
+#   5. the ablations, 3 at a time (scripts/rows/ideas_ablation.json): 8-bit AdamW and the baseline on a
+#      second seed, curriculum and one-cycle apart, document masking at 1024;
+#   6. LayerDrop's speed with its rescaling inside the compiled blocks, alone beside the baseline (~3 min);
+#   7. MLA's ablation, 3 rows at a time: without its rotary key part, and with a full-rank latent (issue 5's open question).
+# It will not all fit in one 30-minute lease: a cut pass resumes in the next if its fetched folder is put
+# back under logs/ and carried (and a finished one is skipped the same way).
+# Stage part 1, start this, then carry .whl and run `python3 -m pip install --no-deps --no-index .whl/*.whl
+# && python3 -c "import bitsandbytes"` (8-bit AdamW), then stage part 2 (the session waits for its shards):
 #   setsid nohup bash scripts/h200_session.sh logs > logs/session.txt 2>&1 < /dev/null &
 # and poll with scripts/poll.sh.
 set -u
@@ -23,10 +25,12 @@ EQUAL_TIME=records/2026-11-29_h200_ideas_equal_tokens/bench.json ONLY=baseline,c
   bash scripts/equal_budget_session.sh "$LOGS" ideas
 EQUAL_TIME=records/2026-11-29_h200_ideas_rest_equal_tokens/bench.json ONLY=baseline,moe4_top1,moe2_top1,rdrop,mtp_sequential,long_context_4096 \
   PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_rest
+LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr
+python3 scripts/sweep.py train_gpt2_long_context.py --grid seq-len=1024,2048,4096,8192,16384 --out "$LOGS/ctx" -- \
+  --data webmix --compile 1 --max-steps 63 --val-every 63 --val-tokens 2097152 --export 0
+bash scripts/equal_budget_session.sh "$LOGS" checkpointing_24gb
 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_ablation
 python3 scripts/bench.py --rows scripts/rows/ideas_rest.json --only baseline,layerdrop,layerdrop_off --common "--data webmix --compile 1" \
   --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/bench_layerdrop_speed"
 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation  # where MLA's gain per token comes from
-python3 scripts/sweep.py train_gpt2_long_context.py --grid seq-len=1024,2048,4096,8192,16384 --out "$LOGS/ctx" -- \
-  --data webmix --compile 1 --max-steps 63 --val-every 63 --val-tokens 2097152 --export 0
 echo "done $(date -u +%T)"
