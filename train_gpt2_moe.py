@@ -8,16 +8,24 @@ token stays near the baseline's (k = 1) while the parameters grow E-fold. The lo
 MoE layer's expert loads and dropped share at every validation, and summary.json keeps them for
 the whole run (run_report: each layer's share of assignments per expert, and share dropped).
 
+--expert-kernel grouped (dropless, so with --capacity-factor 0) runs the experts as grouped
+matmuls without padding to a capacity, where torch._grouped_mm runs on this GPU; elsewhere the
+run says why and uses the padded kernel. It prints which kernel ran before training starts.
+
     python train_gpt2_moe.py --data webmix --experts 4
     python train_gpt2_moe.py --data webmix --experts 8 --top-k 2 --capacity-factor 0
+    python train_gpt2_moe.py --data webmix --experts 4 --capacity-factor 0 --expert-kernel grouped
 """
 
 import math
 import sys
 from dataclasses import dataclass, field
 
+import torch
+
+from kit.errors import UserError
 from kit.model import GPT, gpt_config
-from kit.moe import MoEMLP
+from kit.moe import MoEMLP, grouped_mm_support
 from kit.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
@@ -30,15 +38,17 @@ class Hyperparameters(baseline.Hyperparameters):
     capacity_factor: float = field(default=1.25, metadata={"help": "expert capacity = this x k x tokens / experts; 0: dropless"})
     balance_weight: float = field(default=0.01, metadata={"help": "weight of the load-balancing loss"})
     moe_every: int = field(default=1, metadata={"help": "MoE in every N-th block (others keep the dense MLP)"})
+    expert_kernel: str = field(default="padded", metadata={"choices": ["padded", "grouped"],
+                               "help": "padded: batched matmuls over capacity-sized buffers; grouped: dropless grouped matmuls (needs --capacity-factor 0)"})
 
 
 class MoEGPT(GPT):
-    def __init__(self, config, cfg: Hyperparameters):
+    def __init__(self, config, cfg: Hyperparameters, kernel: str = "padded"):
         super().__init__(config)
         out_std = 0.02 / math.sqrt(2 * config.n_layer)  # the baseline's residual-projection init
         for i, block in enumerate(self.h):
             if i % cfg.moe_every == cfg.moe_every - 1:
-                block.mlp = MoEMLP(config.n_embd, cfg.experts, cfg.top_k, cfg.capacity_factor, out_std=out_std)
+                block.mlp = MoEMLP(config.n_embd, cfg.experts, cfg.top_k, cfg.capacity_factor, out_std=out_std, kernel=kernel)
         self.balance_weight = cfg.balance_weight
 
     def moe_layers(self):
@@ -67,8 +77,22 @@ class MoEGPT(GPT):
                           for i, (share, dropped) in enumerate(self.routing_counts()))
 
 
+def expert_kernel(cfg: Hyperparameters) -> str:
+    """The kernel this run uses, printed with the reason when --expert-kernel grouped cannot run here."""
+    if cfg.expert_kernel == "padded":
+        return "padded"
+    if cfg.capacity_factor > 0:
+        raise UserError("--expert-kernel grouped is dropless: add --capacity-factor 0")
+    on_gpu = cfg.device != "cpu" and torch.cuda.is_available()  # the run's device is chosen before the model is built
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    dtype = torch.bfloat16 if on_gpu and cfg.dtype != "fp32" else torch.float32
+    why_not = grouped_mm_support(device, dtype, compiled=bool(cfg.compile))
+    print(f"expert kernel: padded (dropless), since {why_not}" if why_not else f"expert kernel: grouped matmul (torch._grouped_mm, {dtype})", flush=True)
+    return "padded" if why_not else "grouped"
+
+
 def build_model(cfg: Hyperparameters):
-    return MoEGPT(gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn), cfg)
+    return MoEGPT(gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn), cfg, expert_kernel(cfg))
 
 
 def before_step(step: int, model: MoEGPT, optimizers, cfg: Hyperparameters) -> None:

@@ -14,6 +14,7 @@
 #   mla_ablation = MLA without its rotary key part and with a full-rank latent, beside MLA-256 and the baseline;
 #   EQUAL_TIME=logs/bench_ideas/bench.json repeats the rows at the base row's training time of that bench;
 #   ideas_rest = the ideas the first ideas lease did not reach, with their own baseline (and LayerDrop re-run);
+#   moe_kernels = MoE 4 experts with the grouped-matmul kernel (dropless) beside the padded one (capacity 1.25) and the baseline;
 #   ideas_ablation = what the second ideas lease left open: 8-bit AdamW on a second seed, curriculum and one-cycle apart, document masking at 1024;
 #   ONLY=a,b benches only those rows of the rows file (bench.py --only);
 #   PARALLEL=3 runs 3 rows at once, each capped at 130/3 GiB: for passes that compare losses only)

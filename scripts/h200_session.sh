@@ -10,7 +10,8 @@
 #   5. the ablations, 3 at a time (scripts/rows/ideas_ablation.json): 8-bit AdamW and the baseline on a
 #      second seed, curriculum and one-cycle apart, document masking at 1024;
 #   6. LayerDrop's speed with its rescaling inside the compiled blocks, alone beside the baseline (~3 min);
-#   7. MLA's ablation, 3 rows at a time: without its rotary key part, and with a full-rank latent (issue 5's open question).
+#   7. MLA's ablation, 3 rows at a time: without its rotary key part, and with a full-rank latent (issue 5's open question);
+#   8. MoE's grouped-matmul kernel (dropless) against its padded one and the baseline, one row at a time (~6 min).
 # It will not all fit in one 30-minute lease: a cut pass resumes in the next if its fetched folder is put
 # back under logs/ and carried (and a finished one is skipped the same way).
 # Stage part 1, start this, then carry .whl and run `python3 -m pip install --no-deps --no-index .whl/*.whl
@@ -33,4 +34,5 @@ PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_ablation
 python3 scripts/bench.py --rows scripts/rows/ideas_rest.json --only baseline,layerdrop,layerdrop_off --common "--data webmix --compile 1" \
   --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/bench_layerdrop_speed"
 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation  # where MLA's gain per token comes from
+bash scripts/equal_budget_session.sh "$LOGS" moe_kernels
 echo "done $(date -u +%T)"

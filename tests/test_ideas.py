@@ -288,6 +288,68 @@ def test_moe_equals_a_per_token_reference(top_k, capacity_factor):
     torch.testing.assert_close(layer.load, torch.bincount(experts.reshape(-1), minlength=4).float())
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+def test_moe_grouped_kernel_equals_the_reference_and_the_padded_kernel(top_k):
+    from kit.moe import MoEMLP, grouped_mm_support
+
+    if grouped_mm_support("cpu", torch.float32):
+        pytest.skip(grouped_mm_support("cpu", torch.float32))
+    torch.manual_seed(0)
+    grouped = MoEMLP(16, 4, top_k, 0.0, hidden=24, std=0.3, out_std=0.3, kernel="grouped")
+    padded = MoEMLP(16, 4, top_k, 0.0, hidden=24, std=0.3, out_std=0.3)
+    padded.load_state_dict(grouped.state_dict())
+    x = torch.randn(3, 10, 16)
+    expected, _ = moe_reference(grouped, x.reshape(-1, 16))
+    out = grouped(x)
+    torch.testing.assert_close(out.reshape(-1, 16), expected, atol=1e-5, rtol=1e-4)
+    assert int(grouped.dropped) == 0 and int(grouped.routed) == 30 * top_k
+    out.pow(2).sum().backward()
+    padded(x).pow(2).sum().backward()
+    for name, param in grouped.named_parameters():  # the same gradients as the padded kernel, router included
+        torch.testing.assert_close(param.grad, dict(padded.named_parameters())[name].grad, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="dropless"):
+        MoEMLP(16, 4, 1, 1.25, kernel="grouped")
+
+
+def test_grouped_kernel_compiles_in_bf16_without_graph_breaks():
+    from kit.moe import MoEMLP, grouped_mm_support
+
+    if grouped_mm_support("cpu", torch.bfloat16, compiled=True):
+        pytest.skip(grouped_mm_support("cpu", torch.bfloat16, compiled=True))
+    assert "bf16 only" in grouped_mm_support("cpu", torch.float32, compiled=True)
+    torch.manual_seed(0)
+    layer = MoEMLP(16, 4, 1, 0.0, hidden=32, kernel="grouped").to(torch.bfloat16)
+    x = torch.randn(2, 8, 16, dtype=torch.bfloat16)
+    compiled = torch.compile(layer, backend="eager", fullgraph=True)  # dynamo's tracing and shape checks; fails on a graph break
+    torch.testing.assert_close(compiled(x), layer(x))
+
+
+def test_grouped_mm_support_says_why_not_where_the_op_is_missing(monkeypatch):
+    from kit.moe import grouped_mm_support
+
+    monkeypatch.delattr(torch, "_grouped_mm", raising=False)
+    assert "has no torch._grouped_mm" in grouped_mm_support("cpu", torch.float32)
+
+
+def test_moe_script_picks_its_expert_kernel_and_falls_back_saying_why(monkeypatch, capsys, tmp_path):
+    import train_gpt2_moe as script
+
+    cfg = script.Hyperparameters(device="cpu", expert_kernel="grouped", capacity_factor=0.0)
+    real_support = script.grouped_mm_support
+    monkeypatch.setattr(script, "grouped_mm_support", lambda device, dtype, compiled: "torch._grouped_mm failed on cpu in torch.float32: no kernel")
+    assert script.expert_kernel(cfg) == "padded"
+    assert "expert kernel: padded (dropless), since torch._grouped_mm failed" in capsys.readouterr().out
+    monkeypatch.setattr(script, "grouped_mm_support", lambda device, dtype, compiled: "")
+    assert script.expert_kernel(cfg) == "grouped" and "grouped matmul" in capsys.readouterr().out
+    assert script.expert_kernel(script.Hyperparameters()) == "padded"
+    monkeypatch.setattr(script, "grouped_mm_support", real_support)  # not undo(): that would undo the data-dir isolation too
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--experts", "2", "--capacity-factor", "0"]
+    assert main(script.RECIPE, [*flags, "--expert-kernel", "grouped", "--out-dir", str(tmp_path)]) == 0  # trains with whichever kernel runs here
+    assert "expert kernel: " in capsys.readouterr().out
+    with pytest.raises(script.UserError, match="capacity-factor 0"):
+        script.expert_kernel(script.Hyperparameters(expert_kernel="grouped"))
+
+
 def test_moe_balance_loss_formula():
     from kit.moe import MoEMLP
 
