@@ -31,15 +31,13 @@ class Hyperparameters(baseline.Hyperparameters):
 
 
 class ScaledBlock(Block):
-    """The baseline's block, its residual update (attention's plus the MLP's) optionally scaled:
-    x + scale * (block(x) - x)."""
+    """The baseline's block, its residual update optionally scaled: x + scale * (block(x) - x),
+    computed from the block's own output so the residual stream keeps its precision (the update
+    is the difference of two fp32 streams, not a sum of two bf16 branch outputs)."""
 
     def forward(self, x, scale=None):
-        if scale is None:
-            return super().forward(x)
-        update = self.attn(self.ln_1(x))
-        update = update + self.mlp(self.ln_2(x + update))
-        return x + scale * update
+        out = super().forward(x)
+        return out if scale is None else x + scale * (out - x)
 
 
 class LayerDropGPT(GPT):
