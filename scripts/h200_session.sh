@@ -18,6 +18,9 @@
 # && python3 -c "import bitsandbytes"` (8-bit AdamW), then stage part 2 (the session waits for its shards):
 #   setsid nohup bash scripts/h200_session.sh logs > logs/session.txt 2>&1 < /dev/null &
 # and poll with scripts/poll.sh.
+# After it: the equal-time and LR passes join the records of the benches they repeat
+#   (python3 scripts/record_bench.py --add-to records/2026-11-29_h200_ideas_equal_tokens --extra "at equal time=FETCHED/logs/bench_ideas_equal_time" --command "...";
+#   the same for ideas_rest, and "at 3x LR" for ideas_lr); the sweep, the 24 GB, ablation, LayerDrop, MLA and MoE-kernel benches become records of their own.
 set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1

@@ -8,6 +8,13 @@ Copies bench.json, bench.md, the consoles and every row's run directory (weights
 left out), each --extra bench into its own sub-folder, and writes record.json with the GPU, torch
 version and commit read from the runs themselves (all rows must share one commit). Notes and
 verdicts are yours to add to record.json; then `python scripts/compare.py --records`.
+
+A later pass over the same rows (equal time, another learning rate) joins an existing record:
+
+    python scripts/record_bench.py --add-to records/2026-11-29_h200_ideas_equal_tokens \
+        --extra "at equal time=/tmp/f/logs/bench_ideas_equal_time" --command "EQUAL_TIME=... bash scripts/equal_budget_session.sh logs ideas"
+
+Its commit, where it differs from the record's, and its command are added to the record's.
 """
 
 import argparse
@@ -48,14 +55,49 @@ def run_facts(folder: Path, rows: list[dict]) -> tuple[set, str]:
     return commits, gpu or "-"
 
 
+def parse_extra(spec: str) -> tuple[str, Path]:
+    name, _, folder = spec.partition("=")
+    if not folder:
+        raise SystemExit(f"record_bench: --extra is 'column name=bench folder', got {spec!r}")
+    return name, Path(folder)
+
+
+def add_to_record(record_dir: Path, specs: list[str], command: str) -> dict:
+    """Copy later benches of a record's rows into it, each as an extra bench in its own sub-folder."""
+    record = json.loads((record_dir / "record.json").read_text())
+    for spec in specs:
+        name, folder = parse_extra(spec)
+        if name in record.get("extra_benches", {}) or (record_dir / slug(name)).exists():
+            raise SystemExit(f"record_bench: {record_dir} already has an extra bench {name!r}; not overwritten")
+        commits = run_facts(record_dir / slug(name), copy_bench(folder, record_dir / slug(name)))[0]
+        if len(commits) != 1:
+            raise SystemExit(f"record_bench: {folder}'s runs come from {len(commits)} commits; one bench per commit")
+        commit = commits.pop()
+        if commit != record["commit"].split()[0]:
+            record["commit"] += f" ({slug(name)}/: {commit})"
+        record.setdefault("extra_benches", {})[name] = f"{slug(name)}/bench.json"
+        record["command"] += f"; {name}: {command}"
+    (record_dir / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("bench_dir")
-    parser.add_argument("record_dir")
-    parser.add_argument("--title", required=True)
+    parser.add_argument("bench_dir", nargs="?")
+    parser.add_argument("record_dir", nargs="?")
+    parser.add_argument("--title")
     parser.add_argument("--command", required=True, help="the command that ran the bench, as it was run")
     parser.add_argument("--extra", action="append", default=[], help="'column name=bench folder': the same rows benched again (another LR, equal time)")
+    parser.add_argument("--add-to", help="an existing record: add the --extra benches to it")
     args = parser.parse_args(argv)
+    if args.add_to:
+        if not args.extra or args.bench_dir:
+            parser.error("--add-to takes --extra benches only")
+        add_to_record(Path(args.add_to), args.extra, args.command)
+        print(f"added to {args.add_to}/record.json; update its verdicts and notes, then: python scripts/compare.py --records")
+        return 0
+    if not (args.bench_dir and args.record_dir and args.title):
+        parser.error("a new record needs bench_dir, record_dir and --title")
     target = Path(args.record_dir)
     if (target / "record.json").exists():
         raise SystemExit(f"record_bench: {target}/record.json exists; not overwritten")
@@ -63,10 +105,8 @@ def main(argv=None) -> int:
     commits, gpu = run_facts(target, rows)
     extra_benches = {}
     for spec in args.extra:
-        name, _, folder = spec.partition("=")
-        if not folder:
-            raise SystemExit(f"record_bench: --extra is 'column name=bench folder', got {spec!r}")
-        extra_rows = copy_bench(Path(folder), target / slug(name))
+        name, folder = parse_extra(spec)
+        extra_rows = copy_bench(folder, target / slug(name))
         commits |= run_facts(target / slug(name), extra_rows)[0]
         extra_benches[name] = f"{slug(name)}/bench.json"
     if len(commits) != 1:

@@ -354,3 +354,11 @@ def test_record_bench_copies_a_fetched_bench_into_a_record(tmp_path):
     fake_bench(tmp_path / "other_commit", ["baseline"], commit="def456")
     with pytest.raises(SystemExit, match="2 commits"):
         record_bench.main([str(tmp_path / "fetched"), str(tmp_path / "mixed"), "--title", "t", "--command", "c", "--extra", f"x={tmp_path / 'other_commit'}"])
+    # a later pass joins the record: its folder, its column, its commit and command noted
+    assert record_bench.main(["--add-to", str(target), "--extra", f"at equal time={tmp_path / 'other_commit'}", "--command", "time it"]) == 0
+    record = json.loads((target / "record.json").read_text())
+    assert record["extra_benches"]["at equal time"] == "at_equal_time/bench.json" and (target / "at_equal_time" / "bench.json").exists()
+    assert record["commit"] == "abc123 (at_equal_time/: def456)" and record["command"] == "bench it; at equal time: time it"
+    assert "val loss at equal time (vs its base)" in report.verdict_table({**report.load_record(target), "verdicts": {"baseline": "ref"}})
+    with pytest.raises(SystemExit, match="already has an extra bench"):
+        record_bench.main(["--add-to", str(target), "--extra", f"at equal time={tmp_path / 'other_commit'}", "--command", "again"])
