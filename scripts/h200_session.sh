@@ -20,7 +20,8 @@
 # and poll with scripts/poll.sh.
 # After it: the equal-time and LR passes join the records of the benches they repeat
 #   (python3 scripts/record_bench.py --add-to records/2026-11-29_h200_ideas_equal_tokens --extra "at equal time=FETCHED/logs/bench_ideas_equal_time" --command "...";
-#   the same for ideas_rest, and "at 3x LR" for ideas_lr); the sweep, the 24 GB, ablation, LayerDrop, MLA and MoE-kernel benches become records of their own.
+#   the same for ideas_rest); the LR pass (its Lion rows are new labels), the sweep, the 24 GB, ablation, LayerDrop, MLA and
+#   MoE-kernel benches become records of their own.
 set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1
