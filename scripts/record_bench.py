@@ -9,6 +9,9 @@ left out), each --extra bench into its own sub-folder, and writes record.json wi
 version and commit read from the runs themselves (all rows must share one commit). Notes and
 verdicts are yours to add to record.json; then `python scripts/compare.py --records`.
 
+A scripts/sweep.py folder (sweep.json) becomes a record of its runs instead: the training and
+equal-budget tables, and the loss curves.
+
 A later pass over the same rows (equal time, another learning rate) joins an existing record:
 
     python scripts/record_bench.py --add-to records/2026-11-29_h200_ideas_equal_tokens \
@@ -81,6 +84,19 @@ def add_to_record(record_dir: Path, specs: list[str], command: str) -> dict:
     return record
 
 
+def record_sweep(source: Path, target: Path, title: str, command: str) -> dict:
+    """A sweep folder as a record of its finished runs (compare.py's tables and curves)."""
+    shutil.copytree(source, target, ignore=LEFT_OUT)
+    runs = [r for r in json.loads((source / "sweep.json").read_text())["runs"] if (target / r["label"] / "summary.json").exists()]
+    if not runs:
+        raise SystemExit(f"record_bench: no run of {source} finished")
+    commits, gpu = run_facts(target, runs)
+    if len(commits) != 1:
+        raise SystemExit(f"record_bench: the runs come from {len(commits)} commits; one record per commit")
+    return {"title": title, "gpu": gpu, "commit": commits.pop(), "command": command, "runs": {r["label"]: r["label"] for r in runs},
+            "baseline": runs[0]["label"], "plot": True, "readme": False}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("bench_dir", nargs="?")
@@ -101,6 +117,13 @@ def main(argv=None) -> int:
     target = Path(args.record_dir)
     if (target / "record.json").exists():
         raise SystemExit(f"record_bench: {target}/record.json exists; not overwritten")
+    if (Path(args.bench_dir) / "sweep.json").exists():
+        if args.extra:
+            parser.error("a sweep's record takes no --extra")
+        record = record_sweep(Path(args.bench_dir), target, args.title, args.command)
+        (target / "record.json").write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {target}/record.json; add its notes, then: python scripts/compare.py --records")
+        return 0
     rows = copy_bench(Path(args.bench_dir), target)
     commits, gpu = run_facts(target, rows)
     extra_benches = {}

@@ -336,6 +336,18 @@ def fake_bench(folder, labels, commit="abc123"):
         (folder / f"{label}.console.txt").write_text("console\n")
 
 
+def test_record_bench_turns_a_sweep_into_a_record_of_its_runs(tmp_path):
+    sweep, record_bench = load_script("sweep"), load_script("record_bench")
+    common = [*FAST[:-4], "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--export", "0", "--batch-tokens", "512"]
+    assert sweep.main(["train_gpt2_long_context.py", "--grid", "seq-len=128,256", "--out", str(tmp_path / "ctx"), "--", *common]) == 0
+    target = tmp_path / "records" / "2026-01-01_ctx"
+    assert record_bench.main([str(tmp_path / "ctx"), str(target), "--title", "Context sweep", "--command", "sweep it"]) == 0
+    record = report.load_record(target)
+    assert record["runs"] == {"seq-len=128": "seq-len=128", "seq-len=256": "seq-len=256"} and record["plot"]
+    section = report.record_section(record)
+    assert "| seq-len=256 |" in section and "sweep it" in section
+
+
 def test_record_bench_copies_a_fetched_bench_into_a_record(tmp_path):
     record_bench = load_script("record_bench")
     fake_bench(tmp_path / "fetched", ["baseline", "variant"])
