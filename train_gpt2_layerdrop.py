@@ -48,8 +48,10 @@ class LayerDropGPT(GPT):
         self.drop_probs = [layerdrop * (i + 1) / config.n_layer for i in range(config.n_layer)]
         self.dropping = layerdrop > 0
         self.generator = torch.Generator().manual_seed(seed)  # same draws on every rank: DDP ranks skip the same blocks
-        # kept blocks' scales as tensors (a float argument would be a constant in each compiled graph); not saved
-        self.register_buffer("kept_scales", torch.tensor([1 / (1 - p) for p in self.drop_probs]), persistent=False)
+        # each kept block's scale as its own 0-dim tensor (a float argument would be a constant in each compiled
+        # graph, and views into one tensor would differ in storage offset); not saved
+        for block, p in zip(self.h, self.drop_probs):
+            block.register_buffer("kept_scale", torch.tensor(1 / (1 - p)), persistent=False)
         self.register_buffer("unit_scale", torch.ones(()), persistent=False)
 
     def dropped_blocks(self) -> set:
@@ -64,7 +66,7 @@ class LayerDropGPT(GPT):
         x = self.embed(idx, token_keep=token_keep)
         for i, block in enumerate(self.h):
             if i not in dropped:
-                x = block(x, self.kept_scales[i] if self.dropping else self.unit_scale)
+                x = block(x, block.kept_scale if self.dropping else self.unit_scale)
         return self.ln_f(x)
 
 
