@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The next one-GPU lease (issue 6; records/NOT_RUN.md). The issue's own asks first, then the follow-ups:
+#   0. the GPU tests of the code built since the last lease: LayerDrop's scale inside its compiled blocks,
+#      MoE's grouped-matmul kernel (~2 min);
 #   1. the ideas at equal time, 3 rows at a time (losses only), for the rows whose speed differs from the
 #      baseline's (at ~1.00x equal tokens already is equal time): checkpointing and parallel MTP against the
 #      first part's bench, MoE, R-Drop, sequential MTP and 4096 context against the second part's (~13 min);
@@ -26,6 +28,7 @@ set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1
 mkdir -p "$LOGS"
+python3 -m pytest -q tests/test_gpu.py -k "layerdrop or grouped" 2>&1 | tail -n 5
 EQUAL_TIME=records/2026-11-29_h200_ideas_equal_tokens/bench.json ONLY=baseline,checkpointing,mtp_parallel PARALLEL=3 \
   bash scripts/equal_budget_session.sh "$LOGS" ideas
 EQUAL_TIME=records/2026-11-29_h200_ideas_rest_equal_tokens/bench.json ONLY=baseline,moe4_top1,moe2_top1,rdrop,mtp_sequential,long_context_4096 \
