@@ -265,18 +265,27 @@ def best_against(benches: dict, label: str, base_label: str) -> str:
     return f"{best[0]:.4f}{at} ({best[0] - base[0]:+.3f})" if base else f"{best[0]:.4f}{at}"
 
 
+def same_token_budget(rows: dict, main: dict) -> bool:
+    """Whether an extra bench trained its rows on the main bench's token budgets (a learning-rate
+    check) rather than on other budgets (an equal-time pass), where both say."""
+    return all(rows[label]["tokens"] == main[label]["tokens"] for label in rows.keys() & main.keys()
+               if rows[label].get("tokens") and main[label].get("tokens"))
+
+
 def verdict_table(record: dict) -> str:
     """One row per benched label: speed, memory and loss against the base row (also in each extra
-    bench, against that bench's own base row), with extra benches each row's best over all of
-    them against the base row's best, and the record's verdict. Figures come from bench.json."""
+    bench, against that bench's own base row), with extra benches at the same token budget (LR
+    checks) each row's best over them and the main bench against the base row's best, and the
+    record's verdict. Figures come from bench.json."""
     folder = record["folder"]
     main = bench_rows(folder / "bench.json")
     extra_paths = {name: folder / rel for name, rel in record.get("extra_benches", {}).items()}
     checks = {name: bench_rows(path) for name, path in extra_paths.items()}
-    benches = {folder / "bench.json": main, **{extra_paths[name]: rows for name, rows in checks.items()}}  # each read once
+    same_budget = {extra_paths[name]: rows for name, rows in checks.items() if same_token_budget(rows, main)}  # equal-time passes stay out
+    benches = {folder / "bench.json": main, **same_budget}  # each read once
     base_label = record.get("baseline") or next(iter(main))
     base = main[base_label]
-    best_head = ["best over the benches (vs the base's best)"] if checks else []
+    best_head = ["best over the benches (vs the base's best)"] if same_budget else []
     head = ["row", "tokens/s over the run (vs base)", "MFU (median step)", "peak GiB", "val loss (vs base)", *[f"val loss {name} (vs its base)" for name in checks],
             *best_head, "fineweb_sample (vs base)", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -284,7 +293,7 @@ def verdict_table(record: dict) -> str:
         row = main.get(label, {})
         rate = run_tokens_per_s(row)
         speed = f"{rate:,.0f} ({ratio(rate, run_tokens_per_s(base))})" if rate else "-"
-        best = [best_against(benches, label, base_label)] if checks else []
+        best = [best_against(benches, label, base_label)] if same_budget else []
         cells = [label, speed, fmt(row.get("mfu"), ".1%"), fmt(row.get("peak_mem_gib"), ".1f"), loss_against(main, label, base_label),
                  *[loss_against(rows, label, base_label) for rows in checks.values()], *best,
                  loss_against(main, label, base_label, "val_loss_fineweb_sample"), verdict]

@@ -374,3 +374,17 @@ def test_record_bench_copies_a_fetched_bench_into_a_record(tmp_path):
     assert "val loss at equal time (vs its base)" in report.verdict_table({**report.load_record(target), "verdicts": {"baseline": "ref"}})
     with pytest.raises(SystemExit, match="already has an extra bench"):
         record_bench.main(["--add-to", str(target), "--extra", f"at equal time={tmp_path / 'other_commit'}", "--command", "again"])
+
+
+def test_best_over_benches_leaves_out_equal_time_passes(tmp_path):
+    folder = tmp_path / "2026-01-01_ideas"
+    write_bench(folder / "bench.json", [{"label": "base", "val_loss": 7.0, "tokens": 100}, {"label": "slow", "val_loss": 6.9, "tokens": 100}])
+    write_bench(folder / "equal_time" / "bench.json", [{"label": "base", "val_loss": 7.0, "tokens": 100}, {"label": "slow", "val_loss": 7.1, "tokens": 60}])
+    write_bench(folder / "lr3" / "bench.json", [{"label": "base", "val_loss": 6.8, "tokens": 100}, {"label": "slow", "val_loss": 6.95, "tokens": 100}])
+    record = {"folder": folder, "baseline": "base", "verdicts": {"base": "ref", "slow": "v"},
+              "extra_benches": {"at equal time": "equal_time/bench.json"}}
+    lines = report.verdict_table(record).splitlines()
+    assert "best over the benches" not in lines[0] and "| 7.1000 (+0.100) |" in lines[3]  # an equal-time loss is no LR's best
+    record["extra_benches"]["at 3x LR"] = "lr3/bench.json"
+    lines = report.verdict_table(record).splitlines()
+    assert "best over the benches" in lines[0] and "| 6.9000 (+0.100) |" in lines[3]  # 6.9 (6e-4 bench) against the base's 6.8
