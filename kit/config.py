@@ -104,7 +104,8 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
             "--" + f.name.replace("_", "-"),
             type=kind,
             choices=f.metadata.get("choices"),
-            help=f"{help_text} (default: {f.default})".strip(),
+            # argparse %-formats help strings: a literal percent sign must be doubled
+            help=f"{help_text} (default: {f.default})".strip().replace("%", "%%"),
         )
     return parser
 

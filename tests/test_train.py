@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import FAST, REPO, make_shard, read_metrics, run_baseline, subprocess_env
-from kit import checkpoint
+from kit import checkpoint, config, runs
 
 SUMMARY_KEYS = {"script", "git_commit", "device_name", "target_loss", "reached_target", "time_to_target_s", "wall_time_s",
                 "tokens_to_target", "final_val_loss", "steps", "tokens_per_s", "mfu", "peak_mem_gib"}
@@ -302,3 +302,11 @@ def test_a_screened_check_validates_in_full_only_near_the_target(tmp_path, monke
     assert summary["reached_target"] and summary["tokens_to_target"] == vals[2]["tokens"] and summary["final_val_loss"] == 4.9
     assert "screen step 1/6" in (tmp_path / "log.txt").read_text()
     assert main(recipe, [*flags[:-1], "16", "--out-dir", str(tmp_path / "bad")]) == 2  # shorter than one sequence
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in REPO.glob("train_gpt2*.py")))
+def test_every_training_script_prints_its_help(script):
+    """`--help` formats every flag's help text (argparse %-formats it: a bare '%' once broke the record script's)."""
+    recipe = runs.load_script(script).RECIPE
+    text = config.build_parser(recipe.config_cls, recipe.description).format_help()
+    assert "--max-steps" in text and "--data" in text
