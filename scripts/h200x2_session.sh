@@ -1,25 +1,69 @@
 #!/usr/bin/env bash
-# The multi-GPU lease (issue 3, blocked while no multi-GPU kind is lent): the GPU tests, then the
-# baseline's 50 steps on one GPU (the DDP reference) and the same 50 steps under torchrun on every
-# GPU of the machine, at the same global batch. Needs staged part 1 (scripts/stage_part.sh):
+# The two-GPU lease (nvidia-h200-x2). First issue 3's torchrun comparison: the baseline's 50 steps and
+# the record script's 40 steps, each on one GPU and under torchrun on both GPUs at the same global batch
+# (the one-GPU runs go side by side, one per GPU, while the other GPU's GPU tests run first). Then issue 6's
+# remaining runs (scripts/h200_session.sh's list) in two lanes, one per GPU, each lane in order of need:
+#   GPU 0: the ideas at equal time (both parts), the optimizers' LR pass, the ablations, MLA's ablation;
+#   GPU 1: the 1024..16384 context sweep (speed measured), checkpointing under a 24 GB cap,
+#          LayerDrop's speed, MoE's grouped kernel.
+# A lane's speed figures come from rows alone on their GPU; the other GPU is busy meanwhile (shared CPUs).
+# Needs staged part 1 to start and part 2 before the lanes (scripts/stage_part.sh); the bitsandbytes wheel
+# as in scripts/h200_session.sh. Start it, then poll with scripts/poll.sh:
 #   setsid nohup bash scripts/h200x2_session.sh logs > logs/session.txt 2>&1 < /dev/null &
-# One-GPU leases: scripts/equal_budget_session.sh (issues 5 and 6), scripts/speedrun_webmix.sh.
+# A pass or sweep cut by the lease's end resumes in the next if its fetched folder is put back under logs/.
 set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1
+# the lender's rule for multi-GPU machines: NVLink multicast stays off
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 mkdir -p "$LOGS/ddp"
 gpus=$(nvidia-smi -L | wc -l)
 [ "$gpus" -ge 2 ] || { echo "this lease is for a machine with 2 or more GPUs; found $gpus"; exit 1; }
 
-baseline_50_steps() {  # the DDP comparison: same flags, same global batch, 1 or N processes
+baseline_50_steps() {  # same flags, same global batch, 1 or N processes
   local out=$1; shift
   "$@" train_gpt2.py --data webmix --max-steps 50 --val-every 25 --attn sdpa --compile 1 --export 0 --progress lines --out-dir "$out"
 }
+speedrun_40_steps() {
+  local out=$1; shift
+  "$@" train_gpt2_speedrun.py --data webmix --max-steps 40 --val-every 20 --late-val-every 0 --export 0 --progress lines --out-dir "$out"
+}
 
 echo "start $(date -u +%T) on $gpus GPUs"
-timeout 300 python3 -m pytest -q tests/test_gpu.py > "$LOGS/gpu_tests.txt" 2>&1; echo "GPU tests: $(tail -n 1 "$LOGS/gpu_tests.txt")"
-CUDA_VISIBLE_DEVICES=0 baseline_50_steps "$LOGS/ddp/one_gpu" python3 > "$LOGS/ddp/one_gpu.console.txt" 2>&1
-echo "one GPU exit $? $(date -u +%T)"
-baseline_50_steps "$LOGS/ddp/all_gpus" python3 -m torch.distributed.run --standalone --nproc_per_node="$gpus" > "$LOGS/ddp/all_gpus.console.txt" 2>&1
-echo "torchrun exit $? $(date -u +%T)"
-python3 scripts/compare.py "$LOGS/ddp/one_gpu" "$LOGS/ddp/all_gpus" --out "$LOGS/ddp"
+(CUDA_VISIBLE_DEVICES=0 baseline_50_steps "$LOGS/ddp/baseline_one_gpu" python3 > "$LOGS/ddp/baseline_one_gpu.console.txt" 2>&1
+ echo "baseline, one GPU: exit $? $(date -u +%T)") &
+(CUDA_VISIBLE_DEVICES=1 timeout 300 python3 -m pytest -q tests/test_gpu.py -k "layerdrop or grouped" > "$LOGS/gpu_tests.txt" 2>&1
+ echo "GPU tests: $(tail -n 1 "$LOGS/gpu_tests.txt")"
+ CUDA_VISIBLE_DEVICES=1 speedrun_40_steps "$LOGS/ddp/speedrun_one_gpu" python3 > "$LOGS/ddp/speedrun_one_gpu.console.txt" 2>&1
+ echo "speedrun, one GPU: exit $? $(date -u +%T)") &
+wait
+baseline_50_steps "$LOGS/ddp/baseline_torchrun" python3 -m torch.distributed.run --standalone --nproc_per_node="$gpus" \
+  > "$LOGS/ddp/baseline_torchrun.console.txt" 2>&1
+echo "baseline, torchrun on $gpus GPUs: exit $? $(date -u +%T)"
+speedrun_40_steps "$LOGS/ddp/speedrun_torchrun" python3 -m torch.distributed.run --standalone --nproc_per_node="$gpus" \
+  > "$LOGS/ddp/speedrun_torchrun.console.txt" 2>&1
+echo "speedrun, torchrun on $gpus GPUs: exit $? $(date -u +%T)"
+python3 scripts/compare.py "$LOGS/ddp/baseline_one_gpu" "$LOGS/ddp/baseline_torchrun" --throughput --out "$LOGS/ddp/baseline"
+python3 scripts/compare.py "$LOGS/ddp/speedrun_one_gpu" "$LOGS/ddp/speedrun_torchrun" --throughput --out "$LOGS/ddp/speedrun"
+
+lane_gpu0() {
+  EQUAL_TIME=records/2026-11-29_h200_ideas_equal_tokens/bench.json ONLY=baseline,checkpointing,mtp_parallel PARALLEL=3 \
+    bash scripts/equal_budget_session.sh "$LOGS" ideas
+  EQUAL_TIME=records/2026-11-29_h200_ideas_rest_equal_tokens/bench.json ONLY=baseline,moe4_top1,moe2_top1,rdrop,mtp_sequential,long_context_4096 \
+    PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_rest
+  LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr
+  PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_ablation
+  PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation
+}
+lane_gpu1() {
+  python3 scripts/sweep.py train_gpt2_long_context.py --grid seq-len=1024,2048,4096,8192,16384 --out "$LOGS/ctx" -- \
+    --data webmix --compile 1 --max-steps 63 --val-every 63 --val-tokens 2097152 --export 0
+  bash scripts/equal_budget_session.sh "$LOGS" checkpointing_24gb
+  python3 scripts/bench.py --rows scripts/rows/ideas_rest.json --only baseline,layerdrop,layerdrop_off --common "--data webmix --compile 1" \
+    --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/bench_layerdrop_speed"
+  bash scripts/equal_budget_session.sh "$LOGS" moe_kernels
+}
+CUDA_VISIBLE_DEVICES=0 lane_gpu0 > "$LOGS/lane_gpu0.txt" 2>&1 &
+CUDA_VISIBLE_DEVICES=1 lane_gpu1 > "$LOGS/lane_gpu1.txt" 2>&1 &
+wait
+echo "done $(date -u +%T)"

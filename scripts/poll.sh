@@ -10,6 +10,9 @@ set -u
 sleep "${1:-0}"
 LOGS=${2:-logs}
 [ -f "$LOGS/session.txt" ] && grep -v "^V[0-9]" "$LOGS/session.txt" | tail -n 8
+for lane in "$LOGS"/lane_*.txt; do  # a two-GPU session's lanes
+  [ -f "$lane" ] && printf '%s\n%s\n' "== $lane" "$(grep -E "^(start|done|\[)" "$lane" | tail -n 4)"
+done
 for console in $(find "$LOGS" -name "*.console.txt" -o -name "log.txt" | sort); do
   last=$(grep -E "^(val step|step |reached|finished)" "$console" | tail -n 2)
   [ -n "$last" ] && printf '%s\n%s\n' "== $console" "$last"
