@@ -50,8 +50,7 @@ class Run:
 def load_run(path, label: str = None) -> Run:
     path = Path(path)
     summary = json.loads((path / "summary.json").read_text())
-    events = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()] if (path / "metrics.jsonl").exists() else []
-    return Run(label or path.name, path, summary, [e for e in events if e["type"] == "val"], [e for e in events if e["type"] == "train"])
+    return Run(label or path.name, path, summary, *load_run_events(path))
 
 
 def steady_step_ms(run: Run, skip: int = 5, count: int = None):
@@ -81,6 +80,41 @@ def run_tokens_per_s(row: dict):
     if row.get("tokens") and row.get("train_s"):
         return row["tokens"] / row["train_s"]
     return row.get("tokens_per_s")
+
+
+SPIKE_RISE = 0.3  # nats of training loss above the run's lowest so far
+
+
+def loss_spikes(train: list, rise: float = SPIKE_RISE, skip: int = 3) -> list:
+    """(step, loss) where a run's training loss climbs more than `rise` above the lowest loss it
+    has reached, one entry per episode (the first step of it); the first `skip` steps are left out.
+    At short budgets a spike near the peak learning rate can decide a comparison on its own."""
+    spikes, lowest, inside = [], float("inf"), False
+    for event in train:
+        loss = event["loss"]
+        above = event["step"] > skip and loss > lowest + rise
+        if above and not inside:
+            spikes.append((event["step"], loss))
+        inside, lowest = above, min(lowest, loss)
+    return spikes
+
+
+def spikes_cell(spikes: list) -> str:
+    return ", ".join(f"{step}: {loss:.2f}" for step, loss in spikes) or "none"
+
+
+def run_spikes(run_dir: Path):
+    """The spikes of the run in run_dir (from its metrics.jsonl), or None where it has none."""
+    if not (Path(run_dir) / "metrics.jsonl").exists():
+        return None
+    return loss_spikes(load_run_events(run_dir)[1])
+
+
+def load_run_events(path) -> tuple:
+    """(validation events, training events) of a run directory's metrics.jsonl."""
+    path = Path(path) / "metrics.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return [e for e in events if e["type"] == "val"], [e for e in events if e["type"] == "train"]
 
 
 def training_table(runs: list[Run], baseline: Run = None) -> str:
@@ -116,15 +150,15 @@ def equal_budget_table(runs: list[Run], baseline: Run = None) -> str:
     if not baseline or not baseline.vals:
         return ""
     tokens, time_ms = baseline.vals[-1]["tokens"], baseline.vals[-1]["train_time_ms"]
-    lines = [f"| run | val loss within the baseline's {tokens:,} tokens (at tokens) | within its {time_ms / 1000:.1f} s of training (at s) |",
-             "|---|---|---|"]
+    lines = [f"| run | val loss within the baseline's {tokens:,} tokens (at tokens) | within its {time_ms / 1000:.1f} s of training (at s) | "
+             f"training-loss spikes (step: loss; > {SPIKE_RISE} above its lowest) |", "|---|---|---|---|"]
     for r in runs:
         cells = []
         for key, unit in (("tokens", ","), ("train_time_ms", None)):
             e = last_val_within(r, key, tokens if key == "tokens" else time_ms)
             point = None if e is None else (format(e[key], ",") if unit else f"{e[key] / 1000:.1f}")
             cells.append("-" if e is None else f"{e['val_loss']:.4f} ({point})")
-        lines.append(f"| {r.label} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {r.label} | {cells[0]} | {cells[1]} | {spikes_cell(loss_spikes(r.train))} |")
     return "\n".join(lines)
 
 
@@ -272,6 +306,16 @@ def same_token_budget(rows: dict, main: dict) -> bool:
                if rows[label].get("tokens") and main[label].get("tokens"))
 
 
+def bench_spikes(main_path: Path, extra_paths: dict, label: str) -> str:
+    """A row's training-loss spikes in the main bench and in each extra bench that ran it (named)."""
+    found = []
+    for name, path in [(None, main_path), *extra_paths.items()]:
+        spikes = run_spikes(Path(path).parent / label)
+        if spikes is not None and (spikes or name is None):
+            found.append(spikes_cell(spikes) if name is None else f"{name}: {spikes_cell(spikes)}")
+    return "; ".join(found) or "-"
+
+
 def verdict_table(record: dict) -> str:
     """One row per benched label: speed, memory and loss against the base row (also in each extra
     bench, against that bench's own base row), with extra benches at the same token budget (LR
@@ -287,7 +331,7 @@ def verdict_table(record: dict) -> str:
     base = main[base_label]
     best_head = ["best over the benches (vs the base's best)"] if same_budget else []
     head = ["row", "tokens/s over the run (vs base)", "MFU (median step)", "peak GiB", "val loss (vs base)", *[f"val loss {name} (vs its base)" for name in checks],
-            *best_head, "fineweb_sample (vs base)", "verdict"]
+            *best_head, "fineweb_sample (vs base)", f"training-loss spikes (step: loss; > {SPIKE_RISE} above its lowest)", "verdict"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, verdict in record["verdicts"].items():
         row = main.get(label, {})
@@ -296,7 +340,7 @@ def verdict_table(record: dict) -> str:
         best = [best_against(benches, label, base_label)] if same_budget else []
         cells = [label, speed, fmt(row.get("mfu"), ".1%"), fmt(row.get("peak_mem_gib"), ".1f"), loss_against(main, label, base_label),
                  *[loss_against(rows, label, base_label) for rows in checks.values()], *best,
-                 loss_against(main, label, base_label, "val_loss_fineweb_sample"), verdict]
+                 loss_against(main, label, base_label, "val_loss_fineweb_sample"), bench_spikes(folder / "bench.json", extra_paths, label), verdict]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

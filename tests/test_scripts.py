@@ -58,12 +58,40 @@ def test_equal_budget_table_takes_the_last_validation_within_the_baselines_budge
     base, fast, slow = (report.load_run(p) for p in two_runs)
     lines = report.equal_budget_table([base, fast, slow], base).splitlines()
     assert "104,857,600 tokens" in lines[0] and "400.0 s" in lines[0]  # the baseline's last validation: step 200, 400 s
-    assert lines[2] == "| base | 3.6000 (104,857,600) | 3.6000 (400.0) |"
-    assert lines[3] == "| fast | 3.5000 (104,857,600) | 3.5000 (100.0) |"
-    assert lines[4] == "| slow | 5.0000 (52,428,800) | 5.0000 (50.0) |"
+    assert lines[2] == "| base | 3.6000 (104,857,600) | 3.6000 (400.0) | none |"
+    assert lines[3] == "| fast | 3.5000 (104,857,600) | 3.5000 (100.0) | none |"
+    assert lines[4] == "| slow | 5.0000 (52,428,800) | 5.0000 (50.0) | none |"
     late = report.load_run(two_runs[0])
     late.vals = [dict(e, train_time_ms=e["train_time_ms"] * 10) for e in late.vals]  # every validation after 400 s but the first
-    assert report.equal_budget_table([base, late], base).splitlines()[3] == "| base | 3.6000 (104,857,600) | 10.9000 (0.0) |"
+    assert report.equal_budget_table([base, late], base).splitlines()[3] == "| base | 3.6000 (104,857,600) | 10.9000 (0.0) | none |"
+
+
+def train_events(losses):
+    return [{"type": "train", "step": step, "loss": loss} for step, loss in enumerate(losses, 1)]
+
+
+def test_loss_spikes_are_rises_above_the_lowest_loss_so_far_one_per_episode():
+    losses = [11.0, 10.0, 9.0, 8.0, 7.6, 7.5, 14.3, 8.2, 7.7, 7.5, 7.4, 7.9, 7.3]
+    assert report.loss_spikes(train_events(losses)) == [(7, 14.3), (12, 7.9)]  # 8.2 is the same episode as 14.3; 7.7 is within 0.3
+    assert report.loss_spikes(train_events([11.0, 10.0, 10.5, 9.0])) == []  # the first steps are left out
+    assert report.loss_spikes(train_events([11.0, 10.0, 9.0, 8.0, 8.29, 8.31])) == [(6, 8.31)]
+    assert report.spikes_cell([]) == "none" and report.spikes_cell([(7, 14.3)]) == "7: 14.30"
+
+
+def test_verdict_table_names_the_spikes_of_each_bench(tmp_path):
+    folder = tmp_path / "record"
+    write_bench(folder / "bench.json", [{"label": "baseline", "val_loss": 7.0}, {"label": "long", "val_loss": 6.9}])
+    write_bench(folder / "eq" / "bench.json", [{"label": "baseline", "val_loss": 7.0}, {"label": "long", "val_loss": 7.2}])
+    spiky, smooth = [11.0, 10.0, 9.0, 8.0, 12.0, 7.5], [11.0, 10.0, 9.0, 8.0, 7.8, 7.5]
+    for bench, label, losses in (("", "baseline", smooth), ("", "long", smooth), ("eq", "long", spiky)):
+        (folder / bench / label).mkdir(parents=True)
+        (folder / bench / label / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in train_events(losses)))
+    (folder / "record.json").write_text(json.dumps({"title": "t", "table": "bench", "runs": {}, "baseline": "baseline",
+                                                    "extra_benches": {"at equal time": "eq/bench.json"}, "verdicts": {"baseline": "ref", "long": "v"}}))
+    lines = report.verdict_table(report.load_record(folder)).splitlines()
+    assert "training-loss spikes" in lines[0]
+    assert lines[2].endswith("| none | ref |")  # no run of it in the extra bench: only the main bench is named
+    assert lines[3].endswith("| none; at equal time: 5: 12.00 | v |")
 
 
 def test_compare_writes_table_and_plots(two_runs, tmp_path, capsys):
@@ -226,9 +254,9 @@ def test_verdict_table_reads_each_bench_against_its_own_base_row(tmp_path):
     assert "val loss at 3x LR (vs its base)" in lines[0]
     assert "best over the benches (vs the base's best)" in lines[0]
     # best against best: cheap's best (7.25 at 6e-4) against the baseline's (6.5 at 1.8e-3), not against 7.0
-    assert lines[2] == "| baseline | 500,000 (1.00x) | 40.0% | 100.0 | 7.0000 (+0.000) | 6.5000 (+0.000) | 6.5000 @0.0018 (+0.000) | 7.5000 (+0.000) | reference |"
-    assert lines[3] == "| cheap | 750,000 (1.50x) | 45.0% | 40.0 | 7.2500 (+0.250) | 7.5000 (+1.000) | 7.2500 @0.0006 (+0.750) | 7.6000 (+0.100) | faster, worse |"
-    assert lines[4] == "| broken | - | - | - | - | - | - | - | failed |"
+    assert lines[2] == "| baseline | 500,000 (1.00x) | 40.0% | 100.0 | 7.0000 (+0.000) | 6.5000 (+0.000) | 6.5000 @0.0018 (+0.000) | 7.5000 (+0.000) | - | reference |"
+    assert lines[3] == "| cheap | 750,000 (1.50x) | 45.0% | 40.0 | 7.2500 (+0.250) | 7.5000 (+1.000) | 7.2500 @0.0006 (+0.750) | 7.6000 (+0.100) | - | faster, worse |"
+    assert lines[4] == "| broken | - | - | - | - | - | - | - | - | failed |"
     assert lines[5].startswith("| annealed | 250,000 (0.50x) |")  # its tokens over its whole training time, not its median step
     points = report.speed_loss_points(record)  # the plot's points: broken has none
     assert points["baseline"] == (1.0, 0.0) and points["cheap"] == pytest.approx((1.5, 0.25)) and set(points) == {"baseline", "cheap", "annealed"}
