@@ -10,7 +10,9 @@
 #      budget), curriculum and one-cycle apart, document masking at 1024 in the same call as the baseline;
 #   4. LayerDrop's speed with its rescaling inside the compiled blocks, alone beside the baseline (~3 min);
 #   5. MLA's ablation, 3 rows at a time: without its rotary key part, and with a full-rank latent (issue 5's open question);
-#   6. MoE's grouped-matmul kernel (dropless) against its padded one and the baseline, one row at a time (~6 min).
+#   6. MoE's grouped-matmul kernel (dropless) against its padded one and the baseline, one row at a time, with
+#      the 2-expert row again; then where each MoE row's experts send the tokens of each guessed source
+#      (Wikipedia, movie reviews, blogs: scripts/moe_routing.py; the issue asks whether two experts specialise) (~9 min).
 # Nothing else may share the GPU with a pass: a row sizes its micro-batch by probing free memory, and a
 # process beside it (the GPU tests, once) makes it pick a tiny one (micro-batch 2, 20x slower).
 # A cut pass resumes in the next lease if its fetched folder is put back under logs/ and carried (and a
@@ -33,4 +35,7 @@ python3 scripts/bench.py --rows scripts/rows/ideas_rest.json --only baseline,lay
   --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/bench_layerdrop_speed"
 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation  # where MLA's gain per token comes from
 bash scripts/equal_budget_session.sh "$LOGS" moe_kernels
+for run in "$LOGS"/bench_moe_kernels/moe*_top1*/; do  # where the experts send each source's tokens (weights kept: export)
+  python3 scripts/moe_routing.py "$run" --tokens 1048576 > "${run%/}.routing.txt" 2>&1; echo "routing $run: exit $?"
+done
 echo "done $(date -u +%T)"

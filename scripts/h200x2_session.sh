@@ -53,6 +53,9 @@ lane_gpu1() {
   python3 scripts/bench.py --rows scripts/rows/ideas_rest.json --only baseline,layerdrop,layerdrop_off --common "--data webmix --compile 1" \
     --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/bench_layerdrop_speed"
   bash scripts/equal_budget_session.sh "$LOGS" moe_kernels
+  for run in "$LOGS"/bench_moe_kernels/moe*_top1*/; do  # where the experts send each source's tokens (weights kept: export)
+    python3 scripts/moe_routing.py "$run" --tokens 1048576 > "${run%/}.routing.txt" 2>&1; echo "routing $run: exit $?"
+  done
 }
 CUDA_VISIBLE_DEVICES=0 lane_gpu0 > "$LOGS/lane_gpu0.txt" 2>&1 &
 CUDA_VISIBLE_DEVICES=1 lane_gpu1 > "$LOGS/lane_gpu1.txt" 2>&1 &

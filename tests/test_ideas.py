@@ -2,13 +2,16 @@
 
 import copy
 import sys
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import FAST, read_metrics
 from kit.model import GPT, gpt_config
 from kit.optim import warmup_cosine
+from kit.tokenizer import gpt2_encoding
 from kit.train import main
 
 
@@ -624,18 +627,67 @@ def test_long_context_script_smoke(tmp_path, capsys):
     assert main(script.RECIPE, [*flags, "--window", "100", "--out-dir", str(tmp_path / "bad")]) == 2
 
 
-def test_moe_routing_report_on_a_trained_run(tmp_path):
+def load_moe_routing():
     import importlib.util
-    import json
 
-    import train_gpt2_moe as script
     from conftest import REPO
 
-    flags = [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--experts", "2", "--export", "1"]
-    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path)]) == 0
     spec = importlib.util.spec_from_file_location("moe_routing", REPO / "scripts" / "moe_routing.py")
     routing = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(routing)
+    return routing
+
+
+def test_moe_routing_guesses_each_documents_source_from_its_text():
+    routing = load_moe_routing()
+    assert routing.guess_source("Carbide\n\nIn chemistry, a carbide is a compound of carbon.") == "wiki"
+    assert routing.guess_source("\nPope Benedict XIV\n\nPope Benedict XIV (31 March 1675 - 3 May 1758) was pope.") == "wiki"
+    assert routing.guess_source("A genuine bad movie. I have never been so disappointed by a film.") == "review"
+    assert routing.guess_source("Went out today.\n\nIt rained, and I saw one movie.") == "other"  # the first line is a sentence
+    enc = gpt2_encoding()
+    documents = ["Carbide\n\nA compound of carbon.", "Bad movie, worse film.", "My day was long."]
+    stream = np.array([t for d in documents for t in [50256, *enc.encode(d)]], dtype=np.uint16)
+    labels = routing.token_sources(stream, enc.decode)
+    lengths = [1 + len(enc.encode(d)) for d in documents]
+    assert labels.tolist() == [0] * lengths[0] + [1] * lengths[1] + [2] * lengths[2]  # each document's end-of-text token is its own
+    assert routing.source_documents(stream, labels) == {"wiki": 1, "review": 1, "other": 1}
+
+
+def test_moe_routing_splits_the_shares_by_source():
+    """A router that sends token ids >= 100 to expert 1: a source whose documents use only such tokens
+    has all its share on expert 1, wherever its documents fall in the batches."""
+    routing = load_moe_routing()
+
+    class Router(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x >= 100).long(), 2).float()
+
+    class Model:
+        layer = SimpleNamespace(n_experts=2, router=Router())
+
+        def moe_layers(self):
+            return [self.layer]
+
+        def hidden(self, x):
+            self.layer.router(x)
+
+    stream = torch.cat([torch.tensor([50256]), torch.randint(100, 1000, (40,)), torch.tensor([50256]), torch.randint(1, 100, (22,))])
+    labels = np.array([0] * 41 + [2] * 23)  # document 1 "wiki", document 2 "other" (its end-of-text token 50256 goes to expert 1)
+    batches = [(stream[:32].view(2, 16), None), (stream[32:].view(2, 16), None)]  # the stream in order, cut mid-document
+    stats = routing.routing_stats(Model(), batches, "cpu", min_doc_tokens=8, sources=labels)
+    assert stats["share_by_source"]["wiki"] == [[0.0, 1.0]]
+    assert stats["share_by_source"]["other"] == [pytest.approx([22 / 23, 1 / 23])] and stats["share_by_source"]["review"] == [None]
+    assert stats["tokens_by_source"] == {"wiki": 41, "review": 0, "other": 23}
+
+
+def test_moe_routing_report_on_a_trained_run(tmp_path):
+    import json
+
+    import train_gpt2_moe as script
+
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--experts", "2", "--export", "1"]
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path)]) == 0
+    routing = load_moe_routing()
     printed = routing.main([str(tmp_path), "--tokens", "2048", "--device", "cpu"])
     stats = json.loads((tmp_path / "moe_routing.json").read_text())["val"]
     assert len(stats["share"]) == 2 and all(sum(s) == pytest.approx(1.0) for s in stats["share"])
