@@ -68,6 +68,22 @@ def main(recipe: Recipe, argv=None) -> int:
         hw.shutdown_distributed()
 
 
+OTHERS_SLACK = 2 * 2**30  # the CUDA context and libraries' workspaces: memory a lone process still does not own
+
+
+def crowded_gpu_note(batch: int, free: int, card: int, own_reserved: int, usable: int):
+    """A warning when the micro-batch probe ran out of memory because other processes hold the GPU's
+    memory (so this process could not reach what it may use), or None. Then the probe picks a smaller
+    micro-batch than the card allows (one MoE run capped at 43 GiB chose 2, where alone it takes 64 in 66 GiB,
+    and ran at 27-30 s a step)."""
+    held_by_others = card - free - own_reserved
+    if free + own_reserved >= usable or held_by_others < OTHERS_SLACK:
+        return None
+    return (f"warning: the micro-batch probe ran out of GPU memory at micro-batch {batch} while other processes held "
+            f"{held_by_others / 2**30:.1f} GiB of the card; the micro-batch it picks may be smaller than the card allows "
+            f"(start this run alone, or pass --micro-batch)")
+
+
 def divisors_descending(n: int, at_most: int) -> list[int]:
     return [d for d in range(min(n, at_most), 0, -1) if n % d == 0]
 
@@ -99,6 +115,7 @@ class Trainer:
         self.target = cfg.target_loss if "target_loss" in self.explicit else datasets.TARGET_LOSS[self.files.name]
         self.model = self.recipe.build_model(cfg).to(self.device)
         self.seqs_per_rank = cfg.batch_tokens // (cfg.seq_len * ddp.world_size)
+        self.probe_note = None  # set by the micro-batch probe when other processes crowd the GPU; printed once the log exists
         self.micro_batch = cfg.micro_batch or self.auto_micro_batch()
         self.accum_steps = self.seqs_per_rank // self.micro_batch
         # evaluation batches all of one size (a divisor of each rank's share), so a compiled model meets one shape
@@ -121,6 +138,8 @@ class Trainer:
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
         self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
         self.describe_run(resumed_from)
+        if self.probe_note:
+            self.log.print(self.probe_note)
         self.train_model = self.recipe.compile_model(self.model) if cfg.compile else self.model
         self.eval_model = self.train_model
         if ddp.enabled:
@@ -167,6 +186,8 @@ class Trainer:
                 fits = torch.cuda.max_memory_allocated(self.device) < MEMORY_HEADROOM * total
             except torch.OutOfMemoryError:
                 fits = False
+                free, card = torch.cuda.mem_get_info(self.device)
+                self.probe_note = self.probe_note or crowded_gpu_note(b, free, card, torch.cuda.memory_reserved(self.device), total)
             self.model.zero_grad(set_to_none=True)
             if fits:
                 chosen = b

@@ -310,3 +310,14 @@ def test_every_training_script_prints_its_help(script):
     recipe = runs.load_script(script).RECIPE
     text = config.build_parser(recipe.config_cls, recipe.description).format_help()
     assert "--max-steps" in text and "--data" in text
+
+
+def test_the_micro_batch_probe_warns_when_other_processes_crowd_the_gpu():
+    from kit.train import crowded_gpu_note
+
+    gib = 2**30
+    # 140 GiB card, this process may use 43: others hold 100 GiB, so it could only reach 40 + its 5 reserved
+    note = crowded_gpu_note(8, free=35 * gib, card=140 * gib, own_reserved=5 * gib, usable=43 * gib)
+    assert note is not None and "micro-batch 8" in note and "100.0 GiB" in note
+    assert crowded_gpu_note(8, free=100 * gib, card=140 * gib, own_reserved=39 * gib, usable=140 * gib) is None  # alone: its own OOM
+    assert crowded_gpu_note(8, free=60 * gib, card=140 * gib, own_reserved=5 * gib, usable=43 * gib) is None  # others hold memory, but it can reach its cap
