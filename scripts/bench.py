@@ -13,6 +13,9 @@ their loss at an equal token budget. Same model size and batch across rows unles
 With --equal-time BENCH_JSON (an earlier bench of the same rows), each row instead trains for the
 steps that fit in the base row's training time of that bench at the row's own mean step time,
 its schedule scaled to them: the rows' losses then compare at an equal time budget.
+With --seeds N each row also runs with --seed 1..N-1 (labelled ROW_seed1, ...; the plain row keeps
+its script's default seed), and the table ends with each row's spread of losses over its seeds: at short budgets a
+single seed's gap of a few hundredths can be noise or one training-loss spike.
 MFU is taken against the GPU's datasheet bf16 peak (kit/hw.py), or, for a GPU not in that
 table, against a bf16 matrix product measured here (--peak-flops overrides both).
 Writes bench.json and bench.md into --out, and prints the table.
@@ -54,7 +57,35 @@ def load_rows(args) -> list[dict]:
         if unknown:
             raise SystemExit(f"bench: --only: no row labelled {', '.join(unknown)}")
         rows = [r for r in rows if r["label"] in wanted]
-    return rows
+    return with_seeds(rows, getattr(args, "seeds", 1))
+
+
+SEED_MARK = "_seed"
+
+
+def with_seeds(rows: list[dict], seeds: int) -> list[dict]:
+    """Each row, then its copies with --seed 1..seeds-1 (labelled ROW_seedK), row by row."""
+    if seeds > 1 and any("--seed" in r["flags"] for r in rows):
+        raise SystemExit("bench: --seeds: a row already sets --seed")
+    seeded = [r if k == 0 else {**r, "label": f"{r['label']}{SEED_MARK}{k}", "flags": [*r["flags"], "--seed", str(k)], "seed_of": r["label"]}
+              for r in rows for k in range(max(1, seeds))]
+    labels = [r["label"] for r in seeded]
+    if len(set(labels)) < len(labels):
+        raise SystemExit(f"bench: two rows are labelled {next(x for x in labels if labels.count(x) > 1)}")
+    return seeded
+
+
+def seed_spread(results: list[dict], key: str = "val_loss") -> str:
+    """Per row run with several seeds: its losses, their mean and their range (max - min); '' if none."""
+    groups = {}
+    for r in results:
+        if r.get(key) is not None:
+            groups.setdefault(r.get("seed_of", r["label"]), []).append(r[key])
+    lines = [f"| {label} | {len(losses)} | {' / '.join(f'{v:.4f}' for v in losses)} | {sum(losses) / len(losses):.4f} | {max(losses) - min(losses):.4f} |"
+             for label, losses in groups.items() if len(losses) > 1]
+    if not lines:
+        return ""
+    return "\n".join(["| row | seeds | val loss per seed | mean | range |", "|---|---|---|---|---|", *lines])
 
 
 def peak_for(device_name: str, override):
@@ -221,6 +252,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup-steps", type=int, default=3, help="steps before the timed ones")
     parser.add_argument("--val-tokens", type=int, default=65_536, help="validation tokens of the single end-of-run validation")
     parser.add_argument("--row-timeout", type=float, help="seconds a row may run before it is stopped and marked failed")
+    parser.add_argument("--seeds", type=int, default=1, help="also run each row with --seed 1..N-1 (labelled ROW_seedK) and show each row's spread of losses")
     parser.add_argument("--equal-time", help="an earlier bench.json of these rows: train each row for the steps that fit in its base row's time")
     parser.add_argument("--equal-time-base", help="the reference's base row (default: its first measured row)")
     parser.add_argument("--parallel", type=int, default=1,
@@ -234,10 +266,11 @@ def main(argv=None) -> int:
     rows = load_rows(args)
     if args.equal_time:
         steps = equal_time_steps(json.loads(Path(args.equal_time).read_text()), args.equal_time_base)
-        missing = [r["label"] for r in rows if r["label"] not in steps]
+        steps_of = lambda r: steps.get(r["label"], steps.get(r.get("seed_of")))  # a seed copy: its row's step count
+        missing = [r["label"] for r in rows if steps_of(r) is None]
         if missing:
             raise SystemExit(f"bench: --equal-time: no measured ms/step for {', '.join(missing)} in {args.equal_time}")
-        rows = [{**r, "total_steps": steps[r["label"]]} for r in rows]
+        rows = [{**r, "total_steps": steps_of(r)} for r in rows]
 
     def write(results):  # after every row, so a stopped bench keeps what it measured
         header = add_mfu(results, args.peak_flops)
@@ -245,7 +278,8 @@ def main(argv=None) -> int:
             header += f"; rows ran {args.parallel} at a time on one GPU, so their speed and time columns are not measurements"
         (out / "bench.json").write_text(json.dumps({"device": header, "steps": args.steps, "warmup_steps": args.warmup_steps,
                                                     "parallel": args.parallel, "rows": results}, indent=2) + "\n")
-        (out / "bench.md").write_text(markdown(results, header, shared_gpu=args.parallel > 1) + "\n")
+        spread = seed_spread(results)
+        (out / "bench.md").write_text(markdown(results, header, shared_gpu=args.parallel > 1) + (f"\n\n{spread}" if spread else "") + "\n")
 
     results = run_rows(rows, args, out, write)
     print((out / "bench.md").read_text().rstrip())

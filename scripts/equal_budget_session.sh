@@ -17,6 +17,7 @@
 #   moe_kernels = MoE 4 experts with the grouped-matmul kernel (dropless) beside the padded one (capacity 1.25) and the baseline;
 #   ideas_ablation = what the second ideas lease left open: 8-bit AdamW on a second seed, curriculum and one-cycle apart, document masking at 1024;
 #   ONLY=a,b benches only those rows of the rows file (bench.py --only);
+#   SEEDS=2 also runs each row on --seed 1 (bench.py --seeds) and adds each row's spread over its seeds;
 #   PARALLEL=3 runs 3 rows at once, each capped at 130/3 GiB: for passes that compare losses only)
 # 8-bit AdamW (ideas) needs bitsandbytes, which the GPU machine cannot download: fetch its wheel here
 # (pip download bitsandbytes --no-deps -d .whl; ~43 MB, it has CUDA 13 kernels), carry .whl in its
@@ -38,10 +39,11 @@ lr_flag=""
 bench_flags=()
 [ -n "${EQUAL_TIME:-}" ] && bench_flags=(--equal-time "$EQUAL_TIME")
 [ -n "${ONLY:-}" ] && bench_flags+=(--only "$ONLY")
+[ -n "${SEEDS:-}" ] && bench_flags+=(--seeds "$SEEDS")
 parallel=${PARALLEL:-1}
 bench_flags+=(--parallel "$parallel" --memory-cap-gib "$(python3 -c "print(130 // $parallel)")")
 echo "start $(date -u +%T) rows=$ROWS ${lr_flag} ${bench_flags[*]}"
 python3 scripts/bench.py --rows "scripts/rows/$ROWS.json" --common "--data webmix --compile 1 $lr_flag" --steps 60 --warmup-steps 3 \
-  --val-tokens 2097152 --row-timeout 420 "${bench_flags[@]}" --out "$LOGS/bench_$ROWS${LR_SCALE:+_lr$LR_SCALE}${EQUAL_TIME:+_equal_time}"
+  --val-tokens 2097152 --row-timeout 420 "${bench_flags[@]}" --out "$LOGS/bench_$ROWS${LR_SCALE:+_lr$LR_SCALE}${EQUAL_TIME:+_equal_time}${SEEDS:+_seeds$SEEDS}"
 code=$?  # before the line below, whose $(date) would overwrite it
 echo "done $(date -u +%T) exit $code"

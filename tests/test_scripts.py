@@ -170,6 +170,38 @@ def test_bench_only_keeps_the_named_rows_in_file_order(tmp_path):
         labels("a,x")
 
 
+def test_bench_seeds_copy_each_row_and_report_the_spread(tmp_path):
+    import argparse
+
+    bench = load_script("bench")
+    rows = tmp_path / "rows.json"
+    rows.write_text(json.dumps([{"label": "a"}, {"label": "b", "flags": "--attn sdpa"}]))
+    loaded = bench.load_rows(argparse.Namespace(rows=str(rows), row=None, only="b", seeds=3))
+    assert [(r["label"], r["flags"], r.get("seed_of")) for r in loaded] == [
+        ("b", ["--attn", "sdpa"], None), ("b_seed1", ["--attn", "sdpa", "--seed", "1"], "b"), ("b_seed2", ["--attn", "sdpa", "--seed", "2"], "b")]
+    with pytest.raises(SystemExit, match="already sets --seed"):
+        bench.with_seeds([{"label": "x", "flags": ["--seed", "4"]}], 2)
+    with pytest.raises(SystemExit, match="two rows are labelled x_seed1"):
+        bench.with_seeds([{"label": "x", "flags": []}, {"label": "x_seed1", "flags": []}], 2)
+    results = [{"label": "a", "val_loss": 7.0}, {"label": "b", "val_loss": 7.1}, {"label": "b_seed1", "seed_of": "b", "val_loss": 7.3},
+               {"label": "b_seed2", "seed_of": "b", "val_loss": None}]  # a failed seed is left out
+    assert bench.seed_spread(results).splitlines()[2] == "| b | 2 | 7.1000 / 7.3000 | 7.2000 | 0.2000 |"
+    assert bench.seed_spread(results[:1]) == ""
+
+
+def test_bench_seeds_run_at_their_rows_equal_time_steps(tmp_path):
+    bench = load_script("bench")
+    common = " ".join(FAST[:-4]) + " --data synthetic"
+    reference = tmp_path / "reference.json"
+    reference.write_text(json.dumps({"steps": 3, "warmup_steps": 1, "rows": [{"label": "tiny", "ms_per_step": 10.0, "train_s": 0.02, "steps": 2}]}))
+    assert bench.main(["--row", "tiny=train_gpt2.py", "--common", common, "--seeds", "2", "--equal-time", str(reference),
+                       "--val-tokens", "512", "--out", str(tmp_path / "b")]) == 0
+    rows = {r["label"]: r for r in json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]}
+    assert rows["tiny"]["steps"] == rows["tiny_seed1"]["steps"] == 2
+    assert json.loads((tmp_path / "b" / "tiny_seed1" / "config.json").read_text())["seed"] == 1
+    assert "| tiny | 2 |" in (tmp_path / "b" / "bench.md").read_text()  # the spread table
+
+
 def test_sweep_survives_a_failing_configuration_and_resumes(tmp_path, capsys):
     sweep = load_script("sweep")
     argv = ["train_gpt2.py", "--grid", "seq-len=32,40", "--out", str(tmp_path), "--", *FAST, "--data", "synthetic", "--max-steps", "2"]
