@@ -1,6 +1,8 @@
 """The seed's "what to try" ideas (issue 6): each proves on the CPU that it does what it says."""
 
 import copy
+import importlib.util
+import json
 import sys
 from types import SimpleNamespace
 
@@ -144,6 +146,28 @@ def test_lion_step_by_hand():
         m = 0.99 * m + 0.01 * g
         torch.testing.assert_close(p.detach(), w)
     torch.testing.assert_close(opt.state[p]["exp_avg"], m)
+
+
+def test_optimizer_shadow_compares_two_update_rules_on_the_same_gradients(tmp_path):
+    """The same optimizer twice takes the same steps (ratio 1, cosine 1); Lion's sign steps differ from AdamW's."""
+    from conftest import REPO, make_shard
+
+    spec = importlib.util.spec_from_file_location("optimizer_shadow", REPO / "scripts" / "optimizer_shadow.py")
+    shadow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shadow)
+    make_shard(tmp_path / "train.bin", 20_000)
+    common = ["--model-size", "tiny", "--device", "cpu", "--lr", "1e-3"]
+    same = shadow.main(["--data-file", str(tmp_path / "train.bin"), "--b", "--optimizer adamw", "--steps", "6", "--window", "3",
+                        "--batch-seqs", "2", "--out", str(tmp_path / "same.json"), "--", *common])
+    figures = json.loads((tmp_path / "same.json").read_text())["figures"]
+    assert set(figures) == {"embedding (tied head)", "positions", "matrices", "biases/gains"}
+    for kind in figures.values():
+        assert kind["ratio"] == pytest.approx(1.0, abs=1e-6) and kind["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert "| matrices | 1.000 | 1.0000 |" in same
+    shadow.main(["--data-file", str(tmp_path / "train.bin"), "--b", "--optimizer lion --lion-lr 1e-3", "--steps", "6", "--window", "3",
+                 "--batch-seqs", "2", "--out", str(tmp_path / "lion.json"), "--", *common])
+    lion = json.loads((tmp_path / "lion.json").read_text())["figures"]["matrices"]
+    assert lion["cosine"] < 0.99 and abs(lion["ratio"] - 1) > 0.01
 
 
 def test_optimizer_script_runs_lion_and_explains_a_missing_bitsandbytes(tmp_path, capsys, monkeypatch):
@@ -385,7 +409,6 @@ def test_moe_script_reports_routing(tmp_path, capsys):
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "2", "--experts", "2",
                                 "--out-dir", str(tmp_path)]) == 0
     assert "routing at step 2: moe0: load" in capsys.readouterr().out
-    import json
 
     report = json.loads((tmp_path / "summary.json").read_text())["run_report"]  # the whole run's loads and drops, kept
     layers = gpt_config("tiny", block_size=32).n_layer
@@ -461,7 +484,6 @@ def test_mtp_weights_anneal_the_furthest_offset_first():
 
 def test_mtp_warm_up_trains_every_offset_count_once_and_changes_no_step(tmp_path, monkeypatch):
     import dataclasses
-    import json
 
     import train_gpt2_mtp as script
 
@@ -628,8 +650,6 @@ def test_long_context_script_smoke(tmp_path, capsys):
 
 
 def load_moe_routing():
-    import importlib.util
-
     from conftest import REPO
 
     spec = importlib.util.spec_from_file_location("moe_routing", REPO / "scripts" / "moe_routing.py")
@@ -681,8 +701,6 @@ def test_moe_routing_splits_the_shares_by_source():
 
 
 def test_moe_routing_report_on_a_trained_run(tmp_path):
-    import json
-
     import train_gpt2_moe as script
 
     flags = [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--experts", "2", "--export", "1"]
