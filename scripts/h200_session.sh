@@ -8,7 +8,8 @@
 #   3. the ablations, 3 at a time (scripts/rows/ideas_ablation.json): 8-bit AdamW and the baseline on a
 #      second seed (single-seed gaps under ~0.1 are in doubt: loss spikes at steps 14-17 are common at this
 #      budget), curriculum and one-cycle apart, document masking at 1024 in the same call as the baseline;
-#   4. LayerDrop's speed with its rescaling inside the compiled blocks, alone beside the baseline (~3 min);
+#   4. 8-bit AdamW's updates against fp32 AdamW's on the same gradients under bf16 (scripts/optimizer_shadow.py; ~2 min),
+#      then LayerDrop's speed with its rescaling inside the compiled blocks, alone beside the baseline (~3 min);
 #   5. MLA's ablation, 3 rows at a time: without its rotary key part, and with a full-rank latent (issue 5's open question);
 #   6. MoE's grouped-matmul kernel (dropless) against its padded one and the baseline, one row at a time, with
 #      the 2-expert row again; then where each MoE row's experts send the tokens of each guessed source
@@ -31,6 +32,9 @@ mkdir -p "$LOGS"
 bash scripts/equal_budget_session.sh "$LOGS" checkpointing_24gb
 LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr
 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_ablation
+# 8-bit AdamW's steps against fp32 AdamW's on the same gradients, under bf16 autocast at 32 x 1024 tokens a step (~2 min)
+python3 scripts/optimizer_shadow.py --data-file data/webmix/webmix_train_000001.bin --b "--optimizer adamw8bit" --steps 63 \
+  --batch-seqs 32 --out "$LOGS/optimizer_shadow_adamw8bit.json" -- --attn sdpa > "$LOGS/optimizer_shadow_adamw8bit.console.txt" 2>&1
 python3 scripts/bench.py --rows scripts/rows/ideas_rest.json --only baseline,layerdrop,layerdrop_off --common "--data webmix --compile 1" \
   --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/bench_layerdrop_speed"
 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation  # where MLA's gain per token comes from

@@ -46,6 +46,9 @@ python3 scripts/compare.py "$LOGS/ddp/speedrun_one_gpu" "$LOGS/ddp/speedrun_torc
 lane_gpu0() {
   LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr
   PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_ablation
+  # 8-bit AdamW's steps against fp32 AdamW's on the same gradients, under bf16 autocast at 32 x 1024 tokens a step (~2 min)
+  python3 scripts/optimizer_shadow.py --data-file data/webmix/webmix_train_000001.bin --b "--optimizer adamw8bit" --steps 63 \
+    --batch-seqs 32 --out "$LOGS/optimizer_shadow_adamw8bit.json" -- --attn sdpa > "$LOGS/optimizer_shadow_adamw8bit.console.txt" 2>&1
   PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation
 }
 lane_gpu1() {
