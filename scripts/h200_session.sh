@@ -29,17 +29,12 @@ set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1
 mkdir -p "$LOGS"
-bash scripts/equal_budget_session.sh "$LOGS" checkpointing_24gb
-LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr
-PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_ablation
-# 8-bit AdamW's steps against fp32 AdamW's on the same gradients, under bf16 autocast at 32 x 1024 tokens a step (~2 min)
-python3 scripts/optimizer_shadow.py --data-file data/webmix/webmix_train_000001.bin --b "--optimizer adamw8bit" --steps 63 \
-  --batch-seqs 32 --out "$LOGS/optimizer_shadow_adamw8bit.json" -- --attn sdpa > "$LOGS/optimizer_shadow_adamw8bit.console.txt" 2>&1
-python3 scripts/bench.py --rows scripts/rows/ideas_rest.json --only baseline,layerdrop,layerdrop_off --common "--data webmix --compile 1" \
-  --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/bench_layerdrop_speed"
-PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation  # where MLA's gain per token comes from
-bash scripts/equal_budget_session.sh "$LOGS" moe_kernels
-for run in "$LOGS"/bench_moe_kernels/moe*_top1*/; do  # where the experts send each source's tokens (weights kept: export)
-  python3 scripts/moe_routing.py "$run" --tokens 1048576 > "${run%/}.routing.txt" 2>&1; echo "routing $run: exit $?"
-done
+. scripts/ideas_passes.sh
+pass_checkpointing_24gb
+pass_ideas_lr
+pass_ideas_ablation
+pass_optimizer_shadow
+pass_layerdrop_speed
+pass_mla_ablation
+pass_moe_kernels
 echo "done $(date -u +%T)"

@@ -43,23 +43,9 @@ echo "speedrun, torchrun on $gpus GPUs: exit $? $(date -u +%T)"
 python3 scripts/compare.py "$LOGS/ddp/baseline_one_gpu" "$LOGS/ddp/baseline_torchrun" --throughput --out "$LOGS/ddp/baseline"
 python3 scripts/compare.py "$LOGS/ddp/speedrun_one_gpu" "$LOGS/ddp/speedrun_torchrun" --throughput --out "$LOGS/ddp/speedrun"
 
-lane_gpu0() {
-  LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr
-  PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_ablation
-  # 8-bit AdamW's steps against fp32 AdamW's on the same gradients, under bf16 autocast at 32 x 1024 tokens a step (~2 min)
-  python3 scripts/optimizer_shadow.py --data-file data/webmix/webmix_train_000001.bin --b "--optimizer adamw8bit" --steps 63 \
-    --batch-seqs 32 --out "$LOGS/optimizer_shadow_adamw8bit.json" -- --attn sdpa > "$LOGS/optimizer_shadow_adamw8bit.console.txt" 2>&1
-  PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" mla_ablation
-}
-lane_gpu1() {
-  bash scripts/equal_budget_session.sh "$LOGS" checkpointing_24gb
-  python3 scripts/bench.py --rows scripts/rows/ideas_rest.json --only baseline,layerdrop,layerdrop_off --common "--data webmix --compile 1" \
-    --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/bench_layerdrop_speed"
-  bash scripts/equal_budget_session.sh "$LOGS" moe_kernels
-  for run in "$LOGS"/bench_moe_kernels/moe*_top1*/; do  # where the experts send each source's tokens (weights kept: export)
-    python3 scripts/moe_routing.py "$run" --tokens 1048576 > "${run%/}.routing.txt" 2>&1; echo "routing $run: exit $?"
-  done
-}
+. scripts/ideas_passes.sh
+lane_gpu0() { pass_ideas_lr; pass_ideas_ablation; pass_optimizer_shadow; pass_mla_ablation; }  # losses only, 3 rows at a time
+lane_gpu1() { pass_checkpointing_24gb; pass_layerdrop_speed; pass_moe_kernels; }  # one row at a time, speed measured
 CUDA_VISIBLE_DEVICES=0 lane_gpu0 > "$LOGS/lane_gpu0.txt" 2>&1 &
 CUDA_VISIBLE_DEVICES=1 lane_gpu1 > "$LOGS/lane_gpu1.txt" 2>&1 &
 wait
