@@ -104,7 +104,7 @@ def spikes_cell(spikes: list) -> str:
 
 
 def run_spikes(run_dir: Path):
-    """The spikes of the run in run_dir (from its metrics.jsonl), or None where it has none."""
+    """The spikes of the run in run_dir (from its metrics.jsonl), or None where it has no metrics.jsonl."""
     if not (Path(run_dir) / "metrics.jsonl").exists():
         return None
     return loss_spikes(load_run_events(run_dir)[1])

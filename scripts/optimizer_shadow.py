@@ -20,7 +20,6 @@ import shlex
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,8 +28,8 @@ sys.path.insert(0, str(REPO))
 from kit import hw  # noqa: E402
 from kit.config import parse_config  # noqa: E402
 from kit.errors import run_cli  # noqa: E402
+from kit.loader import validation_batches  # noqa: E402
 from kit.optim import set_learning_rates, warmup_cosine  # noqa: E402
-from kit.shards import open_shard  # noqa: E402
 
 import train_gpt2_optimizers as script  # noqa: E402
 
@@ -41,14 +40,6 @@ def parameter_kind(name: str, param: torch.Tensor) -> str:
     if "wpe" in name:
         return "positions"
     return "matrices" if param.dim() >= 2 else "biases/gains"
-
-
-def batches(path, seqs: int, seq_len: int):
-    """Consecutive (x, y) batches of the shard's tokens."""
-    tokens, span = open_shard(path), seqs * seq_len
-    for start in range(0, len(tokens) - span - 1, span):
-        chunk = torch.from_numpy(np.asarray(tokens[start:start + span + 1]).astype(np.int64))
-        yield chunk[:-1].view(seqs, seq_len), chunk[1:].view(seqs, seq_len)
 
 
 def shadow_steps(cfg_a, cfg_b, data, steps: int, window: int, device, dtype) -> dict:
@@ -102,7 +93,8 @@ def main(argv=None) -> str:
     cfg_b, _ = parse_config(script.Hyperparameters, [*common, *shlex.split(args.b), "--max-steps", str(args.steps)])
     device = hw.pick_device(cfg_a.device, hw.Dist())
     dtype = torch.float32 if device.type == "cpu" or cfg_a.dtype == "fp32" else torch.bfloat16
-    figures = shadow_steps(cfg_a, cfg_b, batches(args.data_file, args.batch_seqs, cfg_a.seq_len), args.steps, min(args.window, args.steps), device, dtype)
+    data = validation_batches(args.data_file, args.steps * args.batch_seqs * cfg_a.seq_len, cfg_a.seq_len, args.batch_seqs)  # consecutive batches
+    figures = shadow_steps(cfg_a, cfg_b, data, args.steps, min(args.window, args.steps), device, dtype)
     lines = [f"{args.b!r} against {args.a!r}, same gradients, last {min(args.window, args.steps)} of {args.steps} steps:",
              "| parameters | update norm B / A | cosine |", "|---|---|---|"]
     lines += [f"| {kind} | {f['ratio']:.3f} | {f['cosine']:.4f} |" for kind, f in figures.items()]
