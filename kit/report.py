@@ -270,6 +270,11 @@ def bench_rows(path: Path) -> dict:
     return {row["label"]: row for row in json.loads(Path(path).read_text())["rows"]}
 
 
+def bench_shared_gpu(path: Path) -> bool:
+    """Whether bench.py ran the bench's rows several at a time on one GPU (--parallel), so that their speed is no measurement."""
+    return json.loads(Path(path).read_text()).get("parallel", 1) > 1
+
+
 def loss_against(rows: dict, label: str, base_label: str, key: str = "val_loss") -> str:
     """'loss (+delta)' of a row against the base row of the same bench; '-' where either is missing."""
     row, base = rows.get(label, {}), rows.get(base_label, {})
@@ -320,7 +325,7 @@ def verdict_table(record: dict) -> str:
     """One row per benched label: speed, memory and loss against the base row (also in each extra
     bench, against that bench's own base row), with extra benches at the same token budget (LR
     checks) each row's best over them and the main bench against the base row's best, and the
-    record's verdict. Figures come from bench.json."""
+    record's verdict. Figures come from bench.json; a main bench whose rows shared the GPU shows no speed."""
     folder = record["folder"]
     main = bench_rows(folder / "bench.json")
     extra_paths = {name: folder / rel for name, rel in record.get("extra_benches", {}).items()}
@@ -329,6 +334,7 @@ def verdict_table(record: dict) -> str:
     benches = {folder / "bench.json": main, **same_budget}  # each read once
     base_label = record.get("baseline") or next(iter(main))
     base = main[base_label]
+    shared = bench_shared_gpu(folder / "bench.json")
     best_head = ["best over the benches (vs the base's best)"] if same_budget else []
     head = ["row", "tokens/s over the run (vs base)", "MFU (median step)", "peak GiB", "val loss (vs base)", *[f"val loss {name} (vs its base)" for name in checks],
             *best_head, "fineweb_sample (vs base)", f"training-loss spikes (step: loss; > {SPIKE_RISE} above its lowest)", "verdict"]
@@ -337,8 +343,11 @@ def verdict_table(record: dict) -> str:
         row = main.get(label, {})
         rate = run_tokens_per_s(row)
         speed = f"{rate:,.0f} ({ratio(rate, run_tokens_per_s(base))})" if rate else "-"
+        mfu = fmt(row.get("mfu"), ".1%")
+        if shared and row:
+            speed = mfu = "shared GPU"
         best = [best_against(benches, label, base_label)] if same_budget else []
-        cells = [label, speed, fmt(row.get("mfu"), ".1%"), fmt(row.get("peak_mem_gib"), ".1f"), loss_against(main, label, base_label),
+        cells = [label, speed, mfu, fmt(row.get("peak_mem_gib"), ".1f"), loss_against(main, label, base_label),
                  *[loss_against(rows, label, base_label) for rows in checks.values()], *best,
                  loss_against(main, label, base_label, "val_loss_fineweb_sample"), bench_spikes(folder / "bench.json", extra_paths, label), verdict]
         lines.append("| " + " | ".join(cells) + " |")

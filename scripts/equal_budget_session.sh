@@ -30,10 +30,7 @@ LOGS=${1:-logs}
 ROWS=${2:-variants}
 export PYTHONUNBUFFERED=1
 mkdir -p "$LOGS"
-for _ in $(seq 600); do  # the second part's shards
-  [ "$(ls data/webmix/webmix_train_*.bin 2>/dev/null | wc -l)" -ge 3 ] && [ -f data/webmix/fineweb_sample_val.bin ] && break
-  sleep 1
-done
+bash scripts/wait_for_shards.sh
 lr_flag=""
 [ -n "${LR_SCALE:-}" ] && lr_flag="--lr $(python3 -c "print(6e-4 * ${LR_SCALE})")"
 bench_flags=()

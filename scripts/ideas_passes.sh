@@ -4,6 +4,7 @@
 # under $LOGS. A pass's rows share its GPU only where it compares losses alone (PARALLEL=3).
 
 speed_bench() {  # speed_bench ROWS ONLY OUT: rows alone on the GPU, 20 steps (speed, memory, micro-batch; no loss figure)
+  bash scripts/wait_for_shards.sh
   python3 scripts/bench.py --rows "scripts/rows/$1.json" --only "$2" --common "--data webmix --compile 1" \
     --steps 20 --warmup-steps 3 --val-tokens 65536 --row-timeout 300 --out "$LOGS/$3"
 }
@@ -15,6 +16,9 @@ route_moe_runs() {  # where each exported MoE run's experts send each guessed so
 }
 pass_checkpointing_24gb() {  # what checkpointing buys under a 24 GB card's cap: micro-batch and speed at 1024 and 2048
   speed_bench checkpointing_24gb baseline_24gb,checkpointing_24gb,baseline_2048_24gb,checkpointing_2048_24gb bench_checkpointing_24gb
+}
+pass_checkpointing_chunked_24gb() {  # the same cap with the chunked loss, alone and with checkpointing: does the micro-batch grow, and does it pay?
+  speed_bench checkpointing_24gb baseline_24gb,chunked_ce_24gb,checkpointing_chunked_ce_24gb bench_checkpointing_chunked_24gb
 }
 pass_ideas_lr() {  # the optimizers' learning rates: AdamW and 8-bit AdamW at 3x, Lion at 1e-4 and 6e-4
   LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr

@@ -44,6 +44,24 @@ def test_checkpointed_blocks_give_the_same_gradients(monkeypatch):
         torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_checkpointing_with_the_chunked_loss_gives_the_baselines_loss_and_gradients():
+    import train_gpt2_checkpointing as script
+
+    cfg = script.Hyperparameters(model_size="tiny", seq_len=32, ce_chunk=24)
+    torch.manual_seed(0)
+    both = script.build_model(cfg)
+    assert both.config.checkpoint_layers == both.config.n_layer and both.ce_chunk == 24
+    plain = GPT(copy.deepcopy(both.config))
+    plain.config.checkpoint_layers = 0
+    plain.load_state_dict(both.state_dict())
+    idx = torch.randint(0, 50257, (2, 32))
+    targets = torch.roll(idx, -1, 1)
+    torch.testing.assert_close(both(idx, targets), plain(idx, targets), atol=1e-5, rtol=1e-5)
+    a, b = grads_of(plain, idx), grads_of(both, idx)
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_checkpointing_script_smoke(tmp_path):
     import train_gpt2_checkpointing as script
 

@@ -94,6 +94,19 @@ def test_verdict_table_names_the_spikes_of_each_bench(tmp_path):
     assert lines[3].endswith("| none; at equal time: 5: 12.00 | v |")
 
 
+def test_verdict_table_shows_no_speed_for_rows_that_shared_the_gpu(tmp_path):
+    folder = tmp_path / "record"
+    rows = [{"label": "baseline", "tokens_per_s": 150_000.0, "mfu": 0.11, "peak_mem_gib": 29.4, "val_loss": 7.0},
+            {"label": "seed1", "tokens_per_s": 160_000.0, "mfu": 0.12, "peak_mem_gib": 29.4, "val_loss": 6.9}]
+    (folder).mkdir()
+    (folder / "bench.json").write_text(json.dumps({"device": "test", "steps": 3, "warmup_steps": 1, "parallel": 3, "rows": rows}))
+    (folder / "record.json").write_text(json.dumps({"title": "t", "table": "bench", "runs": {}, "baseline": "baseline",
+                                                    "verdicts": {"baseline": "ref", "seed1": "v", "missing": "not run"}}))
+    lines = report.verdict_table(report.load_record(folder)).splitlines()
+    assert lines[3].startswith("| seed1 | shared GPU | shared GPU | 29.4 | 6.9000 (-0.100) |")  # memory under its cap still counts
+    assert lines[4].startswith("| missing | - | - | - |")
+
+
 def test_compare_writes_table_and_plots(two_runs, tmp_path, capsys):
     compare = load_script("compare")
     assert compare.main([*map(str, two_runs), "--out", str(tmp_path / "cmp")]) == 0
