@@ -3,7 +3,7 @@
 # the record script's 40 steps, each on one GPU and under torchrun on both GPUs at the same global batch
 # (the one-GPU runs go side by side, one per GPU). Then issue 6's remaining runs (scripts/h200_session.sh's
 # list) in two lanes, one per GPU, each lane in order of need:
-#   GPU 0: 8-bit AdamW's same-gradient check, MLA's ablation (losses only, 3 rows at a time);
+#   GPU 0: 8-bit AdamW's same-gradient check, MLA's ablation, Lion above 6e-4 (losses only, 3 rows at a time);
 #   GPU 1: MoE's grouped kernel, LayerDrop's speed, the chunked loss under a 24 GB cap (one row at a time).
 # A lane's speed figures come from rows alone on their GPU; the other GPU is busy meanwhile (shared CPUs).
 # Needs staged part 1 to start and part 2 before the lanes (scripts/stage_part.sh); the bitsandbytes wheel
@@ -44,7 +44,7 @@ python3 scripts/compare.py "$LOGS/ddp/baseline_one_gpu" "$LOGS/ddp/baseline_torc
 python3 scripts/compare.py "$LOGS/ddp/speedrun_one_gpu" "$LOGS/ddp/speedrun_torchrun" --throughput --out "$LOGS/ddp/speedrun"
 
 . scripts/ideas_passes.sh
-lane_gpu0() { pass_optimizer_shadow; pass_mla_ablation; }  # no speed figures
+lane_gpu0() { pass_optimizer_shadow; pass_mla_ablation; pass_lion_bracket; }  # no speed figures
 lane_gpu1() { pass_moe_kernels; pass_layerdrop_speed; pass_checkpointing_chunked_24gb; }  # one row at a time, speed measured
 CUDA_VISIBLE_DEVICES=0 lane_gpu0 > "$LOGS/lane_gpu0.txt" 2>&1 &
 CUDA_VISIBLE_DEVICES=1 lane_gpu1 > "$LOGS/lane_gpu1.txt" 2>&1 &
