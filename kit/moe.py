@@ -78,12 +78,13 @@ class MoEMLP(nn.Module):
         return self.expert_mlps(packed)[sorted_expert, slot], keep
 
     def grouped_outputs(self, flat, token, sorted_expert, counts):
-        """Each sorted assignment's expert output, dropless: two grouped matmuls over the experts' contiguous runs."""
+        """(each sorted assignment's expert output, None: dropless, nothing to mask): two grouped matmuls
+        over the experts' contiguous runs."""
         dtype = compute_dtype(flat)  # the GPU kernels take bf16; autocast may not cast a private op
         ends = torch.cumsum(counts, 0, dtype=torch.int32)
         hidden = torch._grouped_mm(flat[token].to(dtype), self.w_in.to(dtype), offs=ends) + self.b_in.to(dtype)[sorted_expert]
         out = torch._grouped_mm(F.gelu(hidden, approximate="tanh"), self.w_out.to(dtype), offs=ends)
-        return out + self.b_out.to(dtype)[sorted_expert], torch.ones_like(token, dtype=torch.bool)
+        return out + self.b_out.to(dtype)[sorted_expert], None
 
     def forward(self, x):
         shape = x.shape
@@ -95,14 +96,15 @@ class MoEMLP(nn.Module):
         counts = torch.bincount(expert_of, minlength=self.n_experts)
         outputs = self.grouped_outputs if self.kernel == "grouped" else self.padded_outputs
         out, keep = outputs(flat, token, sorted_expert, counts)
-        weight = gates.reshape(-1)[order] * keep
+        weight = gates.reshape(-1)[order] if keep is None else gates.reshape(-1)[order] * keep
         y = flat.new_zeros(flat.shape).index_add_(0, token, (out * weight[:, None].to(out.dtype)).to(flat.dtype))
         if self.training:
             self.aux_loss = self.balance_loss(counts, probs)
             with torch.no_grad():
                 self.load += counts
                 self.routed += len(order)
-                self.dropped += (~keep).sum()
+                if keep is not None:
+                    self.dropped += (~keep).sum()
         return y.view(shape)
 
     def balance_loss(self, counts, probs):
