@@ -9,6 +9,7 @@
 #   repeats the rows at 3x the baseline's learning rate, the first check of each row's LR;
 #   variants_lr = the variants whose output layer or mixer differs from the baseline's, for that check;
 #   ideas_lr = the optimizers' learning rates: AdamW / 8-bit AdamW at LR_SCALE, Lion at two --lion-lr;
+#   ideas_lr_lion = Lion at 1.2e-3 beside the baseline at LR_SCALE (Lion's best so far, 6e-4, is ideas_lr's top edge);
 #   checkpointing_24gb = what checkpointing frees under a 24 GB card's cap: micro-batch and speed at 1024 and 2048;
 #   variants_lr_other = each variant at the other side of its best LR so far, the baseline at its best;
 #   mla_ablation = MLA without its rotary key part and with a full-rank latent, beside MLA-256 and the baseline;

@@ -19,7 +19,7 @@
 #   setsid nohup bash scripts/h200_session.sh logs > logs/session.txt 2>&1 < /dev/null &
 # and poll with scripts/poll.sh.
 # After it: the MoE-kernel, LayerDrop, MLA and chunked-loss 24 GB benches become records of their own (scripts/record_bench.py FOLDER records/NAME);
-# the Lion bracket joins records/2026-11-29_h200_ideas_lr (record_bench.py --add-to ... --extra "Lion at 1.2e-3=FOLDER").
+# the Lion bracket (logs/bench_ideas_lr_lion_lr3) joins records/2026-11-29_h200_ideas_lr (record_bench.py --add-to ... --extra "Lion at 1.2e-3=FOLDER").
 set -u
 LOGS=${1:-logs}
 export PYTHONUNBUFFERED=1

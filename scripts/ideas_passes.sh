@@ -24,7 +24,7 @@ pass_ideas_lr() {  # the optimizers' learning rates: AdamW and 8-bit AdamW at 3x
   LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr
 }
 pass_lion_bracket() {  # Lion above its best LR so far (6e-4, the grid's top edge), beside the baseline at 3x LR as in pass_ideas_lr
-  ONLY=baseline,lion_lr1.2e-3 LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr
+  LR_SCALE=3 PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_lr_lion
 }
 pass_ideas_ablation() {  # second seeds, curriculum and one-cycle apart, document masking at 1024; MoE 2's weights for routing by source
   PARALLEL=3 bash scripts/equal_budget_session.sh "$LOGS" ideas_ablation
