@@ -21,8 +21,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 
-import torch
-
+from kit import hw
 from kit.errors import UserError
 from kit.model import GPT, gpt_config
 from kit.moe import MoEMLP, grouped_mm_support
@@ -83,9 +82,8 @@ def expert_kernel(cfg: Hyperparameters) -> str:
         return "padded"
     if cfg.capacity_factor > 0:
         raise UserError("--expert-kernel grouped is dropless: add --capacity-factor 0")
-    on_gpu = cfg.device != "cpu" and torch.cuda.is_available()  # the run's device is chosen before the model is built
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
-    dtype = torch.bfloat16 if on_gpu and cfg.dtype != "fp32" else torch.float32
+    device = hw.pick_device(cfg.device, hw.dist_from_env())  # as the Trainer picks them
+    dtype = hw.pick_dtype(cfg.dtype, device)
     why_not = grouped_mm_support(device, dtype, compiled=bool(cfg.compile))
     print(f"expert kernel: padded (dropless), since {why_not}" if why_not else f"expert kernel: grouped matmul (torch._grouped_mm, {dtype})", flush=True)
     return "padded" if why_not else "grouped"

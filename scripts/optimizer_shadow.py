@@ -92,7 +92,7 @@ def main(argv=None) -> str:
     cfg_a, _ = parse_config(script.Hyperparameters, [*common, *shlex.split(args.a), "--max-steps", str(args.steps)])
     cfg_b, _ = parse_config(script.Hyperparameters, [*common, *shlex.split(args.b), "--max-steps", str(args.steps)])
     device = hw.pick_device(cfg_a.device, hw.Dist())
-    dtype = torch.float32 if device.type == "cpu" or cfg_a.dtype == "fp32" else torch.bfloat16
+    dtype = hw.pick_dtype(cfg_a.dtype, device)
     data = validation_batches(args.data_file, args.steps * args.batch_seqs * cfg_a.seq_len, cfg_a.seq_len, args.batch_seqs)  # consecutive batches
     figures = shadow_steps(cfg_a, cfg_b, data, args.steps, min(args.window, args.steps), device, dtype)
     lines = [f"{args.b!r} against {args.a!r}, same gradients, last {min(args.window, args.steps)} of {args.steps} steps:",
