@@ -25,6 +25,7 @@ def flops_per_token(model: nn.Module, n_layer: int, width: int, seq_len: int) ->
     return 6 * linear_weight_count(model) + attention_flops_per_token(n_layer, width, seq_len)
 
 
-def mfu(tokens_per_s: float, flops_per_tok: int, peak_flops):
-    """Achieved training FLOP/s over the device's peak; None when the peak is unknown."""
-    return None if not peak_flops else tokens_per_s * flops_per_tok / peak_flops
+def mfu(tokens_per_s: float, flops_per_tok: int, peak_flops, devices: int = 1):
+    """Achieved training FLOP/s over the peak of the devices that produced tokens_per_s (peak_flops
+    is one device's); None when the peak is unknown. A torchrun run's tokens/s counts every rank."""
+    return None if not peak_flops else tokens_per_s * flops_per_tok / (peak_flops * devices)

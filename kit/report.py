@@ -178,8 +178,9 @@ def throughput_table(runs: list[Run], baseline: Run = None, reference_steps: int
     return "\n".join(lines)
 
 
-def plot_curves(runs: list[Run], out_dir, target=None) -> list[Path]:
-    """Validation loss against training time and against tokens: loss_vs_time.png, loss_vs_tokens.png."""
+def plot_curves(runs: list[Run], out_dir, target=None, training=False) -> list[Path]:
+    """Validation loss against training time and against tokens: loss_vs_time.png, loss_vs_tokens.png;
+    with training, also every step's training loss (train_loss_vs_tokens.png) where runs logged steps."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -208,7 +209,29 @@ def plot_curves(runs: list[Run], out_dir, target=None) -> list[Path]:
         fig.savefig(out_dir / name)
         plt.close(fig)
         written.append(out_dir / name)
+    if training and any(r.train for r in runs):
+        written.append(plot_training_loss(runs, out_dir / "train_loss_vs_tokens.png", plt))
     return written
+
+
+def plot_training_loss(runs: list[Run], out: Path, plt) -> Path:
+    """Every step's training loss against tokens: where runs should agree step for step (the same run
+    under torchrun, a resumed run), this shows whether they do."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for r in runs:
+        if r.train:
+            ax.plot([e["tokens"] * 1e-6 for e in r.train], [e["loss"] for e in r.train], linewidth=1, label=r.label)
+    later = [e["loss"] for r in runs for e in r.train[len(r.train) // 10:]]  # the first steps' ~11 nats would flatten the rest
+    if later:
+        ax.set_ylim(min(later) - 0.1, max(later) + 0.1)
+    ax.set_xlabel("tokens (millions)")
+    ax.set_ylabel("training loss (each step)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
 
 
 def speed_loss_points(record: dict) -> dict:
@@ -354,6 +377,13 @@ def verdict_table(record: dict) -> str:
     return "\n".join(lines)
 
 
+def run_verdicts(record: dict) -> str:
+    """A record of run directories (no bench.json): one verdict line per run, beside its table."""
+    lines = ["| run | verdict |", "|---|---|"]
+    lines += [f"| {label} | {verdict} |" for label, verdict in record["verdicts"].items()]
+    return "\n".join(lines)
+
+
 def record_section(record: dict, heading: str = "##", link_prefix: str = "", brief: bool = False) -> str:
     """A record as markdown; brief (the README's) shows a record's verdict table instead of its full bench
     table, and points to the notes in RESULTS.md instead of repeating them."""
@@ -365,7 +395,8 @@ def record_section(record: dict, heading: str = "##", link_prefix: str = "", bri
     if record.get("command"):
         parts += [f"Command: `{record['command']}`", ""]
     if record.get("verdicts"):
-        parts += [verdict_table(record), ""]
+        has_bench = (record["folder"] / "bench.json").exists()
+        parts += [verdict_table(record) if has_bench else run_verdicts(record), ""]
     if record.get("table") == "bench":  # bench.py's own table, written when it ran
         if not (brief and record.get("verdicts")):
             parts += [(record["folder"] / "bench.md").read_text().strip(), ""]
@@ -380,6 +411,8 @@ def record_section(record: dict, heading: str = "##", link_prefix: str = "", bri
             parts += [equal_budget_table(runs, baseline), ""]
     if record.get("plot") and (record["folder"] / "loss_vs_time.png").exists():
         parts += [f"![validation loss against training time]({link_prefix}{folder}/loss_vs_time.png)", ""]
+    if record.get("train_loss_plot") and (record["folder"] / "train_loss_vs_tokens.png").exists():
+        parts += [f"![training loss of every step against tokens]({link_prefix}{folder}/train_loss_vs_tokens.png)", ""]
     if record.get("speed_loss_plot") and (record["folder"] / "speed_vs_loss.png").exists():
         parts += [f"![each row's speed against its loss change at equal tokens (the main bench)]({link_prefix}{folder}/speed_vs_loss.png)", ""]
     if record.get("notes"):
@@ -393,7 +426,7 @@ def write_results(records_dir, readme=None) -> Path:
     records = [load_record(f) for f in sorted(records_dir.iterdir()) if (f / "record.json").exists()]
     for record in records:
         if record.get("plot"):
-            plot_curves(record["loaded"], record["folder"])
+            plot_curves(record["loaded"], record["folder"], training=record.get("train_loss_plot", False))
         if record.get("speed_loss_plot"):
             plot_speed_vs_loss(record)
     body = ["# Results", "", "Written by `python scripts/compare.py --records` from the record.json files in this folder;",

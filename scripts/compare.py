@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(table + "\n")
-        for path in report.plot_curves(runs, out, args.target):
+        for path in report.plot_curves(runs, out, args.target, training=True):
             print(f"wrote {path}")
     return 0
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The next one-GPU lease (issue 6; records/NOT_RUN.md). Done in earlier leases: every idea at equal tokens,
+# Issue 6's last passes on one GPU. Done in earlier leases: every idea at equal tokens,
 # the equal-time passes, the context sweep, the GPU tests of LayerDrop's compiled scale and MoE's grouped kernel,
 # the optimizers' LR pass, checkpointing under a 24 GB cap, and the ablations with MoE 2's routing by source
-# (records/). Left, in this order (~23 min):
+# (records/). The five passes below ran too, in the two lanes of scripts/h200x2_session.sh (records/2026-11-29_h200_moe_kernels,
+# _optimizer_shadow_adamw8bit, _layerdrop_speed, _mla_ablation, _checkpointing_chunked_24gb, and _ideas_lr's Lion at 1.2e-3);
+# this script repeats them on one GPU, in this order (~23 min):
 #   1. MoE's grouped-matmul kernel (dropless) against its padded one and the baseline, one row at a time, 20 steps (~5 min);
 #   2. 8-bit AdamW's updates against fp32 AdamW's on the same gradients under bf16 (scripts/optimizer_shadow.py; ~2 min),
 #      then LayerDrop's speed with its rescaling inside the compiled blocks, alone beside the baseline (~3 min);

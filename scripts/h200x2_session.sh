@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The two-GPU lease (nvidia-h200-x2). First issue 3's torchrun comparison: the baseline's 50 steps and
+# The two-GPU lease (nvidia-h200-x2); ran once in full at 13a05d4 (records/2026-11-29_h200x2_torchrun_baseline and _speedrun,
+# and the lanes' records named in scripts/h200_session.sh). First issue 3's torchrun comparison: the baseline's 50 steps and
 # the record script's 40 steps, each on one GPU and under torchrun on both GPUs at the same global batch
 # (the one-GPU runs go side by side, one per GPU). Then issue 6's remaining runs (scripts/h200_session.sh's
 # list) in two lanes, one per GPU, each lane in order of need:

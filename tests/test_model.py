@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kit.config import TrainConfig
-from kit.flops import flops_per_token
+from kit.flops import flops_per_token, mfu
 from kit.model import GPT, MODEL_SIZES, flex_causal_attention, gpt_config, manual_causal_attention, sdpa_causal_attention
 from kit.optim import adamw, scaled_warmup_steps, warmup_cosine
 
@@ -85,6 +85,13 @@ def test_flops_per_token_by_hand_for_tiny():
     per_layer_weights = 3 * d * d + d * d + 4 * d * d + 4 * d * d  # qkv, attention proj, MLP up, MLP down
     by_hand = 6 * (n_layer * per_layer_weights + d * V) + 12 * n_layer * d * T
     assert flops_per_token(model, n_layer, d, T) == by_hand
+
+
+def test_mfu_of_a_torchrun_run_is_against_every_device():
+    """A torchrun run's tokens/s counts every rank, so its MFU is against all the GPUs' peak."""
+    assert mfu(1000, 10**9, 1e12) == pytest.approx(1.0)
+    assert mfu(1000, 10**9, 1e12, devices=2) == pytest.approx(0.5)
+    assert mfu(1000, 10**9, None, devices=2) is None
 
 
 def test_weight_decay_only_on_matrices():

@@ -42,6 +42,14 @@ def two_runs(tmp_path):
     return base, fast, slow
 
 
+def test_a_record_of_runs_lists_its_verdicts_beside_the_table(two_runs, tmp_path):
+    (tmp_path / "record.json").write_text(json.dumps({"title": "Runs", "table": "throughput", "baseline": "base",
+                                                      "runs": {"base": "base", "fast": "fast"}, "verdicts": {"base": "reference", "fast": "2x"}}))
+    section = report.record_section(report.load_record(tmp_path))
+    assert "| run | verdict |" in section and "| fast | 2x |" in section and "| base | reference |" in section
+    assert "| fast |" in report.throughput_table(report.load_record(tmp_path)["loaded"])  # the measured table stays
+
+
 def test_training_table_rows_and_ratios(two_runs):
     runs = [report.load_run(p) for p in two_runs]
     lines = report.training_table(runs).splitlines()
@@ -114,6 +122,18 @@ def test_compare_writes_table_and_plots(two_runs, tmp_path, capsys):
     for name in ("loss_vs_time.png", "loss_vs_tokens.png"):
         assert (tmp_path / "cmp" / name).read_bytes()[:8] == PNG_MAGIC
     assert "| base |" in capsys.readouterr().out
+
+
+def test_training_loss_plot_only_for_runs_with_training_steps(two_runs, tmp_path):
+    runs = [report.load_run(p) for p in two_runs]
+    assert all(not r.train for r in runs) and len(report.plot_curves(runs, tmp_path / "val_only", training=True)) == 2
+    steps = [{"type": "train", "step": i, "tokens": i * 524288, "loss": 11.0 - i} for i in range(1, 6)]
+    with open(two_runs[0] / "metrics.jsonl", "a") as f:
+        f.write("".join(json.dumps(e) + "\n" for e in steps))
+    runs = [report.load_run(p) for p in two_runs]
+    assert len(report.plot_curves(runs, tmp_path / "not_asked")) == 2  # records ask for it (train_loss_plot)
+    written = report.plot_curves(runs, tmp_path / "with_train", training=True)
+    assert written[-1].name == "train_loss_vs_tokens.png" and written[-1].read_bytes()[:8] == PNG_MAGIC
 
 
 def test_compare_throughput_table(two_runs):
