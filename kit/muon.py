@@ -18,6 +18,7 @@ for the hidden matrices here, against 0.68..1.15).
 """
 
 import torch
+import torch.distributed as dist
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 POLAR_EXPRESS_COEFFICIENTS = (  # one (a, b, c) per iteration, from the paper's construction
@@ -66,7 +67,8 @@ class Muon(torch.optim.Optimizer):
 
     A param group may set split=k: its matrices are k matrices stacked along the rows (a fused
     QKV projection: k=3), each orthogonalised and scaled on its own, as if they were separate
-    parameters. Matrices of one shape are orthogonalised together in one batched call.
+    parameters. Matrices of one shape are orthogonalised together in one batched call; under
+    torch.distributed each rank does its share of that batch and the results are gathered.
     """
 
     def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, split=1, coefficients="quintic",
@@ -104,7 +106,8 @@ class Muon(torch.optim.Optimizer):
                 counts[p.shape] = counts.get(p.shape, 0) + 1
             first = group["params"][0]
             for shape, n in counts.items():
-                zeros = torch.zeros(n, group["split"], shape[0] // group["split"], shape[1], device=first.device, dtype=first.dtype)
+                share = -(-n // world_size())  # the batch one rank orthogonalises (orthogonalise_shared)
+                zeros = torch.zeros(share, group["split"], shape[0] // group["split"], shape[1], device=first.device, dtype=first.dtype)
                 self.orthogonalise(zeros, group["ns_steps"])
 
     def orthogonalise(self, stacked, steps):
@@ -112,6 +115,21 @@ class Muon(torch.optim.Optimizer):
             return compiled_newton_schulz()(stacked, steps, coefficients=self.coefficients)
         # the CPU (tests, smoke runs) gains nothing from bf16 and would lose reproducibility across reduction orders
         return newton_schulz(stacked, steps, dtype=torch.float32, coefficients=self.coefficients)
+
+    def orthogonalise_shared(self, stacked, steps):
+        """orthogonalise, with the work split across ranks under torch.distributed: every rank holds the
+        same averaged gradients and so the same momentum, so each orthogonalises its share of the matrices
+        (the last share padded with zeros) and the shares are gathered, instead of every rank doing all."""
+        world = world_size()
+        if world == 1:
+            return self.orthogonalise(stacked, steps)
+        n, share = stacked.size(0), -(-stacked.size(0) // world)
+        padded = torch.cat([stacked, stacked.new_zeros(share * world - n, *stacked.shape[1:])]) if share * world > n else stacked
+        rank = dist.get_rank()
+        mine = self.orthogonalise(padded[rank * share:(rank + 1) * share], steps).contiguous()
+        gathered = torch.empty_like(padded)
+        dist.all_gather(list(gathered.chunk(world)), mine)
+        return gathered[:n]
 
     def momentum_direction(self, p, group):
         buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
@@ -121,7 +139,7 @@ class Muon(torch.optim.Optimizer):
     def apply_orthogonalised(self, group, shape, items):
         rows, cols = shape[0] // group["split"], shape[1]
         stacked = torch.stack([d.view(group["split"], rows, cols) for _, d in items])
-        updates = self.orthogonalise(stacked, group["ns_steps"])
+        updates = self.orthogonalise_shared(stacked, group["ns_steps"])
         lr = group["lr"]
         for (p, _), update in zip(items, updates):
             if group["row_beta"]:
@@ -140,3 +158,8 @@ class Muon(torch.optim.Optimizer):
         normalised = update / (second_moment.sqrt() + 1e-10)
         scale = update.norm(dim=(-2, -1), keepdim=True) / (normalised.norm(dim=(-2, -1), keepdim=True) + 1e-10)
         return (normalised * scale).to(p.dtype)
+
+
+def world_size() -> int:
+    """Ranks that share the orthogonalisation: 1 outside torch.distributed."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

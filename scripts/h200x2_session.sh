@@ -10,6 +10,7 @@
 # Needs staged part 1 to start and part 2 before the lanes (scripts/stage_part.sh); the bitsandbytes wheel
 # as in scripts/h200_session.sh. Start it, then poll with scripts/poll.sh:
 #   setsid nohup bash scripts/h200x2_session.sh logs > logs/session.txt 2>&1 < /dev/null &
+# PART=ddp stops after the torchrun comparison.
 # A pass or sweep cut by the lease's end resumes in the next if its fetched folder is put back under logs/.
 set -u
 LOGS=${1:-logs}
@@ -43,6 +44,7 @@ speedrun_40_steps "$LOGS/ddp/speedrun_torchrun" python3 -m torch.distributed.run
 echo "speedrun, torchrun on $gpus GPUs: exit $? $(date -u +%T)"
 python3 scripts/compare.py "$LOGS/ddp/baseline_one_gpu" "$LOGS/ddp/baseline_torchrun" --throughput --out "$LOGS/ddp/baseline"
 python3 scripts/compare.py "$LOGS/ddp/speedrun_one_gpu" "$LOGS/ddp/speedrun_torchrun" --throughput --out "$LOGS/ddp/speedrun"
+[ "${PART:-all}" = ddp ] && { echo "done (PART=ddp) $(date -u +%T)"; exit 0; }
 
 . scripts/ideas_passes.sh
 lane_gpu0() { pass_optimizer_shadow; pass_mla_ablation; pass_lion_bracket; }  # no speed figures

@@ -133,6 +133,53 @@ def test_muon_warm_up_changes_neither_weights_nor_state():
     assert all(torch.equal(p, b) for p, b in zip(params, before)) and not opt.state
 
 
+SHARED_MUON_SCRIPT = """
+import json, sys, torch, torch.distributed as dist
+from kit.muon import Muon
+out = sys.argv[1]
+if len(sys.argv) > 2:  # under torchrun
+    dist.init_process_group("gloo")
+rank = dist.get_rank() if dist.is_initialized() else 0
+torch.manual_seed(0)
+params = [torch.nn.Parameter(torch.randn(48, 32)) for _ in range(3)] + [torch.nn.Parameter(torch.randn(32, 64))]
+opt = Muon([{"params": params[:3], "split": 3}, {"params": params[3:]}], lr=0.1)
+done = []
+orthogonalise = opt.orthogonalise
+opt.orthogonalise = lambda stacked, steps: done.append(stacked.size(0)) or orthogonalise(stacked, steps)
+for step in range(2):
+    for i, p in enumerate(params):
+        p.grad = torch.sin(torch.arange(p.numel(), dtype=torch.float32) * (i + 1) + step).view_as(p)
+    opt.step()
+torch.save([p.detach() for p in params], f"{out}/rank{rank}.pt")
+json.dump(done, open(f"{out}/rank{rank}.json", "w"))
+"""
+
+
+def test_muon_under_torchrun_splits_the_orthogonalisation_and_matches_one_process(tmp_path):
+    """Two gloo ranks each orthogonalise half of the matrices of one shape (three 48x32: 2 and 1 padded)
+    and end with the weights of one process that did them all."""
+    import subprocess
+    import sys
+
+    from conftest import REPO, subprocess_env
+
+    script = tmp_path / "muon_ranks.py"
+    script.write_text(SHARED_MUON_SCRIPT)
+    (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
+    runs = [[sys.executable, str(script), str(tmp_path / "one")],
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two"), "ddp"]]
+    for command in runs:
+        result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "one" / "rank0.json").read_text()) == [3, 1, 3, 1]  # one process: every matrix
+    for rank in (0, 1):
+        assert json.loads((tmp_path / "two" / f"rank{rank}.json").read_text()) == [2, 1, 2, 1]  # a rank: its share of each shape
+    one = torch.load(tmp_path / "one" / "rank0.pt")
+    for rank in (0, 1):
+        for a, b in zip(one, torch.load(tmp_path / "two" / f"rank{rank}.pt")):
+            assert torch.allclose(a, b, atol=1e-6)
+
+
 def token_batch(B=2, T=4 * BLOCK, seed=0, eots=((0, 100, 300), (50, 400))):
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, 1000, (B, T), generator=g)
