@@ -96,7 +96,9 @@ class MoEMLP(nn.Module):
         counts = torch.bincount(expert_of, minlength=self.n_experts)
         outputs = self.grouped_outputs if self.kernel == "grouped" else self.padded_outputs
         out, keep = outputs(flat, token, sorted_expert, counts)
-        weight = gates.reshape(-1)[order] if keep is None else gates.reshape(-1)[order] * keep
+        weight = gates.reshape(-1)[order]
+        if keep is not None:  # the padded kernel's dropped assignments contribute nothing
+            weight = weight * keep
         y = flat.new_zeros(flat.shape).index_add_(0, token, (out * weight[:, None].to(out.dtype)).to(flat.dtype))
         if self.training:
             self.aux_loss = self.balance_loss(counts, probs)

@@ -106,7 +106,7 @@ class Muon(torch.optim.Optimizer):
                 counts[p.shape] = counts.get(p.shape, 0) + 1
             first = group["params"][0]
             for shape, n in counts.items():
-                share = -(-n // world_size())  # the batch one rank orthogonalises (orthogonalise_shared)
+                share = rank_share(n)  # the batch one rank orthogonalises (orthogonalise_shared)
                 zeros = torch.zeros(share, group["split"], shape[0] // group["split"], shape[1], device=first.device, dtype=first.dtype)
                 self.orthogonalise(zeros, group["ns_steps"])
 
@@ -123,7 +123,7 @@ class Muon(torch.optim.Optimizer):
         world = world_size()
         if world == 1:
             return self.orthogonalise(stacked, steps)
-        n, share = stacked.size(0), -(-stacked.size(0) // world)
+        n, share = stacked.size(0), rank_share(stacked.size(0))
         padded = torch.cat([stacked, stacked.new_zeros(share * world - n, *stacked.shape[1:])]) if share * world > n else stacked
         rank = dist.get_rank()
         mine = self.orthogonalise(padded[rank * share:(rank + 1) * share], steps).contiguous()
@@ -163,3 +163,8 @@ class Muon(torch.optim.Optimizer):
 def world_size() -> int:
     """Ranks that share the orthogonalisation: 1 outside torch.distributed."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank_share(n: int) -> int:
+    """Matrices of a batch of n that one rank orthogonalises (the last rank's share padded)."""
+    return -(-n // world_size())

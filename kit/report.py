@@ -290,12 +290,16 @@ def label_flags(record: dict, label: str):
 
 def bench_rows(path: Path) -> dict:
     """bench.py's bench.json as {label: row}."""
-    return {row["label"]: row for row in json.loads(Path(path).read_text())["rows"]}
+    return rows_by_label(json.loads(Path(path).read_text()))
 
 
-def bench_shared_gpu(path: Path) -> bool:
-    """Whether bench.py ran the bench's rows several at a time on one GPU (--parallel), so that their speed is no measurement."""
-    return json.loads(Path(path).read_text()).get("parallel", 1) > 1
+def rows_by_label(bench: dict) -> dict:
+    return {row["label"]: row for row in bench["rows"]}
+
+
+def bench_shared_gpu(bench: dict) -> bool:
+    """Whether bench.py ran a bench's rows (its loaded bench.json) several at a time on one GPU (--parallel), so that their speed is no measurement."""
+    return bench.get("parallel", 1) > 1
 
 
 def loss_against(rows: dict, label: str, base_label: str, key: str = "val_loss") -> str:
@@ -350,14 +354,15 @@ def verdict_table(record: dict) -> str:
     checks) each row's best over them and the main bench against the base row's best, and the
     record's verdict. Figures come from bench.json; a main bench whose rows shared the GPU shows no speed."""
     folder = record["folder"]
-    main = bench_rows(folder / "bench.json")
+    main_bench = json.loads((folder / "bench.json").read_text())
+    main = rows_by_label(main_bench)
     extra_paths = {name: folder / rel for name, rel in record.get("extra_benches", {}).items()}
     checks = {name: bench_rows(path) for name, path in extra_paths.items()}
     same_budget = {extra_paths[name]: rows for name, rows in checks.items() if same_token_budget(rows, main)}  # equal-time passes stay out
     benches = {folder / "bench.json": main, **same_budget}  # each read once
     base_label = record.get("baseline") or next(iter(main))
     base = main[base_label]
-    shared = bench_shared_gpu(folder / "bench.json")
+    shared = bench_shared_gpu(main_bench)
     best_head = ["best over the benches (vs the base's best)"] if same_budget else []
     head = ["row", "tokens/s over the run (vs base)", "MFU (median step)", "peak GiB", "val loss (vs base)", *[f"val loss {name} (vs its base)" for name in checks],
             *best_head, "fineweb_sample (vs base)", f"training-loss spikes (step: loss; > {SPIKE_RISE} above its lowest)", "verdict"]

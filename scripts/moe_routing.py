@@ -149,11 +149,11 @@ def validation_paths(cfg) -> dict:
     return {"val": files.val, **files.extra_val}
 
 
-def validation_sets(cfg, tokens: int) -> dict:
-    """{name: a function giving that validation set's batches}."""
+def validation_sets(cfg, tokens: int, paths: dict = None) -> dict:
+    """{name: a function giving that validation set's batches}, for `paths` (default: validation_paths)."""
     per_batch = max(1, 65_536 // cfg.seq_len)
     return {name: (lambda path=path: validation_batches(path, tokens, cfg.seq_len, per_batch, strict=False))
-            for name, path in validation_paths(cfg).items()}
+            for name, path in (paths or validation_paths(cfg)).items()}
 
 
 def stream_sources(path, tokens: int) -> tuple:
@@ -199,8 +199,9 @@ def main(argv=None) -> str:
         model, cfg, _ = load_model(run_dir, args.device)
         if not hasattr(model, "moe_layers"):
             raise UserError(f"{run_dir} is not a train_gpt2_moe.py run")
-        sets, results = validation_sets(cfg, args.tokens), {}
-        for name, path in validation_paths(cfg).items():
+        paths, results = validation_paths(cfg), {}
+        sets = validation_sets(cfg, args.tokens, paths)
+        for name, path in paths.items():
             labels, documents = stream_sources(path, args.tokens)
             results[name] = {**routing_stats(model, sets[name](), args.device, sources=labels), "source_documents": documents}
     for name, stats in results.items():
