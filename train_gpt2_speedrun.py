@@ -95,6 +95,20 @@ class Hyperparameters(TrainConfig):
     mtp_offsets: int = field(default=0, metadata={"help": "multi-token prediction: extra future tokens predicted while training (0: off); the logged training loss then includes their weighted terms, validation does not"})
     mtp_weight: float = field(default=0.3, metadata={"help": "weight of each extra offset's loss at the start; it falls linearly to 0"})
     mtp_frac: float = field(default=0.5, metadata={"help": "share of the run after which the MTP weight is 0"})
+    # the public record line after 2025-08, each a switch (off by default until measured here; --v2 1 turns on the set)
+    v2: bool = field(default=False, metadata={"help": "1: every switch below not given explicitly takes its V2 value (the record line of 2025-09 to 2026-07 as ported here)"})
+    batch_stages: str = field(default="", metadata={"help": "batch-size schedule: relative batch sizes of equal-length stages, the last the full --batch-tokens "
+                                                              "(e.g. 1,2,3: a third, two thirds, all; the public record of 2025-11-29); empty: off"})
+    batch_stage_lrs: str = field(default="", metadata={"help": "LR multiplier of each batch stage (e.g. 0.578,0.879,1: the public record's 1, 1.52, 1.73 relative to the last); empty: 1 each"})
+    lr_floor: float = field(default=0.1, metadata={"help": "the cooldown ends at this share of the full-batch LR"})
+    muon_momentum_cooldown: int = field(default=0, metadata={"help": "steps at the end over which Muon's momentum falls back to --muon-momentum-start (public record: 50 of ~1300)"})
+    muon_cwd: float = field(default=0.0, metadata={"help": "Muon's cautious weight decay, tied to the LR schedule (decay per step lr^2 x this where the update agrees in sign; 0: off)"})
+    logit_mtp: str = field(default="", metadata={"help": "multi-token prediction from the same logits: starting weights of the tokens 2, 3, ... ahead (e.g. 0.5,0.25), "
+                                                           "each falling to 0 in turn over the run's thirds (the public record of 2025-12-22); empty: off"})
+    softcap_form: str = field(default="tanh", metadata={"choices": ["tanh", "sigmoid"], "help": "logit cap: 15 tanh(z/15), or 23 sigmoid((z+5)/7.5) (the public record of 2025-12-26)"})
+    smear: bool = field(default=False, metadata={"help": "each token's embedding takes a gated share of the previous token's (the public record of 2025-09-18)"})
+    backout_layer: int = field(default=-1, metadata={"help": "subtract a learned share (from 0.5) of this layer's output before the head (the public record of 2025-10-04 used 8 of 12); -1: off"})
+    key_offset: bool = field(default=False, metadata={"help": "long-window layers take their keys' position-free dimensions from the previous token (the public record of 2025-12-14)"})
     batch_ramp_start: float = field(default=1.0, metadata={"help": "share of --batch-tokens at step 0, growing linearly to 1 (1: no ramp)"})
     batch_ramp_frac: float = field(default=0.3, metadata={"help": "share of the run the batch ramp lasts"})
     # ablation switches: each turns one component of the recipe off
@@ -112,6 +126,27 @@ class Hyperparameters(TrainConfig):
 # validation every 3 steps over the last 8%, where the target is crossed
 DATA_PRESETS = {"webmix": {"max_steps": 410, "val_every": 100, "late_val_every": 3, "late_val_frac": 0.08}}
 
+# --v2 1: the ported changes of the public record line, for the switches not given explicitly. Schedule lengths
+# scaled to this recipe's ~450 steps where the public one's are in steps (its Muon momentum cooldown: 50 of ~1300).
+V2 = {"batch_stages": "1,2,3", "batch_stage_lrs": "0.578,0.879,1", "cooldown_frac": 0.6, "muon_momentum_cooldown": 20,
+      "normuon": True, "muon_coefficients": "polar", "muon_cwd": 1.2, "logit_mtp": "0.5,0.25", "softcap_form": "sigmoid",
+      "smear": True, "backout_layer": "2/3", "key_offset": True}
+# webmix: a first guess from the public line's token savings (unmeasured), with the late checks spread over the
+# last quarter since the crossing is not known yet (each first screened on 2M tokens)
+V2_WEBMIX = {"max_steps": 460, "late_val_frac": 0.25, "late_val_every": 4, "val_screen_tokens": 2_097_152}
+
+
+def apply_v2(cfg: Hyperparameters, explicit: set) -> None:
+    """Give every V2 switch the user did not set its V2 value (with --v2 1)."""
+    if not cfg.v2:
+        return
+    values = dict(V2, **(V2_WEBMIX if cfg.data == "webmix" and not cfg.train_files else {}))
+    for name, value in values.items():
+        if name not in explicit:
+            setattr(cfg, name, value)
+    if cfg.backout_layer == "2/3":  # layer 8 of 12, as the public record's
+        cfg.backout_layer = 2 * MODERN_SIZES[cfg.model_size].get("n_layer", ModernConfig.n_layer) // 3
+
 
 def on_gpu(cfg: Hyperparameters) -> bool:
     return torch.cuda.is_available() and cfg.device != "cpu"
@@ -128,9 +163,35 @@ def build_model(cfg: Hyperparameters):
                                       fp8_head=fp8, compile_mode=cfg.compile_mode, mtp_offsets=cfg.mtp_offsets, rope=cfg.rope,
                                       no_attn_layers=layers_without_attention(cfg, size.get("n_layer", ModernConfig.n_layer)),
                                       attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss,
-                                      bigram_buckets=cfg.bigram_buckets, loss_kernel=loss_kernel(cfg)))
+                                      bigram_buckets=cfg.bigram_buckets, loss_kernel=loss_kernel(cfg), softcap_form=cfg.softcap_form,
+                                      softcap=23.0 if cfg.softcap_form == "sigmoid" else 15.0, logit_mtp_weights=float_list(cfg.logit_mtp, "--logit-mtp"),
+                                      smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
+
+
+def float_list(text: str, flag: str) -> tuple:
+    try:
+        values = tuple(float(x) for x in text.split(",")) if text else ()
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give numbers separated by commas") from None
+    if any(v < 0 for v in values):
+        raise UserError(f"{flag} {text!r}: the numbers must not be negative")
+    return values
+
+
+def batch_stages(cfg: Hyperparameters) -> list:
+    """[(share of the full batch, LR multiplier)] per stage; [(1, 1)] without a batch-size schedule."""
+    sizes = float_list(cfg.batch_stages, "--batch-stages") or (1.0,)
+    lrs = float_list(cfg.batch_stage_lrs, "--batch-stage-lrs") or (1.0,) * len(sizes)
+    if len(lrs) != len(sizes) or not all(sizes):
+        raise UserError(f"--batch-stages {cfg.batch_stages!r} and --batch-stage-lrs {cfg.batch_stage_lrs!r}: one positive size and one LR per stage")
+    return [(size / sizes[-1], lr) for size, lr in zip(sizes, lrs)]
+
+
+def stage_at(step: int, cfg: Hyperparameters) -> tuple:
+    stages = batch_stages(cfg)
+    return stages[min(len(stages) - 1, step * len(stages) // cfg.max_steps)]
 
 
 def loss_kernel(cfg: Hyperparameters) -> str:
@@ -168,11 +229,14 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     qkv = [block.attn.qkv.weight for block in model.blocks if block.attn is not None]
     embeds = [model.embed.weight, *(e.weight for e in model.value_embeds)] + ([model.bigram_embed.weight] if model.bigram_embed is not None else [])
     scalars = [p for p in model.parameters() if p.dim() < 2]
+    smear = [model.smear_gate.weight] if model.smear_gate is not None else []
     adam_groups = [
         {"params": [model.lm_head.weight], "lr": cfg.head_lr, "base_lr": cfg.head_lr},
         {"params": embeds, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr},
         {"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr},
     ]
+    if smear:  # the public record's smear gate steps at 1% of its Adam base lr (0.008): a gate of 12 weights that every token uses
+        adam_groups.append({"params": smear, "lr": cfg.head_lr * 0.01, "base_lr": cfg.head_lr * 0.01})
     if not cfg.muon:  # ablation: everything on Adam
         adam_groups.append({"params": hidden, "lr": cfg.adam_hidden_lr, "base_lr": cfg.adam_hidden_lr})
     adam = torch.optim.Adam(adam_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps / cfg.batch_tokens, fused=cfg.fused_adamw or None)
@@ -185,7 +249,7 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     else:
         groups = [{"params": hidden}]
     muon = Muon(groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, coefficients=cfg.muon_coefficients, tall_scale=cfg.muon_tall_scale,
-                row_beta=0.95 if cfg.normuon else 0.0)
+                row_beta=0.95 if cfg.normuon else 0.0, cautious_wd=cfg.muon_cwd)
     for group in muon.param_groups:
         group["base_lr"] = cfg.muon_lr
     return [adam, muon]
@@ -193,10 +257,16 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
 
 def micro_batch_for_memory(cfg: Hyperparameters, usable_bytes: int) -> int:
     """Sequences per micro-batch: 16,384 tokens per 20 GiB of GPU memory (1 on a 24 GB card, 6 on an
-    H200), a first guess to check with --memory-cap-gib 24. Probing is no use here: the probe runs
-    the model uncompiled, where FlexAttention recompiles per shape and then falls back to a kernel
-    that materialises every score (seen on an H200: see records/2026-11-28_h200_speedrun_first_contact)."""
+    H200), a first guess to check with --memory-cap-gib 24 (the trainer lowers it where a batch-size
+    schedule needs every stage to be whole micro-batches: 4 on an H200 for stages of 1/3, 2/3 and 1).
+    Probing is no use here: the probe runs the model uncompiled, where FlexAttention recompiles per
+    shape and then falls back to a kernel that materialises every score (seen on an H200: see
+    records/2026-11-28_h200_speedrun_first_contact)."""
     return max(1, int(usable_bytes / 2**30 / 20 * 16_384 / cfg.seq_len))
+
+
+def batch_stage_shares(cfg: Hyperparameters) -> list:
+    return [share for share, _ in batch_stages(cfg)]
 
 
 def compile_model(model: ModernGPT):
@@ -204,12 +274,14 @@ def compile_model(model: ModernGPT):
 
 
 def constant_then_cooldown(step: int, cfg: Hyperparameters) -> float:
-    """1 until the last cooldown_frac of the run, then linearly down to 0.1 at max_steps."""
+    """The batch stage's LR multiplier (1 without stages) until the last cooldown_frac of the run, then
+    linearly down to --lr-floor at max_steps."""
+    stage_lr = stage_at(step, cfg)[1]
     progress = step / cfg.max_steps
     if progress < 1 - cfg.cooldown_frac:
-        return 1.0
+        return stage_lr
     remaining = (1 - progress) / cfg.cooldown_frac
-    return remaining + (1 - remaining) * 0.1
+    return remaining * stage_lr + (1 - remaining) * cfg.lr_floor
 
 
 def long_window_blocks(step: int, cfg: Hyperparameters) -> int:
@@ -221,14 +293,28 @@ def long_window_blocks(step: int, cfg: Hyperparameters) -> int:
 
 
 def muon_momentum(step: int, cfg: Hyperparameters) -> float:
+    """Rising from --muon-momentum-start over the warm-up, and falling back to it over the last
+    --muon-momentum-cooldown steps."""
     frac = min(1.0, step / max(1, cfg.muon_momentum_warmup))
+    if cfg.muon_momentum_cooldown:
+        frac = min(frac, max(0.0, (cfg.max_steps - step) / cfg.muon_momentum_cooldown))
     return (1 - frac) * cfg.muon_momentum_start + frac * cfg.muon_momentum
 
 
 def batch_share(step: int, cfg: Hyperparameters) -> float:
-    """Share of the full batch at this step: batch_ramp_start, growing linearly to 1 over batch_ramp_frac of the run."""
+    """Share of the full batch at this step: the batch stage's share, times the linear ramp from batch_ramp_start
+    to 1 over batch_ramp_frac of the run (both 1 by default)."""
     progress = min(1.0, step / max(1.0, cfg.batch_ramp_frac * cfg.max_steps))
-    return cfg.batch_ramp_start + (1 - cfg.batch_ramp_start) * progress
+    return stage_at(step, cfg)[0] * (cfg.batch_ramp_start + (1 - cfg.batch_ramp_start) * progress)
+
+
+def logit_mtp_weights(step: int, cfg: Hyperparameters) -> list:
+    """The extra targets' weights at this step: with K of them, the one j tokens further ahead (j = 1..K) keeps
+    its starting weight until it falls linearly to 0 over the (K-j+1)-th of K+1 equal parts of the run
+    (K = 2, the public record's: t+3 over the first third, t+2 over the second)."""
+    starts = float_list(cfg.logit_mtp, "--logit-mtp")
+    part, progress = 1 / (len(starts) + 1), step / cfg.max_steps
+    return [w * min(1.0, max(0.0, ((len(starts) - j + 1) * part - progress) / part)) for j, w in enumerate(starts, start=1)]
 
 
 def mtp_weight(step: int, cfg: Hyperparameters) -> float:
@@ -239,6 +325,8 @@ def mtp_weight(step: int, cfg: Hyperparameters) -> float:
 def before_step(step: int, model: ModernGPT, optimizers, cfg: Hyperparameters) -> None:
     model.set_window(long_window_blocks(step, cfg))
     model.mtp_weight.fill_(mtp_weight(step, cfg))
+    if cfg.logit_mtp:
+        model.set_logit_mtp_weights(logit_mtp_weights(step, cfg))
     for opt in optimizers:
         if isinstance(opt, Muon):
             for group in opt.param_groups:
@@ -254,7 +342,8 @@ def validate_at(step: int, cfg: Hyperparameters) -> bool:
 
 RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, lr_schedule=constant_then_cooldown,
                 description=__doc__.splitlines()[0], before_step=before_step, validate_at=validate_at, data_presets=DATA_PRESETS,
-                micro_batch_rule=micro_batch_for_memory, compile_model=compile_model, batch_schedule=batch_share)
+                micro_batch_rule=micro_batch_for_memory, compile_model=compile_model, batch_schedule=batch_share, configure=apply_v2,
+                batch_shares=batch_stage_shares)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

@@ -21,6 +21,8 @@ class TrainConfig:
     train_files: str = field(default="", metadata={"help": "glob of training shards (replaces --data)"})
     val_files: str = field(default="", metadata={"help": "glob of validation shards; the first is used"})
     align_bos: bool = field(default=False, metadata={"help": "start every training sequence at a document start (token 50256)"})
+    data_order_seed: int = field(default=0, metadata={"help": "0: the training shards in order from their starts; N > 0: the shards in an order drawn with N, "
+                                                           "each read from an offset drawn with N (a repeat with another data order)"})
     # length and batch
     max_steps: int = field(default=4768, metadata={"help": "optimizer steps; the LR schedule scales with it"})
     batch_tokens: int = field(default=524_288, metadata={"help": "tokens per optimizer step (all ranks, all micro-steps)"})

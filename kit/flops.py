@@ -29,3 +29,12 @@ def mfu(tokens_per_s: float, flops_per_tok: int, peak_flops, devices: int = 1):
     """Achieved training FLOP/s over the peak of the devices that produced tokens_per_s (peak_flops
     is one device's); None when the peak is unknown. A torchrun run's tokens/s counts every rank."""
     return None if not peak_flops else tokens_per_s * flops_per_tok / (peak_flops * devices)
+
+
+def utilisation(flops: float, fp8_flops: float, seconds: float, peak_flops, fp8_peak_flops, devices: int = 1):
+    """MFU of work part of which ran in FP8: the bf16 FLOPs over the bf16 peak plus the FP8 FLOPs over the FP8
+    peak, per second of the devices' time (the share of the time the work would take at the peaks); None
+    when a needed peak is unknown."""
+    if not peak_flops or (fp8_flops and not fp8_peak_flops):
+        return None
+    return ((flops - fp8_flops) / peak_flops + (fp8_flops / fp8_peak_flops if fp8_flops else 0.0)) / (seconds * devices)

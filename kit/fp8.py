@@ -84,28 +84,37 @@ class FP8Head(nn.Linear):
 E5M2_HEADROOM = 2.0 ** 15  # a power of two under e5m2's largest value (57,344)
 
 
+def e5m2_headroom(grad_bound: float = 1.0) -> float:
+    """The scale for a gradient whose elements lie in [-grad_bound, grad_bound]: E5M2_HEADROOM divided
+    by the power of two at or above grad_bound, so the largest element stays under 57,344."""
+    power = 1.0
+    while power < grad_bound:
+        power *= 2
+    return E5M2_HEADROOM / power
+
+
 class FP8SoftcappedHeadLoss(torch.autograd.Function):
     """Mean soft-capped cross-entropy of the head x @ w^T, the product in FP8 both ways.
 
     Forward: x and w to e4m3 (scaled by their maxima, as FP8MatmulWeightT), logits z in bf16,
     loss from z (kit.losses). Backward: the gradient of the logits is (softmax - one_hot) times
-    the cap's slope, so every element lies in [-1, 1] before the factor grad_loss / N; it goes
+    the cap's slope, so every element lies in [-1, 1] (in [-grad_bound, grad_bound] with several
+    weighted targets: grad_bound >= their weights' sum) before the factor grad_loss / N; it goes
     to e5m2 with that known scale (no pass over the N x V gradient to find its maximum), in the
     same pass that computes it, and feeds the two gradient products."""
 
     @staticmethod
-    def forward(ctx, x, w, targets, cap: float, kernel: str = "torch"):
+    def forward(ctx, x, w, targets, cap: float, kernel: str = "torch", form: str = "tanh", weights=None, grad_bound: float = 1.0):
         z, operands = fp8_product(x, w)
-        lse, loss = softcapped_stats(z, targets, cap, kernel)
-        ctx.save_for_backward(*operands, z, targets, lse)
-        ctx.cap, ctx.w_dtype, ctx.kernel = cap, w.dtype, kernel
+        lse, loss = softcapped_stats(z, targets, cap, kernel, form, weights)
+        ctx.save_for_backward(*operands, z, targets, lse, weights)
+        ctx.cap, ctx.w_dtype, ctx.kernel, ctx.form, ctx.headroom = cap, w.dtype, kernel, form, e5m2_headroom(grad_bound)
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        *operands, z, targets, lse = ctx.saved_tensors
-        headroom = torch.full((), E5M2_HEADROOM, device=z.device)
-        g8 = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel)
-        g_inv = (grad_loss.float() / (z.size(0) * E5M2_HEADROOM)).reshape(())
-        return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype), None, None, None
-
+        *operands, z, targets, lse, weights = ctx.saved_tensors
+        headroom = torch.full((), ctx.headroom, device=z.device)
+        g8 = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel, ctx.form, weights)
+        g_inv = (grad_loss.float() / (z.size(0) * ctx.headroom)).reshape(())
+        return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype), None, None, None, None, None, None

@@ -148,9 +148,18 @@ def measured_matmul_flops(size: int = 8192, repeats: int = 10) -> float:
     return 2 * size**3 / sorted(times)[len(times) // 2]
 
 
-def peak_flops(name: str):
-    """The datasheet peak for a GPU name, or None when the GPU is not in the table."""
-    for key, value in PEAK_BF16_FLOPS.items():
+# Dense FP8 tensor-core peaks from the same datasheets (GPUs with FP8: sm89 and newer).
+PEAK_FP8_FLOPS = {
+    "H200": 1979e12,
+    "H100 PCIe": 1513e12,
+    "H100": 1979e12,
+    "RTX 4090": 330.3e12,
+}
+
+
+def peak_flops(name: str, table: dict = PEAK_BF16_FLOPS):
+    """The datasheet peak for a GPU name (bf16, or the FP8 table), or None when the GPU is not in the table."""
+    for key, value in table.items():
         if key in name:
             return value
     return None

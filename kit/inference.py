@@ -288,6 +288,9 @@ def check_supported(model) -> None:
     from kit.model import GPT, Block
 
     if is_modern(model):
+        if model.config.key_offset:
+            raise ValueError("the KV cache does not keep the previous token's keys that the speedrun model's key offset (--key-offset 1) needs; "
+                             "decode by recomputation")
         return
     blocks_ok = all(type(b) is Block and attention_kind(b.attn) != "unsupported" for b in getattr(model, "h", []))
     if not isinstance(model, GPT) or not blocks_ok or len({attention_kind(b.attn) for b in model.h}) != 1:

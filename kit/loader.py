@@ -13,17 +13,27 @@ from kit.errors import DataError
 from kit.shards import EOT, open_shard, read_header
 
 
+def shuffled_order(files, seed: int, seq_len: int):
+    """(files in an order drawn with seed, a starting offset in [0, seq_len) drawn with it); seed 0: as given, offset 0."""
+    if not seed:
+        return list(files), 0
+    generator = np.random.default_rng(seed)
+    order = generator.permutation(len(files))
+    return [files[i] for i in order], int(generator.integers(seq_len))
+
+
 class TrainStream:
-    def __init__(self, files, seq_len: int, micro_batch: int, rank: int = 0, world: int = 1, align_bos: bool = False):
+    def __init__(self, files, seq_len: int, micro_batch: int, rank: int = 0, world: int = 1, align_bos: bool = False, order_seed: int = 0):
         if not files:
             raise DataError("no training shards given")
-        self.files = [str(f) for f in files]
+        files, self.start_offset = shuffled_order([str(f) for f in files], order_seed, seq_len)
+        self.files = files
         for f in self.files:
             if read_header(f) < world * micro_batch * seq_len + 1:
                 raise DataError(f"training shard {f} holds fewer tokens than one micro-step needs ({world} x {micro_batch} x {seq_len})")
         self.seq_len, self.micro_batch, self.rank, self.world = seq_len, micro_batch, rank, world
         self.align_bos = align_bos
-        self.shard, self.pos = 0, 0
+        self.shard, self.pos = 0, self.start_offset
         self._tokens = None
         self._bos = None
         self._load(0)
@@ -35,7 +45,7 @@ class TrainStream:
 
     def _next_shard(self) -> None:
         self._load((self.shard + 1) % len(self.files))
-        self.pos = 0
+        self.pos = self.start_offset
 
     def _sequence_starts(self, count: int) -> list[int]:
         """Start offsets of the next `count` sequences in the current shard, advancing the stream."""

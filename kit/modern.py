@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kit.fp8 import FP8Head, FP8SoftcappedHeadLoss
-from kit.losses import softcap, softcapped_cross_entropy
+from kit.losses import CAP_FORMS, softcap, softcapped_cross_entropy
 from kit.model import raise_recompile_limit
 
 EOT = 50256
@@ -59,6 +59,11 @@ class ModernConfig:
     loss_kernel: str = "torch"  # the fused loss's kernels: kit.losses' PyTorch code (compiled with the model) or kit.triton_loss's
     bigram_buckets: int = 0  # >0: a hashed embedding of each (previous, current) token pair, added to every block's input
     attn_gate_dims: int = 0  # >0: each head's output scaled by a sigmoid gate read from this many leading dimensions of the block input
+    softcap_form: str = "tanh"  # tanh: softcap * tanh(z / softcap); sigmoid: softcap * sigmoid((z + 5) / 7.5) (kit.losses)
+    logit_mtp_weights: tuple = ()  # multi-token prediction from the same logits: starting weights of targets t+2, t+3, ... (t+1 has 1)
+    smear: bool = False  # each token's embedding takes a gated share of the previous token's (within a document)
+    backout_layer: int = -1  # >=0: a learned share of this layer's output is subtracted from the final state before the head
+    key_offset: bool = False  # long-window layers: the keys' position-free dimensions come from the previous token
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -137,6 +142,19 @@ def flex_attention_fn(q):
     return compiled_flex_attention() if q.is_cuda else flex_attention
 
 
+def idx_targets_with_future(targets, extra_weights):
+    """(B, T, 1 + K) targets: the next token, then the tokens 2 .. K+1 ahead, -1 where that token lies
+    beyond the row or past the end of the current document (a 50256 among the tokens before it)."""
+    ends = (targets == EOT).long().cumsum(-1)  # ends[t]: 50256s among targets 0..t
+    ends_before = F.pad(ends[:, :-1], (1, 0))  # among targets 0..t-1
+    columns = [targets]
+    for k in range(1, len(extra_weights) + 1):
+        ahead = F.pad(targets[:, k:], (0, k), value=-1)
+        crossed = F.pad(ends[:, k - 1:], (0, k - 1), value=-1)[:, : targets.size(1)] != ends_before  # a 50256 among targets t..t+k-1
+        columns.append(ahead.masked_fill(crossed, -1))
+    return torch.stack(columns, dim=-1)
+
+
 # ----- layers -----
 
 def bigram_ids(idx, previous_first, buckets: int):
@@ -206,9 +224,12 @@ class ModernAttention(nn.Module):
     project() and output() are the two halves around the attention itself; kit.inference
     reuses them with a KV cache in between."""
 
-    def __init__(self, cfg: ModernConfig):
+    def __init__(self, cfg: ModernConfig, key_offset: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.key_offset = key_offset
+        if key_offset:
+            self.register_buffer("position_free_dims", position_free_dims(cfg.head_dim, cfg.rope), persistent=False)
         inner = cfg.n_head * cfg.head_dim
         self.qkv = hidden_linear(cfg.n_embd, 3 * inner)
         self.proj = hidden_linear(inner, cfg.n_embd, zero=True)
@@ -236,13 +257,35 @@ class ModernAttention(nn.Module):
             y = y * torch.sigmoid(self.gate(x[..., : self.cfg.attn_gate_dims])).unsqueeze(-1).to(y.dtype)
         return self.proj(y.reshape(B, T, -1))
 
-    def forward(self, x, value_embed, mask):
+    def forward(self, x, value_embed, mask, doc_starts=None):
         q, k, v = self.project(x, value_embed)
+        if self.key_offset:
+            k = offset_keys(k, self.position_free_dims, doc_starts)
         if self.cfg.attn == "flex":
             y = flex_attention_fn(q)(q, k, v, block_mask=mask, scale=self.cfg.attn_scale, kernel_options=flex_kernel_options(q.device))
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.cfg.attn_scale)
         return self.output(y, x)
+
+
+def position_free_dims(head_dim: int, rope: str) -> torch.Tensor:
+    """(head_dim,) bool: the dimensions whose rotary frequency is 0 (they carry no position)."""
+    if rope != "half":
+        raise ValueError("the key offset moves the position-free key dimensions, which only --rope half has")
+    free_pairs = rotary_frequencies(head_dim, rope) == 0  # pair i rotates dimensions i and i + head_dim / 2
+    return torch.cat([free_pairs, free_pairs])
+
+
+def offset_keys(k, free_dims, doc_starts=None):
+    """k (B, heads, T, head_dim) with its position-free dimensions taken from the previous position
+    (the first position, and a document's first token where doc_starts (B, T) says so, keep their
+    own): a query can then match "the token before this key", which lets one layer do what an
+    induction head needs two for (the public record of 2025-12-14). Only past tokens of the same
+    document move forward, so attention stays causal and documents stay apart."""
+    previous = torch.cat([k[:, :, :1], k[:, :, :-1]], dim=2)
+    if doc_starts is not None:
+        previous = torch.where(doc_starts[:, None, :, None], k, previous)
+    return torch.where(free_dims, previous, k)
 
 
 class ReluSquaredMLP(nn.Module):
@@ -256,9 +299,9 @@ class ReluSquaredMLP(nn.Module):
 
 
 class ModernBlock(nn.Module):
-    def __init__(self, cfg: ModernConfig, attention: bool = True):
+    def __init__(self, cfg: ModernConfig, attention: bool = True, key_offset: bool = False):
         super().__init__()
-        self.attn = ModernAttention(cfg) if attention else None
+        self.attn = ModernAttention(cfg, key_offset) if attention else None
         self.mlp = ReluSquaredMLP(cfg)
         self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # (stream, embedding x0)
         self.bigram_mix = nn.Parameter(torch.tensor(0.1)) if cfg.bigram_buckets else None
@@ -270,10 +313,10 @@ class ModernBlock(nn.Module):
             x = x + self.bigram_mix * bigram
         return x
 
-    def forward(self, x, x0, value_embed, mask, bigram=None):
+    def forward(self, x, x0, value_embed, mask, bigram=None, doc_starts=None):
         x = self.mix_in(x, x0, bigram)
         if self.attn is not None:
-            x = x + self.attn(rms_norm(x), value_embed, mask)
+            x = x + self.attn(rms_norm(x), value_embed, mask, doc_starts)
         return x + self.mlp(rms_norm(x))
 
 
@@ -287,7 +330,10 @@ class ModernGPT(nn.Module):
         # at most one per layer pair (first and last layers), so that every embedding is used (DDP requires it)
         n_value_embeds = min(cfg.value_embeds, cfg.n_layer // 2)
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_head * cfg.head_dim) for _ in range(n_value_embeds))
-        self.blocks = nn.ModuleList(ModernBlock(cfg, attention=i not in cfg.no_attn_layers) for i in range(cfg.n_layer))
+        long_layers = cfg.long_window_layers or tuple(range(0, cfg.n_layer, 4)) + (cfg.n_layer - 1,)
+        self.long_window = [i in long_layers for i in range(cfg.n_layer)]
+        self.blocks = nn.ModuleList(ModernBlock(cfg, attention=i not in cfg.no_attn_layers, key_offset=cfg.key_offset and self.long_window[i])
+                                    for i in range(cfg.n_layer))
         fed = [i for i, slot in enumerate(self.value_embed_slots()) if slot is not None]
         if any(i in cfg.no_attn_layers for i in fed):
             raise ValueError(f"layers {cfg.no_attn_layers} lose their attention but layers {fed} take value embeddings, which feed attention")
@@ -302,8 +348,24 @@ class ModernGPT(nn.Module):
         self.register_buffer("mtp_weight", torch.tensor(0.0), persistent=False)
         self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
         self.window_blocks_on_host = 1  # the same number, for cached decoding (no device-to-host wait per call)
-        long_layers = cfg.long_window_layers or tuple(range(0, cfg.n_layer, 4)) + (cfg.n_layer - 1,)
-        self.long_window = [i in long_layers for i in range(cfg.n_layer)]
+        self.init_v2_parts(cfg)
+
+    def init_v2_parts(self, cfg: ModernConfig) -> None:
+        """The parts of the public record line after 2025-08 (each off unless its config asks)."""
+        if cfg.softcap_form not in CAP_FORMS:
+            raise ValueError(f"softcap_form {cfg.softcap_form!r}: one of {CAP_FORMS}")
+        # smear: the gate reads the token's first 12 embedding dimensions; both start at 0 (no smear)
+        self.smear_gate = hidden_linear(min(12, cfg.n_embd), 1, zero=True) if cfg.smear else None
+        self.smear_lambda = nn.Parameter(torch.zeros(())) if cfg.smear else None
+        if not -1 <= cfg.backout_layer < cfg.n_layer:
+            raise ValueError(f"backout_layer {cfg.backout_layer}: the model has layers 0..{cfg.n_layer - 1} (-1: off)")
+        self.backout_lambda = nn.Parameter(torch.tensor(0.5)) if cfg.backout_layer >= 0 else None
+        # weights of targets t+1, t+2, ... for the loss from the same logits (set each step by the script's schedule)
+        self.register_buffer("logit_mtp_now", torch.tensor([1.0, *cfg.logit_mtp_weights]), persistent=False)
+
+    def set_logit_mtp_weights(self, weights) -> None:
+        """The extra targets' weights for the coming steps (t+2, t+3, ...); t+1 keeps 1."""
+        self.logit_mtp_now[1:] = torch.tensor(weights, dtype=torch.float32)
 
     def set_window(self, long_blocks: int) -> None:
         """Attention span of the long-window layers, in blocks of 128 tokens (the others get half)."""
@@ -337,7 +399,21 @@ class ModernGPT(nn.Module):
             if previous_first is None:
                 previous_first = torch.full((idx.size(0),), -1, dtype=torch.long, device=idx.device)
             bigram = self.bigram_embed(bigram_ids(idx, previous_first, self.config.bigram_buckets)).to(dtype)
-        return rms_norm(self.embed(idx)).to(dtype), self.layer_value_embeds(idx, dtype), bigram
+        return rms_norm(self.smeared(self.embed(idx), idx, previous_first)).to(dtype), self.layer_value_embeds(idx, dtype), bigram
+
+    def smeared(self, e, idx, previous_first=None):
+        """e (B, T, width) with a gated share of the previous token's embedding added (the public record
+        of 2025-09-18: a one-token look-back before any attention). Not at a document's first token, nor
+        at a row's first one unless previous_first gives the token before it (a cached decode)."""
+        if self.smear_gate is None:
+            return e
+        first = self.embed(previous_first.clamp(min=0))[:, None] if previous_first is not None else torch.zeros_like(e[:, :1])
+        previous = torch.cat([first, e[:, :-1]], dim=1)
+        has_previous = torch.ones_like(idx, dtype=torch.bool)
+        has_previous[:, 0] = previous_first >= 0 if previous_first is not None else False
+        has_previous &= idx != EOT
+        gate = self.smear_lambda * torch.sigmoid(self.smear_gate(e[..., : self.smear_gate.in_features]))
+        return e + gate * previous * has_previous[..., None]
 
     @torch.compiler.disable
     def masks(self, idx):
@@ -351,25 +427,30 @@ class ModernGPT(nn.Module):
     def forward(self, idx, targets=None):
         long_mask, short_mask = self.masks(idx)
         x0, value_embeds, bigram = self.embed_tokens(idx)
-        x = self.through_blocks(x0, lambda i, block, x: block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask, bigram))
+        doc_starts = idx == EOT if self.config.key_offset else None
+        x = self.through_blocks(x0, lambda i, block, x: block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask, bigram, doc_starts))
         return self.head(x, targets)
 
     def through_blocks(self, x, apply_block):
         """The blocks in order, with the U-net skips: the outputs of the first half, last first, are
         added (weighted) to the inputs of the second half. apply_block(i, block, x) -> x runs one
         block (kit.inference passes one that attends through a KV cache)."""
-        skips, half = [], self.config.n_layer // 2
+        skips, half, backout = [], self.config.n_layer // 2, None
         for i, block in enumerate(self.blocks):
             if i >= half and skips and self.skip_weights is not None:
                 x = x + self.skip_weights[i - half] * skips.pop()
             x = apply_block(i, block, x)
             if i < half:
                 skips.append(x)
+            if i == self.config.backout_layer:
+                backout = x
+        if backout is not None:  # "backout" (the public record of 2025-10-04): take back part of what the first layers wrote, which later layers needed as context but the prediction does not
+            x = x - self.backout_lambda * backout
         return x
 
     def logits(self, x):
         logits = self.lm_head(rms_norm(x)).float()
-        return softcap(logits, self.config.softcap)
+        return softcap(logits, self.config.softcap, self.config.softcap_form)
 
     def head(self, x, targets=None):
         """Soft-capped logits, or the mean cross-entropy against targets (fp32).
@@ -380,7 +461,9 @@ class ModernGPT(nn.Module):
         """
         if targets is None:
             return self.logits(x)
-        if self.training and self.config.fused_loss:
+        if self.training and self.config.logit_mtp_weights:
+            loss = self.same_logits_mtp_loss(x, idx_targets_with_future(targets, self.config.logit_mtp_weights))
+        elif self.training and self.config.fused_loss:
             loss = self.fused_next_token_loss(x, targets)
         else:
             logits = self.logits(x)
@@ -392,13 +475,29 @@ class ModernGPT(nn.Module):
                 loss = loss + self.mtp_weight * F.cross_entropy(future.reshape(-1, future.size(-1)), targets[:, k:].reshape(-1))
         return loss
 
-    def fused_next_token_loss(self, x, targets):
+    def fused_next_token_loss(self, x, targets, weights=None):
         """The same loss as logits() + cross-entropy, through functions whose backward keeps only the
-        bf16 logits (and, with the FP8 head, quantises the logits' gradient with a known scale)."""
+        bf16 logits (and, with the FP8 head, quantises the logits' gradient with a known scale).
+        targets (B, T), or (B, T, K) with weights (K,) for several targets per position."""
+        cfg = self.config
         h = rms_norm(x).reshape(-1, x.size(-1))
+        flat = targets.reshape(h.size(0), -1) if weights is not None else targets.reshape(-1)
         if self.lm_head.fp8:
-            return FP8SoftcappedHeadLoss.apply(h, self.lm_head.weight, targets.reshape(-1), self.config.softcap, self.config.loss_kernel)
-        return softcapped_cross_entropy(self.lm_head(h), targets, self.config.softcap, self.config.loss_kernel)
+            bound = 1.0 + sum(cfg.logit_mtp_weights)  # the weights only fall from their starting values
+            return FP8SoftcappedHeadLoss.apply(h, self.lm_head.weight, flat, cfg.softcap, cfg.loss_kernel, cfg.softcap_form, weights, bound)
+        return softcapped_cross_entropy(self.lm_head(h), flat, cfg.softcap, cfg.loss_kernel, cfg.softcap_form, weights)
+
+    def same_logits_mtp_loss(self, x, targets):
+        """Multi-token prediction from the next-token logits themselves (the public record of 2025-12-22):
+        the state at t also scores tokens t+2, t+3, ... (targets (B, T, K), -1 where there is none) with the
+        weights in logit_mtp_now; the fused loss does it in one pass over the logits."""
+        weights = self.logit_mtp_now
+        if self.config.fused_loss:
+            return self.fused_next_token_loss(x, targets, weights)
+        logits = self.logits(x).view(-1, self.config.vocab_size)
+        flat = targets.view(logits.size(0), -1)
+        terms = [F.cross_entropy(logits, flat[:, k], ignore_index=-1, reduction="sum") for k in range(flat.size(1))]
+        return (torch.stack(terms) * weights).sum() / logits.size(0)
 
     def compile_regions(self):
         """Compile each block and the head separately, in place ("regional compilation"): the 12
@@ -421,10 +520,17 @@ class ModernGPT(nn.Module):
         loss = f"fused soft-capped cross-entropy (bf16 logits kept; {kernels})" if self.config.fused_loss else "soft-cap + F.cross_entropy"
         return f"attention: {attention} | head: {head} | loss: {loss}"
 
-    def flops_per_token(self, seq_len: int) -> int:
-        """kit.flops' count, with attention spanning at most the longest window (its final length)."""
+    def flops_per_token(self, seq_len: int, window_blocks: int = MAX_WINDOW_BLOCKS) -> int:
+        """Training FLOPs per token (kit.flops' count), each attention layer charged the keys its window
+        spans when the long window is window_blocks blocks (the short layers half of it): the blocks the
+        kernel runs, documents not subtracted. The default is the run's final windows."""
         from kit.flops import linear_weight_count
 
-        span = min(seq_len, MAX_WINDOW_BLOCKS * BLOCK)
-        attention_layers = sum(block.attn is not None for block in self.blocks)
-        return 6 * linear_weight_count(self) + 12 * attention_layers * self.config.n_head * self.config.head_dim * span
+        spans = [min(seq_len, (window_blocks if long else max(1, window_blocks // 2)) * BLOCK)
+                 for block, long in zip(self.blocks, self.long_window) if block.attn is not None]
+        return 6 * linear_weight_count(self) + 12 * self.config.n_head * self.config.head_dim * sum(spans)
+
+    def flops_now(self, seq_len: int) -> tuple:
+        """(training FLOPs per token at the current windows, the part of them run in FP8: the head's products)."""
+        fp8 = 6 * self.lm_head.weight.numel() if self.lm_head.fp8 else 0
+        return self.flops_per_token(seq_len, self.window_blocks_on_host), fp8

@@ -7,10 +7,15 @@ push small singular values up fast at the price of leaving the result's singular
 spread around 1 (roughly 0.7..1.2) instead of exactly 1, which works as well in practice and
 needs only 5 iterations in bf16. Only 2-D weights of hidden layers go to Muon; embeddings,
 the output head and scalars go to Adam.
-row_beta > 0 (NorMuon, Li et al. 2025, arXiv 2510.05491) also keeps, per output neuron (row),
-an exponential average of the orthogonalised update's mean square and divides each row by its
-root, so that no neuron's update dominates; here the result is rescaled to the Frobenius norm of
-the orthogonalised update, so lr keeps its meaning.
+row_beta > 0 (NorMuon, Li et al. 2025, arXiv 2510.05491) also keeps, per neuron, an exponential
+average of the orthogonalised update's mean square and divides each neuron's update by its root,
+so that no neuron's update dominates; here the result is rescaled to the Frobenius norm of the
+orthogonalised update, so lr keeps its meaning. A neuron is a row of a square or tall matrix and a
+column of a wide one (the public record's axis since 2025-12-11: the MLP's 768 x 3072 output
+projection, which it stores transposed, normalises per column).
+cautious_wd > 0: cautious weight decay (Chen et al. 2025, arXiv 2510.12402), tied to the LR
+schedule as in the public record of 2025-11-10: each element whose update already pushes it
+towards zero also decays by lr * cautious_wd times the step's size (so the decay falls with lr^2).
 coefficients="polar" uses a different quintic for each of the 5 iterations instead (Polar
 Express, Amsel et al. 2025, arXiv 2505.16932, computed for 5 iterations with a 2% safety
 margin on the normalisation): the singular values land in a tighter band (about 0.86..1.14
@@ -72,14 +77,14 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, split=1, coefficients="quintic",
-                 tall_scale=True, row_beta=0.0):
+                 tall_scale=True, row_beta=0.0, cautious_wd=0.0):
         if coefficients not in ("quintic", "polar"):
             raise ValueError(f"coefficients must be quintic or polar, not {coefficients!r}")
         self.coefficients = coefficients
         if not 0.0 <= row_beta < 1.0:
             raise ValueError(f"row_beta must be in [0, 1), not {row_beta}")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, split=split,
-                                         tall_scale=tall_scale, row_beta=row_beta))
+                                         tall_scale=tall_scale, row_beta=row_beta, cautious_wd=cautious_wd))
         for group in self.param_groups:
             if any(p.dim() != 2 for p in group["params"]):
                 raise ValueError("Muon takes 2-D parameters only; give embeddings, heads and scalars to Adam")
@@ -141,18 +146,22 @@ class Muon(torch.optim.Optimizer):
         stacked = torch.stack([d.view(group["split"], rows, cols) for _, d in items])
         updates = self.orthogonalise_shared(stacked, group["ns_steps"])
         lr = group["lr"]
+        step_size = lr * (max(1.0, rows / cols) ** 0.5 if group["tall_scale"] else 1.0)
         for (p, _), update in zip(items, updates):
             if group["row_beta"]:
                 update = self.row_normalised(p, update, group["row_beta"])
+            update = update.view(shape)
             if group["weight_decay"]:
                 p.mul_(1 - lr * group["weight_decay"])
-            p.add_(update.view(shape), alpha=-lr * (max(1.0, rows / cols) ** 0.5 if group["tall_scale"] else 1.0))
+            if group["cautious_wd"]:  # where p and its update agree in sign, p -= step_size * p * lr * cautious_wd
+                p.sub_(p * (update * p >= 0), alpha=step_size * lr * group["cautious_wd"])
+            p.add_(update, alpha=-step_size)
 
     def row_normalised(self, p, update, beta):
-        """update (split, rows, cols) with each row divided by the root of its running mean square,
-        rescaled to update's Frobenius norm per split matrix (NorMuon)."""
+        """update (split, rows, cols) with each neuron (a row, or a column of a wide matrix) divided by
+        the root of its running mean square, rescaled to update's Frobenius norm per split matrix (NorMuon)."""
         update = update.float()
-        mean_square = update.square().mean(dim=-1, keepdim=True)
+        mean_square = update.square().mean(dim=-1 if update.size(-2) >= update.size(-1) else -2, keepdim=True)
         second_moment = self.state[p].setdefault("row_second_moment", torch.zeros_like(mean_square))
         second_moment.lerp_(mean_square, 1 - beta)
         normalised = update / (second_moment.sqrt() + 1e-10)

@@ -51,9 +51,11 @@ class Recipe:
     micro_batch_rule: Callable = None  # (cfg, usable GPU bytes) -> sequences per micro-batch, instead of probing
     compile_model: Callable = torch.compile  # how --compile 1 compiles the model (e.g. block by block)
     batch_schedule: Callable = None  # (step, cfg) -> share of --batch-tokens for that step (a batch-size ramp)
+    batch_shares: Callable = None  # cfg -> the shares batch_schedule takes, each to be whole micro-batches (a schedule in stages)
     ddp_find_unused: bool = False  # True when steps may leave parameters without gradients (LayerDrop)
     warm_up_states: Callable = None  # (model, cfg) -> functions, each putting the model in a state the run will meet: the warm-up compiles every one
     run_report: Callable = None  # model -> {name: figure}: a script's own end-of-run figures (MoE loads), in summary.json and the log
+    configure: Callable = None  # (cfg, set of flags given explicitly): defaults that depend on other flags (a recipe's presets)
 
 
 def main(recipe: Recipe, argv=None) -> int:
@@ -94,6 +96,8 @@ class Trainer:
         self.recipe = recipe
         self.ddp = hw.dist_from_env()
         self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description, recipe.data_presets)
+        if recipe.configure is not None:
+            recipe.configure(self.cfg, self.explicit)
         self.device = hw.pick_device(self.cfg.device, self.ddp)
         hw.init_distributed(self.ddp, self.device)
         self.dtype = hw.pick_dtype(self.cfg.dtype, self.device)
@@ -116,12 +120,12 @@ class Trainer:
         self.model = self.recipe.build_model(cfg).to(self.device)
         self.seqs_per_rank = cfg.batch_tokens // (cfg.seq_len * ddp.world_size)
         self.probe_note = None  # set by the micro-batch probe when other processes crowd the GPU; printed once the log exists
-        self.micro_batch = cfg.micro_batch or self.auto_micro_batch()
+        self.micro_batch = self.fit_batch_shares(cfg.micro_batch or self.auto_micro_batch(), bool(cfg.micro_batch))
         self.accum_steps = self.seqs_per_rank // self.micro_batch
         # evaluation batches all of one size (a divisor of each rank's share), so a compiled model meets one shape
         val_seqs_per_rank = max(1, cfg.val_tokens // cfg.seq_len // ddp.world_size)
         self.eval_micro_batch = divisors_descending(val_seqs_per_rank, self.micro_batch)[0]
-        self.stream = TrainStream(self.files.train, cfg.seq_len, self.micro_batch, ddp.rank, ddp.world_size, cfg.align_bos)
+        self.stream = TrainStream(self.files.train, cfg.seq_len, self.micro_batch, ddp.rank, ddp.world_size, cfg.align_bos, cfg.data_order_seed)
         self.optimizers = self.recipe.build_optimizers(self.model, cfg)
         self.step, self.train_time_ms, self.tokens_seen, resumed_from = 0, 0.0, 0, None
         if cfg.resume:
@@ -133,6 +137,7 @@ class Trainer:
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
         self.last_val, self.reached_at = None, None
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
+        self.flops_this_run, self.fp8_flops_this_run, self.step_mfu = 0.0, 0.0, []
         run_dir = cfg.out_dir or (resumed_from.parent.parent if resumed_from else default_run_dir(self.recipe.script))
         self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps)
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
@@ -156,6 +161,7 @@ class Trainer:
             width, layers = getattr(model_config, "n_embd", 0), getattr(model_config, "n_layer", 0)
             self.flops_per_token = flops.flops_per_token(self.model, layers, width, cfg.seq_len)
         self.peak_flops = hw.peak_flops(hw.device_name(self.device))
+        self.fp8_peak_flops = hw.peak_flops(hw.device_name(self.device), hw.PEAK_FP8_FLOPS)
         self.log.print(
             f"model: {cfg.model_size} ({self.n_params / 1e6:.2f}M parameters, {self.flops_per_token / 1e9:.3f} GFLOP per training token) | "
             f"data: {self.files.name} ({len(self.files.train)} train shard(s), val {self.files.val.name}) | target: {self.target}"
@@ -194,6 +200,26 @@ class Trainer:
                 break
         torch.cuda.empty_cache()
         return hw.all_reduce_min(chosen, self.device)
+
+    def fit_batch_shares(self, micro_batch: int, given: bool) -> int:
+        """The micro-batch, lowered where needed so that every share of the recipe's staged batch schedule
+        is a whole number of micro-batches (a given --micro-batch that does not fit is an error)."""
+        shares = self.recipe.batch_shares(self.cfg) if self.recipe.batch_shares else []
+
+        def fits(micro):
+            accum = self.seqs_per_rank // micro
+            return all(abs(share * accum - round(share * accum)) < 1e-6 for share in shares)
+
+        if fits(micro_batch):
+            return micro_batch
+        if given:
+            raise UserError(f"--micro-batch {micro_batch} leaves a stage of the batch schedule ({', '.join(f'{s:.3g}' for s in shares)} of the "
+                            f"batch) short of whole micro-batches; choose one that divides every stage")
+        smaller = [d for d in divisors_descending(self.seqs_per_rank, micro_batch) if fits(d)]
+        if not smaller:
+            raise UserError(f"no micro-batch makes every stage of the batch schedule ({', '.join(f'{s:.3g}' for s in shares)} of the "
+                            f"{self.seqs_per_rank} sequences per rank and step) whole micro-batches; choose stage sizes that divide it")
+        return smaller[0]
 
     def usable_memory(self) -> int:
         """GPU memory this process may use: the card's, or --memory-cap-gib (enforced by PyTorch)."""
@@ -418,10 +444,38 @@ class Trainer:
         self.step_ms.append(dt_ms)
         tokens_per_s = step_tokens / (dt_ms / 1000)
         self.step_tokens_per_s.append(tokens_per_s)
+        self.count_flops(step_tokens, dt_ms / 1000)
         self.log.step(self.step, {
             "type": "train", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms,
             "loss": loss, "lr": lr, "grad_norm": grad_norm, "step_ms": dt_ms, "tokens_per_s": tokens_per_s,
         })
+
+    def count_flops(self, step_tokens: int, seconds: float) -> None:
+        """The step's FLOPs at the model's state during it (a model whose attention windows change counts them
+        as they are), and its MFU."""
+        now = getattr(self.model, "flops_now", None)
+        per_token, fp8 = now(self.cfg.seq_len) if now else (self.flops_per_token, 0)
+        self.flops_this_run += step_tokens * per_token
+        self.fp8_flops_this_run += step_tokens * fp8
+        self.step_mfu.append(flops.utilisation(step_tokens * per_token, step_tokens * fp8, seconds, self.peak_flops, self.fp8_peak_flops,
+                                               self.ddp.world_size))
+
+    def flops_summary(self, steady) -> dict:
+        """MFU over the run and at its median step, its bf16 and FP8 parts, and the FLOPs counted."""
+        seconds, total, fp8 = self.time_this_run_ms / 1000, self.flops_this_run, self.fp8_flops_this_run
+        if not seconds:
+            return {"mfu": None, "steady_mfu": None, "flops_per_token": self.flops_per_token}
+        devices = self.ddp.world_size
+        steady_values = [m for m in self.step_mfu[steady] if m is not None]
+        return {
+            "mfu": flops.utilisation(total, fp8, seconds, self.peak_flops, self.fp8_peak_flops, devices),
+            "steady_mfu": statistics.median(steady_values) if steady_values else None,
+            "mfu_bf16_part": flops.utilisation(total - fp8, 0, seconds, self.peak_flops, None, devices),
+            "mfu_fp8_part": flops.utilisation(fp8, fp8, seconds, 1.0, self.fp8_peak_flops, devices) if fp8 and self.fp8_peak_flops else None,
+            "fp8_flops_share": fp8 / total if total else None,
+            "flops_per_token": total / self.tokens_this_run if self.tokens_this_run else self.flops_per_token,
+            "flops_per_token_final": self.flops_per_token,
+        }
 
     def finish(self) -> None:
         """summary.json (also after a failure), the final weights, and the closing line."""
@@ -455,12 +509,10 @@ class Trainer:
             "tokens_per_s": tokens_per_s,
             "median_step_ms": median_ms,
             "steady_tokens_per_s": steady_tokens_per_s,
-            "mfu": flops.mfu(tokens_per_s, self.flops_per_token, self.peak_flops, self.ddp.world_size) if tokens_per_s else None,
-            "steady_mfu": flops.mfu(steady_tokens_per_s, self.flops_per_token, self.peak_flops, self.ddp.world_size) if median_ms else None,
+            **self.flops_summary(steady),
             "peak_mem_gib": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None,
             "alloc_retries": torch.cuda.memory_stats(self.device).get("num_alloc_retries", 0) if self.device.type == "cuda" else None,
             "n_params": self.n_params,
-            "flops_per_token": self.flops_per_token,
             "micro_batch": self.micro_batch,
             "accum_steps": self.accum_steps,
             "compile": cfg.compile,

@@ -67,6 +67,8 @@ def test_triton_loss_kernels_on_cuda_equal_the_reference():
     checks["check_kernels"]("cuda")
     checks["check_kernels"]("cuda", n=2048, v=50304)  # the real vocabulary: 393 column tiles
     checks["check_losses_through_autograd"]("cuda", v=512)
+    checks["check_multi_target_kernels"]("cuda")
+    checks["check_multi_target_kernels"]("cuda", n=2048, v=50304)
 
 
 def test_speedrun_with_triton_loss_kernels_trains_like_pytorchs(tmp_path, isolated_data_dir):

@@ -55,30 +55,57 @@ def check_kernels(device, n=70, v=300):
     assert (apart > 0).float().mean().item() < 1e-4
 
 
+def check_multi_target_kernels(device, n=70, v=300):
+    """Several weighted targets per row (some -1) with the sigmoid cap, against the PyTorch reference."""
+    from kit.losses import softcapped_grad_unscaled, softcapped_logsumexp_and_loss
+
+    g = torch.Generator().manual_seed(2)
+    z = (8 * torch.randn(n, v, generator=g)).to(torch.bfloat16).to(device)
+    targets = torch.randint(0, v, (n, 3), generator=g)
+    targets[::5, 2] = -1
+    targets[::7, 1:] = -1
+    targets = targets.to(device)
+    weights = torch.tensor([1.0, 0.5, 0.25], device=device)
+    for form, cap in (("sigmoid", 23.0), ("tanh", 15.0)):
+        lse, rows = triton_loss.softcapped_ce_stats(z, targets, cap, form, weights)
+        ref_lse, ref_loss = softcapped_logsumexp_and_loss(z, targets, cap, form, weights)
+        torch.testing.assert_close(lse, ref_lse, rtol=0, atol=1e-5)
+        torch.testing.assert_close(rows.mean(), ref_loss, rtol=0, atol=1e-5)
+        ref_grad = softcapped_grad_unscaled(z, targets, ref_lse, cap, form, weights)
+        scale = torch.tensor(0.37, device=device)
+        grad = triton_loss.softcapped_ce_grad(z, targets, ref_lse, scale, cap, torch.float32, form, weights)
+        torch.testing.assert_close(grad, ref_grad * 0.37, rtol=0, atol=1e-6)
+
+
 def check_losses_through_autograd(device, v=500):
     """The fused losses give the same loss and gradients with either kernel (CUDA's FP8 products
-    want every size a multiple of 16: v=512 there)."""
+    want every size a multiple of 16: v=512 there); once with one target and the tanh cap, once
+    with three weighted targets (some -1) and the sigmoid cap."""
     from kit.fp8 import FP8SoftcappedHeadLoss
     from kit.losses import softcapped_cross_entropy
 
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(96, 64, generator=g).to(device)
     w0 = (0.3 * torch.randn(v, 64, generator=g)).to(device)
-    targets = torch.randint(0, v, (96,), generator=g).to(device)
-    results = {}
-    for kernel in ("torch", "triton"):
-        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
-        fp8 = FP8SoftcappedHeadLoss.apply(x, w, targets, 15.0, kernel)
-        (0.25 * fp8).backward()
-        z = (x0 @ w0.t()).to(torch.bfloat16).requires_grad_()
-        plain = softcapped_cross_entropy(z, targets, 15.0, kernel)
-        plain.backward()
-        results[kernel] = (fp8.detach(), x.grad, w.grad, plain.detach(), z.grad.float())
-    names = ("fp8 loss", "fp8 grad x", "fp8 grad w", "loss", "grad z")
-    for name, a, b in zip(names, results["torch"], results["triton"]):
-        # the bf16 gradient of z may round the other way where the two tanh differ in the last fp32 bits
-        rtol = 2.0 ** -7 if name == "grad z" else 1e-4
-        torch.testing.assert_close(b, a, rtol=rtol, atol=1e-7, msg=name)
+    several = torch.randint(0, v, (96, 3), generator=g)
+    several[::4, 2] = -1
+    settings = [(several[:, 0].to(device), 15.0, "tanh", None, 1.0),
+                (several.to(device), 23.0, "sigmoid", torch.tensor([1.0, 0.5, 0.25], device=device), 1.75)]
+    for targets, cap, form, weights, bound in settings:
+        results = {}
+        for kernel in ("torch", "triton"):
+            x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+            fp8 = FP8SoftcappedHeadLoss.apply(x, w, targets, cap, kernel, form, weights, bound)
+            (0.25 * fp8).backward()
+            z = (x0 @ w0.t()).to(torch.bfloat16).requires_grad_()
+            plain = softcapped_cross_entropy(z, targets, cap, kernel, form, weights)
+            plain.backward()
+            results[kernel] = (fp8.detach(), x.grad, w.grad, plain.detach(), z.grad.float())
+        names = ("fp8 loss", "fp8 grad x", "fp8 grad w", "loss", "grad z")
+        for name, a, b in zip(names, results["torch"], results["triton"]):
+            # the bf16 gradient of z may round the other way where the two kernels' cap differs in the last fp32 bits
+            rtol = 2.0 ** -7 if name == "grad z" else 1e-4
+            torch.testing.assert_close(b, a, rtol=rtol, atol=1e-7, msg=f"{form}: {name}")
 '''
 
 
@@ -91,6 +118,10 @@ def run_interpreted(code: str):
 
 def test_kernels_equal_the_pytorch_reference_in_the_interpreter():
     run_interpreted("check_kernels('cpu'); print('ok')")
+
+
+def test_multi_target_sigmoid_kernels_equal_the_pytorch_reference_in_the_interpreter():
+    run_interpreted("check_multi_target_kernels('cpu'); print('ok')")
 
 
 def test_fused_losses_train_alike_with_either_kernel_in_the_interpreter():

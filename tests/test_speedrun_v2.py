@@ -1,0 +1,299 @@
+"""The record script's switches from the public record line after 2025-08 (--v2 1 and each on its own):
+losses against direct computations, causality of the model with every new part, the optimizer's
+new rules by hand, the schedules at their boundaries, the data order, and the FLOP count."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kit.modern import BLOCK, EOT, MODERN_SIZES, ModernConfig, ModernGPT, idx_targets_with_future, offset_keys, position_free_dims
+
+V2_PARTS = dict(smear=True, backout_layer=1, key_offset=True, softcap_form="sigmoid", softcap=23.0, logit_mtp_weights=(0.5, 0.25))
+
+
+def parsed(*flags):
+    import train_gpt2_speedrun as sr
+    from kit.config import parse_config
+
+    cfg, explicit = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", *flags], data_presets=sr.DATA_PRESETS)
+    sr.apply_v2(cfg, explicit)
+    return cfg
+
+
+# ----- the loss -----
+
+@pytest.mark.parametrize("form, cap", [("tanh", 15.0), ("sigmoid", 23.0)])
+def test_weighted_multi_target_loss_and_gradient_equal_a_direct_computation(form, cap):
+    """sum_k w_k CE(softcap(z), target_k) over the rows, -1 ignored, divided by the rows; its gradient by autograd."""
+    from kit.losses import softcapped_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    z = (6 * torch.randn(40, 90, generator=g)).requires_grad_()
+    targets = torch.randint(0, 90, (40, 3), generator=g)
+    targets[::3, 2] = -1
+    targets[::5, 1:] = -1
+    weights = torch.tensor([1.0, 0.5, 0.25])
+    capped = cap * (torch.tanh(z / cap) if form == "tanh" else torch.sigmoid((z + 5) / 7.5))
+    direct = sum(w * F.cross_entropy(capped, targets[:, k], ignore_index=-1, reduction="sum") for k, w in enumerate(weights)) / 40
+    direct.backward()
+    expected_grad, z_grad = z.grad.clone(), z.detach().clone().requires_grad_()
+    loss = softcapped_cross_entropy(z_grad, targets, cap, "torch", form, weights)
+    loss.backward()
+    torch.testing.assert_close(loss, direct, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(z_grad.grad, expected_grad, rtol=1e-5, atol=1e-7)
+
+
+def test_future_targets_stop_at_the_row_and_the_document_end():
+    targets = torch.tensor([[11, 12, EOT, 13, 14, 15]])
+    got = idx_targets_with_future(targets, (0.5, 0.25))
+    assert got[0, :, 0].tolist() == [11, 12, EOT, 13, 14, 15]
+    # a further target counts while no 50256 comes before it: the 50256 itself (the document's end) is one
+    assert got[0, :, 1].tolist() == [12, EOT, -1, 14, 15, -1]
+    assert got[0, :, 2].tolist() == [EOT, -1, -1, 15, -1, -1]
+
+
+def test_same_logits_prediction_loss_is_the_weighted_sum_in_either_loss_path():
+    torch.manual_seed(0)
+    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense", logit_mtp_weights=(0.5, 0.25))).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    idx = torch.randint(0, 1000, (2, BLOCK))
+    targets = torch.randint(0, 1000, (2, BLOCK))
+    model.set_logit_mtp_weights([0.5, 0.1])
+    fused = model(idx, targets)
+    model.config.fused_loss = False
+    plain = model(idx, targets)
+    model.eval()
+    with torch.no_grad():
+        logits = model(idx).view(-1, model.config.vocab_size)
+    future = idx_targets_with_future(targets, (0.5, 0.25)).view(-1, 3)
+    by_hand = sum(w * F.cross_entropy(logits, future[:, k], ignore_index=-1, reduction="sum") for k, w in enumerate((1.0, 0.5, 0.1))) / logits.size(0)
+    torch.testing.assert_close(plain, by_hand, rtol=1e-5, atol=1e-5)
+    model.config.fused_loss = True
+    torch.testing.assert_close(fused, by_hand, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # evaluation is the plain next-token loss
+        assert model(idx, targets).item() == pytest.approx(F.cross_entropy(logits, targets.view(-1)).item(), rel=1e-5)
+
+
+# ----- the model's new parts -----
+
+def v2_model(seed=0, **parts):
+    torch.manual_seed(seed)
+    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=2 * BLOCK, attn="dense", attn_gate_dims=8, **(parts or V2_PARTS))).eval()
+    with torch.no_grad():  # the zero-initialised projections, gates and head would hide every dependency
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.set_window(2)
+    return model
+
+
+def test_model_with_the_new_parts_is_causal_and_keeps_documents_apart():
+    model = v2_model()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 1000, (2, 2 * BLOCK), generator=g)
+    x[:, 0] = EOT
+    x[0, 90] = EOT
+    t = 150
+    later = x.clone()
+    later[:, t + 1:] = torch.randint(0, 1000, (2, x.size(1) - t - 1), generator=g)
+    earlier_document = x.clone()
+    earlier_document[0, 1:90] = torch.randint(0, 1000, (89,), generator=g)
+    with torch.no_grad():
+        a, b, c = model(x), model(later), model(earlier_document)
+    torch.testing.assert_close(a[:, :t + 1], b[:, :t + 1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(a[:, t + 1:], b[:, t + 1:])
+    torch.testing.assert_close(a[0, 90:], c[0, 90:], atol=1e-5, rtol=1e-5)  # smear and key offset stop at the 50256
+    assert not torch.allclose(a[0, :90], c[0, :90])
+
+
+def test_key_offset_moves_only_the_position_free_dimensions_one_step():
+    free = position_free_dims(32, "half")  # 16 pairs: 8 rotate (dims 0-7, 16-23), 8 do not (dims 8-15, 24-31)
+    assert free.tolist() == [False] * 8 + [True] * 8 + [False] * 8 + [True] * 8
+    k = torch.randn(1, 2, 5, 32)
+    moved = offset_keys(k, free)
+    assert torch.equal(moved[..., ~free], k[..., ~free])
+    assert torch.equal(moved[:, :, 1:, free], k[:, :, :-1, free]) and torch.equal(moved[:, :, 0], k[:, :, 0])
+    starts = torch.tensor([[False, False, True, False, False]])
+    restarted = offset_keys(k, free, starts)
+    assert torch.equal(restarted[:, :, 2], k[:, :, 2]) and torch.equal(restarted[:, :, 3, free], k[:, :, 2, free])
+    with pytest.raises(ValueError):
+        position_free_dims(32, "full")
+    model = ModernGPT(ModernConfig(n_layer=12, n_head=2, head_dim=32, n_embd=64, max_seq_len=BLOCK, attn="dense", key_offset=True))
+    assert [i for i, b in enumerate(model.blocks) if b.attn.key_offset] == [0, 4, 8, 11]  # the long-window layers
+
+
+def test_smear_and_backout_start_as_no_ops_and_act_once_trained():
+    torch.manual_seed(0)
+    plain = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense")).eval()
+    torch.manual_seed(0)
+    smeared = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense", smear=True)).eval()
+    idx = torch.randint(0, 1000, (1, 16))
+    x0, _, _ = smeared.embed_tokens(idx)
+    torch.testing.assert_close(x0, plain.embed_tokens(idx)[0])  # smear lambda starts at 0
+    with torch.no_grad():
+        smeared.smear_lambda.fill_(1.0)
+    e = smeared.embed(idx)
+    expected = e.clone()
+    expected[:, 1:] += 0.5 * e[:, :-1]  # gate weights 0: sigmoid(0) = 0.5
+    torch.testing.assert_close(smeared.smeared(e, idx), expected)
+    backed = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense", backout_layer=0))
+    layer0 = []
+    out = backed.through_blocks(torch.randn(1, 4, 64), lambda i, block, x: layer0.append(x + 1) or x + 1 if i == 0 else 2 * x)
+    # layer 1 takes layer 0's output L plus its U-net skip (L again) and doubles it: 4 L, less the backout's 0.5 L
+    torch.testing.assert_close(out, 4 * layer0[0] - 0.5 * layer0[0])
+    with pytest.raises(ValueError):
+        ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], backout_layer=2))
+
+
+def test_cached_decoding_with_smear_and_backout_generates_what_recomputation_does():
+    from kit.inference import generate
+
+    model = v2_model(smear=True, backout_layer=1, softcap_form="sigmoid", softcap=23.0)
+    prompts = [[EOT, *range(5, 40)], [EOT, 7, 8, EOT, 9]]
+    reference = generate(model, prompts, max_new_tokens=12, cache="none")
+    assert generate(model, prompts, max_new_tokens=12, cache="paged", block_size=16) == reference
+    with pytest.raises(ValueError, match="key offset"):
+        generate(v2_model(key_offset=True), prompts, max_new_tokens=2, cache="paged")
+
+
+# ----- the optimizer -----
+
+def test_muon_cautious_weight_decay_only_where_the_update_agrees_in_sign():
+    from kit.muon import Muon, newton_schulz
+
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(8, 8))
+    before = p.detach().clone()
+    p.grad = torch.randn(8, 8)
+    Muon([p], lr=0.1, momentum=0.0, nesterov=False, cautious_wd=2.0).step()
+    update = newton_schulz(p.grad, dtype=torch.float32)
+    agree = (update * before >= 0).float()
+    torch.testing.assert_close(p.detach(), before - 0.1 * update - 0.1 * 0.1 * 2.0 * before * agree, rtol=1e-5, atol=1e-6)
+    assert 0 < agree.mean() < 1
+
+
+def test_normuon_normalises_the_columns_of_a_wide_matrix():
+    from kit.muon import Muon
+
+    muon = Muon([torch.nn.Parameter(torch.zeros(4, 16))], row_beta=0.5)
+    p = muon.param_groups[0]["params"][0]
+    update = torch.randn(1, 4, 16) * torch.linspace(0.1, 3, 16)
+    out = muon.row_normalised(p, update, 0.5)
+    assert muon.state[p]["row_second_moment"].shape == (1, 1, 16)  # one per column
+    column_rms = out.square().mean(dim=-2).sqrt()
+    assert column_rms.std() / column_rms.mean() < 1e-4  # every column's update now the same size
+    torch.testing.assert_close(out.norm(), update.norm(), rtol=1e-5, atol=1e-6)
+
+
+# ----- the schedules and the --v2 preset -----
+
+def test_batch_stages_lr_multipliers_floor_and_micro_batch():
+    import train_gpt2_speedrun as sr
+
+    cfg = parsed("--batch-stages", "1,2,3", "--batch-stage-lrs", "0.5,0.8,1", "--max-steps", "300", "--cooldown-frac", "0.5", "--lr-floor", "0.2")
+    assert [sr.batch_share(s, cfg) for s in (0, 99, 100, 199, 200, 299)] == pytest.approx([1 / 3, 1 / 3, 2 / 3, 2 / 3, 1, 1])
+    assert sr.constant_then_cooldown(0, cfg) == 0.5 and sr.constant_then_cooldown(120, cfg) == 0.8
+    assert sr.constant_then_cooldown(150, cfg) == pytest.approx(0.8)  # cooldown starts: the stage's LR
+    assert sr.constant_then_cooldown(225, cfg) == pytest.approx(0.5 * 1 + 0.5 * 0.2)
+    assert sr.constant_then_cooldown(300, cfg) == pytest.approx(0.2)
+    from kit.errors import UserError
+    from kit.train import Trainer
+
+    def fitted(micro, given, seqs=24, stages="1,2,3"):  # the trainer's rule, on an H200's first guess (6) or a given --micro-batch
+        trainer = Trainer.__new__(Trainer)
+        trainer.recipe, trainer.cfg, trainer.seqs_per_rank = sr.RECIPE, parsed("--batch-stages", stages), seqs
+        return trainer.fit_batch_shares(micro, given)
+
+    assert fitted(6, False) == 4 and fitted(1, False) == 1 and fitted(8, True) == 8  # 6 steps of 4: stages of 2, 4, 6
+    assert fitted(6, False, stages="1") == 6
+    with pytest.raises(UserError, match="--micro-batch 6 leaves a stage"):
+        fitted(6, True)
+
+    with pytest.raises(UserError):
+        sr.batch_stages(parsed("--batch-stages", "1,2", "--batch-stage-lrs", "1"))
+
+
+def test_extra_target_weights_fall_in_turn_and_momentum_cools_down():
+    import train_gpt2_speedrun as sr
+
+    cfg = parsed("--logit-mtp", "0.5,0.25", "--max-steps", "300", "--muon-momentum-cooldown", "50", "--muon-momentum-warmup", "100")
+    assert sr.logit_mtp_weights(0, cfg) == pytest.approx([0.5, 0.25])
+    assert sr.logit_mtp_weights(50, cfg) == pytest.approx([0.5, 0.125])
+    assert sr.logit_mtp_weights(100, cfg) == pytest.approx([0.5, 0.0])
+    assert sr.logit_mtp_weights(150, cfg) == pytest.approx([0.25, 0.0])
+    assert sr.logit_mtp_weights(250, cfg) == pytest.approx([0.0, 0.0])
+    assert [sr.muon_momentum(s, cfg) for s in (0, 100, 250, 275, 300)] == pytest.approx([0.85, 0.95, 0.95, 0.9, 0.85])
+
+
+def test_v2_preset_fills_only_what_was_not_given():
+    cfg = parsed("--v2", "1", "--smear", "0", "--data", "webmix")
+    assert cfg.smear is False and cfg.key_offset and cfg.logit_mtp == "0.5,0.25" and cfg.batch_stages == "1,2,3"
+    assert cfg.backout_layer == 1 and cfg.max_steps == 460  # 2/3 of the tiny model's 2 layers; webmix's V2 length
+    assert parsed("--v2", "1", "--model-size", "124m").backout_layer == 8
+    off = parsed()
+    assert not off.smear and off.logit_mtp == "" and off.backout_layer == -1 and off.muon_cwd == 0
+
+
+def test_v2_optimises_every_parameter_once_and_trains(tmp_path):
+    import train_gpt2_speedrun as sr
+    from kit.train import main
+
+    cfg = parsed("--v2", "1")
+    model = sr.build_model(cfg)
+    optimised = [id(p) for opt in sr.build_optimizers(model, cfg) for g in opt.param_groups for p in g["params"]]
+    assert sorted(optimised) == sorted(id(p) for p in model.parameters())
+    code = main(sr.RECIPE, ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "384", "--v2", "1",
+                            "--bigram-buckets", "101", "--val-tokens", "512", "--max-steps", "6", "--export", "0", "--out-dir", str(tmp_path)])
+    assert code == 0
+    train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in train if m["type"] == "train"]
+    # stages of 1, 2 and 3 sequences of 128 tokens: the micro-batch is lowered to 1 so that each is whole micro-batches
+    assert [m["tokens"] for m in steps] == [128, 256, 512, 768, 1152, 1536]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["micro_batch"] == 1 and summary["final_val_loss"] < train[0]["val_loss"]
+
+
+# ----- the data order and the FLOP count -----
+
+def test_data_order_seed_permutes_the_shards_and_shifts_the_start(tmp_path):
+    import numpy as np
+
+    from kit.loader import TrainStream, shuffled_order
+    from kit.shards import write_shard
+
+    files = []
+    for i in range(4):
+        path = tmp_path / f"train_{i}.bin"
+        write_shard(path, np.arange(1000 * i, 1000 * i + 500, dtype=np.uint16) % 50000)
+        files.append(path)
+    assert shuffled_order(files, 0, 16) == (files, 0)
+    order, offset = shuffled_order(files, 3, 16)
+    assert sorted(order) == files and (order, offset) == shuffled_order(files, 3, 16) and 0 <= offset < 16
+    assert any(shuffled_order(files, s, 16)[0] != files for s in (1, 2, 3))
+    stream = TrainStream(files, seq_len=16, micro_batch=2, order_seed=3)
+    x, _ = stream.next_batch()
+    first = int(np.fromfile(order[0], dtype=np.uint16, offset=1024)[offset])
+    assert int(x[0, 0]) == first
+    state = stream.state_dict()
+    following = stream.next_batch()[0]
+    again = TrainStream(files, seq_len=16, micro_batch=2, order_seed=3)
+    again.load_state_dict(state)
+    assert torch.equal(again.next_batch()[0], following)
+
+
+def test_flops_follow_the_windows_and_the_fp8_head_is_counted_apart():
+    from kit.flops import linear_weight_count, utilisation
+
+    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=8 * BLOCK, attn="dense", fp8_head=True))  # layers 0 (long), 1 (long: the last)
+    linear = 6 * linear_weight_count(model)
+    per_layer = 12 * 2 * 32
+    assert model.flops_per_token(8 * BLOCK, 4) == linear + per_layer * 2 * 4 * BLOCK
+    assert model.flops_per_token(2 * BLOCK, 4) == linear + per_layer * 2 * 2 * BLOCK  # no span beyond the sequence
+    model.set_window(3)
+    total, fp8 = model.flops_now(8 * BLOCK)
+    assert total == linear + per_layer * 2 * 3 * BLOCK and fp8 == 6 * 64 * model.config.vocab_size
+    assert utilisation(10.0, 4.0, 2.0, peak_flops=1.0, fp8_peak_flops=2.0) == pytest.approx((6.0 + 2.0) / 2.0)
+    assert utilisation(10.0, 4.0, 2.0, peak_flops=1.0, fp8_peak_flops=None) is None
