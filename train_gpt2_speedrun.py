@@ -7,35 +7,44 @@ logit soft-capping (its matmul in FP8 while training on GPUs that have FP8: sm89
 H100/H200; bf16 on sm86 3090 and in evaluation), a soft-capped cross-entropy whose backward keeps
 only the bf16 logits (kit/losses.py, kit/fp8.py; as two Triton kernels where Triton runs,
 kit/triton_loss.py), a hashed bigram embedding added to every block's input (the public record
-of 2026-01-19), attention within documents and long/short
-sliding windows (FlexAttention, block-sparse) whose length grows during training; the residual
-stream in bf16; the whole model compiled. Optimizers: Muon
-for the hidden matrices (Q, K and V orthogonalised separately, every matrix stepping lr), Adam
-for embeddings, head and scalars. Schedules: constant learning rate, then a linear cooldown to
-10% over the last --cooldown-frac of the steps; Muon momentum 0.85 -> 0.95 over 300 steps; the
-long window from 1 to 14 blocks of 128 tokens (1792) over the run.
+of 2026-01-19), attention within documents and long/short sliding windows (FlexAttention,
+block-sparse) whose length grows during training; the residual stream in bf16; the whole model
+compiled. Optimizers: Muon for the hidden matrices (Q, K and V orthogonalised separately, every
+matrix stepping lr), Adam for embeddings, head and scalars. Muon momentum 0.85 -> 0.95 over 300
+steps; the long window from 1 to 14 blocks of 128 tokens (1792) over the run.
 
-Where the numbers come from: the public GPT-2 speedrun (modded-nanogpt, its 2025-08-23 record,
-the recipe measured on webmix as the issue's reference) trains on 393,216 tokens per step (8
-GPUs x 48K tokens) for about 1700 steps to FineWeb val loss 3.28, with the settings above
-(cooldown 0.45; Adam lr 0.008 times 75 for embeddings, 5 for scalars, 1 for the head; Adam's
-epsilon 1e-10 for its loss summed over the step's tokens, 1e-10 / 393,216 for this kit's mean).
---max-steps 1770 for FineWeb (the run stops at the first validation <= 3.3821, which it crosses
-before the end). For webmix, 410 steps: the public recipe's reference run there is one pass over
-its 173M train tokens (440 steps), and this recipe crossed 3.64 at step 410-415 of that
-schedule; a 410-step schedule anneals sooner and crosses at step 405 (93% of a pass).
-Measured on webmix (one H200): 3.64 after 282.4 s and 282.3 s of training
-(records/2026-11-29_h200_speedrun_steps410; the public recipe ~303 s).
+V2 (on by default; --v2 0 is the recipe of the public record of 2025-08-23 plus the bigram
+embedding): the later records' changes ported so far, each its own switch (--help):
+  - batch size in three equal stages of 1/3, 2/3 and all of the 393,216 tokens, LR x 0.578, 0.879, 1
+    (the public 1, 1.52, 1.73 relative to the last), then the cooldown over the last 60% to 10%;
+  - Muon: Polar Express coefficients, NorMuon (per neuron: rows, or columns of wide matrices),
+    cautious weight decay tied to the LR (1.2 x lr^2), momentum back to 0.85 over the last 20 steps;
+  - multi-token prediction from the same logits (tokens 2 and 3 ahead at 0.5 and 0.25, falling to 0
+    over the first and second thirds), the logit cap 23 sigmoid((z + 5) / 7.5);
+  - smear (a gated share of the previous token's embedding), backout (a learned share of layer 8's
+    output taken back before the head), key offset (the long-window layers' position-free key
+    dimensions from the previous token). Smear and key offset stop at document starts.
+
+Measured on webmix (one H200, records/2026-12-01_h200_speedrun_v2): 3.64 at step 456 of the
+460-step schedule in 216.0, 218.7 and 216.7 s of training over three seeds and data orders
+(--seed N --data-order-seed N), 118.9M tokens; the --v2 0 recipe needed 282.4 s and 159.3M
+tokens (records/2026-11-29_h200_speedrun_steps410, 405 of 410 steps).
+
+FineWeb (--data fineweb, target 3.3821): the public record of 2025-08-23 (the --v2 0 recipe's source;
+its log: 3.3926 at step 1250 and 3.3538 at 1375 of 1695, 393,216 tokens per step) crosses 3.3821 near
+step 1284, ~505M tokens. Scaled by the webmix ratio of V2 to --v2 0 (118.9M / 159.3M), V2 needs
+~377M tokens: 1440 steps of its stages (262,144 tokens per step on average). A projection, not a
+measurement; the run stops at the first validation <= 3.3821 in its last 30%. --v2 0: 1770 steps.
 The public record also starts every sequence at a document; here that is --align-bos 1, off
 by default: it skips the rest of the document a sequence cuts, which at this kit's 16,384-token
 sequences (sized for 24 GB cards; the record uses 48K) is 12% of webmix's tokens and 8% of
 FineWeb's (measured on the shards), so a one-pass run would repeat data.
-Validation is ~100 s of a run's wall time on an H200 (more on a 4090): --val-screen-tokens N
-(off by default, unmeasured) lets each late check score N tokens first and validate in full only
-near the target; the measured crossing can only come later, never earlier.
+Late checks are screened on the first 2M validation tokens (--val-screen-tokens) and validated in
+full only within --val-screen-margin of the target: the measured crossing can only come later.
 
     python train_gpt2_speedrun.py                          # FineWeb, target 3.3821
-    python train_gpt2_speedrun.py --data webmix            # webmix preset: 410 steps, target 3.64
+    python train_gpt2_speedrun.py --data webmix            # webmix: 460 steps, target 3.64
+    python train_gpt2_speedrun.py --data webmix --v2 0     # the 2025-08 recipe: 410 steps
     python train_gpt2_speedrun.py --model-size tiny --data synthetic --device cpu --max-steps 20
 """
 
@@ -95,8 +104,9 @@ class Hyperparameters(TrainConfig):
     mtp_offsets: int = field(default=0, metadata={"help": "multi-token prediction: extra future tokens predicted while training (0: off); the logged training loss then includes their weighted terms, validation does not"})
     mtp_weight: float = field(default=0.3, metadata={"help": "weight of each extra offset's loss at the start; it falls linearly to 0"})
     mtp_frac: float = field(default=0.5, metadata={"help": "share of the run after which the MTP weight is 0"})
-    # the public record line after 2025-08, each a switch (off by default until measured here; --v2 1 turns on the set)
-    v2: bool = field(default=False, metadata={"help": "1: every switch below not given explicitly takes its V2 value (the record line of 2025-09 to 2026-07 as ported here)"})
+    # the public record line after 2025-08, each a switch whose own default is off; --v2 1 (the default) turns on the set
+    v2: bool = field(default=True, metadata={"help": "1: every switch below not given explicitly takes its V2 value (the record line of 2025-09 to 2026-07 as ported here); "
+                                                        "0: the switches' own defaults (the 2025-08 recipe)"})
     batch_stages: str = field(default="", metadata={"help": "batch-size schedule: relative batch sizes of equal-length stages, the last the full --batch-tokens "
                                                               "(e.g. 1,2,3: a third, two thirds, all; the public record of 2025-11-29); empty: off"})
     batch_stage_lrs: str = field(default="", metadata={"help": "LR multiplier of each batch stage (e.g. 0.578,0.879,1: the public record's 1, 1.52, 1.73 relative to the last); empty: 1 each"})
@@ -128,19 +138,24 @@ DATA_PRESETS = {"webmix": {"max_steps": 410, "val_every": 100, "late_val_every":
 
 # --v2 1: the ported changes of the public record line, for the switches not given explicitly. Schedule lengths
 # scaled to this recipe's ~450 steps where the public one's are in steps (its Muon momentum cooldown: 50 of ~1300).
+# Measured together (records/2026-12-01_h200_speedrun_v2); one at a time: not yet.
 V2 = {"batch_stages": "1,2,3", "batch_stage_lrs": "0.578,0.879,1", "cooldown_frac": 0.6, "muon_momentum_cooldown": 20,
       "normuon": True, "muon_coefficients": "polar", "muon_cwd": 1.2, "logit_mtp": "0.5,0.25", "softcap_form": "sigmoid",
       "smear": True, "backout_layer": "2/3", "key_offset": True}
-# webmix: a first guess from the public line's token savings (unmeasured), with the late checks spread over the
-# last quarter since the crossing is not known yet (each first screened on 2M tokens)
-V2_WEBMIX = {"max_steps": 460, "late_val_frac": 0.25, "late_val_every": 4, "val_screen_tokens": 2_097_152}
+# webmix: 460 steps crossed 3.64 at step 456 with three seeds (records/2026-12-01_h200_speedrun_v2, where the late
+# checks ran every 4 steps over the last 25%, validations every 100). Here the checks are kept to the last 7% (from
+# step 428), with no regular ones, each screened on 2M tokens (the screen read 0.002 above the full loss there).
+V2_WEBMIX = {"max_steps": 460, "val_every": 0, "late_val_frac": 0.07, "late_val_every": 4, "val_screen_tokens": 2_097_152,
+             "val_screen_margin": 0.01}
+V2_FINEWEB = {"max_steps": 1440, "val_screen_tokens": 2_097_152}  # a projection from the public log and the webmix ratio (the docstring)
 
 
 def apply_v2(cfg: Hyperparameters, explicit: set) -> None:
     """Give every V2 switch the user did not set its V2 value (with --v2 1)."""
     if not cfg.v2:
         return
-    values = dict(V2, **(V2_WEBMIX if cfg.data == "webmix" and not cfg.train_files else {}))
+    presets = {"webmix": V2_WEBMIX, "fineweb": V2_FINEWEB}
+    values = dict(V2, **(presets.get(cfg.data, {}) if not cfg.train_files else {}))
     for name, value in values.items():
         if name not in explicit:
             setattr(cfg, name, value)

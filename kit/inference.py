@@ -81,6 +81,7 @@ class PagedKVCache:
         self.tables, self.lengths = {}, {}
         self.documents = {}  # sequence -> document number of each cached token (models that attend within documents)
         self.last_tokens = {}  # sequence -> its last token (models with a bigram embedding)
+        self.last_keys = {}  # sequence -> {layer: its last token's key before the key offset} (the speedrun model's long-window layers)
         self._next_id = 0
 
     def add_sequence(self) -> int:
@@ -93,6 +94,7 @@ class PagedKVCache:
         del self.lengths[sid]
         self.documents.pop(sid, None)
         self.last_tokens.pop(sid, None)
+        self.last_keys.pop(sid, None)
 
     def reserve(self, sids, n: int) -> None:
         """Blocks for n more tokens of each sequence: all of them, or none and an error."""
@@ -225,15 +227,29 @@ def attention_kind(attn) -> str:
     return kinds.get(type(attn), "unsupported")
 
 
-def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: CacheSlots, positions, window_blocks: int, docs):
+def offset_cached_keys(attn, k, cache, layer: int, sids, doc_starts):
+    """kit.modern.offset_keys for the new tokens k (B, heads, n, head_dim): the first one's predecessor is
+    the sequence's last cached token, whose key before the offset the cache keeps per layer."""
+    from kit.modern import offset_keys
+
+    before = torch.stack([cache.last_keys.get(sid, {}).get(layer, k[b, :, 0]) for b, sid in enumerate(sids)])[:, :, None]
+    for b, sid in enumerate(sids):
+        cache.last_keys.setdefault(sid, {})[layer] = k[b, :, -1].clone()
+    return offset_keys(k, attn.position_free_dims, doc_starts, before)
+
+
+def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: CacheSlots, positions, window_blocks: int, docs,
+                            sids=(), doc_starts=None):
     """kit.modern.ModernAttention's math for the new tokens, against the cache: rotary at each
-    token's own position, value embeddings mixed in, attention within the token's document and
-    its window (in blocks of 128), as kit.modern.mask_allows says; ModernAttention's own
-    projections and output gate before and after it."""
+    token's own position, value embeddings mixed in, the key offset where the layer has it,
+    attention within the token's document and its window (in blocks of 128), as
+    kit.modern.mask_allows says; ModernAttention's own projections and output gate before and after it."""
     from kit.modern import BLOCK
 
     cfg = attn.cfg
     q, k, v = attn.project(x, value_embed, positions)
+    if attn.key_offset:
+        k = offset_cached_keys(attn, k, cache, layer, sids, doc_starts)
     cache.write(layer, slots, k, v)
     keys, values = cache.read(layer, slots)
     allowed = slots.mask.clone()
@@ -270,7 +286,8 @@ def forward_cached_modern(model, idx, cache, sids):
         x = block.mix_in(x, x0, bigram)
         if block.attn is not None:
             window = long_window if model.long_window[i] else short_window
-            x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, slots, positions, window, docs)
+            x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, slots, positions, window, docs,
+                                            sids, idx == EOT)
         return x + block.mlp(rms_norm(x))
 
     x = model.through_blocks(x0, cached_block)
@@ -288,9 +305,6 @@ def check_supported(model) -> None:
     from kit.model import GPT, Block
 
     if is_modern(model):
-        if model.config.key_offset:
-            raise ValueError("the KV cache does not keep the previous token's keys that the speedrun model's key offset (--key-offset 1) needs; "
-                             "decode by recomputation")
         return
     blocks_ok = all(type(b) is Block and attention_kind(b.attn) != "unsupported" for b in getattr(model, "h", []))
     if not isinstance(model, GPT) or not blocks_ok or len({attention_kind(b.attn) for b in model.h}) != 1:

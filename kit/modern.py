@@ -276,13 +276,14 @@ def position_free_dims(head_dim: int, rope: str) -> torch.Tensor:
     return torch.cat([free_pairs, free_pairs])
 
 
-def offset_keys(k, free_dims, doc_starts=None):
-    """k (B, heads, T, head_dim) with its position-free dimensions taken from the previous position
-    (the first position, and a document's first token where doc_starts (B, T) says so, keep their
-    own): a query can then match "the token before this key", which lets one layer do what an
-    induction head needs two for (the public record of 2025-12-14). Only past tokens of the same
+def offset_keys(k, free_dims, doc_starts=None, key_before=None):
+    """k (B, heads, T, head_dim) with its position-free dimensions taken from the previous position:
+    a query can then match "the token before this key", which lets one layer do what an induction
+    head needs two for (the public record of 2025-12-14). The first position takes key_before
+    (B, heads, 1, head_dim: the token before the row, in a cached decode) or keeps its own, and so
+    does a document's first token where doc_starts (B, T) says so. Only past tokens of the same
     document move forward, so attention stays causal and documents stay apart."""
-    previous = torch.cat([k[:, :, :1], k[:, :, :-1]], dim=2)
+    previous = torch.cat([k[:, :, :1] if key_before is None else key_before, k[:, :, :-1]], dim=2)
     if doc_starts is not None:
         previous = torch.where(doc_starts[:, None, :, None], k, previous)
     return torch.where(free_dims, previous, k)

@@ -120,6 +120,7 @@ class Trainer:
         self.model = self.recipe.build_model(cfg).to(self.device)
         self.seqs_per_rank = cfg.batch_tokens // (cfg.seq_len * ddp.world_size)
         self.probe_note = None  # set by the micro-batch probe when other processes crowd the GPU; printed once the log exists
+        self.batch_note = None  # set where the batch schedule's stages cannot be whole micro-batches
         self.micro_batch = self.fit_batch_shares(cfg.micro_batch or self.auto_micro_batch(), bool(cfg.micro_batch))
         self.accum_steps = self.seqs_per_rank // self.micro_batch
         # evaluation batches all of one size (a divisor of each rank's share), so a compiled model meets one shape
@@ -143,8 +144,9 @@ class Trainer:
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
         self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
         self.describe_run(resumed_from)
-        if self.probe_note:
-            self.log.print(self.probe_note)
+        for note in (self.probe_note, self.batch_note):
+            if note:
+                self.log.print(note)
         self.train_model = self.recipe.compile_model(self.model) if cfg.compile else self.model
         self.eval_model = self.train_model
         if ddp.enabled:
@@ -202,8 +204,10 @@ class Trainer:
         return hw.all_reduce_min(chosen, self.device)
 
     def fit_batch_shares(self, micro_batch: int, given: bool) -> int:
-        """The micro-batch, lowered where needed so that every share of the recipe's staged batch schedule
-        is a whole number of micro-batches (a given --micro-batch that does not fit is an error)."""
+        """The micro-batch, lowered where that makes every share of the recipe's staged batch schedule a
+        whole number of micro-batches (never below what memory allows: only a divisor that fits is
+        taken). Where none does (or --micro-batch was given), each step takes the nearest whole number
+        of micro-batches, and the log says so."""
         shares = self.recipe.batch_shares(self.cfg) if self.recipe.batch_shares else []
 
         def fits(micro):
@@ -212,14 +216,12 @@ class Trainer:
 
         if fits(micro_batch):
             return micro_batch
-        if given:
-            raise UserError(f"--micro-batch {micro_batch} leaves a stage of the batch schedule ({', '.join(f'{s:.3g}' for s in shares)} of the "
-                            f"batch) short of whole micro-batches; choose one that divides every stage")
-        smaller = [d for d in divisors_descending(self.seqs_per_rank, micro_batch) if fits(d)]
-        if not smaller:
-            raise UserError(f"no micro-batch makes every stage of the batch schedule ({', '.join(f'{s:.3g}' for s in shares)} of the "
-                            f"{self.seqs_per_rank} sequences per rank and step) whole micro-batches; choose stage sizes that divide it")
-        return smaller[0]
+        exact = [] if given else [d for d in divisors_descending(self.seqs_per_rank, micro_batch) if fits(d)]
+        if exact:
+            return exact[0]
+        self.batch_note = (f"note: the batch schedule's stages ({', '.join(f'{s:.3g}' for s in shares)} of the batch) are not whole micro-batches "
+                           f"of {micro_batch} of the {self.seqs_per_rank} sequences per rank and step; each step takes the nearest whole number")
+        return micro_batch
 
     def usable_memory(self) -> int:
         """GPU memory this process may use: the card's, or --memory-cap-gib (enforced by PyTorch)."""

@@ -452,7 +452,8 @@ def test_ddp_two_processes_match_one_process(tmp_path, isolated_data_dir):
 
     from conftest import REPO, subprocess_env
 
-    flags = ["train_gpt2_speedrun.py", "--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "512",
+    # 6 sequences: the batch stages (1/3, 2/3, all) are whole micro-batches in one process (2, 4, 6) and on two ranks (1, 2, 3 each)
+    flags = ["train_gpt2_speedrun.py", "--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "768",
              "--val-tokens", "512", "--max-steps", "3", "--micro-batch", "1", "--val-every", "0", "--export", "1", "--progress", "lines"]
     env = subprocess_env(KIT_DATA_DIR=isolated_data_dir)
     for launcher, out in [([sys.executable], "one"), ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], "two")]:
