@@ -519,6 +519,10 @@ class ModernGPT(nn.Module):
         head = "FP8 in training (e4m3 inputs, e5m2 gradients, torch._scaled_mm), bf16 in evaluation" if self.config.fp8_head else "bf16/fp32 (no FP8)"
         kernels = {"torch": "PyTorch, compiled with the model", "triton": "Triton kernels"}[self.config.loss_kernel]
         loss = f"fused soft-capped cross-entropy (bf16 logits kept; {kernels})" if self.config.fused_loss else "soft-cap + F.cross_entropy"
+        cap = f"{self.config.softcap:g} tanh(z/{self.config.softcap:g})" if self.config.softcap_form == "tanh" else f"{self.config.softcap:g} sigmoid((z+5)/7.5)"
+        loss += f", cap {cap}"
+        if self.config.logit_mtp_weights:
+            loss += f", tokens 2..{1 + len(self.config.logit_mtp_weights)} ahead from the same logits while training"
         return f"attention: {attention} | head: {head} | loss: {loss}"
 
     def flops_per_token(self, seq_len: int, window_blocks: int = MAX_WINDOW_BLOCKS) -> int:
