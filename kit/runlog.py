@@ -21,7 +21,7 @@ from kit.datasets import REPO_ROOT
 
 def git_commit() -> str:
     """HEAD of the checkout (with -dirty for uncommitted changes); GIT_COMMIT overrides it for
-    copies of the tree that carry no git history (such as a remote GPU machine's)."""
+    copies of the tree that carry no git history (an exported copy, a container image)."""
     if os.environ.get("GIT_COMMIT"):
         return os.environ["GIT_COMMIT"]
     try:

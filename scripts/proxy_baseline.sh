@@ -2,10 +2,7 @@
 # The baseline at proxy scale: one pass over webmix's 7 train shards (333 steps of 524,288 tokens,
 # schedule scaled), validating every 50 steps on webmix and fineweb_sample.
 #   bash scripts/proxy_baseline.sh [out-dir] [extra flags...]
-# On the lent GPU the xz shards arrive in parts (<= ~60 MB per call): stage each part with
-#   python3 data/webmix.py --source .data/webmix --skip-missing
-# (staged shards stay in data/webmix/ between calls of one lease), then start this script with
-# `setsid nohup bash scripts/proxy_baseline.sh ... &` and read its log from later calls.
+# Needs the 7 webmix train shards, the val shard and fineweb_sample in data/webmix (python data/webmix.py).
 set -u
 OUT=${1:-logs/proxy_baseline}
 shift || true

@@ -1,8 +1,8 @@
-"""Turn a bench folder fetched from the GPU machine into a record under records/.
+"""Turn a bench folder (scripts/bench.py --out) into a record under records/.
 
-    python scripts/record_bench.py /work/.device/8/logs/bench_variants records/2026-11-29_h200_variants \\
-        --title "The user's variants at 33M tokens" --command "bash scripts/equal_budget_session.sh logs variants" \\
-        --extra "at 3x LR=/work/.device/8/logs/bench_variants_lr_lr3"
+    python scripts/record_bench.py logs/bench_variants records/2026-11-29_h200_variants \\
+        --title "The user's variants at 33M tokens" --command "python scripts/bench.py --rows scripts/rows/variants.json ..." \\
+        --extra "at 3x LR=logs/bench_variants_lr3"
 
 Copies bench.json, bench.md, the consoles and every row's run directory (weights and checkpoints
 left out), each --extra bench into its own sub-folder, and writes record.json with the GPU, torch
@@ -15,7 +15,7 @@ equal-budget tables, and the loss curves.
 A later pass over the same rows (equal time, another learning rate) joins an existing record:
 
     python scripts/record_bench.py --add-to records/2026-11-29_h200_ideas_equal_tokens \
-        --extra "at equal time=/tmp/f/logs/bench_ideas_equal_time" --command "EQUAL_TIME=... bash scripts/equal_budget_session.sh logs ideas"
+        --extra "at equal time=logs/bench_ideas_equal_time" --command "python scripts/bench.py ... --equal-time logs/bench_ideas/bench.json"
 
 Its commit, where it differs from the record's, and its command are added to the record's.
 """

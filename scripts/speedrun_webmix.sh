@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The speedrun on webmix: the recipe twice (times vary between runs: quote both), a 24 GB fit
 # check, the ablations (one component off at a time), then a comparison table + plots.
-# Needs the 7 webmix train shards, the val shard and fineweb_sample in data/webmix
-# (scripts/stage_part.sh). On the lent GPU start it with setsid nohup and read $OUT from later calls.
+# Needs the 7 webmix train shards, the val shard and fineweb_sample in data/webmix (python data/webmix.py).
 #   [RUNS="best repeat"] bash scripts/speedrun_webmix.sh [out-dir] [extra flags for every run...]
 # RUNS picks a subset (default: all, in the order below); runs already finished in out-dir are kept.
 set -u
@@ -18,7 +17,8 @@ n=$(ls data/webmix/webmix_train_*.bin 2>/dev/null | wc -l)
 
 flags_for() {
   case $1 in
-    best|repeat) ;;
+    best) ;;
+    repeat) echo "--seed 1 --data-order-seed 1" ;;  # a repeat: another seed and data order (the same seed shows GPU nondeterminism only)
     # 22.5 GiB: a 24 GB card's memory less the CUDA context and a desktop's share
     fit_24gb) echo "--memory-cap-gib 22.5 --max-steps 20 --val-every 0" ;;
     no_muon) echo "--muon 0" ;;

@@ -134,7 +134,7 @@ def test_fused_norm_script_smoke(tmp_path):
 # ----- optimizers -----
 
 def test_8bit_adamw_follows_adamw_where_bitsandbytes_installs():
-    bnb = pytest.importorskip("bitsandbytes")  # not in CI; the GPU lease installs its wheel
+    bnb = pytest.importorskip("bitsandbytes")  # not in CI (bitsandbytes needs CUDA)
     torch.manual_seed(0)
     exact = torch.nn.Parameter(torch.randn(256, 64))  # >= 4096 elements: bitsandbytes quantises only those
     quantised = torch.nn.Parameter(exact.detach().clone())
