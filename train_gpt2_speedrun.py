@@ -157,6 +157,8 @@ def apply_v2(cfg: Hyperparameters, explicit: set) -> None:
     presets = {"webmix": V2_WEBMIX, "fineweb": V2_FINEWEB}
     values = dict(V2, **(presets.get(cfg.data, {}) if not cfg.train_files else {}))
     values["backout_layer"] = 2 * MODERN_SIZES[cfg.model_size].get("n_layer", ModernConfig.n_layer) // 3
+    if values.get("val_screen_tokens", 0) >= cfg.val_tokens:  # a screen needs a validation set larger than itself
+        values.pop("val_screen_tokens")
     for name, value in values.items():
         if name not in explicit:
             setattr(cfg, name, value)

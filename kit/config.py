@@ -112,11 +112,12 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
     return parser
 
 
-def parse_config(cls, argv=None, world_size: int = 1, description: str = "", data_presets=None):
+def parse_config(cls, argv=None, world_size: int = 1, description: str = "", data_presets=None, configure=None):
     """Parse argv into cls; return (config, set of fields the user gave explicitly).
 
     Defaults that depend on other flags, for the fields the user did not give: a script's
-    per-dataset presets, then the synthetic-data preset, then the model-size preset (the later wins).
+    per-dataset presets, then the synthetic-data preset, then the model-size preset (the later wins),
+    then the script's own configure(cfg, explicit) (a recipe's presets); then the checks.
     """
     given = vars(build_parser(cls, description).parse_args(argv))
     cfg = cls(**given)
@@ -128,6 +129,8 @@ def parse_config(cls, argv=None, world_size: int = 1, description: str = "", dat
     for name, value in presets.items():
         if name not in explicit:
             setattr(cfg, name, value)
+    if configure is not None:
+        configure(cfg, explicit)
     check_config(cfg, explicit, world_size)
     return cfg, explicit
 

@@ -31,10 +31,14 @@ def mfu(tokens_per_s: float, flops_per_tok: int, peak_flops, devices: int = 1):
     return None if not peak_flops else tokens_per_s * flops_per_tok / (peak_flops * devices)
 
 
+def share_of_peak(flops: float, seconds: float, peak_flops, devices: int = 1):
+    """The share of the devices' time that flops would take at peak_flops (one device's); None when the peak is unknown."""
+    return flops / (peak_flops * seconds * devices) if peak_flops else None
+
+
 def utilisation(flops: float, fp8_flops: float, seconds: float, peak_flops, fp8_peak_flops, devices: int = 1):
-    """MFU of work part of which ran in FP8: the bf16 FLOPs over the bf16 peak plus the FP8 FLOPs over the FP8
-    peak, per second of the devices' time (the share of the time the work would take at the peaks); None
-    when a needed peak is unknown."""
-    if not peak_flops or (fp8_flops and not fp8_peak_flops):
-        return None
-    return ((flops - fp8_flops) / peak_flops + (fp8_flops / fp8_peak_flops if fp8_flops else 0.0)) / (seconds * devices)
+    """MFU of work part of which ran in FP8: the bf16 FLOPs against the bf16 peak plus the FP8 FLOPs against
+    the FP8 peak (the share of the time the work would take at the peaks); None when a needed peak is unknown."""
+    bf16 = share_of_peak(flops - fp8_flops, seconds, peak_flops, devices)
+    fp8 = share_of_peak(fp8_flops, seconds, fp8_peak_flops, devices) if fp8_flops else 0.0
+    return None if bf16 is None or fp8 is None else bf16 + fp8

@@ -350,6 +350,7 @@ class ModernGPT(nn.Module):
         self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
         self.window_blocks_on_host = 1  # the same number, for cached decoding (no device-to-host wait per call)
         self.init_v2_parts(cfg)
+        self._linear_weights = None  # Linear weights, for the FLOP count (flops_per_token)
 
     def init_v2_parts(self, cfg: ModernConfig) -> None:
         """The parts of the public record line after 2025-08 (each off unless its config asks)."""
@@ -531,9 +532,11 @@ class ModernGPT(nn.Module):
         kernel runs, documents not subtracted. The default is the run's final windows."""
         from kit.flops import linear_weight_count
 
+        if self._linear_weights is None:  # counted once: the trainer asks every step
+            self._linear_weights = linear_weight_count(self)
         spans = [min(seq_len, (window_blocks if long else max(1, window_blocks // 2)) * BLOCK)
                  for block, long in zip(self.blocks, self.long_window) if block.attn is not None]
-        return 6 * linear_weight_count(self) + 12 * self.config.n_head * self.config.head_dim * sum(spans)
+        return 6 * self._linear_weights + 12 * self.config.n_head * self.config.head_dim * sum(spans)
 
     def flops_now(self, seq_len: int) -> tuple:
         """(training FLOPs per token at the current windows, the part of them run in FP8: the head's products)."""

@@ -95,9 +95,8 @@ class Trainer:
         self.started = time.perf_counter()
         self.recipe = recipe
         self.ddp = hw.dist_from_env()
-        self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description, recipe.data_presets)
-        if recipe.configure is not None:
-            recipe.configure(self.cfg, self.explicit)
+        self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description, recipe.data_presets,
+                                               recipe.configure)
         self.device = hw.pick_device(self.cfg.device, self.ddp)
         hw.init_distributed(self.ddp, self.device)
         self.dtype = hw.pick_dtype(self.cfg.dtype, self.device)
@@ -459,8 +458,10 @@ class Trainer:
         per_token, fp8 = now(self.cfg.seq_len) if now else (self.flops_per_token, 0)
         self.flops_this_run += step_tokens * per_token
         self.fp8_flops_this_run += step_tokens * fp8
-        self.step_mfu.append(flops.utilisation(step_tokens * per_token, step_tokens * fp8, seconds, self.peak_flops, self.fp8_peak_flops,
-                                               self.ddp.world_size))
+        self.step_mfu.append(self.utilisation(step_tokens * per_token, step_tokens * fp8, seconds))
+
+    def utilisation(self, total: float, fp8: float, seconds: float):
+        return flops.utilisation(total, fp8, seconds, self.peak_flops, self.fp8_peak_flops, self.ddp.world_size)
 
     def flops_summary(self, steady) -> dict:
         """MFU over the run and at its median step, its bf16 and FP8 parts, and the FLOPs counted."""
@@ -470,10 +471,10 @@ class Trainer:
         devices = self.ddp.world_size
         steady_values = [m for m in self.step_mfu[steady] if m is not None]
         return {
-            "mfu": flops.utilisation(total, fp8, seconds, self.peak_flops, self.fp8_peak_flops, devices),
+            "mfu": self.utilisation(total, fp8, seconds),
             "steady_mfu": statistics.median(steady_values) if steady_values else None,
-            "mfu_bf16_part": flops.utilisation(total - fp8, 0, seconds, self.peak_flops, None, devices),
-            "mfu_fp8_part": flops.utilisation(fp8, fp8, seconds, 1.0, self.fp8_peak_flops, devices) if fp8 and self.fp8_peak_flops else None,
+            "mfu_bf16_part": flops.share_of_peak(total - fp8, seconds, self.peak_flops, devices),
+            "mfu_fp8_part": flops.share_of_peak(fp8, seconds, self.fp8_peak_flops, devices) if fp8 else None,
             "fp8_flops_share": fp8 / total if total else None,
             "flops_per_token": total / self.tokens_this_run if self.tokens_this_run else self.flops_per_token,
             "flops_per_token_final": self.flops_per_token,

@@ -17,8 +17,8 @@ def parsed(*flags):
     import train_gpt2_speedrun as sr
     from kit.config import parse_config
 
-    cfg, explicit = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", *flags], data_presets=sr.DATA_PRESETS)
-    sr.apply_v2(cfg, explicit)
+    cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", *flags], data_presets=sr.DATA_PRESETS,
+                          configure=sr.apply_v2)
     return cfg
 
 
@@ -233,6 +233,8 @@ def test_v2_preset_fills_only_what_was_not_given():
     assert cfg.backout_layer == 1 and cfg.max_steps == 460  # 2/3 of the tiny model's 2 layers; webmix's V2 length
     assert parsed("--data", "webmix", "--max-steps", "300").max_steps == 300 and parsed().max_steps == 1440  # FineWeb's projection
     assert parsed("--data", "webmix", "--v2", "0").max_steps == 410
+    assert parsed("--data", "webmix", "--model-size", "124m").val_screen_tokens == 2_097_152  # tiny validates 4,096 tokens: no screen
+    assert parsed("--data", "webmix", "--model-size", "124m", "--val-tokens", "1048576").val_screen_tokens == 0  # none as large as the set
     assert parsed("--v2", "1", "--model-size", "124m").backout_layer == 8
     off = parsed("--v2", "0")
     assert not off.smear and off.logit_mtp == "" and off.backout_layer == -1 and off.muon_cwd == 0
