@@ -119,6 +119,15 @@ class Hyperparameters(TrainConfig):
     smear: bool = field(default=False, metadata={"help": "each token's embedding takes a gated share of the previous token's (the public record of 2025-09-18)"})
     backout_layer: int = field(default=-1, metadata={"help": "subtract a learned share (from 0.5) of this layer's output before the head (the public record of 2025-10-04 used 8 of 12); -1: off"})
     key_offset: bool = field(default=False, metadata={"help": "long-window layers take their keys' position-free dimensions from the previous token (the public record of 2025-12-14)"})
+    value_embed_layers: str = field(default="", metadata={"help": "layers that each get their own value embedding (e.g. 1,2,9,10,11; auto: layers 1, 2 and the last three, "
+                                                                     "the public record's layout of 2026-01-26); empty: --value-embeds tied pairs on the first and last layers"})
+    value_embed_gate: bool = field(default=False, metadata={"help": "a value embedding enters each head through 2 sigmoid(W [x[:6], ve[:6]]), W from 0 (the public record of 2025-12-29)"})
+    attn_out_init: str = field(default="zero", metadata={"choices": ["zero", "uniform"], "help": "the attention output projection's start: zeros, or uniform like the other matrices (the public record of 2026-01-30)"})
+    xsa_layers: str = field(default="", metadata={"help": "layers with gated XSA: each head removes tanh(a) of its output along its own value, a from 0 "
+                                                             "(the public record of 2026-04-29; auto: every attention layer without paired heads); empty: none"})
+    paired_head_layers: str = field(default="", metadata={"help": "layers whose heads attend in pairs over one interleaved sequence (the public record of 2026-01-07; "
+                                                                     "auto: 1,3,5,9 of the 12-layer model, short-window layers); empty: none"})
+    sublayer_scales: bool = field(default=False, metadata={"help": "learned weights on the stream before each branch (from sqrt(1.1)) and on each branch's output (from 1)"})
     batch_ramp_start: float = field(default=1.0, metadata={"help": "share of --batch-tokens at step 0, growing linearly to 1 (1: no ramp)"})
     batch_ramp_frac: float = field(default=0.3, metadata={"help": "share of the run the batch ramp lasts"})
     # ablation switches: each turns one component of the recipe off
@@ -181,7 +190,9 @@ def build_model(cfg: Hyperparameters):
                                       attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss,
                                       bigram_buckets=cfg.bigram_buckets, loss_kernel=loss_kernel(cfg), softcap_form=cfg.softcap_form,
                                       softcap=23.0 if cfg.softcap_form == "sigmoid" else 15.0, logit_mtp_weights=float_list(cfg.logit_mtp, "--logit-mtp"),
-                                      smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset))
+                                      smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset,
+                                      **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),
+                                      value_embed_gate=cfg.value_embed_gate, attn_out_init=cfg.attn_out_init, sublayer_scales=cfg.sublayer_scales))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
 
@@ -224,6 +235,28 @@ def loss_kernel(cfg: Hyperparameters) -> str:
             raise UserError("--loss-kernel triton needs Triton and a CUDA GPU (this run has "
                             f"{'no Triton' if triton_loss.triton is None else 'no GPU'}); use --loss-kernel torch or auto")
     return cfg.loss_kernel
+
+
+def layer_list(text: str, flag: str, n_layer: int) -> tuple:
+    try:
+        layers = tuple(int(x) for x in text.split(",")) if text else ()
+    except ValueError:
+        raise UserError(f"{flag} {text!r}: give layer numbers separated by commas, or auto") from None
+    if any(not 0 <= i < n_layer for i in layers):
+        raise UserError(f"{flag} {text}: the model has layers 0..{n_layer - 1}")
+    return layers
+
+
+def layer_parts(cfg: Hyperparameters, n_layer: int) -> dict:
+    """The layers of the per-layer parts (value embeddings, paired heads, XSA), "auto" resolved for this depth."""
+    value_embeds = sorted({i for i in (1, 2, n_layer - 3, n_layer - 2, n_layer - 1) if 0 <= i < n_layer})
+    paired = (1, 3, 5, 9) if n_layer == 12 else ()
+    paired = paired if cfg.paired_head_layers == "auto" else layer_list(cfg.paired_head_layers, "--paired-head-layers", n_layer)
+    attending = [i for i in range(n_layer) if i not in layers_without_attention(cfg, n_layer)]
+    xsa = tuple(i for i in attending if i not in paired)
+    return {"value_embed_layers": tuple(value_embeds) if cfg.value_embed_layers == "auto" else layer_list(cfg.value_embed_layers, "--value-embed-layers", n_layer),
+            "paired_head_layers": paired,
+            "xsa_layers": xsa if cfg.xsa_layers == "auto" else layer_list(cfg.xsa_layers, "--xsa-layers", n_layer)}
 
 
 def layers_without_attention(cfg: Hyperparameters, n_layer: int) -> tuple:

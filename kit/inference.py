@@ -256,14 +256,14 @@ def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: Cach
     kv_pos = torch.arange(allowed.size(-1), device=x.device)
     allowed &= (positions[:, :, None] // BLOCK - kv_pos[None, None, :] // BLOCK) < window_blocks
     allowed &= docs.gather(1, positions)[:, :, None] == docs[:, None, :]  # docs: (B, L) document of every cached token
-    return attn.output(attend_cached(q, keys, values, allowed, cfg.attn_scale), x)
+    return attn.output(attend_cached(q, keys, values, allowed, cfg.attn_scale), x, v)
 
 
 @torch.no_grad()
 def forward_cached_modern(model, idx, cache, sids):
     """ModernGPT.forward (kit/modern.py) for new tokens against the cache: the same embedding,
     value embeddings, U-net skips and soft-capped head, attention from cached_modern_attention."""
-    from kit.modern import EOT, rms_norm
+    from kit.modern import EOT
 
     cache.reserve(sids, idx.size(1))
     slots = cache.slots(sids, idx.size(1), idx.device)
@@ -283,12 +283,9 @@ def forward_cached_modern(model, idx, cache, sids):
     x0, value_embeds, bigram = model.embed_tokens(idx, previous_first)
 
     def cached_block(i, block, x):  # ModernBlock.forward with the cached attention
-        x = block.mix_in(x, x0, bigram)
-        if block.attn is not None:
-            window = long_window if model.long_window[i] else short_window
-            x = x + cached_modern_attention(block.attn, rms_norm(x), value_embeds[i], cache, i, slots, positions, window, docs,
-                                            sids, idx == EOT)
-        return x + block.mlp(rms_norm(x))
+        window = long_window if model.long_window[i] else short_window
+        return block.run(x, x0, bigram, lambda h: cached_modern_attention(block.attn, h, value_embeds[i], cache, i, slots, positions,
+                                                                           window, docs, sids, idx == EOT))
 
     x = model.through_blocks(x0, cached_block)
     cache.advance(sids, idx.size(1))
@@ -305,6 +302,9 @@ def check_supported(model) -> None:
     from kit.model import GPT, Block
 
     if is_modern(model):
+        if any(model.paired):
+            raise ValueError("the KV cache does not decode paired-head attention (layers "
+                             f"{[i for i, p in enumerate(model.paired) if p]} of this model)")
         return
     blocks_ok = all(type(b) is Block and attention_kind(b.attn) != "unsupported" for b in getattr(model, "h", []))
     if not isinstance(model, GPT) or not blocks_ok or len({attention_kind(b.attn) for b in model.h}) != 1:

@@ -64,6 +64,12 @@ class ModernConfig:
     smear: bool = False  # each token's embedding takes a gated share of the previous token's (within a document)
     backout_layer: int = -1  # >=0: a learned share of this layer's output is subtracted from the final state before the head
     key_offset: bool = False  # long-window layers: the keys' position-free dimensions come from the previous token
+    value_embed_layers: tuple = ()  # non-empty: each of these layers gets its own value embedding (replaces the tied first/last layout)
+    value_embed_gate: bool = False  # a value embedding enters each head through 2 sigmoid(W [x[:6], ve[:6]]) instead of one learned weight
+    attn_out_init: str = "zero"  # zero | uniform: the attention output projection starts like the other matrices (the public record of 2026-01-30)
+    xsa_layers: tuple = ()  # layers whose heads remove a learned share tanh(a) of their output along their own value (gated XSA)
+    paired_head_layers: tuple = ()  # layers whose heads attend in pairs: both heads' keys of a pair interleaved into one sequence
+    sublayer_scales: bool = False  # learned weights on the stream and each branch of every block, the stream's from sqrt(1.1)
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -193,10 +199,14 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x, positions=None):  # x: (B, T, H, D); positions (B, T): each token's own (a KV-cached decode)
+    def forward(self, x, positions=None):
+        """x (B, T, H, D) rotated by position: 0..T-1 by default; positions (B, T) gives each token's
+        own (a KV-cached decode), (B, T, H) each head's (paired heads)."""
         if positions is None:
             T = x.size(1)
             cos, sin = self.cos[None, :T, None, :], self.sin[None, :T, None, :]
+        elif positions.dim() == 3:
+            cos, sin = self.cos[positions], self.sin[positions]
         else:
             cos, sin = self.cos[positions][:, :, None, :], self.sin[positions][:, :, None, :]
         x1, x2 = x.float().chunk(2, dim=-1)
@@ -221,21 +231,44 @@ class ModernAttention(nn.Module):
     input, zero-initialised (every gate starts at 0.5), so a head can switch itself off for a
     token instead of parking its attention on a sink token (the public record of 2025-08-23).
 
+    Later records' parts, each off unless the config asks: a gated value embedding, gated XSA,
+    paired heads (see pair_heads), the output projection's non-zero start.
+
     project() and output() are the two halves around the attention itself; kit.inference
     reuses them with a KV cache in between."""
 
-    def __init__(self, cfg: ModernConfig, key_offset: bool = False):
+    def __init__(self, cfg: ModernConfig, key_offset: bool = False, paired: bool = False, xsa: bool = False):
         super().__init__()
         self.cfg = cfg
         self.key_offset = key_offset
+        self.paired = paired
+        if paired and (key_offset or cfg.n_head % 2):
+            raise ValueError("paired heads need an even number of heads and a layer without the key offset")
         if key_offset:
             self.register_buffer("position_free_dims", position_free_dims(cfg.head_dim, cfg.rope), persistent=False)
         inner = cfg.n_head * cfg.head_dim
         self.qkv = hidden_linear(cfg.n_embd, 3 * inner)
-        self.proj = hidden_linear(inner, cfg.n_embd, zero=True)
-        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len, style=cfg.rope)
+        if cfg.attn_out_init not in ("zero", "uniform"):
+            raise ValueError(f"attn_out_init {cfg.attn_out_init!r}: zero or uniform")
+        self.proj = hidden_linear(inner, cfg.n_embd, zero=cfg.attn_out_init == "zero")
+        # paired heads sit at positions 2t and 2t + 1 of the interleaved sequence, and rotate by those
+        self.rotary = Rotary(cfg.head_dim, cfg.max_seq_len * (2 if paired else 1), style=cfg.rope)
         self.value_mix = nn.Parameter(torch.tensor([0.5, 0.5]))  # (own values, value embedding)
         self.gate = hidden_linear(cfg.attn_gate_dims, cfg.n_head, zero=True) if cfg.attn_gate_dims else None
+        # gated value embedding (the public record of 2025-12-29): 2 sigmoid(W [x[:6], ve[:6]]) per head, 1 at the start
+        self.value_gate = hidden_linear(2 * VALUE_GATE_DIMS, cfg.n_head, zero=True) if cfg.value_embed_gate else None
+        # gated XSA (arXiv 2603.09078; the public record of 2026-04-29): tanh(a) per head, 0 at the start
+        self.xsa_alpha = nn.Parameter(torch.zeros(cfg.n_head)) if xsa else None
+
+    def rotary_positions(self, T: int, device, positions=None):
+        """Rotary positions: None (0..T-1) or the given (B, T) ones; with paired heads (.., T, heads):
+        the first head of a pair at 2t, the second at 2t + 1."""
+        if not self.paired:
+            return positions
+        if positions is None:
+            positions = torch.arange(T, device=device)[None]
+        second = torch.arange(self.cfg.n_head, device=device) % 2
+        return 2 * positions[..., None] + second
 
     def project(self, x, value_embed, positions=None):
         """(q, k, v), each (B, heads, T, head_dim) in the projection's dtype (bf16 under autocast,
@@ -243,15 +276,28 @@ class ModernAttention(nn.Module):
         B, T, _ = x.shape
         qkv = self.qkv(x)
         q, k, v = qkv.view(B, T, 3, self.cfg.n_head, self.cfg.head_dim).unbind(2)
+        positions = self.rotary_positions(T, x.device, positions)
         q, k = (self.rotary(rms_norm(t), positions).to(qkv.dtype) for t in (q, k))
         v = self.value_mix[0] * v
         if value_embed is not None:
-            v = v + self.value_mix[1] * value_embed.view_as(v).to(v.dtype)
+            value_embed = value_embed.view_as(v).to(v.dtype)
+            v = v + self.value_embed_weight(x, value_embed) * value_embed
         return tuple(t.transpose(1, 2) for t in (q, k, v))
 
-    def output(self, y, x):
-        """The heads' results y (B, heads, T, head_dim), gated, merged and projected."""
+    def value_embed_weight(self, x, value_embed):
+        """The value embedding's weight: one learned number, or each head's gate (B, T, heads, 1)."""
+        if self.value_gate is None:
+            return self.value_mix[1]
+        gate_in = torch.cat([x[..., :VALUE_GATE_DIMS], value_embed.flatten(-2)[..., :VALUE_GATE_DIMS]], dim=-1)
+        return 2 * torch.sigmoid(self.value_gate(gate_in)).unsqueeze(-1).to(value_embed.dtype)
+
+    def output(self, y, x, v=None):
+        """The heads' results y (B, heads, T, head_dim), gated, merged and projected (v, the
+        heads' values at the same positions, for XSA)."""
         B, _, T, _ = y.shape
+        if self.xsa_alpha is not None:  # remove a learned share of each head's output along its own value
+            along = (y * v).sum(-1, keepdim=True) / v.square().sum(-1, keepdim=True).clamp_min(1e-8)
+            y = y - torch.tanh(self.xsa_alpha).to(y.dtype)[:, None, None] * along * v
         y = y.transpose(1, 2)
         if self.gate is not None:
             y = y * torch.sigmoid(self.gate(x[..., : self.cfg.attn_gate_dims])).unsqueeze(-1).to(y.dtype)
@@ -261,11 +307,36 @@ class ModernAttention(nn.Module):
         q, k, v = self.project(x, value_embed)
         if self.key_offset:
             k = offset_keys(k, self.position_free_dims, doc_starts)
-        if self.cfg.attn == "flex":
-            y = flex_attention_fn(q)(q, k, v, block_mask=mask, scale=self.cfg.attn_scale, kernel_options=flex_kernel_options(q.device))
+        if self.paired:
+            q, k, pairs_v = (interleave_pairs(t) for t in (q, k, v))
+            y = split_pairs(self.attend(q, k, pairs_v, mask))
         else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.cfg.attn_scale)
-        return self.output(y, x)
+            y = self.attend(q, k, v, mask)
+        return self.output(y, x, v)
+
+    def attend(self, q, k, v, mask):
+        if self.cfg.attn == "flex":
+            return flex_attention_fn(q)(q, k, v, block_mask=mask, scale=self.cfg.attn_scale, kernel_options=flex_kernel_options(q.device))
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.cfg.attn_scale)
+
+
+VALUE_GATE_DIMS = 6  # leading dimensions of the block input and of the value embedding the value gate reads
+
+
+def interleave_pairs(t):
+    """(B, heads, T, D) -> (B, heads / 2, 2T, D): heads 2j and 2j + 1 take turns along the sequence
+    (the public record of 2026-01-07, "paired head attention"), so each query scores both heads'
+    keys of every earlier position in one softmax: the first head's query at t sees the pair's
+    keys up to its own, the second's also the first head's key at t. A window counted in tokens
+    then spans half the time."""
+    B, H, T, D = t.shape
+    return t.view(B, H // 2, 2, T, D).transpose(2, 3).reshape(B, H // 2, 2 * T, D)
+
+
+def split_pairs(t):
+    """interleave_pairs undone: (B, heads / 2, 2T, D) -> (B, heads, T, D)."""
+    B, pairs, T2, D = t.shape
+    return t.view(B, pairs, T2 // 2, 2, D).transpose(2, 3).reshape(B, 2 * pairs, T2 // 2, D)
 
 
 def position_free_dims(head_dim: int, rope: str) -> torch.Tensor:
@@ -300,12 +371,15 @@ class ReluSquaredMLP(nn.Module):
 
 
 class ModernBlock(nn.Module):
-    def __init__(self, cfg: ModernConfig, attention: bool = True, key_offset: bool = False):
+    def __init__(self, cfg: ModernConfig, attention: bool = True, key_offset: bool = False, paired: bool = False, xsa: bool = False):
         super().__init__()
-        self.attn = ModernAttention(cfg, key_offset) if attention else None
+        self.attn = ModernAttention(cfg, key_offset, paired, xsa) if attention else None
         self.mlp = ReluSquaredMLP(cfg)
-        self.residual_mix = nn.Parameter(torch.tensor([1.0, 0.0]))  # (stream, embedding x0)
+        # (stream, embedding x0); with sublayer scales the stream starts at sqrt(1.1) before each branch (the public record's)
+        self.residual_mix = nn.Parameter(torch.tensor([1.1 ** 0.5 if cfg.sublayer_scales else 1.0, 0.0]))
         self.bigram_mix = nn.Parameter(torch.tensor(0.1)) if cfg.bigram_buckets else None
+        # (attention's output, the stream before the MLP, the MLP's output)
+        self.branch_scales = nn.Parameter(torch.tensor([1.0, 1.1 ** 0.5, 1.0])) if cfg.sublayer_scales else None
 
     def mix_in(self, x, x0, bigram=None):
         """The block's input: the stream and the token embedding x0 mixed, plus the bigram embedding."""
@@ -315,10 +389,18 @@ class ModernBlock(nn.Module):
         return x
 
     def forward(self, x, x0, value_embed, mask, bigram=None, doc_starts=None):
+        return self.run(x, x0, bigram, lambda h: self.attn(h, value_embed, mask, doc_starts))
+
+    def run(self, x, x0, bigram, attend):
+        """The block around attend(normed input) -> the attention's output (kit.inference passes a cached one)."""
         x = self.mix_in(x, x0, bigram)
         if self.attn is not None:
-            x = x + self.attn(rms_norm(x), value_embed, mask, doc_starts)
-        return x + self.mlp(rms_norm(x))
+            out = attend(rms_norm(x))
+            x = x + (out if self.branch_scales is None else self.branch_scales[0] * out)
+        out = self.mlp(rms_norm(x))
+        if self.branch_scales is None:
+            return x + out
+        return self.branch_scales[1] * x + self.branch_scales[2] * out
 
 
 class ModernGPT(nn.Module):
@@ -329,11 +411,16 @@ class ModernGPT(nn.Module):
         self.config = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         # at most one per layer pair (first and last layers), so that every embedding is used (DDP requires it)
-        n_value_embeds = min(cfg.value_embeds, cfg.n_layer // 2)
+        n_value_embeds = len(cfg.value_embed_layers) or min(cfg.value_embeds, cfg.n_layer // 2)
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_head * cfg.head_dim) for _ in range(n_value_embeds))
         long_layers = cfg.long_window_layers or tuple(range(0, cfg.n_layer, 4)) + (cfg.n_layer - 1,)
         self.long_window = [i in long_layers for i in range(cfg.n_layer)]
-        self.blocks = nn.ModuleList(ModernBlock(cfg, attention=i not in cfg.no_attn_layers, key_offset=cfg.key_offset and self.long_window[i])
+        for name in ("value_embed_layers", "xsa_layers", "paired_head_layers"):
+            if any(not 0 <= i < cfg.n_layer for i in getattr(cfg, name)):
+                raise ValueError(f"{name} {getattr(cfg, name)}: the model has layers 0..{cfg.n_layer - 1}")
+        self.paired = [i in cfg.paired_head_layers for i in range(cfg.n_layer)]
+        self.blocks = nn.ModuleList(ModernBlock(cfg, attention=i not in cfg.no_attn_layers, key_offset=cfg.key_offset and self.long_window[i],
+                                                paired=self.paired[i], xsa=i in cfg.xsa_layers)
                                     for i in range(cfg.n_layer))
         fed = [i for i, slot in enumerate(self.value_embed_slots()) if slot is not None]
         if any(i in cfg.no_attn_layers for i in fed):
@@ -375,9 +462,12 @@ class ModernGPT(nn.Module):
         self.window_blocks.fill_(self.window_blocks_on_host)
 
     def value_embed_slots(self) -> list:
-        """For each layer, which value embedding it takes: the first and the last `value_embeds`
-        layers get embeddings 0, 1, 2, ... in that order; None in between."""
+        """For each layer, which value embedding it takes: with value_embed_layers, the j-th listed
+        layer the j-th embedding; else the first and the last `value_embeds` layers get embeddings
+        0, 1, 2, ... in that order (each embedding shared by two layers); None in between."""
         n, L = len(self.value_embeds), self.config.n_layer
+        if self.config.value_embed_layers:
+            return [self.config.value_embed_layers.index(i) if i in self.config.value_embed_layers else None for i in range(L)]
         return [i if i < n else i - (L - n) if i >= L - n else None for i in range(L)]
 
     def layer_value_embeds(self, idx, dtype=None):
@@ -424,13 +514,18 @@ class ModernGPT(nn.Module):
         docs = document_ids(idx)
         long, short = self.window_blocks, torch.clamp(self.window_blocks // 2, min=1)
         build = flex_block_mask if self.config.attn == "flex" else dense_mask
-        return build(docs, long), build(docs, short)
+        masks = {}
+        for i in range(self.config.n_layer):  # (long window, paired heads) -> the mask; paired layers attend over 2T interleaved tokens
+            kind = (self.long_window[i], self.paired[i])
+            if kind not in masks:
+                masks[kind] = build(docs.repeat_interleave(2, dim=1) if kind[1] else docs, long if kind[0] else short)
+        return masks
 
     def forward(self, idx, targets=None):
-        long_mask, short_mask = self.masks(idx)
+        masks = self.masks(idx)
         x0, value_embeds, bigram = self.embed_tokens(idx)
         doc_starts = idx == EOT if self.config.key_offset else None
-        x = self.through_blocks(x0, lambda i, block, x: block(x, x0, value_embeds[i], long_mask if self.long_window[i] else short_mask, bigram, doc_starts))
+        x = self.through_blocks(x0, lambda i, block, x: block(x, x0, value_embeds[i], masks[self.long_window[i], self.paired[i]], bigram, doc_starts))
         return self.head(x, targets)
 
     def through_blocks(self, x, apply_block):

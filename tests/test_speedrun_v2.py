@@ -11,6 +11,9 @@ import torch.nn.functional as F
 from kit.modern import BLOCK, EOT, MODERN_SIZES, ModernConfig, ModernGPT, idx_targets_with_future, offset_keys, position_free_dims
 
 V2_PARTS = dict(smear=True, backout_layer=1, key_offset=True, softcap_form="sigmoid", softcap=23.0, logit_mtp_weights=(0.5, 0.25))
+# the later parts on a 3-layer model: layer 1 attends with paired heads (a short-window layer: no key offset), 0 and 2 with XSA
+LATER_PARTS = dict(V2_PARTS, n_layer=3, long_window_layers=(0, 2), paired_head_layers=(1,), xsa_layers=(0, 2), value_embed_layers=(0, 1, 2),
+                   value_embed_gate=True, attn_out_init="uniform", sublayer_scales=True, bigram_buckets=61)
 
 
 def parsed(*flags):
@@ -82,7 +85,7 @@ def test_same_logits_prediction_loss_is_the_weighted_sum_in_either_loss_path():
 
 def v2_model(seed=0, **parts):
     torch.manual_seed(seed)
-    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=2 * BLOCK, attn="dense", attn_gate_dims=8, **(parts or V2_PARTS))).eval()
+    model = ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "attn_gate_dims": 8, **(parts or V2_PARTS)}, max_seq_len=2 * BLOCK, attn="dense")).eval()
     with torch.no_grad():  # the zero-initialised projections, gates and head would hide every dependency
         for p in model.parameters():
             p.add_(0.05 * torch.randn_like(p))
@@ -90,8 +93,9 @@ def v2_model(seed=0, **parts):
     return model
 
 
-def test_model_with_the_new_parts_is_causal_and_keeps_documents_apart():
-    model = v2_model()
+@pytest.mark.parametrize("parts", [V2_PARTS, LATER_PARTS], ids=["v2", "later"])
+def test_model_with_the_new_parts_is_causal_and_keeps_documents_apart(parts):
+    model = v2_model(**parts)
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 1000, (2, 2 * BLOCK), generator=g)
     x[:, 0] = EOT
@@ -148,15 +152,94 @@ def test_smear_and_backout_start_as_no_ops_and_act_once_trained():
         ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], backout_layer=2))
 
 
-@pytest.mark.parametrize("cache", ["paged", "contiguous"])
-def test_cached_decoding_with_the_new_parts_generates_what_recomputation_does(cache):
+@pytest.mark.parametrize("cache, parts", [("paged", V2_PARTS), ("contiguous", V2_PARTS), ("paged", dict(LATER_PARTS, paired_head_layers=()))],
+                         ids=["paged", "contiguous", "paged-later-parts"])
+def test_cached_decoding_with_the_new_parts_generates_what_recomputation_does(cache, parts):
     from kit.inference import generate
 
-    model = v2_model()
+    model = v2_model(**parts)
     prompts = [[EOT, *range(5, 40)], [EOT, 7, 8, EOT, 9]]  # a document starts inside the second prompt
     reference = generate(model, prompts, max_new_tokens=12, cache="none")
     assert generate(model, prompts, max_new_tokens=12, cache=cache, block_size=16) == reference
     assert len(set(reference[0])) > 3
+
+
+def test_paired_heads_interleave_by_position_and_rotate_at_their_own_places():
+    from kit.modern import interleave_pairs, split_pairs
+
+    t = torch.randn(2, 6, 5, 4)
+    paired = interleave_pairs(t)
+    assert paired.shape == (2, 3, 10, 4)
+    assert torch.equal(paired[:, :, 0::2], t[:, 0::2]) and torch.equal(paired[:, :, 1::2], t[:, 1::2])  # head 2j at 2s, 2j + 1 at 2s + 1
+    assert torch.equal(split_pairs(paired), t)
+    attn = v2_model(**LATER_PARTS).blocks[1].attn
+    assert attn.rotary_positions(3, "cpu").tolist() == [[[0, 1], [2, 3], [4, 5]]]
+    with pytest.raises(ValueError):  # a pair cannot take the key offset (its keys' order is the interleaved one)
+        ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], attn="dense", key_offset=True, paired_head_layers=(0,)))
+
+
+def test_paired_head_attention_equals_a_direct_computation():
+    """Each query of a pair scores, in one softmax, the pair's keys at the interleaved positions up to its own."""
+    model = v2_model(**LATER_PARTS)
+    attn = model.blocks[1].attn
+    x = torch.randn(1, BLOCK, 64)
+    idx = torch.randint(0, 1000, (1, BLOCK))
+    masks = model.masks(idx)  # no 50256: one document
+    got = attn(x, None, masks[False, True])
+    q, k, v = attn.project(x, None)
+    y = torch.empty_like(q)
+    for head in range(2):
+        for t in range(BLOCK):
+            own = 2 * t + head  # this query's place in the interleaved sequence of the pair
+            keys = [(h, s) for s in range(t + 1) for h in range(2) if 2 * s + h <= own and (own // BLOCK - (2 * s + h) // BLOCK) < 1]
+            scores = torch.stack([q[0, head, t] @ k[0, h, s] for h, s in keys]) * model.config.attn_scale
+            y[0, head, t] = scores.softmax(0) @ torch.stack([v[0, h, s] for h, s in keys])
+    torch.testing.assert_close(got, attn.output(y, x, v), atol=1e-5, rtol=1e-4)
+    assert any(model.paired)
+    from kit.inference import check_supported
+
+    with pytest.raises(ValueError, match="paired"):  # generation falls back to recomputation (scripts/generate.py says so)
+        check_supported(model)
+
+
+def test_xsa_value_gate_and_sublayer_scales_by_hand():
+    model = v2_model(**LATER_PARTS)
+    attn = model.blocks[0].attn
+    B, T, H, D = 1, 7, 2, 32
+    y, v, x = torch.randn(B, H, T, D), torch.randn(B, H, T, D), torch.randn(B, T, 64)
+    with torch.no_grad():
+        attn.proj.weight.copy_(torch.eye(64))
+        attn.gate.weight.zero_()  # sigmoid(0) = 0.5 on every head
+        attn.xsa_alpha.fill_(20.0)  # tanh = 1: the whole component along v goes
+    out = attn.output(y, x, v).view(B, T, H, D).transpose(1, 2) / 0.5
+    torch.testing.assert_close((out * v).sum(-1), torch.zeros(B, H, T), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out - y, -((y * v).sum(-1, keepdim=True) / v.square().sum(-1, keepdim=True)) * v, atol=1e-5, rtol=1e-4)
+    ve = torch.randn(B, T, H * D)
+    weight = attn.value_embed_weight(x, ve.view(B, T, H, D))
+    direct = 2 * torch.sigmoid(torch.cat([x[..., :6], ve[..., :6]], -1) @ attn.value_gate.weight.T)
+    torch.testing.assert_close(weight.squeeze(-1), direct)
+    fresh = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], attn="dense", value_embed_gate=True, sublayer_scales=True))
+    assert torch.equal(fresh.blocks[0].attn.value_embed_weight(x, ve.view(B, T, H, D)), torch.ones(B, T, H, 1))  # the gate starts at 1
+    block = fresh.blocks[1]
+    stream, x0 = torch.randn(B, T, 64), torch.randn(B, T, 64)
+    got = block.run(stream, x0, None, lambda h: 3 * h)
+    mixed = 1.1 ** 0.5 * stream  # x0's share starts at 0
+    mixed = mixed + 3 * F.rms_norm(mixed, (64,))
+    torch.testing.assert_close(got, 1.1 ** 0.5 * mixed + block.mlp(F.rms_norm(mixed, (64,))))
+
+
+def test_value_embeddings_per_listed_layer_and_the_script_layouts():
+    import train_gpt2_speedrun as sr
+
+    model = ModernGPT(ModernConfig(n_layer=12, n_head=2, head_dim=32, n_embd=64, max_seq_len=BLOCK, attn="dense", value_embed_layers=(1, 2, 9, 10, 11)))
+    assert len(model.value_embeds) == 5 and model.value_embed_slots() == [None, 0, 1, None, None, None, None, None, None, 2, 3, 4]
+    cfg = parsed("--model-size", "124m", "--value-embed-layers", "auto", "--paired-head-layers", "auto", "--xsa-layers", "auto")
+    assert sr.layer_parts(cfg, 12) == {"value_embed_layers": (1, 2, 9, 10, 11), "paired_head_layers": (1, 3, 5, 9),
+                                       "xsa_layers": (0, 2, 4, 6, 8, 10, 11)}  # every attending layer (7 has none) without pairs
+    with pytest.raises(sr.UserError):
+        sr.layer_parts(parsed("--xsa-layers", "1,x"), 12)
+    with pytest.raises(sr.UserError):
+        sr.layer_parts(parsed("--paired-head-layers", "12"), 12)
 
 
 # ----- the optimizer -----
@@ -244,10 +327,12 @@ def test_v2_optimises_every_parameter_once_and_trains(tmp_path):
     import train_gpt2_speedrun as sr
     from kit.train import main
 
-    cfg = parsed("--v2", "1")
-    model = sr.build_model(cfg)
-    optimised = [id(p) for opt in sr.build_optimizers(model, cfg) for g in opt.param_groups for p in g["params"]]
-    assert sorted(optimised) == sorted(id(p) for p in model.parameters())
+    later = ["--value-embed-layers", "auto", "--value-embed-gate", "1", "--xsa-layers", "auto", "--sublayer-scales", "1", "--attn-out-init", "uniform"]
+    for flags in ([], later):
+        cfg = parsed("--v2", "1", *flags)
+        model = sr.build_model(cfg)
+        optimised = [id(p) for opt in sr.build_optimizers(model, cfg) for g in opt.param_groups for p in g["params"]]
+        assert sorted(optimised) == sorted(id(p) for p in model.parameters())
     code = main(sr.RECIPE, ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "384", "--v2", "1",
                             "--bigram-buckets", "101", "--val-tokens", "512", "--max-steps", "6", "--export", "0", "--out-dir", str(tmp_path)])
     assert code == 0
