@@ -25,6 +25,12 @@ embedding): the later records' changes ported so far, each its own switch (--hel
     output taken back before the head), key offset (the long-window layers' position-free key
     dimensions from the previous token). Smear and key offset stop at document starts.
 
+Later parts of the public line, switches off by default (records/2026-12-02_h200_speedrun_later_parts: at
+equal steps they gain, at equal time they do not): --paired-head-layers (heads attend in pairs over one
+interleaved sequence), --xsa-layers (gated XSA), --value-embed-layers with --value-embed-gate (a value
+embedding per listed layer, entering each head through a gate), --attn-out-init uniform, --sublayer-scales.
+Together at 420 steps: 3.6451 against V2's 3.6613, at 514.6k against 548.6k tokens/s.
+
 Measured on webmix (one H200, records/2026-12-01_h200_speedrun_v2): 3.64 at step 456 of the
 460-step schedule in 216.0, 218.7 and 216.7 s of training over three seeds and data orders
 (--seed N --data-order-seed N), 118.9M tokens; the --v2 0 recipe needed 282.4 s and 159.3M

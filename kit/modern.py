@@ -243,7 +243,8 @@ class ModernAttention(nn.Module):
         self.key_offset = key_offset
         self.paired = paired
         if paired and (key_offset or cfg.n_head % 2):
-            raise ValueError("paired heads need an even number of heads and a layer without the key offset")
+            raise ValueError("paired heads need an even number of heads and a layer without the key offset "
+                             "(the key offset is on the long-window layers: pair short-window ones, or turn the key offset off)")
         if key_offset:
             self.register_buffer("position_free_dims", position_free_dims(cfg.head_dim, cfg.rope), persistent=False)
         inner = cfg.n_head * cfg.head_dim
