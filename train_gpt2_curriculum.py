@@ -17,6 +17,7 @@ import functools
 import math
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -31,6 +32,7 @@ import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, s
 @dataclass
 class Hyperparameters(baseline.Hyperparameters):
     lr: float = 1.8e-3
+    MODEL_SIZE_PRESETS: ClassVar[dict] = {"tiny": {"curriculum_start": 32}}  # the tiny model's 128-token sequences
     curriculum_start: int = field(default=256, metadata={"help": "sequence length of the first stage (--seq-len / a power of 2)"})
     curriculum_until: float = field(default=0.3, metadata={"help": "share of the run after which sequences have their full length"})
     one_cycle: bool = field(default=True, metadata={"help": "one-cycle LR with peak --lr (0: the baseline's warmup + cosine)"})

@@ -12,6 +12,7 @@ output are LightRNN's (kit/lightrnn.py), as in the user's original, re-allocatio
 
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from kit import datasets
 from kit.afno import fourier_mixer
@@ -27,6 +28,7 @@ import train_gpt2_lightrnn as lightrnn  # LightRNN's flags and re-allocation hoo
 
 @dataclass
 class Hyperparameters(lightrnn.Hyperparameters):
+    MODEL_SIZE_PRESETS: ClassVar[dict] = {"tiny": {"hybrid_attn_layers": 1}}  # one of the tiny model's two layers
     hybrid_attn_layers: int = field(default=4, metadata={"help": "layers (from the bottom) that keep attention; the rest use the Fourier mixer"})
     fourier_blocks: int = field(default=8, metadata={"help": "channel blocks of the Fourier mixer's block-diagonal MLP"})
 

@@ -14,6 +14,7 @@ distribution; the sampled head evaluates the full softmax), so it compares with 
 import functools
 import sys
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from kit import datasets
 from kit.attention import GroupedQueryAttention, MultiLatentAttention
@@ -28,6 +29,7 @@ import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, s
 @dataclass
 class Hyperparameters(baseline.Hyperparameters):
     attn: str = field(default="sdpa", metadata={"choices": ["manual", "sdpa", "flex", "gqa", "mla"], "help": "gqa / mla use SDPA kernels"})
+    MODEL_SIZE_PRESETS: ClassVar[dict] = {"tiny": {"kv_heads": 1}}  # the tiny model has two heads
     kv_heads: int = field(default=4, metadata={"help": "key/value heads for --attn gqa (divides the head count)"})
     kv_latent: int = field(default=256, metadata={"help": "latent size for --attn mla"})
     rope_dim: int = field(default=32, metadata={"help": "rotary key part for --attn mla"})

@@ -6,6 +6,7 @@ the data stream position, every RNG state and the training time so far. It is wr
 temporary file and renamed, so a crash mid-write never replaces a good checkpoint.
 """
 
+import json
 import os
 import random
 from pathlib import Path
@@ -33,7 +34,9 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(run_dir, step: int, tokens: int, model, optimizers, stream, train_time_ms: float, config: dict, keep: int = 2) -> Path:
+def save(run_dir, step: int, tokens: int, model, optimizers, stream, train_time_ms: float, config: dict, keep: int = 2, times: dict = None) -> Path:
+    """Write the checkpoint of this step; keep the `keep` newest of the run's checkpoints up to this step
+    (a newer one is never deleted). times: the run's other clocks so far (wall, evaluation, warm-up)."""
     folder = Path(run_dir) / CHECKPOINT_DIR
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"ckpt_step{step:06d}.pt"
@@ -46,11 +49,13 @@ def save(run_dir, step: int, tokens: int, model, optimizers, stream, train_time_
         "rng": rng_state(),
         "train_time_ms": train_time_ms,
         "config": config,
+        "times": times or {},
     }
     tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     os.replace(tmp, path)
-    for old in sorted(folder.glob("ckpt_step*.pt"))[:-keep] if keep > 0 else []:
+    own = sorted(p for p in folder.glob("ckpt_step*.pt") if (step_of(p) or 0) <= step)
+    for old in own[:-keep] if keep > 0 else []:
         old.unlink()
     return path
 
@@ -73,12 +78,40 @@ def find(path_or_dir) -> Path:
     return path
 
 
+def run_dir_of(checkpoint_path: Path) -> Path:
+    """The run directory a checkpoint was written into (RUN/checkpoints/ckpt_stepN.pt)."""
+    return Path(checkpoint_path).parent.parent
+
+
+def step_of(checkpoint_path: Path):
+    """The step in a checkpoint's name (ckpt_step000010.pt -> 10), or None for another name."""
+    name = Path(checkpoint_path).stem
+    return int(name[len("ckpt_step"):]) if name.startswith("ckpt_step") and name[len("ckpt_step"):].isdigit() else None
+
+
+def saved_config(path_or_dir) -> dict:
+    """The settings of the run a checkpoint belongs to: its run directory's config.json, else the
+    copy inside the checkpoint (a file moved away from its run)."""
+    path = find(path_or_dir)
+    config_file = run_dir_of(path) / "config.json"
+    if config_file.exists():
+        try:
+            return json.loads(config_file.read_text())
+        except json.JSONDecodeError:
+            pass
+    return read(path)["config"]
+
+
+def read(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # a torn or foreign file
+        raise UserError(f"--resume {path}: cannot read the checkpoint ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+
+
 def load(path: Path, model, optimizers, stream) -> dict:
     """Restore states in place; return the payload (step, train_time_ms, ...)."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # a torn or foreign file
-        raise UserError(f"--resume {path}: cannot read the checkpoint ({type(err).__name__}: {err})") from None
+    payload = read(path)
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:

@@ -58,7 +58,8 @@ class TrainConfig:
     memory_cap_gib: float = field(default=0.0, metadata={"help": "cap this process's GPU memory (e.g. 24 to check a 24 GB card's fit); 0: no cap"})
     seed: int = 1337
     out_dir: str = field(default="", metadata={"help": "run directory; default logs/<script>_<time>"})
-    resume: str = field(default="", metadata={"help": "checkpoint file, or a run directory (its newest checkpoint)"})
+    resume: str = field(default="", metadata={"help": "continue a run: a run directory (its newest checkpoint) or a checkpoint file; the run's own "
+                                                      "settings come back from its checkpoint, and only the flags listed under 'on --resume' may change"})
     save_every: int = field(default=0, metadata={"help": "write a checkpoint every N steps; 0: never"})
     keep_checkpoints: int = field(default=2, metadata={"help": "how many of the newest checkpoints to keep"})
     export: bool = field(default=True, metadata={"help": "write the final weights as model.safetensors"})
@@ -93,23 +94,71 @@ def parse_optional_float(text: str):
 FLAG_TYPES = {bool: parse_bool, int: int, float: float, str: str, typing.Optional[float]: parse_optional_float}
 
 
+def size_presets(cls) -> dict:
+    """What each --model-size sets for the flags not given: the kit's SIZE_PRESETS, with a script's own
+    (its config class's MODEL_SIZE_PRESETS, e.g. a shorter curriculum for the tiny model) on top."""
+    merged = {size: dict(values) for size, values in SIZE_PRESETS.items()}
+    for size, values in getattr(cls, "MODEL_SIZE_PRESETS", {}).items():
+        merged.setdefault(size, {}).update(values)
+    return merged
+
+
+def field_metadata(cls, name: str) -> dict:
+    """A field's metadata (help, choices), from the nearest class that gives any: a script that only changes
+    a default (attn: str = "sdpa") keeps the kit's help and choices."""
+    for klass in cls.__mro__:
+        for f in dataclasses.fields(klass) if dataclasses.is_dataclass(klass) else ():
+            if f.name == name and f.metadata:
+                return dict(f.metadata)
+    return {}
+
+
 def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
-    parser = OneLineParser(description=description, argument_default=argparse.SUPPRESS)
+    parser = OneLineParser(description=description, argument_default=argparse.SUPPRESS, allow_abbrev=False,  # --max-step is a typo, not --max-steps
+                           epilog=RESUME_EPILOG)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         hint = hints[f.name]
         kind = FLAG_TYPES.get(hint)
         if kind is None:
             raise TypeError(f"{cls.__name__}.{f.name}: no flag type for {hint}")
-        help_text = f.metadata.get("help", "")
+        metadata = field_metadata(cls, f.name)
+        help_text = metadata.get("help", "")
+        if f.name == "model_size":
+            help_text += "the model's size; " + "; ".join(f"{size} sets " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
+                                          for size, values in size_presets(cls).items()) + " (for the flags not given)"
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             type=kind,
-            choices=f.metadata.get("choices"),
+            choices=metadata.get("choices"),
             # argparse %-formats help strings: a literal percent sign must be doubled
             help=f"{help_text} (default: {f.default})".strip().replace("%", "%%"),
         )
     return parser
+
+
+# What a resumed run may change: how it reports, saves and validates, and its hardware set-up. The rest
+# (data, model, optimizer, schedule) comes back from the checkpoint. --max-steps may change where the LR and
+# batch size at the resumed step stay the same under the new length (kit.train checks it).
+CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "save_every", "keep_checkpoints", "progress", "export", "val_every", "extra_val",
+                        "compile", "micro_batch", "memory_cap_gib")
+RESUME_EPILOG = ("on --resume: the run's settings come from its checkpoint; of the flags, only these may change: "
+                 + ", ".join("--" + name.replace("_", "-") for name in CHANGEABLE_ON_RESUME[1:])
+                 + " (--max-steps only where the LR and batch size at the resumed step stay the same under the new length)")
+
+
+def resumed_config(cls, given: dict, saved: dict):
+    """The resumed run's config: the saved one, with the flags given now that may change; one line for
+    a flag that may not (a different value of --data, --lr, ...)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in saved.items() if k in known}
+    refused = [name for name, value in given.items() if name not in CHANGEABLE_ON_RESUME and name in values and value != values[name]]
+    if refused:
+        name = refused[0]
+        raise UserError(f"--{name.replace('_', '-')} {given[name]}: the resumed run has {values[name]!r}; a resumed run keeps its settings "
+                        f"(it may change {', '.join('--' + n.replace('_', '-') for n in CHANGEABLE_ON_RESUME[1:])}); start a new run to change it")
+    values.update({name: value for name, value in given.items() if name in CHANGEABLE_ON_RESUME})
+    return cls(**values)
 
 
 def parse_config(cls, argv=None, world_size: int = 1, description: str = "", data_presets=None, configure=None):
@@ -117,15 +166,23 @@ def parse_config(cls, argv=None, world_size: int = 1, description: str = "", dat
 
     Defaults that depend on other flags, for the fields the user did not give: a script's
     per-dataset presets, then the synthetic-data preset, then the model-size preset (the later wins),
-    then the script's own configure(cfg, explicit) (a recipe's presets); then the checks.
+    then the script's own configure(cfg, explicit) (a recipe's presets); then the checks. With --resume,
+    the run's saved settings instead of all of that (resumed_config).
     """
     given = vars(build_parser(cls, description).parse_args(argv))
+    if given.get("resume"):
+        from kit.checkpoint import saved_config
+
+        cfg = resumed_config(cls, given, saved_config(given["resume"]))
+        explicit = set(given)
+        check_config(cfg, explicit, world_size)
+        return cfg, explicit
     cfg = cls(**given)
     explicit = set(given)
     presets = dict((data_presets or {}).get(cfg.data, {})) if not cfg.train_files else {}
     if cfg.data == "synthetic" and not cfg.train_files:
         presets.update(SYNTHETIC_PRESET)
-    presets.update(SIZE_PRESETS.get(cfg.model_size, {}))
+    presets.update(size_presets(cls).get(cfg.model_size, {}))
     for name, value in presets.items():
         if name not in explicit:
             setattr(cfg, name, value)
@@ -147,6 +204,13 @@ def check_config(cfg, explicit: set, world_size: int) -> None:
     for name in ("micro_batch", "val_every", "save_every", "warmup_steps"):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")
+    for f in dataclasses.fields(cfg):  # learning rates and weight decays (a script's own too)
+        value = getattr(cfg, f.name)
+        if (f.name in ("lr", "weight_decay") or f.name.endswith(("_lr", "_weight_decay"))) and isinstance(value, (int, float)) and value < 0:
+            raise UserError(f"--{f.name.replace('_', '-')} {value}: must not be negative")
+        if f.name.startswith("beta") or f.name.endswith(("_beta1", "_beta2")):
+            if isinstance(value, float) and not 0 <= value < 1:
+                raise UserError(f"--{f.name.replace('_', '-')} {value}: between 0 and 1 (1 excluded)")
     per_step = cfg.seq_len * world_size
     if cfg.batch_tokens % per_step:
         raise UserError(f"--batch-tokens {cfg.batch_tokens} is not a multiple of --seq-len {cfg.seq_len} x {world_size} rank(s)")

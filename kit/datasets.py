@@ -10,7 +10,7 @@ import numpy as np
 
 from kit import hub
 from kit.errors import DataError
-from kit.shards import EOT, shard_is_complete, write_shard
+from kit.shards import EOT, read_header, shard_is_complete, write_shard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def webmix_files() -> DataFiles:
 # Synthetic data: a deterministic token stream with learnable structure, for smoke tests.
 SYNTHETIC_VOCAB = 512
 SYNTHETIC_TRAIN_TOKENS = 1 << 20
-SYNTHETIC_VAL_TOKENS = 1 << 16
+SYNTHETIC_VAL_TOKENS = (1 << 16) + 1024  # a validation of 65,536 tokens reads one more (the last target)
 
 
 def synthetic_tokens(num_tokens: int, seed: int) -> np.ndarray:
@@ -104,7 +104,8 @@ def synthetic_tokens(num_tokens: int, seed: int) -> np.ndarray:
 def synthetic_files(is_main: bool) -> DataFiles:
     folder = data_dir() / "synthetic"
     train, val = folder / "synthetic_train_000001.bin", folder / "synthetic_val_000000.bin"
-    if is_main and not (shard_is_complete(train) and shard_is_complete(val)):
+    current = all(shard_is_complete(f) and read_header(f) == n for f, n in ((train, SYNTHETIC_TRAIN_TOKENS), (val, SYNTHETIC_VAL_TOKENS)))
+    if is_main and not current:  # missing, torn, or written by an older kit with other sizes
         folder.mkdir(parents=True, exist_ok=True)
         write_shard(train, synthetic_tokens(SYNTHETIC_TRAIN_TOKENS, seed=1))
         write_shard(val, synthetic_tokens(SYNTHETIC_VAL_TOKENS, seed=2))

@@ -42,3 +42,9 @@ class OutOfMemory(UserError):
     """CUDA ran out of memory; the message names a smaller micro-batch."""
 
     exit_code = 5
+
+
+class Interrupted(UserError):
+    """SIGINT or SIGTERM: the run saved a checkpoint (first signal) or stopped at once (second)."""
+
+    exit_code = 130

@@ -201,8 +201,10 @@ def plot_curves(runs: list[Run], out_dir, target=None, training=False) -> list[P
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation loss")
         finite = [e["val_loss"] for r in runs for e in r.vals if e["step"] > 0]
-        if finite:
-            ax.set_ylim(min(finite + [target or min(finite)]) - 0.1, max(finite) + 0.1)
+        if finite:  # step 0's ~11 nats would flatten the rest: the axis is clipped, and its label says so
+            top = max(finite) + 0.1
+            ax.set_ylim(min(finite + [target or min(finite)]) - 0.1, top)
+            ax.set_ylabel("validation loss" + clipped_note([e["val_loss"] for r in runs for e in r.vals], top))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
@@ -214,6 +216,12 @@ def plot_curves(runs: list[Run], out_dir, target=None, training=False) -> list[P
     return written
 
 
+def clipped_note(values, top: float) -> str:
+    """The axis label's note where a plot's y-axis hides points above `top` (the first steps' losses)."""
+    above = [v for v in values if v > top]
+    return f" (axis clipped: {len(above)} point(s) above, up to {max(above):.2f})" if above else ""
+
+
 def plot_training_loss(runs: list[Run], out: Path, plt) -> Path:
     """Every step's training loss against tokens: where runs should agree step for step (the same run
     under torchrun, a resumed run), this shows whether they do."""
@@ -222,10 +230,12 @@ def plot_training_loss(runs: list[Run], out: Path, plt) -> Path:
         if r.train:
             ax.plot([e["tokens"] * 1e-6 for e in r.train], [e["loss"] for e in r.train], linewidth=1, label=r.label)
     later = [e["loss"] for r in runs for e in r.train[len(r.train) // 10:]]  # the first steps' ~11 nats would flatten the rest
-    if later:
-        ax.set_ylim(min(later) - 0.1, max(later) + 0.1)
-    ax.set_xlabel("tokens (millions)")
     ax.set_ylabel("training loss (each step)")
+    if later:
+        top = max(later) + 0.1
+        ax.set_ylim(min(later) - 0.1, top)
+        ax.set_ylabel("training loss (each step)" + clipped_note([e["loss"] for r in runs for e in r.train], top))
+    ax.set_xlabel("tokens (millions)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -36,8 +36,36 @@ def git_commit() -> str:
 
 
 def default_run_dir(script: str) -> Path:
+    """logs/<script>_<date>_<time>_<pid>, with a suffix where that exists (two runs of one process in one second)."""
     stamp = time.strftime("%Y%m%d_%H%M%S")
-    return REPO_ROOT / "logs" / f"{Path(script).stem}_{stamp}_{os.getpid()}"
+    base = REPO_ROOT / "logs" / f"{Path(script).stem}_{stamp}_{os.getpid()}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}_{n}")
+    return run_dir
+
+
+RUN_FILES = ("config.json", "log.txt", "metrics.jsonl", "summary.json", "checkpoints")  # what a run writes into its directory
+
+
+def holds_run(run_dir) -> bool:
+    """Whether a folder already holds a run (a new run refuses it: kit.train)."""
+    return any((Path(run_dir) / name).exists() for name in RUN_FILES)
+
+
+def set_aside(run_dir) -> Path:
+    """Move an earlier attempt's run directory to <dir>.attempt<N> (the first free N) so that a tool can run
+    it again in the same place without mixing the two; returns where it went, or None if there was none."""
+    run_dir = Path(run_dir)
+    if not holds_run(run_dir):
+        return None
+    n = 1
+    while run_dir.with_name(f"{run_dir.name}.attempt{n}").exists():
+        n += 1
+    target = run_dir.with_name(f"{run_dir.name}.attempt{n}")
+    run_dir.rename(target)
+    return target
 
 
 def versions() -> str:

@@ -10,10 +10,14 @@ everything from the start of `main`.
 """
 
 import contextlib
+import dataclasses
 import json
 import math
+import os
+import signal
 import statistics
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +28,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from kit import checkpoint, datasets, flops, hw
 from kit.config import config_dict, parse_config
-from kit.errors import OutOfMemory, TrainingDiverged, UserError
+from kit.errors import Interrupted, OutOfMemory, TrainingDiverged, UserError
 from kit.loader import TrainStream, validation_batches
 from kit.model import count_parameters
 from kit.optim import set_learning_rates, warmup_cosine
-from kit.runlog import RunLog, default_run_dir, git_commit
+from kit.runlog import RunLog, default_run_dir, git_commit, holds_run
 
 MAX_AUTO_MICRO_BATCH = 128
 CPU_AUTO_MICRO_BATCH = 16
@@ -64,7 +68,8 @@ def main(recipe: Recipe, argv=None) -> int:
         Trainer(recipe, argv).run()
         return 0
     except UserError as err:
-        print(f"{Path(recipe.script).name}: error: {err}", file=sys.stderr, flush=True)
+        kind = "" if isinstance(err, Interrupted) else "error: "
+        print(f"{Path(recipe.script).name}: {kind}{err}", file=sys.stderr, flush=True)
         return err.exit_code
     finally:
         hw.shutdown_distributed()
@@ -84,6 +89,97 @@ def crowded_gpu_note(batch: int, free: int, card: int, own_reserved: int, usable
     return (f"warning: the micro-batch probe ran out of GPU memory at micro-batch {batch} while other processes held "
             f"{held_by_others / 2**30:.1f} GiB of the card; the micro-batch it picks may be smaller than the card allows "
             f"(start this run alone, or pass --micro-batch)")
+
+
+def finished_steps(run_dir: Path):
+    """The step a run directory's run finished at (completed or reached its target), or None."""
+    try:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return summary.get("steps") if summary.get("status") in ("completed", "reached_target") else None
+
+
+def keep_metrics_up_to(path: Path, step: int) -> None:
+    """A resumed run's metrics.jsonl cut back to what its checkpoint (taken after step `step`'s update) had
+    seen: the events of earlier steps and step `step`'s training event; the rest is trained again."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:  # a line torn by the interruption
+            continue
+        if event.get("step", 0) < step or (event.get("step") == step and event.get("type") == "train"):
+            kept.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+class StopSignals:
+    """SIGINT (Ctrl-C) and SIGTERM (a preempted job) during training: the first asks the loop to save a
+    checkpoint at the next step boundary and stop; a second stops at once. The handler only sets a flag
+    (writing from it could interrupt a write to the same file); the loop reports it."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, at_once_hint: str = ""):
+        self.requested = None
+        self.at_once_hint = at_once_hint
+        self.previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self.previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+        self.previous = {}
+
+    def handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested:
+            raise Interrupted(f"stopped at once by a second {name}{self.at_once_hint}")
+        self.requested = name
+
+    def agreed(self, distributed: bool, device) -> bool:
+        """Whether to stop now; under DDP every rank stops at the same step if any rank was signalled."""
+        if not distributed:
+            return self.requested is not None
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        hw.all_reduce_sum(flag)
+        return flag.item() > 0
+
+
+def available_ram() -> int:
+    """Bytes of RAM a new allocation can take now (Linux: MemAvailable); 0 where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return 0
+
+
+def cpu_bytes_per_sequence(model, seq_len: int) -> int:
+    """A generous estimate of one sequence's fp32 training memory on the CPU: per layer ~24 saved values per
+    position and width plus the attention scores and their softmax (heads x seq_len^2 each), and the logits
+    with their softmax and gradient; 0 for a model that does not describe its shape."""
+    config = getattr(model, "config", None)
+    layers, width, heads = (getattr(config, name, 0) for name in ("n_layer", "n_embd", "n_head"))
+    vocab = getattr(config, "vocab_size", 50304)
+    if not (layers and width and heads):
+        return 0
+    return 4 * seq_len * (layers * (24 * width + 2 * heads * seq_len) + 3 * vocab)
 
 
 def divisors_descending(n: int, at_most: int) -> list[int]:
@@ -106,6 +202,8 @@ class Trainer:
             if self.cfg.memory_cap_gib:  # e.g. prove that a configuration fits a 24 GB card on a bigger one
                 total = torch.cuda.get_device_properties(self.device).total_memory
                 torch.cuda.set_per_process_memory_fraction(min(1.0, self.cfg.memory_cap_gib * 2**30 / total), self.device)
+        if self.cfg.memory_cap_gib and self.device.type != "cuda":
+            raise UserError(f"--memory-cap-gib caps a GPU's memory, and this run is on the {self.device.type}: leave it out, or train on a GPU")
         self.argv = sys.argv if argv is None else [recipe.script, *argv]
 
     # ----- set-up -----
@@ -113,10 +211,15 @@ class Trainer:
     def setup(self) -> None:
         cfg, ddp = self.cfg, self.ddp
         torch.manual_seed(cfg.seed)
+        resumed_from = checkpoint.find(cfg.resume) if cfg.resume else None
+        run_dir = self.claim_run_dir(resumed_from)  # before any download or file: a refused run leaves nothing behind
         self.files = datasets.resolve(cfg, ddp.is_main)
         hw.barrier()  # rank 0 downloads or generates data first
         self.target = cfg.target_loss if "target_loss" in self.explicit else datasets.TARGET_LOSS[self.files.name]
-        self.model = self.recipe.build_model(cfg).to(self.device)
+        try:  # a combination of flags a model's constructor rejects (MoE's --top-k above --experts): one line
+            self.model = self.recipe.build_model(cfg).to(self.device)
+        except ValueError as err:
+            raise UserError(str(err).strip().splitlines()[0]) from None
         self.seqs_per_rank = cfg.batch_tokens // (cfg.seq_len * ddp.world_size)
         self.probe_note = None  # set by the micro-batch probe when other processes crowd the GPU; printed once the log exists
         self.batch_note = None  # set where the batch schedule's stages cannot be whole micro-batches
@@ -127,18 +230,23 @@ class Trainer:
         self.eval_micro_batch = divisors_descending(val_seqs_per_rank, self.micro_batch)[0]
         self.stream = TrainStream(self.files.train, cfg.seq_len, self.micro_batch, ddp.rank, ddp.world_size, cfg.align_bos, cfg.data_order_seed)
         self.optimizers = self.recipe.build_optimizers(self.model, cfg)
-        self.step, self.train_time_ms, self.tokens_seen, resumed_from = 0, 0.0, 0, None
-        if cfg.resume:
-            resumed_from = checkpoint.find(cfg.resume)
+        self.step, self.train_time_ms, self.tokens_seen = 0, 0.0, 0
+        self.earlier = {"wall_time_s": 0.0, "eval_time_s": 0.0, "warmup_s": 0.0, "resumed_at": []}  # the run's parts before this one
+        if resumed_from:
             payload = checkpoint.load(resumed_from, self.model, self.optimizers, self.stream)
             self.step, self.train_time_ms = payload["step"], payload["train_time_ms"]
             self.tokens_seen = payload["tokens"]
+            self.check_new_length(payload)
+            self.earlier.update(payload.get("times", {}))
+            if ddp.is_main and run_dir == checkpoint.run_dir_of(resumed_from):
+                self.earlier["wall_time_s"] = max(self.earlier["wall_time_s"], self.wall_so_far(run_dir))
+                keep_metrics_up_to(run_dir / "metrics.jsonl", self.step)
+            self.earlier["resumed_at"] = [*self.earlier["resumed_at"], self.step]
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
         self.last_val, self.reached_at = None, None
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
         self.flops_this_run, self.fp8_flops_this_run, self.step_mfu = 0.0, 0.0, []
-        run_dir = cfg.out_dir or (resumed_from.parent.parent if resumed_from else default_run_dir(self.recipe.script))
         self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps)
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
         self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
@@ -151,6 +259,63 @@ class Trainer:
         if ddp.enabled:
             self.train_model = DistributedDataParallel(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                                        find_unused_parameters=self.recipe.ddp_find_unused)
+
+    def claim_run_dir(self, resumed_from) -> Path:
+        """The run directory: a resumed run's own, or a fresh one. A folder that holds another run (its
+        config, log, metrics, summary or checkpoints) is refused, so two runs never share one."""
+        cfg = self.cfg
+        if resumed_from and "out_dir" not in self.explicit:
+            run_dir = checkpoint.run_dir_of(resumed_from)
+        else:
+            run_dir = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(self.recipe.script)
+        resuming_in_place = resumed_from is not None and run_dir.resolve() == checkpoint.run_dir_of(resumed_from).resolve()
+        if not resuming_in_place and holds_run(run_dir):
+            raise UserError(f"--out-dir {run_dir} holds another run; continue it with --resume {run_dir}, or give another --out-dir")
+        if resuming_in_place:
+            step = checkpoint.step_of(resumed_from)
+            finished = finished_steps(run_dir)
+            if finished is not None and step is not None and finished > step:
+                raise UserError(f"--resume {run_dir}: the run finished at step {finished}, after its newest checkpoint (step {step}); "
+                                "resuming would train those steps again: start a new run")
+            newer = [p.name for p in sorted((run_dir / checkpoint.CHECKPOINT_DIR).glob("ckpt_step*.pt")) if (checkpoint.step_of(p) or 0) > (step or 0)]
+            if newer:
+                raise UserError(f"--resume {resumed_from}: the run has newer checkpoints ({', '.join(newer)}); resume from the newest "
+                                f"(--resume {run_dir}), or branch off into a fresh --out-dir")
+        return run_dir
+
+    def check_new_length(self, payload: dict) -> None:
+        """--max-steps on --resume: allowed only where the step the run resumes at keeps its LR multiplier and
+        batch share under the new length (e.g. a constant phase before a cooldown); where they would jump
+        (a cosine or cooldown that depends on the length), one line says so."""
+        saved = dict(payload.get("config") or {})
+        old_steps = saved.get("max_steps", self.cfg.max_steps)
+        if old_steps == self.cfg.max_steps:
+            return
+        if self.step >= self.cfg.max_steps:
+            raise UserError(f"--max-steps {self.cfg.max_steps}: the run is at step {self.step} already")
+        before = dataclasses.replace(self.cfg, max_steps=old_steps)
+        schedules = [self.recipe.lr_schedule] + ([self.recipe.batch_schedule] if self.recipe.batch_schedule else [])
+        for schedule in schedules:
+            was, now = schedule(self.step, before), schedule(self.step, self.cfg)
+            if not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
+                raise UserError(f"--max-steps {self.cfg.max_steps}: at step {self.step} the {old_steps}-step schedule gives x{was:.4g}, "
+                                f"the {self.cfg.max_steps}-step one x{now:.4g}; the run would jump, so its length stays {old_steps} "
+                                f"(start a new run with --max-steps {self.cfg.max_steps})")
+
+    @staticmethod
+    def wall_so_far(run_dir: Path) -> float:
+        """The wall time the run's earlier parts took, from the summary its last part wrote (0 if none)."""
+        try:
+            return float(json.loads((run_dir / "summary.json").read_text()).get("wall_time_s") or 0.0)
+        except (OSError, ValueError):
+            return 0.0
+
+    def times_so_far(self) -> dict:
+        """The run's clocks over all its parts, this one up to now: for checkpoints and the summary."""
+        return {"wall_time_s": self.earlier["wall_time_s"] + time.perf_counter() - self.started,
+                "eval_time_s": self.earlier["eval_time_s"] + self.eval_time_s,
+                "warmup_s": self.earlier["warmup_s"] + (self.warmup_s or 0.0),
+                "resumed_at": self.earlier["resumed_at"]}
 
     def describe_run(self, resumed_from) -> None:
         cfg = self.cfg
@@ -176,10 +341,28 @@ class Trainer:
         if resumed_from:
             self.log.print(f"resumed from {resumed_from} at step {self.step} (train time so far {self.train_time_ms / 1000:.1f}s)")
 
+    def cpu_micro_batch(self) -> int:
+        """On the CPU: the largest micro-batch (at most 16) whose estimated training memory fits in 70% of the
+        RAM available now, with the weights and the optimizer state; one line where not even one sequence fits
+        (the 124M model on a small machine, which the kernel's out-of-memory killer would stop without a word)."""
+        available, per_sequence = available_ram(), cpu_bytes_per_sequence(self.model, self.cfg.seq_len)
+        fixed = 16 * self.model_parameter_count()  # fp32 weights, gradients and Adam's two moments
+        if not available or not per_sequence:
+            return divisors_descending(self.seqs_per_rank, CPU_AUTO_MICRO_BATCH)[0]
+        fitting = int((0.7 * available - fixed) // per_sequence)
+        if fitting < 1:
+            need = (fixed + per_sequence) / 0.7 / 2**30
+            raise UserError(f"--model-size {self.cfg.model_size} at --seq-len {self.cfg.seq_len} needs ~{need:.1f} GiB of RAM on the CPU "
+                            f"for one sequence, and {available / 2**30:.1f} GiB is available: use --model-size tiny, a shorter --seq-len, or a GPU")
+        return divisors_descending(self.seqs_per_rank, min(CPU_AUTO_MICRO_BATCH, fitting))[0]
+
+    def model_parameter_count(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
     def auto_micro_batch(self) -> int:
         """The largest micro-batch (a divisor of the per-rank sequences) whose fwd+bwd fits."""
         if self.device.type != "cuda":
-            return divisors_descending(self.seqs_per_rank, CPU_AUTO_MICRO_BATCH)[0]
+            return self.cpu_micro_batch()
         total = self.usable_memory()
         if self.recipe.micro_batch_rule is not None:  # models whose probe would be misleading (e.g. eager FlexAttention)
             wanted = self.recipe.micro_batch_rule(self.cfg, total)
@@ -371,8 +554,6 @@ class Trainer:
     def validation_due(self) -> bool:
         if self.step == self.cfg.max_steps:
             return True
-        if self.step == self.start_step and self.start_step > 0:
-            return False  # the run that saved this checkpoint validated here already
         if self.recipe.validate_at is not None:
             return self.recipe.validate_at(self.step, self.cfg)
         return self.on_val_every()
@@ -381,8 +562,13 @@ class Trainer:
 
     def run(self) -> None:
         self.setup()
+        self.stop_signals = StopSignals(f"; continue from the newest checkpoint (if any) with: python {Path(self.recipe.script).name} --resume {self.log.dir}")
         try:
-            self.status = self.loop()
+            with self.stop_signals:
+                self.status = self.loop()
+        except Interrupted:
+            self.status = "interrupted"
+            raise
         except torch.OutOfMemoryError:
             self.status = "out_of_memory"
             smaller = divisors_descending(self.seqs_per_rank, self.micro_batch - 1) or [None]
@@ -408,10 +594,22 @@ class Trainer:
             if self.step == cfg.max_steps:
                 return "completed"
             self.timed_step()
+            saved = None
             if cfg.save_every and self.step % cfg.save_every == 0 and self.ddp.is_main:
-                path = checkpoint.save(self.log.dir, self.step, self.tokens_seen, self.model, self.optimizers, self.stream, self.train_time_ms,
-                                       config_dict(cfg), cfg.keep_checkpoints)
-                self.log.print(f"checkpoint: {path}")
+                saved = self.save_checkpoint()
+            if self.stop_signals.agreed(self.ddp.enabled, self.device):
+                self.log.print(f"{self.stop_signals.requested or 'a signal on another rank'}: saving a checkpoint and stopping")
+                if self.ddp.is_main:
+                    saved = saved or self.save_checkpoint()
+                self.status = "interrupted"
+                raise Interrupted(f"interrupted at step {self.step} of {cfg.max_steps}, checkpoint {saved}; "
+                                  f"continue with: python {Path(self.recipe.script).name} --resume {self.log.dir}")
+
+    def save_checkpoint(self) -> Path:
+        path = checkpoint.save(self.log.dir, self.step, self.tokens_seen, self.model, self.optimizers, self.stream, self.train_time_ms,
+                               config_dict(self.cfg), self.cfg.keep_checkpoints, self.times_so_far())
+        self.log.print(f"checkpoint: {path}")
+        return path
 
     def run_before_step(self) -> None:
         """The recipe's per-step hook, timed as training: schedules cost nothing, but a hook that
@@ -501,9 +699,8 @@ class Trainer:
             "time_to_target_s": self.reached_at["train_time_ms"] / 1000 if reached else None,
             "tokens_to_target": self.reached_at["tokens"] if reached else None,
             "train_time_s": self.train_time_ms / 1000,
-            "wall_time_s": time.perf_counter() - self.started,
-            "warmup_s": self.warmup_s,
-            "eval_time_s": self.eval_time_s,
+            **{name: value for name, value in self.times_so_far().items() if name != "resumed_at"},  # over every part of the run
+            "resumed_at_steps": self.earlier["resumed_at"],
             "final_val_loss": self.last_val["val_loss"] if self.last_val else None,
             **{f"final_{k}": v for k, v in (self.last_val or {}).items() if k.startswith("val_loss_")},
             "final_val": self.last_val,

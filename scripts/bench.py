@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kit import hw, report  # noqa: E402
+from kit.runlog import set_aside  # noqa: E402
 
 
 def parse_row(text: str) -> dict:
@@ -150,6 +151,8 @@ class RowProcess:
         if finished(self.run_dir, row_steps(row, args)):  # a bench cut short and started again keeps its measured rows
             print(f"[bench] {row['label']}: already measured in {self.run_dir}", flush=True)
             return
+        if (earlier := set_aside(self.run_dir)) is not None:  # a row cut short before: its files kept apart, not mixed with the new run's
+            print(f"[bench] {row['label']}: the earlier attempt moved to {earlier}", flush=True)
         cmd = row_command(row, args, out)
         print(f"[bench] {row['label']}: {shlex.join(cmd[1:])}", flush=True)
         self.t0 = time.perf_counter()

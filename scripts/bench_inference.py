@@ -62,6 +62,7 @@ def generation_rows(model, args, device, dtype):
     for batch in args.batches:
         prompts = torch.randint(0, 50000, (batch, args.prompt_len), generator=g).tolist()
         for cache in args.caches:
+            print(f"generation batch {batch:3d} cache {cache:10s}: warming up and timing {args.repeats} runs ...", flush=True)
             with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
                 # warm-up over the full length: every cache length is a new attention shape, whose first use on a
                 # GPU pays one-time kernel selection (measured 2026-11-29: the first cached variant timed, after a
@@ -77,19 +78,28 @@ def generation_rows(model, args, device, dtype):
     return rows
 
 
-def cache_memory_rows(args, device, dtype):
+def cache_memory_rows(measured, args, device, dtype):
+    """Cache bytes per token of the measured model's shape with MHA, GQA and MLA (kit.model.GPT's shape: the
+    given run's, or --model-size's); for another kind of model (the speedrun's), its own cache only."""
     rows = []
     kinds = {"mha": None, "gqa": functools.partial(GroupedQueryAttention, n_kv_head=args.gqa_heads),
              "mla": functools.partial(MultiLatentAttention, kv_latent=args.mla_latent, rope_dim=32)}
+    if not isinstance(measured, GPT):
+        kinds = {"this model": "itself"}
     for kind, attention in kinds.items():
-        model = random_model(args.model_size, attention, device).to(dtype)
+        torch.manual_seed(0)
+        if attention == "itself":
+            model = measured
+        else:
+            block = functools.partial(Block, attention=attention) if attention else Block
+            model = GPT(measured.config, block=block).to(device).eval().to(dtype)
         before = torch.cuda.memory_allocated(device) if device.type == "cuda" else None
         cache = make_cache(model, "paged", sequences=1, max_len=1024)
         allocated = (torch.cuda.memory_allocated(device) - before) / 1024 if before is not None else None
         rows.append({"part": "cache_memory", "attention": kind, "bytes_per_token": cache.bytes_per_token(),
                      "allocator_bytes_per_token": allocated})
         print(f"cache {kind}: {cache.bytes_per_token()} bytes per token", flush=True)
-        del model, cache
+        del cache
     return rows
 
 
@@ -205,7 +215,8 @@ def main(argv=None) -> int:
         model = load_model(args.run_dir, args.device)[0]
     else:
         model = random_model(args.model_size, device=device)
-    rows = generation_rows(model, args, device, dtype) + cache_memory_rows(args, device, dtype) + eval_rows(model, args, device, dtype)
+    print(f"model: {'the run in ' + args.run_dir if args.run_dir else 'random weights, ' + args.model_size} on {hw.device_name(device)}", flush=True)
+    rows = generation_rows(model, args, device, dtype) + cache_memory_rows(model, args, device, dtype) + eval_rows(model, args, device, dtype)
     rows += validation_speed_rows(model, args, device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

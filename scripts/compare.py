@@ -34,11 +34,12 @@ def main(argv=None) -> int:
     if args.records:
         print(f"wrote {report.write_results(args.records_dir, args.readme)}")
         return 0
-    found = [Path(r) for r in args.runs if (Path(r) / "summary.json").exists()]
-    for missing in sorted(set(map(Path, args.runs)) - set(found)):
-        print(f"skipping {missing}: no summary.json", file=sys.stderr)
-    if not found:
-        parser.error("no run directory with a summary.json given")
+    missing = [r for r in args.runs if not (Path(r) / "summary.json").exists()]
+    if missing:  # a typo in one folder name should not quietly drop that run from the table
+        parser.error(f"{missing[0]}: no summary.json there (not a run directory, or a run still starting)")
+    if not args.runs:
+        parser.error("give run directories (each with a summary.json), or --records")
+    found = [Path(r) for r in args.runs]
     runs = [report.load_run(p) for p in found]
     baseline = report.load_run(args.baseline) if args.baseline else runs[0]
     table = (report.throughput_table if args.throughput else report.training_table)(runs, baseline)

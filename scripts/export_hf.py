@@ -4,7 +4,8 @@
     python -c "from transformers import GPT2LMHeadModel; GPT2LMHeadModel.from_pretrained('exports/my_run')"
 
 Writes model.safetensors with transformers' GPT-2 tensor names (its Conv1D layers store weights
-transposed) and a config.json for GPT2LMHeadModel. Only kit.model.GPT with its standard blocks
+transposed), a config.json for GPT2LMHeadModel, and the GPT-2 tokenizer's files (vocab.json,
+merges.txt, tokenizer_config.json), so AutoTokenizer.from_pretrained loads the export too. Only kit.model.GPT with its standard blocks
 (train_gpt2.py and the variants that keep its architecture) has a GPT-2 equivalent; every other
 model stays in the kit's own format: its run directory's model.safetensors (the module's
 state_dict names) with config.json (the train script's flags) and summary.json (which script),
@@ -66,7 +67,24 @@ def export(model, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     save_file(hf_state_dict(model), str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(hf_config(model.config), indent=1) + "\n")
+    write_tokenizer(out, model.config.block_size)
     return out
+
+
+def write_tokenizer(out: Path, max_length: int) -> None:
+    """The GPT-2 tokenizer in transformers' layout (AutoTokenizer.from_pretrained(out) loads it): OpenAI's
+    BPE files shipped in kit/gpt2_bpe under the names GPT2Tokenizer reads, and its config."""
+    import shutil
+
+    from kit.tokenizer import BPE_DIR
+
+    shutil.copyfile(BPE_DIR / "encoder.json", out / "vocab.json")
+    shutil.copyfile(BPE_DIR / "vocab.bpe", out / "merges.txt")
+    special = "<|endoftext|>"
+    config = {"tokenizer_class": "GPT2Tokenizer", "model_max_length": max_length, "bos_token": special, "eos_token": special,
+              "unk_token": special, "add_prefix_space": False}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=1) + "\n")
+    (out / "special_tokens_map.json").write_text(json.dumps({"bos_token": special, "eos_token": special, "unk_token": special}, indent=1) + "\n")
 
 
 def main(argv=None) -> str:

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kit import report  # noqa: E402
+from kit.runlog import set_aside  # noqa: E402
 
 FINISHED = {"completed", "reached_target"}
 
@@ -62,6 +63,8 @@ def execute(run: dict, script: str, common: list[str], out: Path, gpu=None) -> d
     cmd = [sys.executable, script, *common, *run["flags"], "--out-dir", str(run_dir), "--progress", "lines"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else None
     t0 = time.perf_counter()
+    if (earlier := set_aside(run_dir)) is not None:  # an attempt that did not finish (or --rerun): kept apart, not overwritten
+        print(f"[sweep] {run['label']}: the earlier attempt moved to {earlier}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "console.txt", "w") as console:
         code = subprocess.run(cmd, cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT).returncode

@@ -124,3 +124,13 @@ def test_validation_needs_enough_tokens(tmp_path):
     batches = list(validation_batches(tmp_path / "v.bin", val_tokens=2000, seq_len=32, micro_batch=4, strict=False))
     assert [x.shape[0] for x, _ in batches] == [4] * 7
 
+
+
+def test_synthetic_validation_set_holds_a_bench_default_validation(isolated_data_dir):
+    """scripts/bench.py validates 65,536 tokens by default: the synthetic set holds them and the last target."""
+    from kit import datasets
+    from kit.loader import validation_batches
+
+    files = datasets.synthetic_files(True)
+    batches = list(validation_batches(files.val, 65_536, 1024, 8, 0, 1, True))
+    assert sum(y.numel() for _, y in batches) == 65_536

@@ -233,6 +233,12 @@ def test_hugging_face_export_loads_in_transformers_with_the_same_logits(baseline
     idx = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, model(idx), atol=1e-4, rtol=1e-4)
+    from kit.tokenizer import gpt2_encoding
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    text = "Hello world, the speedrun's tokenizer.<|endoftext|>"
+    assert tokenizer(text)["input_ids"] == gpt2_encoding().encode(text, allowed_special="all")
+    assert tokenizer.decode(tokenizer(text)["input_ids"]) == text and tokenizer.eos_token_id == 50256
 
 
 # ----- GQA and MLA caches -----
@@ -346,3 +352,8 @@ def test_inference_benchmark_runs_and_its_validation_losses_agree(tmp_path):
     speed = [r for r in rows if r["part"] == "validation_speed"]
     assert [r["setting"] for r in speed] == ["fp32, eager"] and speed[0]["tokens"] == 256 and speed[0]["batch"] == 8 and speed[0]["tokens_per_s"] > 0  # CPU: the plain loop only
     assert "validation pass" in (tmp_path / "bench_inference.md").read_text()
+    from kit.model import gpt_config
+
+    c = gpt_config("tiny")
+    memory = {r["attention"]: r["bytes_per_token"] for r in rows if r["part"] == "cache_memory"}
+    assert memory["mha"] == 2 * c.n_layer * c.n_embd * 4  # keys and values of every layer, fp32 on the CPU: the measured model's shape

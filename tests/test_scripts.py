@@ -122,6 +122,9 @@ def test_compare_writes_table_and_plots(two_runs, tmp_path, capsys):
     for name in ("loss_vs_time.png", "loss_vs_tokens.png"):
         assert (tmp_path / "cmp" / name).read_bytes()[:8] == PNG_MAGIC
     assert "| base |" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as stop:  # a missing run folder is an error, not a quietly shorter table
+        compare.main([str(two_runs[0]), str(tmp_path / "typo")])
+    assert stop.value.code == 2 and "typo: no summary.json there" in capsys.readouterr().err
 
 
 def test_training_loss_plot_only_for_runs_with_training_steps(two_runs, tmp_path):
@@ -134,6 +137,11 @@ def test_training_loss_plot_only_for_runs_with_training_steps(two_runs, tmp_path
     assert len(report.plot_curves(runs, tmp_path / "not_asked")) == 2  # records ask for it (train_loss_plot)
     written = report.plot_curves(runs, tmp_path / "with_train", training=True)
     assert written[-1].name == "train_loss_vs_tokens.png" and written[-1].read_bytes()[:8] == PNG_MAGIC
+
+
+def test_a_clipped_plot_axis_says_what_it_hides():
+    assert report.clipped_note([10.9, 4.1, 3.7], 4.2) == " (axis clipped: 1 point(s) above, up to 10.90)"
+    assert report.clipped_note([4.1, 3.7], 4.2) == ""
 
 
 def test_compare_throughput_table(two_runs):

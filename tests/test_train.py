@@ -5,6 +5,9 @@ import math
 import subprocess
 import sys
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -63,11 +66,119 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     assert abs(final[0] - final[1]) <= 1e-6
 
 
-def test_resume_from_a_run_directory_appends_to_it(tmp_path):
+def interrupt_at(forward: int):
+    """A model wrapper's action that sends this process SIGINT at a training forward (as Ctrl-C would)."""
+    import os
+    import signal
+
+    def action(loss):
+        os.kill(os.getpid(), signal.SIGINT)
+        return loss
+
+    return forward, action
+
+
+def resume_sabotaged(argv, capsys, **recipe_fields):
+    """Resume a run of the wrapped model (its weights are named inner.*) with the wrapper doing nothing."""
+    return run_sabotaged(argv, 10**9, lambda loss: loss, capsys, **recipe_fields)
+
+
+def constant_then_decay(step, cfg):
+    """An LR schedule constant over the first half of the run, then falling linearly (its length matters there only)."""
+    return 1.0 if step < cfg.max_steps / 2 else 2 * (1 - step / cfg.max_steps)
+
+
+def file_checksums(folder) -> dict:
+    import hashlib
+
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def test_sigint_saves_a_checkpoint_and_the_run_directory_alone_resumes_it(tmp_path, capsys):
+    """Ctrl-C: a checkpoint at the step boundary, status interrupted, one line with the resume command; then
+    --resume DIR alone brings back the run's settings (here a non-default LR and schedule) and continues
+    the loss curve of an uninterrupted run, with no step twice in metrics.jsonl and the wall time of both parts."""
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "8", "--val-every", "4", "--lr", "0.002", "--warmup-steps", "3"]
+    assert run_baseline([*flags, "--out-dir", tmp_path / "full"])[0] == 0
+    code, err = run_sabotaged([*flags, "--out-dir", tmp_path / "cut"], *interrupt_at(4), capsys=capsys)  # forward 4 is step 3
+    assert_one_line_error(code, err, 130, "interrupted at step 3 of 8")
+    assert f"--resume {tmp_path / 'cut'}" in err[0] and checkpoint.latest(tmp_path / "cut").name == "ckpt_step000003.pt"
+    first = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert first["status"] == "interrupted" and first["steps"] == 3
+    assert resume_sabotaged(["--resume", tmp_path / "cut"], capsys)[0] == 0
+    full, cut = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
+    assert [e["step"] for e in cut] == list(range(1, 9))
+    for a, b in zip(full, cut):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6 and a["lr"] == pytest.approx(b["lr"])
+    assert [e["step"] for e in read_metrics(tmp_path / "cut", "val")] == [0, 4, 8]
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resumed_at_steps"] == [3]
+    assert summary["wall_time_s"] > first["wall_time_s"] and summary["wall_time_s"] >= summary["train_time_s"]
+    assert summary["final_val_loss"] == pytest.approx(json.loads((tmp_path / "full" / "summary.json").read_text())["final_val_loss"], abs=1e-6)
+
+
+def test_a_second_signal_stops_at_once():
+    import signal
+
+    from kit.errors import Interrupted
+    from kit.train import StopSignals
+
+    stop = StopSignals("; resume with ...")
+    stop.handle(signal.SIGTERM, None)
+    assert stop.requested == "SIGTERM" and stop.agreed(False, None)
+    with pytest.raises(Interrupted, match="stopped at once by a second SIGINT; resume with"):
+        stop.handle(signal.SIGINT, None)
+
+
+def test_a_new_run_refuses_a_folder_that_holds_another_run(tmp_path, capsys):
     flags = [*FAST, "--data", "synthetic", "--val-every", "0"]
     assert run_baseline([*flags, "--max-steps", "4", "--save-every", "2", "--out-dir", tmp_path])[0] == 0
-    assert run_baseline([*flags, "--max-steps", "6", "--resume", tmp_path])[0] == 0
-    assert [e["step"] for e in read_metrics(tmp_path)] == [1, 2, 3, 4, 5, 6]
+    before = file_checksums(tmp_path)
+    code, err = run_baseline([*flags, "--max-steps", "3", "--save-every", "1", "--out-dir", tmp_path], capsys)
+    assert_one_line_error(code, err, 2, "holds another run; continue it with --resume")
+    assert file_checksums(tmp_path) == before
+
+
+def test_resume_keeps_the_runs_settings_and_its_length_unless_the_schedule_allows(tmp_path, capsys):
+    flags = [*FAST, "--data", "synthetic", "--val-every", "0", "--save-every", "1"]
+    code, _ = run_sabotaged([*flags, "--max-steps", "6", "--out-dir", tmp_path], *interrupt_at(3), capsys=capsys,
+                            lr_schedule=constant_then_decay)  # stops at step 2
+    assert code == 130
+    before = file_checksums(tmp_path)
+    for bad, fragment in ((["--data", "webmix"], "--data webmix: the resumed run has 'synthetic'"), (["--lr", "0.1"], "a resumed run keeps its settings"),
+                          (["--max-steps", "1"], "at step 2 already")):
+        code, err = resume_sabotaged(["--resume", tmp_path, *bad], capsys, lr_schedule=constant_then_decay)
+        assert_one_line_error(code, err, 2, fragment)
+    assert file_checksums(tmp_path) == before
+    # at step 2 the LR is in its constant part under 6 or 9 steps, so the run may grow
+    assert resume_sabotaged(["--resume", tmp_path, "--max-steps", "9"], capsys, lr_schedule=constant_then_decay)[0] == 0
+    assert [e["step"] for e in read_metrics(tmp_path)] == list(range(1, 10))
+    # at step 9 the decay depends on the length (and the baseline's warm-up and cosine always do)
+    code, err = resume_sabotaged(["--resume", tmp_path, "--max-steps", "12"], capsys, lr_schedule=constant_then_decay)
+    assert_one_line_error(code, err, 2, "the run would jump")
+    (checkpoint.latest(tmp_path)).unlink()  # a finished run whose newest checkpoint is older than its end: resuming would train again
+    before = file_checksums(tmp_path)
+    code, err = resume_sabotaged(["--resume", tmp_path], capsys, lr_schedule=constant_then_decay)
+    assert_one_line_error(code, err, 2, "finished at step 9")
+    assert file_checksums(tmp_path) == before
+
+
+def test_checkpoint_rotation_never_deletes_a_newer_checkpoint(tmp_path):
+    import train_gpt2
+    from kit.config import parse_config
+    from kit.loader import TrainStream
+
+    cfg, _ = parse_config(train_gpt2.Hyperparameters, [*FAST, "--data", "synthetic"])
+    model = train_gpt2.build_model(cfg)
+    folder = tmp_path / checkpoint.CHECKPOINT_DIR
+    folder.mkdir()
+    for step in (15, 20):
+        (folder / f"ckpt_step{step:06d}.pt").write_bytes(b"newer")
+    make_shard(tmp_path / "t.bin", 5000)
+    stream = TrainStream([tmp_path / "t.bin"], 32, 1)
+    for step in (3, 4, 5):
+        checkpoint.save(tmp_path, step, 0, model, [], stream, 0.0, {}, keep=2)
+    assert sorted(p.name for p in folder.iterdir()) == ["ckpt_step000004.pt", "ckpt_step000005.pt", "ckpt_step000015.pt", "ckpt_step000020.pt"]
 
 
 def test_ddp_two_processes_equal_one_with_twice_the_accumulation(tmp_path, isolated_data_dir):
@@ -120,6 +231,7 @@ def assert_one_line_error(code, err, expected_code, fragment):
     (["--micro-batch", "3"], "--micro-batch 3 does not divide the 8 sequences"),
     (["--max-steps", "0"], "--max-steps must be positive"),
     (["--val-tokens", "16"], "shorter than one sequence"),
+    (["--max-step", "5"], "unrecognized arguments: --max-step 5"),  # no prefix matching: a typo is not taken for --max-steps
 ])
 def test_bad_flags(flags, fragment, capsys):
     data = [] if "--train-files" in flags else ["--data", "synthetic"]
@@ -175,7 +287,7 @@ def test_resume_from_missing_or_foreign_checkpoint(tmp_path, capsys):
     assert_one_line_error(code, err, 2, "no such checkpoint")
     assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "2", "--save-every", "2", "--out-dir", tmp_path / "a"])[0] == 0
     code, err = run_baseline([*FAST, "--data", "synthetic", "--model-size", "124m", "--micro-batch", "1", "--resume", tmp_path / "a"], capsys)
-    assert_one_line_error(code, err, 2, "different model")
+    assert_one_line_error(code, err, 2, "--model-size 124m: the resumed run has 'tiny'")
     torn = tmp_path / "torn.pt"
     torn.write_bytes(checkpoint.latest(tmp_path / "a").read_bytes()[:1000])
     code, err = run_baseline([*FAST, "--data", "synthetic", "--resume", torn], capsys)
@@ -199,12 +311,12 @@ class Sabotaged(torch.nn.Module):
         return out
 
 
-def run_sabotaged(argv, at, action, capsys):
+def run_sabotaged(argv, at, action, capsys, **recipe_fields):
     import train_gpt2
     from kit.train import Recipe, main
 
     recipe = Recipe(train_gpt2.Hyperparameters, lambda cfg: Sabotaged(train_gpt2.build_model(cfg), at, action),
-                    train_gpt2.build_optimizers, script=train_gpt2.__file__)
+                    train_gpt2.build_optimizers, script=train_gpt2.__file__, **recipe_fields)
     code = main(recipe, [str(a) for a in argv])
     return code, [line for line in capsys.readouterr().err.splitlines() if line.strip()]
 
@@ -250,7 +362,7 @@ def test_batch_schedule_counts_the_tokens_it_trains_on(tmp_path):
     from kit.train import Recipe, main
 
     recipe = Recipe(train_gpt2.Hyperparameters, train_gpt2.build_model, train_gpt2.build_optimizers, script=train_gpt2.__file__,
-                    batch_schedule=lambda step, cfg: 0.5 if step < 2 else 1.0)
+                    batch_schedule=lambda step, cfg: 0.5 if step < 2 else 1.0, lr_schedule=lambda step, cfg: 1.0)  # a constant LR: the run may grow
     flags = [*FAST, "--data", "synthetic", "--micro-batch", "2", "--val-every", "0"]  # 4 micro-steps of 64 tokens per full step
     assert main(recipe, [*flags, "--max-steps", "3", "--save-every", "3", "--out-dir", str(tmp_path)]) == 0
     assert [e["tokens"] for e in read_metrics(tmp_path)] == [128, 256, 512]
@@ -321,3 +433,34 @@ def test_the_micro_batch_probe_warns_when_other_processes_crowd_the_gpu():
     assert note is not None and "micro-batch 8" in note and "100.0 GiB" in note
     assert crowded_gpu_note(8, free=100 * gib, card=140 * gib, own_reserved=39 * gib, usable=140 * gib) is None  # alone: its own OOM
     assert crowded_gpu_note(8, free=60 * gib, card=140 * gib, own_reserved=5 * gib, usable=43 * gib) is None  # others hold memory, but it can reach its cap
+
+
+def test_cpu_micro_batch_follows_the_ram_and_a_model_that_cannot_fit_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
+    import kit.train
+
+    monkeypatch.setattr(kit.train, "available_ram", lambda: 1 * 2**30)
+    code, err = run_baseline(["--model-size", "124m", "--device", "cpu", "--data", "synthetic", "--max-steps", "2", "--out-dir", tmp_path / "big"], capsys)
+    assert_one_line_error(code, err, 2, "GiB of RAM on the CPU for one sequence, and 1.0 GiB is available: use --model-size tiny")
+    assert not (tmp_path / "big").exists()  # nothing left behind
+    monkeypatch.setattr(kit.train, "available_ram", lambda: 3 * 2**30)  # 124M at 1,024 tokens: ~2 GiB of weights and state, ~2.5 GiB a sequence
+    model = SimpleNamespace(config=SimpleNamespace(n_layer=12, n_embd=768, n_head=12, vocab_size=50304))
+    assert kit.train.cpu_bytes_per_sequence(model, 1024) == 4 * 1024 * (12 * (24 * 768 + 2 * 12 * 1024) + 3 * 50304)
+    assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "1", "--out-dir", tmp_path / "tiny"])[0] == 0  # tiny fits
+    assert json.loads((tmp_path / "tiny" / "summary.json").read_text())["micro_batch"] == 8
+
+
+def test_a_tool_sets_an_earlier_attempt_aside():
+    from kit.runlog import holds_run, set_aside
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        run = Path(folder) / "row"
+        run.mkdir()
+        (run / "console.txt").write_text("not a run file")
+        assert not holds_run(run) and set_aside(run) is None
+        (run / "metrics.jsonl").write_text("{}")
+        assert holds_run(run) and set_aside(run) == Path(folder) / "row.attempt1" and not run.exists()
+        run.mkdir()
+        (run / "summary.json").write_text("{}")
+        assert set_aside(run).name == "row.attempt2"

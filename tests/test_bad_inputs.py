@@ -1,0 +1,112 @@
+"""Every training script against a table of bad inputs: each ends with one line on stderr, a non-zero exit
+code, and no file of an existing run changed (checksums before and after), in the process (fast: every
+case fails before any training)."""
+
+import hashlib
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+SCRIPTS = sorted(p.name for p in REPO.glob("train_gpt2*.py"))
+
+# (flags, exit code, a fragment of the line), for every script
+COMMON_CASES = [
+    (["--bogus", "1"], 2, "unrecognized arguments: --bogus"),
+    (["--max-step", "5"], 2, "unrecognized arguments: --max-step"),  # no prefix matching
+    (["--max-steps", "0"], 2, "--max-steps must be positive"),
+    (["--model-size", "huge"], 2, "invalid choice: 'huge'"),
+    (["--compile", "maybe"], 2, "expected 0 or 1"),
+    (["--memory-cap-gib", "20"], 2, "--memory-cap-gib caps a GPU's memory"),
+    (["--batch-tokens", "1000"], 2, "is not a multiple of --seq-len"),
+    (["OUT_DIR_OF_A_RUN"], 2, "holds another run"),
+    (["--resume", "GARBAGE_CHECKPOINT"], 2, "cannot read the checkpoint"),
+    (["--resume", "RUN_WITHOUT_CHECKPOINTS"], 2, "the run directory has no checkpoints"),
+]
+
+# a script's own flags, where they can contradict each other or the model
+OWN_CASES = {
+    "train_gpt2.py": [(["--attn", "foo"], 2, "invalid choice: 'foo'"), (["--lr", "-1"], 2, "--lr -1.0: must not be negative"),
+                      (["--beta2", "1.5"], 2, "--beta2 1.5: between 0 and 1")],
+    "train_gpt2_moe.py": [(["--top-k", "8", "--experts", "4"], 2, "top-k 8 must be between 1 and the number of experts (4)")],
+    "train_gpt2_rtx4090_optim.py": [(["--attn", "gqa", "--kv-heads", "3"], 2, "--kv-heads 3 must divide the 2 heads")],
+    "train_gpt2_curriculum.py": [(["--curriculum-start", "100"], 2, "both powers of 2")],
+    "train_gpt2_lightrnn_afno.py": [(["--hybrid-attn-layers", "9"], 2, "between 0 and the model's 2 layers")],
+    "train_gpt2_speedrun.py": [(["--seq-len", "100", "--batch-tokens", "1000"], 2, "multiple of 128"),
+                               (["--paired-head-layers", "7"], 2, "the model has layers 0..1"),
+                               (["--xsa-layers", "a"], 2, "give layer numbers")],
+}
+
+
+def load(script: str):
+    path = REPO / script
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(path.stem, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    """A folder with a finished run in it (the files a run writes), a garbage checkpoint and a run without checkpoints."""
+    root = tmp_path_factory.mktemp("sandbox")
+    run = root / "finished_run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"max_steps": 5}))
+    (run / "summary.json").write_text(json.dumps({"status": "completed", "steps": 5}))
+    (run / "metrics.jsonl").write_text('{"type": "train", "step": 1, "loss": 9.0}\n')
+    (run / "log.txt").write_text("command: ...\n")
+    (run / "checkpoints" / "ckpt_step000005.pt").write_bytes(b"not a checkpoint")
+    (root / "garbage.pt").write_bytes(b"\x00garbage\nsecond line")
+    empty = root / "no_checkpoints"
+    empty.mkdir()
+    (empty / "log.txt").write_text("command: ...\n")
+    return root
+
+
+def checksums(folder: Path) -> dict:
+    return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def substituted(flags: list, sandbox: Path) -> list:
+    names = {"OUT_DIR_OF_A_RUN": ["--out-dir", str(sandbox / "finished_run")], "GARBAGE_CHECKPOINT": [str(sandbox / "garbage.pt")],
+             "RUN_WITHOUT_CHECKPOINTS": [str(sandbox / "no_checkpoints")]}
+    return [word for flag in flags for word in names.get(flag, [flag])]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_inputs_end_in_one_line_and_touch_nothing(script, sandbox, capsys):
+    from kit.train import main
+
+    recipe = load(script).RECIPE
+    before = checksums(sandbox)
+    base = ["--model-size", "tiny", "--device", "cpu", "--data", "synthetic", "--export", "0"]
+    for flags, code, fragment in COMMON_CASES + OWN_CASES.get(script, []):
+        argv = substituted(flags, sandbox)
+        if "--out-dir" not in argv:
+            argv += ["--out-dir", str(sandbox / "fresh")]
+        got = main(recipe, [*base, *argv])
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert got == code and len(err) == 1 and fragment in err[0], (script, flags, got, err)
+        assert err[0].startswith(f"{script}: error: "), err
+        assert not (sandbox / "fresh").exists(), (script, flags)  # a refused run leaves no folder behind
+    assert checksums(sandbox) == before
+
+
+@pytest.mark.parametrize("script, flags", [(s, []) for s in SCRIPTS] + [("train_gpt2_rtx4090_optim.py", ["--attn", "gqa"]),
+                                                                       ("train_gpt2_rtx4090_optim.py", ["--attn", "mla"])])
+def test_every_scripts_tiny_preset_builds_its_model_and_optimizers(script, flags):
+    """The tiny preset is a working configuration of every script (the script's own presets fit its flags to
+    the tiny model: a shorter curriculum, one attention layer of two, one key/value head of two)."""
+    from kit.config import parse_config
+
+    recipe = load(script).RECIPE
+    cfg, _ = parse_config(recipe.config_cls, ["--model-size", "tiny", "--device", "cpu", "--data", "synthetic", *flags],
+                          data_presets=recipe.data_presets, configure=recipe.configure)
+    model = recipe.build_model(cfg)
+    assert recipe.build_optimizers(model, cfg)
