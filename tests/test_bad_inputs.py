@@ -110,3 +110,14 @@ def test_every_scripts_tiny_preset_builds_its_model_and_optimizers(script, flags
                           data_presets=recipe.data_presets, configure=recipe.configure)
     model = recipe.build_model(cfg)
     assert recipe.build_optimizers(model, cfg)
+
+
+def test_help_says_what_a_size_preset_sets(capsys):
+    from kit.train import main
+
+    with pytest.raises(SystemExit):
+        main(load("train_gpt2_curriculum.py").RECIPE, ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "tiny sets --seq-len 128," in text and "--lr 0.003" in text  # (argparse wraps lines inside some flag names)
+    assert "--curriculum-start 32" in text  # the script's own preset for the tiny model
+    assert "on --resume: the run's settings come from its checkpoint" in text
