@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kit.datasets import data_dir  # noqa: E402
+from kit.errors import UserError  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "webmix"
 CHUNK = 1 << 22
@@ -52,6 +53,8 @@ def decompress_verified(source: Path, dest: Path, expected_sha256: str) -> None:
 
 
 def stage(source: Path, dest: Path, only=None, skip_missing: bool = False) -> list[Path]:
+    if not (source / "MANIFEST.json").exists():
+        raise UserError(f"--source {source}: no MANIFEST.json there; give the folder that holds webmix's MANIFEST.json and .xz files")
     manifest = json.loads((source / "MANIFEST.json").read_text())
     dest.mkdir(parents=True, exist_ok=True)
     staged = []
@@ -82,6 +85,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         stage(Path(args.source), Path(args.dest), args.only, args.skip_missing)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.exit_code
     except (OSError, ValueError, KeyError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

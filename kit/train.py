@@ -273,14 +273,14 @@ class Trainer:
             raise UserError(f"--out-dir {run_dir} holds another run; continue it with --resume {run_dir}, or give another --out-dir")
         if resuming_in_place:
             step = checkpoint.step_of(resumed_from)
-            finished = finished_steps(run_dir)
-            if finished is not None and step is not None and finished > step:
-                raise UserError(f"--resume {run_dir}: the run finished at step {finished}, after its newest checkpoint (step {step}); "
-                                "resuming would train those steps again: start a new run")
             newer = [p.name for p in sorted((run_dir / checkpoint.CHECKPOINT_DIR).glob("ckpt_step*.pt")) if (checkpoint.step_of(p) or 0) > (step or 0)]
             if newer:
                 raise UserError(f"--resume {resumed_from}: the run has newer checkpoints ({', '.join(newer)}); resume from the newest "
                                 f"(--resume {run_dir}), or branch off into a fresh --out-dir")
+            finished = finished_steps(run_dir)
+            if finished is not None and step is not None and finished > step:
+                raise UserError(f"--resume {run_dir}: the run finished at step {finished}, after its newest checkpoint (step {step}); "
+                                "resuming would train those steps again: start a new run, or branch off into a fresh --out-dir")
         return run_dir
 
     def check_new_length(self, payload: dict) -> None:

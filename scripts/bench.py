@@ -264,9 +264,12 @@ def main(argv=None) -> int:
     parser.add_argument("--peak-flops", type=float, help="peak FLOP/s for MFU (default: datasheet or measured)")
     parser.add_argument("--out", default=str(REPO / "logs" / time.strftime("bench_%Y%m%d_%H%M%S")))
     args = parser.parse_args(argv)
+    rows = load_rows(args)
+    absent = [r["script"] for r in rows if not (REPO / r["script"]).exists()]
+    if absent:  # before any row runs: a typo should not cost the rows before it
+        raise SystemExit(f"bench: {absent[0]}: no such script in {REPO}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = load_rows(args)
     if args.equal_time:
         steps = equal_time_steps(json.loads(Path(args.equal_time).read_text()), args.equal_time_base)
         steps_of = lambda r: steps.get(r["label"], steps.get(r.get("seed_of")))  # a seed copy: its row's step count

@@ -36,7 +36,8 @@ def main(argv=None) -> int:
         return 0
     missing = [r for r in args.runs if not (Path(r) / "summary.json").exists()]
     if missing:  # a typo in one folder name should not quietly drop that run from the table
-        parser.error(f"{missing[0]}: no summary.json there (not a run directory, or a run still starting)")
+        print(f"compare.py: error: {missing[0]}: no summary.json there (not a run directory, or a run still starting)", file=sys.stderr)
+        return 2
     if not args.runs:
         parser.error("give run directories (each with a summary.json), or --records")
     found = [Path(r) for r in args.runs]

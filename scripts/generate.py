@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit.errors import run_cli  # noqa: E402
+from kit.errors import UserError, run_cli  # noqa: E402
 from kit.inference import check_static, check_supported, generate  # noqa: E402
 from kit.runs import load_model  # noqa: E402
 from kit.tokenizer import EOT, gpt2_encoding  # noqa: E402
@@ -76,6 +76,10 @@ def main(argv=None) -> str:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens {args.max_new_tokens}: at least 1")
+    if args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
+        raise UserError("--temperature and --top-k must not be negative, and --top-p lies in (0, 1]")
 
     model, _, _ = load_model(args.run_dir, args.device)
     cache = args.cache

@@ -115,6 +115,8 @@ def main(argv=None) -> int:
     parser.add_argument("--gpus", help="comma-separated GPU indices to run on in parallel")
     parser.add_argument("--rerun", action="store_true", help="also rerun runs that finished before")
     args = parser.parse_args(argv)
+    if not (REPO / args.script).exists():
+        raise SystemExit(f"sweep: {args.script}: no such script in {REPO}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = combinations(parse_grid(args.grid))

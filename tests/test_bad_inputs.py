@@ -121,3 +121,29 @@ def test_help_says_what_a_size_preset_sets(capsys):
     assert "tiny sets --seq-len 128," in text and "--lr 0.003" in text  # (argparse wraps lines inside some flag names)
     assert "--curriculum-start 32" in text  # the script's own preset for the tiny model
     assert "on --resume: the run's settings come from its checkpoint" in text
+
+
+def load_tool(relative: str):
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem + "_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tools_refuse_bad_inputs_in_one_line(tmp_path, capsys):
+    from kit.errors import run_cli
+
+    def one_line(code, expected, fragment):
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert code == expected and len(err) == 1 and fragment in err[0], (code, err)
+
+    one_line(load_tool("scripts/compare.py").main([str(tmp_path / "typo")]), 2, "no summary.json there")
+    one_line(load_tool("data/webmix.py").main(["--source", str(tmp_path), "--dest", str(tmp_path / "d")]), 2, "no MANIFEST.json there")
+    one_line(run_cli(lambda: load_tool("scripts/generate.py").main([str(tmp_path), "--prompt", "hi", "--max-new-tokens", "0"])), 2,
+             "--max-new-tokens 0: at least 1")
+    with pytest.raises(SystemExit, match="nope.py: no such script"):
+        load_tool("scripts/bench.py").main(["--row", "x=nope.py", "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="nope.py: no such script"):
+        load_tool("scripts/sweep.py").main(["nope.py", "--grid", "a=1", "--out", str(tmp_path / "s")])
+    assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists() and not (tmp_path / "d").exists()

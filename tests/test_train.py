@@ -464,3 +464,15 @@ def test_a_tool_sets_an_earlier_attempt_aside():
         run.mkdir()
         (run / "summary.json").write_text("{}")
         assert set_aside(run).name == "row.attempt2"
+
+
+def test_resuming_an_older_checkpoint_in_place_is_refused_while_newer_ones_exist(tmp_path, capsys):
+    flags = [*FAST, "--data", "synthetic", "--val-every", "0", "--max-steps", "3", "--save-every", "1"]
+    assert run_baseline([*flags, "--out-dir", tmp_path / "run"])[0] == 0
+    older = tmp_path / "run" / "checkpoints" / "ckpt_step000002.pt"
+    before = file_checksums(tmp_path / "run")
+    code, err = run_baseline(["--resume", older], capsys)
+    assert_one_line_error(code, err, 2, "the run has newer checkpoints (ckpt_step000003.pt)")
+    assert file_checksums(tmp_path / "run") == before
+    assert run_baseline(["--resume", older, "--out-dir", tmp_path / "branch"])[0] == 0  # a branch into a fresh folder
+    assert [e["step"] for e in read_metrics(tmp_path / "branch")] == [3]
