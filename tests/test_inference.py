@@ -335,7 +335,7 @@ def test_speedrun_model_window_shapes_what_is_generated():
     assert narrow != wide and len(set(narrow)) > 5
 
 
-def test_inference_benchmark_runs_and_its_validation_losses_agree(tmp_path):
+def test_inference_benchmark_runs_and_its_validation_losses_agree(tmp_path, capsys):
     import json
 
     bench = load_script("bench_inference")
@@ -357,3 +357,5 @@ def test_inference_benchmark_runs_and_its_validation_losses_agree(tmp_path):
     c = gpt_config("tiny")
     memory = {r["attention"]: r["bytes_per_token"] for r in rows if r["part"] == "cache_memory"}
     assert memory["mha"] == 2 * c.n_layer * c.n_embd * 4  # keys and values of every layer, fp32 on the CPU: the measured model's shape
+    out = capsys.readouterr().out
+    assert out.startswith("model: random weights, tiny") and "generation batch   1 cache none      : warming up" in out  # progress as it goes
