@@ -124,6 +124,9 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
             raise TypeError(f"{cls.__name__}.{f.name}: no flag type for {hint}")
         metadata = field_metadata(cls, f.name)
         help_text = metadata.get("help", "")
+        if f.name in getattr(cls, "NOT_READ", ()):  # inherited by a script that never reads it: refused (check_not_read), not listed
+            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, help=argparse.SUPPRESS)
+            continue
         if f.name == "model_size":
             help_text += "the model's size; " + "; ".join(f"{size} sets " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in values.items())
                                           for size, values in size_presets(cls).items()) + " (for the flags not given)"
@@ -145,6 +148,15 @@ CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "save_every", "keep_ch
 RESUME_EPILOG = ("on --resume: the run's settings come from its checkpoint; of the flags, only these may change: "
                  + ", ".join("--" + name.replace("_", "-") for name in CHANGEABLE_ON_RESUME[1:])
                  + " (--max-steps only where the LR and batch size at the resumed step stay the same under the new length)")
+
+
+def check_not_read(cls, given: dict) -> None:
+    """A flag the script inherits from TrainConfig but never reads (its class lists it in NOT_READ: the record
+    script has its own learning rates and schedule) is refused in one line instead of doing nothing."""
+    ignored = [name for name in getattr(cls, "NOT_READ", ()) if name in given]
+    if ignored:
+        flag = "--" + ignored[0].replace("_", "-")
+        raise UserError(f"{flag}: this script does not read it ({getattr(cls, 'NOT_READ_WHY', 'see --help for its own flags')})")
 
 
 def resumed_config(cls, given: dict, saved: dict):
@@ -170,6 +182,7 @@ def parse_config(cls, argv=None, world_size: int = 1, description: str = "", dat
     the run's saved settings instead of all of that (resumed_config).
     """
     given = vars(build_parser(cls, description).parse_args(argv))
+    check_not_read(cls, given)
     if given.get("resume"):
         from kit.checkpoint import saved_config
 

@@ -37,6 +37,8 @@ OWN_CASES = {
     "train_gpt2_curriculum.py": [(["--curriculum-start", "100"], 2, "both powers of 2")],
     "train_gpt2_lightrnn_afno.py": [(["--hybrid-attn-layers", "9"], 2, "between 0 and the model's 2 layers")],
     "train_gpt2_speedrun.py": [(["--seq-len", "100", "--batch-tokens", "1000"], 2, "multiple of 128"),
+                               (["--lr", "0.01"], 2, "--lr: this script does not read it (its learning rates are --muon-lr"),
+                               (["--warmup-steps", "10"], 2, "--warmup-steps: this script does not read it"),
                                (["--paired-head-layers", "7"], 2, "the model has layers 0..1"),
                                (["--xsa-layers", "a"], 2, "give layer numbers")],
 }
