@@ -215,7 +215,9 @@ class Trainer:
         run_dir = self.claim_run_dir(resumed_from)  # before any download or file: a refused run leaves nothing behind
         self.files = datasets.resolve(cfg, ddp.is_main)
         hw.barrier()  # rank 0 downloads or generates data first
-        self.target = cfg.target_loss if "target_loss" in self.explicit else datasets.TARGET_LOSS[self.files.name]
+        chosen = "target_loss" in self.explicit or (cfg.resume and cfg.target_loss is not None)  # given now, or the resumed run's
+        self.target = cfg.target_loss if chosen else datasets.TARGET_LOSS[self.files.name]
+        cfg.target_loss = self.target  # config.json records the target the run used, not the flag's empty default
         try:  # a combination of flags a model's constructor rejects (MoE's --top-k above --experts): one line
             self.model = self.recipe.build_model(cfg).to(self.device)
         except ValueError as err:

@@ -476,3 +476,18 @@ def test_resuming_an_older_checkpoint_in_place_is_refused_while_newer_ones_exist
     assert file_checksums(tmp_path / "run") == before
     assert run_baseline(["--resume", older, "--out-dir", tmp_path / "branch"])[0] == 0  # a branch into a fresh folder
     assert [e["step"] for e in read_metrics(tmp_path / "branch")] == [3]
+
+
+def test_config_json_records_the_target_the_run_used(tmp_path, monkeypatch):
+    from kit import datasets
+
+    monkeypatch.setitem(datasets.TARGET_LOSS, "synthetic", 9.9)  # a dataset's own target, as webmix's 3.64
+    assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "1", "--out-dir", tmp_path])[0] == 0
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["target_loss"] == 9.9 == json.loads((tmp_path / "summary.json").read_text())["target_loss"]
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "0", "--save-every", "1", "--target-loss", "0.5"]
+    assert run_baseline([*flags, "--out-dir", tmp_path / "own"])[0] == 0
+    (tmp_path / "own" / "checkpoints" / "ckpt_step000003.pt").unlink()
+    (tmp_path / "own" / "summary.json").unlink()  # as if stopped after step 2's checkpoint
+    assert run_baseline(["--resume", tmp_path / "own"])[0] == 0  # the resumed run keeps its own target, not the dataset's
+    assert json.loads((tmp_path / "own" / "summary.json").read_text())["target_loss"] == 0.5
