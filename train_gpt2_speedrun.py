@@ -252,7 +252,7 @@ def layer_list(text: str, flag: str, n_layer: int) -> tuple:
     try:
         layers = tuple(int(x) for x in text.split(",")) if text else ()
     except ValueError:
-        raise UserError(f"{flag} {text!r}: give layer numbers separated by commas, or auto") from None
+        raise UserError(f"{flag} {text!r}: give layer numbers separated by commas (e.g. 5,7), or auto") from None
     if any(not 0 <= i < n_layer for i in layers):
         raise UserError(f"{flag} {text}: the model has layers 0..{n_layer - 1}")
     return layers
@@ -273,15 +273,7 @@ def layer_parts(cfg: Hyperparameters, n_layer: int) -> dict:
 def layers_without_attention(cfg: Hyperparameters, n_layer: int) -> tuple:
     if cfg.skip_attn_layers == "auto":
         return (7,) if n_layer == 12 else ()
-    if cfg.skip_attn_layers in ("", "none"):
-        return ()
-    try:
-        layers = tuple(int(x) for x in cfg.skip_attn_layers.split(","))
-    except ValueError:
-        raise UserError(f"--skip-attn-layers {cfg.skip_attn_layers!r}: give layer numbers like 7 or 5,7, or auto, or none") from None
-    if any(not 0 <= i < n_layer for i in layers):
-        raise UserError(f"--skip-attn-layers {cfg.skip_attn_layers}: the model has layers 0..{n_layer - 1}")
-    return layers
+    return layer_list("" if cfg.skip_attn_layers == "none" else cfg.skip_attn_layers, "--skip-attn-layers", n_layer)
 
 
 def build_optimizers(model: ModernGPT, cfg: Hyperparameters):

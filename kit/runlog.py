@@ -54,6 +54,17 @@ def holds_run(run_dir) -> bool:
     return any((Path(run_dir) / name).exists() for name in RUN_FILES)
 
 
+FINISHED = ("completed", "reached_target")  # a summary's statuses of a run that ended as planned
+
+
+def read_summary(run_dir) -> dict:
+    """A run directory's summary.json, or {} where there is none (yet) or it cannot be read."""
+    try:
+        return json.loads((Path(run_dir) / "summary.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def set_aside(run_dir) -> Path:
     """Move an earlier attempt's run directory to <dir>.attempt<N> (the first free N) so that a tool can run
     it again in the same place without mixing the two; returns where it went, or None if there was none."""

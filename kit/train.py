@@ -32,7 +32,7 @@ from kit.errors import Interrupted, OutOfMemory, TrainingDiverged, UserError
 from kit.loader import TrainStream, validation_batches
 from kit.model import count_parameters
 from kit.optim import set_learning_rates, warmup_cosine
-from kit.runlog import RunLog, default_run_dir, git_commit, holds_run
+from kit.runlog import FINISHED, RunLog, default_run_dir, git_commit, holds_run, read_summary
 
 MAX_AUTO_MICRO_BATCH = 128
 CPU_AUTO_MICRO_BATCH = 16
@@ -89,15 +89,6 @@ def crowded_gpu_note(batch: int, free: int, card: int, own_reserved: int, usable
     return (f"warning: the micro-batch probe ran out of GPU memory at micro-batch {batch} while other processes held "
             f"{held_by_others / 2**30:.1f} GiB of the card; the micro-batch it picks may be smaller than the card allows "
             f"(start this run alone, or pass --micro-batch)")
-
-
-def finished_steps(run_dir: Path):
-    """The step a run directory's run finished at (completed or reached its target), or None."""
-    try:
-        summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return summary.get("steps") if summary.get("status") in ("completed", "reached_target") else None
 
 
 def keep_metrics_up_to(path: Path, step: int) -> None:
@@ -240,8 +231,8 @@ class Trainer:
             self.tokens_seen = payload["tokens"]
             self.check_new_length(payload)
             self.earlier.update(payload.get("times", {}))
-            if ddp.is_main and run_dir == checkpoint.run_dir_of(resumed_from):
-                self.earlier["wall_time_s"] = max(self.earlier["wall_time_s"], self.wall_so_far(run_dir))
+            if ddp.is_main and self.resuming_in_place:  # the wall time of the part that stopped, from the summary it wrote
+                self.earlier["wall_time_s"] = max(self.earlier["wall_time_s"], float(read_summary(run_dir).get("wall_time_s") or 0.0))
                 keep_metrics_up_to(run_dir / "metrics.jsonl", self.step)
             self.earlier["resumed_at"] = [*self.earlier["resumed_at"], self.step]
         self.start_step = self.step
@@ -271,6 +262,7 @@ class Trainer:
         else:
             run_dir = Path(cfg.out_dir) if cfg.out_dir else default_run_dir(self.recipe.script)
         resuming_in_place = resumed_from is not None and run_dir.resolve() == checkpoint.run_dir_of(resumed_from).resolve()
+        self.resuming_in_place = resuming_in_place
         if not resuming_in_place and holds_run(run_dir):
             raise UserError(f"--out-dir {run_dir} holds another run; continue it with --resume {run_dir}, or give another --out-dir")
         if resuming_in_place:
@@ -279,7 +271,8 @@ class Trainer:
             if newer:
                 raise UserError(f"--resume {resumed_from}: the run has newer checkpoints ({', '.join(newer)}); resume from the newest "
                                 f"(--resume {run_dir}), or branch off into a fresh --out-dir")
-            finished = finished_steps(run_dir)
+            summary = read_summary(run_dir)
+            finished = summary.get("steps") if summary.get("status") in FINISHED else None
             if finished is not None and step is not None and finished > step:
                 raise UserError(f"--resume {run_dir}: the run finished at step {finished}, after its newest checkpoint (step {step}); "
                                 "resuming would train those steps again: start a new run, or branch off into a fresh --out-dir")
@@ -303,14 +296,6 @@ class Trainer:
                 raise UserError(f"--max-steps {self.cfg.max_steps}: at step {self.step} the {old_steps}-step schedule gives x{was:.4g}, "
                                 f"the {self.cfg.max_steps}-step one x{now:.4g}; the run would jump, so its length stays {old_steps} "
                                 f"(start a new run with --max-steps {self.cfg.max_steps})")
-
-    @staticmethod
-    def wall_so_far(run_dir: Path) -> float:
-        """The wall time the run's earlier parts took, from the summary its last part wrote (0 if none)."""
-        try:
-            return float(json.loads((run_dir / "summary.json").read_text()).get("wall_time_s") or 0.0)
-        except (OSError, ValueError):
-            return 0.0
 
     def times_so_far(self) -> dict:
         """The run's clocks over all its parts, this one up to now: for checkpoints and the summary."""
@@ -348,7 +333,7 @@ class Trainer:
         RAM available now, with the weights and the optimizer state; one line where not even one sequence fits
         (the 124M model on a small machine, which the kernel's out-of-memory killer would stop without a word)."""
         available, per_sequence = available_ram(), cpu_bytes_per_sequence(self.model, self.cfg.seq_len)
-        fixed = 16 * self.model_parameter_count()  # fp32 weights, gradients and Adam's two moments
+        fixed = 16 * count_parameters(self.model)  # fp32 weights, gradients and Adam's two moments
         if not available or not per_sequence:
             return divisors_descending(self.seqs_per_rank, CPU_AUTO_MICRO_BATCH)[0]
         fitting = int((0.7 * available - fixed) // per_sequence)
@@ -357,9 +342,6 @@ class Trainer:
             raise UserError(f"--model-size {self.cfg.model_size} at --seq-len {self.cfg.seq_len} needs ~{need:.1f} GiB of RAM on the CPU "
                             f"for one sequence, and {available / 2**30:.1f} GiB is available: use --model-size tiny, a shorter --seq-len, or a GPU")
         return divisors_descending(self.seqs_per_rank, min(CPU_AUTO_MICRO_BATCH, fitting))[0]
-
-    def model_parameter_count(self) -> int:
-        return sum(p.numel() for p in self.model.parameters())
 
     def auto_micro_batch(self) -> int:
         """The largest micro-batch (a divisor of the per-rank sequences) whose fwd+bwd fits."""
@@ -603,7 +585,6 @@ class Trainer:
                 self.log.print(f"{self.stop_signals.requested or 'a signal on another rank'}: saving a checkpoint and stopping")
                 if self.ddp.is_main:
                     saved = saved or self.save_checkpoint()
-                self.status = "interrupted"
                 raise Interrupted(f"interrupted at step {self.step} of {cfg.max_steps}, checkpoint {saved}; "
                                   f"continue with: python {Path(self.recipe.script).name} --resume {self.log.dir}")
 

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kit import hw, report  # noqa: E402
-from kit.runlog import set_aside  # noqa: E402
+from kit.runlog import read_summary, set_aside  # noqa: E402
 
 
 def parse_row(text: str) -> dict:
@@ -103,11 +103,8 @@ def peak_for(device_name: str, override):
 
 def finished(run_dir: Path, steps: int) -> bool:
     """Whether run_dir holds a completed run of exactly this many steps."""
-    summary = run_dir / "summary.json"
-    if not summary.exists():
-        return False
-    s = json.loads(summary.read_text())
-    return s.get("status") == "completed" and s.get("steps") == steps
+    summary = read_summary(run_dir)
+    return summary.get("status") == "completed" and summary.get("steps") == steps
 
 
 def equal_time_steps(reference: dict, base_label: str = None) -> dict:

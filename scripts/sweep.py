@@ -26,9 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kit import report  # noqa: E402
-from kit.runlog import set_aside  # noqa: E402
+from kit.runlog import FINISHED, read_summary, set_aside  # noqa: E402
 
-FINISHED = {"completed", "reached_target"}
 
 
 def parse_grid(items: list[str]) -> list[tuple[str, list[str]]]:
@@ -52,10 +51,7 @@ def combinations(grid) -> list[dict]:
 
 
 def finished(run_dir: Path) -> bool:
-    try:
-        return json.loads((run_dir / "summary.json").read_text()).get("status") in FINISHED
-    except (OSError, ValueError):
-        return False
+    return read_summary(run_dir).get("status") in FINISHED
 
 
 def execute(run: dict, script: str, common: list[str], out: Path, gpu=None) -> dict:

@@ -44,11 +44,14 @@ OWN_CASES = {
 }
 
 
-def load(script: str):
-    path = REPO / script
-    spec = importlib.util.spec_from_file_location(path.stem, path)
+def load(relative: str, name: str = None):
+    """A script or tool of the repository as a module (training scripts under their own name, which their
+    dataclasses need; tools under another, so a tool never shadows a module of the same name)."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(path.stem, module)
+    if name is None:
+        sys.modules.setdefault(path.stem, module)
     spec.loader.exec_module(module)
     return module
 
@@ -126,11 +129,7 @@ def test_help_says_what_a_size_preset_sets(capsys):
 
 
 def load_tool(relative: str):
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(path.stem + "_tool", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load(relative, Path(relative).stem + "_tool")
 
 
 def test_tools_refuse_bad_inputs_in_one_line(tmp_path, capsys):
