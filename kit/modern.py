@@ -232,7 +232,7 @@ class ModernAttention(nn.Module):
     token instead of parking its attention on a sink token (the public record of 2025-08-23).
 
     Later records' parts, each off unless the config asks: a gated value embedding, gated XSA,
-    paired heads (see pair_heads), the output projection's non-zero start.
+    paired heads (see interleave_pairs), the output projection's non-zero start.
 
     project() and output() are the two halves around the attention itself; kit.inference
     reuses them with a KV cache in between."""
