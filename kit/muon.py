@@ -97,9 +97,19 @@ class Muon(torch.optim.Optimizer):
             by_shape = {}
             for p in group["params"]:
                 if p.grad is not None:
-                    by_shape.setdefault(p.shape, []).append((p, self.momentum_direction(p, group)))
-            for shape, items in by_shape.items():
-                self.apply_orthogonalised(group, shape, items)
+                    by_shape.setdefault(p.shape, []).append(p)
+            for shape, params in by_shape.items():
+                self.step_matrices(group, shape, params)
+
+    def step_matrices(self, group, shape, params):
+        """One step for the group's matrices of one shape, as a batch: a few kernels for all of them
+        instead of a few per matrix (per-kernel launch costs dominate a small model's optimizer step)."""
+        directions = self.momentum_directions(params, group)
+        rows, cols = shape[0] // group["split"], shape[1]
+        updates = self.orthogonalise_shared(torch.stack(directions).view(len(params), group["split"], rows, cols), group["ns_steps"])
+        if group["row_beta"]:
+            updates = self.row_normalised(params, updates, group["row_beta"])
+        self.apply_updates(params, updates.view(len(params), *shape), group, rows, cols)
 
     @torch.no_grad()
     def warm_up(self) -> None:
@@ -136,37 +146,42 @@ class Muon(torch.optim.Optimizer):
         dist.all_gather(list(gathered.chunk(world)), mine)
         return gathered[:n]
 
-    def momentum_direction(self, p, group):
-        buf = self.state[p].setdefault("momentum_buffer", torch.zeros_like(p.grad))
-        buf.lerp_(p.grad, 1 - group["momentum"])
-        return p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+    def state_tensor(self, p, name, like):
+        """The state tensor `name` of p, zeros shaped like `like` the first time."""
+        state = self.state[p]
+        if name not in state:
+            state[name] = torch.zeros_like(like)
+        return state[name]
 
-    def apply_orthogonalised(self, group, shape, items):
-        rows, cols = shape[0] // group["split"], shape[1]
-        stacked = torch.stack([d.view(group["split"], rows, cols) for _, d in items])
-        updates = self.orthogonalise_shared(stacked, group["ns_steps"])
+    def momentum_directions(self, params, group):
+        """Each matrix's momentum buffer updated with its gradient; the Nesterov directions (or the buffers)."""
+        grads = [p.grad for p in params]
+        buffers = [self.state_tensor(p, "momentum_buffer", p.grad) for p in params]
+        torch._foreach_lerp_(buffers, grads, 1 - group["momentum"])
+        return torch._foreach_lerp(grads, buffers, group["momentum"]) if group["nesterov"] else buffers
+
+    def apply_updates(self, params, updates, group, rows, cols):
+        """Weight decay, cautious weight decay and the step, on the stacked matrices, written back."""
         lr = group["lr"]
         step_size = lr * (max(1.0, rows / cols) ** 0.5 if group["tall_scale"] else 1.0)
-        for (p, _), update in zip(items, updates):
-            if group["row_beta"]:
-                update = self.row_normalised(p, update, group["row_beta"])
-            update = update.view(shape)
-            if group["weight_decay"]:
-                p.mul_(1 - lr * group["weight_decay"])
-            if group["cautious_wd"]:  # where p and its update agree in sign, p -= step_size * p * lr * cautious_wd
-                p.sub_(p * (update * p >= 0), alpha=step_size * lr * group["cautious_wd"])
-            p.add_(update, alpha=-step_size)
+        weights = torch.stack(params)
+        if group["weight_decay"]:
+            weights.mul_(1 - lr * group["weight_decay"])
+        if group["cautious_wd"]:  # where a weight and its update agree in sign, w -= step_size * w * lr * cautious_wd
+            weights.sub_(weights * (updates * weights >= 0), alpha=step_size * lr * group["cautious_wd"])
+        weights.add_(updates, alpha=-step_size)
+        torch._foreach_copy_(params, list(weights.unbind(0)))
 
-    def row_normalised(self, p, update, beta):
-        """update (split, rows, cols) with each neuron (a row, or a column of a wide matrix) divided by
-        the root of its running mean square, rescaled to update's Frobenius norm per split matrix (NorMuon)."""
+    def row_normalised(self, params, update, beta):
+        """update (matrices, split, rows, cols) with each neuron (a row, or a column of a wide matrix) divided
+        by the root of its running mean square, rescaled to update's Frobenius norm per split matrix (NorMuon)."""
         update = update.float()
         mean_square = update.square().mean(dim=-1 if update.size(-2) >= update.size(-1) else -2, keepdim=True)
-        second_moment = self.state[p].setdefault("row_second_moment", torch.zeros_like(mean_square))
-        second_moment.lerp_(mean_square, 1 - beta)
-        normalised = update / (second_moment.sqrt() + 1e-10)
+        moments = [self.state_tensor(p, "row_second_moment", mean_square[0]) for p in params]
+        torch._foreach_lerp_(moments, list(mean_square.unbind(0)), 1 - beta)
+        normalised = update / (torch.stack(moments).sqrt() + 1e-10)
         scale = update.norm(dim=(-2, -1), keepdim=True) / (normalised.norm(dim=(-2, -1), keepdim=True) + 1e-10)
-        return (normalised * scale).to(p.dtype)
+        return (normalised * scale).to(params[0].dtype)
 
 
 def world_size() -> int:

@@ -125,6 +125,54 @@ def test_muon_split_treats_stacked_matrices_as_separate_parameters():
         Muon([torch.nn.Parameter(torch.zeros(48, 32))], split=5)
 
 
+def muon_matrices(shapes, seed=0):
+    torch.manual_seed(seed)
+    return [torch.nn.Parameter(torch.randn(*shape)) for shape in shapes]
+
+
+def test_muon_batched_step_equals_one_matrix_at_a_time_with_every_part_on():
+    """Matrices of one shape step as one batch (momentum, orthogonalisation, NorMuon, weight decay,
+    cautious weight decay and the step on stacked tensors); over three steps every matrix ends where
+    an optimizer holding only that matrix takes it, and each keeps its own state."""
+    shapes = [(48, 32)] * 3 + [(32, 64)] * 2 + [(64, 32)]
+    together, alone = muon_matrices(shapes), muon_matrices(shapes)
+    settings = dict(lr=0.1, momentum=0.9, row_beta=0.95, cautious_wd=2.0, weight_decay=0.1)
+    batched = Muon([{"params": together[:3], "split": 3}, {"params": together[3:]}], **settings)
+    separate = [Muon([p], split=3 if i < 3 else 1, **settings) for i, p in enumerate(alone)]
+    for step in range(3):
+        for i, (a, b) in enumerate(zip(together, alone)):
+            a.grad = torch.sin(torch.arange(a.numel(), dtype=torch.float32) * (i + 1) + step).view_as(a)
+            b.grad = a.grad.clone()
+        batched.step()
+        for opt in separate:
+            opt.step()
+    for a, b in zip(together, alone):
+        torch.testing.assert_close(a.detach(), b.detach(), atol=1e-6, rtol=1e-5)
+    assert all(set(batched.state[p]) == {"momentum_buffer", "row_second_moment"} for p in together)
+
+
+def test_muon_step_launches_as_many_ops_for_eight_matrices_as_for_two():
+    """The per-shape batch keeps the number of operations per step independent of the number of
+    matrices (each op a kernel launch on a GPU, where launches, not FLOPs, bound this step)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    VIEWS = {"aten::select", "aten::view", "aten::unbind", "aten::slice", "aten::as_strided", "aten::alias"}
+
+    def ops_per_step(count):
+        params = muon_matrices([(32, 48)] * count)
+        opt = Muon(params, lr=0.1, row_beta=0.95, cautious_wd=1.0)
+        for p in params:
+            p.grad = torch.randn_like(p)
+        opt.step()  # state created
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            opt.step()
+        top_level = [e.name for e in prof.events() if e.name.startswith("aten::") and not (e.cpu_parent and e.cpu_parent.name.startswith("aten::"))]
+        return sum(1 for name in top_level if name not in VIEWS)  # views launch nothing
+
+
+    assert ops_per_step(8) == ops_per_step(2)
+
+
 def test_muon_warm_up_changes_neither_weights_nor_state():
     params = [torch.nn.Parameter(torch.randn(48, 32)), torch.nn.Parameter(torch.randn(32, 64))]
     before = [p.detach().clone() for p in params]
