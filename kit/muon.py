@@ -72,8 +72,9 @@ class Muon(torch.optim.Optimizer):
 
     A param group may set split=k: its matrices are k matrices stacked along the rows (a fused
     QKV projection: k=3), each orthogonalised and scaled on its own, as if they were separate
-    parameters. Matrices of one shape are orthogonalised together in one batched call; under
-    torch.distributed each rank does its share of that batch and the results are gathered.
+    parameters. Matrices of one shape step together: momentum, orthogonalisation, NorMuon and the
+    update each run once on the batch; under torch.distributed each rank orthogonalises its share
+    of that batch and the results are gathered.
     """
 
     def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, split=1, coefficients="quintic",

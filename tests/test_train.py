@@ -197,8 +197,9 @@ def test_ddp_two_processes_equal_one_with_twice_the_accumulation(tmp_path, isola
 
     w1, w2 = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
     assert w1.keys() == w2.keys()
-    for name in w1:
-        torch.testing.assert_close(w1[name], w2[name], atol=1e-5, rtol=1e-4)
+    for name in w1:  # Adam divides by the gradient's running size: a rounding difference in a near-zero gradient moves
+        # its weight by a fair share of the step (lr 3e-3), here up to ~1e-5; a missing average would move every weight by ~lr
+        torch.testing.assert_close(w1[name], w2[name], atol=1e-4, rtol=1e-4)
 
 
 def test_exported_weights_load_into_the_model(tmp_path):

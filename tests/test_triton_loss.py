@@ -3,6 +3,7 @@ reference (kit/losses.py). On a CPU they run under Triton's interpreter, in a ch
 because TRITON_INTERPRET is read when the kernels are defined; the same checks run on CUDA in
 tests/test_gpu.py."""
 
+import json
 import subprocess
 import sys
 
@@ -109,26 +110,7 @@ def check_losses_through_autograd(device, v=500):
 '''
 
 
-def run_interpreted(code: str):
-    result = subprocess.run([sys.executable, "-c", KERNEL_CHECKS + code], cwd=REPO, env=subprocess_env(TRITON_INTERPRET="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert "ok" in result.stdout
-
-
-def test_kernels_equal_the_pytorch_reference_in_the_interpreter():
-    """One target with the tanh cap, then several weighted targets with both caps (one child process: its start is most of the time)."""
-    run_interpreted("check_kernels('cpu'); check_multi_target_kernels('cpu'); print('ok')")
-
-
-def test_fused_losses_train_alike_with_either_kernel_in_the_interpreter():
-    run_interpreted("check_losses_through_autograd('cpu'); print('ok')")
-
-
-def test_round_to_e5m2_precision_matches_torch_for_normal_values():
-    """The kernel rounds at e5m2's precision before converting (Triton's interpreter mis-rounds
-    carries into the exponent, e.g. 1.9 -> 1.0): nearest-even, ties included."""
-    run_interpreted(r'''
+ROUND_TO_E5M2_CHECK = r'''
 import triton, triton.language as tl
 
 @triton.jit
@@ -136,12 +118,56 @@ def round_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
     i = tl.arange(0, BLOCK)
     tl.store(y_ptr + i, triton_loss._round_to_e5m2_precision(tl.load(x_ptr + i, mask=i < n)), mask=i < n)
 
-x = torch.tensor([1.9, 1.125, 1.375, -1.875, 3.5, 1e-3, -0.7, 57344.0, 2.0 ** -14, 1.0 + 2.0 ** -3])
-y = torch.empty_like(x)
-round_kernel[(1,)](x, y, len(x), BLOCK=16)
-assert torch.equal(y, x.to(E5M2).float()), (y, x.to(E5M2).float())
-print('ok')
-''')
+def check_round_to_e5m2():
+    x = torch.tensor([1.9, 1.125, 1.375, -1.875, 3.5, 1e-3, -0.7, 57344.0, 2.0 ** -14, 1.0 + 2.0 ** -3])
+    y = torch.empty_like(x)
+    round_kernel[(1,)](x, y, len(x), BLOCK=16)
+    assert torch.equal(y, x.to(E5M2).float()), (y, x.to(E5M2).float())
+'''
+
+# Every interpreted check in one child process (TRITON_INTERPRET must be set before Triton is imported;
+# a child's start, importing torch and Triton, is most of a check's time); each reports its own outcome.
+INTERPRETED_CHECKS = {
+    "kernels": "check_kernels('cpu'); check_multi_target_kernels('cpu')",
+    "losses_through_autograd": "check_losses_through_autograd('cpu')",
+    "round_to_e5m2": "check_round_to_e5m2()",
+}
+RUN_CHECKS = '''
+import json, traceback
+outcomes = {}
+for name, code in CHECKS.items():
+    try:
+        exec(code)
+        outcomes[name] = "ok"
+    except Exception:
+        outcomes[name] = traceback.format_exc()
+print("OUTCOMES " + json.dumps(outcomes))
+'''
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    """{check name: "ok" or its traceback}, from one child process under Triton's CPU interpreter."""
+    code = KERNEL_CHECKS + ROUND_TO_E5M2_CHECK + f"CHECKS = {INTERPRETED_CHECKS!r}\n" + RUN_CHECKS
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(TRITON_INTERPRET="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert result.returncode == 0 and "OUTCOMES " in result.stdout, result.stdout[-3000:]
+    return json.loads(result.stdout.split("OUTCOMES ", 1)[1])
+
+
+def test_kernels_equal_the_pytorch_reference_in_the_interpreter(interpreted):
+    """One target with the tanh cap, then several weighted targets with both caps."""
+    assert interpreted["kernels"] == "ok", interpreted["kernels"]
+
+
+def test_fused_losses_train_alike_with_either_kernel_in_the_interpreter(interpreted):
+    assert interpreted["losses_through_autograd"] == "ok", interpreted["losses_through_autograd"]
+
+
+def test_round_to_e5m2_precision_matches_torch_for_normal_values(interpreted):
+    """The kernel rounds at e5m2's precision before converting (Triton's interpreter mis-rounds
+    carries into the exponent, e.g. 1.9 -> 1.0): nearest-even, ties included."""
+    assert interpreted["round_to_e5m2"] == "ok", interpreted["round_to_e5m2"]
 
 
 def test_loss_kernel_choice_falls_back_or_says_why(capsys):
