@@ -492,3 +492,21 @@ def test_config_json_records_the_target_the_run_used(tmp_path, monkeypatch):
     (tmp_path / "own" / "summary.json").unlink()  # as if stopped after step 2's checkpoint
     assert run_baseline(["--resume", tmp_path / "own"])[0] == 0  # the resumed run keeps its own target, not the dataset's
     assert json.loads((tmp_path / "own" / "summary.json").read_text())["target_loss"] == 0.5
+
+
+def test_training_time_excludes_evaluation_and_warm_up(tmp_path, monkeypatch):
+    """Half a second added to the warm-up and to each validation shows in warmup_s and eval_time_s and
+    nowhere in the training time, which is the sum of the steps' own times."""
+    import time
+
+    from kit.train import Trainer
+
+    slow_warm_up, slow_evaluate = Trainer.warm_up, Trainer.evaluate
+    monkeypatch.setattr(Trainer, "warm_up", lambda self: slow_warm_up(self) + (time.sleep(0.5) or 0.5))
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: time.sleep(0.5) or slow_evaluate(self, *a, **k))
+    assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "2", "--out-dir", tmp_path])[0] == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    train, vals = read_metrics(tmp_path), read_metrics(tmp_path, "val")
+    assert len(vals) == 3 and summary["eval_time_s"] >= 3 * 0.5 and summary["warmup_s"] >= 0.5
+    assert summary["train_time_s"] * 1000 == pytest.approx(sum(e["step_ms"] for e in train), rel=1e-6)
+    assert summary["train_time_s"] < summary["wall_time_s"] - summary["eval_time_s"] - summary["warmup_s"]
