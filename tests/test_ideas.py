@@ -62,11 +62,26 @@ def test_checkpointing_with_the_chunked_loss_gives_the_baselines_loss_and_gradie
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_checkpointing_script_smoke(tmp_path):
+def losses(run_dir, kind="train"):
+    return [e["loss" if kind == "train" else "val_loss"] for e in read_metrics(run_dir, kind)]
+
+
+def baseline_losses(tmp_path, flags):
+    """The baseline's training and validation losses for these flags (same seed and data)."""
+    import train_gpt2
+
+    assert main(train_gpt2.RECIPE, [*flags, "--out-dir", str(tmp_path / "baseline")]) == 0
+    return losses(tmp_path / "baseline"), losses(tmp_path / "baseline", "val")
+
+
+def test_checkpointing_script_trains_exactly_like_the_baseline(tmp_path):
+    """Recomputing the blocks in the backward pass saves memory and changes no number."""
     import train_gpt2_checkpointing as script
 
-    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3", "--out-dir", str(tmp_path)]) == 0
-    assert read_metrics(tmp_path, "val")[-1]["val_loss"] < 11
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3"]
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path / "ckpt")]) == 0
+    train, val = baseline_losses(tmp_path, flags)
+    assert losses(tmp_path / "ckpt") == pytest.approx(train, rel=1e-6) and losses(tmp_path / "ckpt", "val") == pytest.approx(val, rel=1e-6)
 
 
 # ----- chunked cross-entropy -----
@@ -286,11 +301,15 @@ def test_layerdrop_compiles_blocks_and_loss_once_whatever_blocks_it_drops():
     torch.testing.assert_close(dropping(idx, idx), plain(idx, idx))  # the compiled loss is the plain model's loss
 
 
-def test_layerdrop_script_smoke(tmp_path):
+def test_layerdrop_script_is_the_baseline_at_zero_and_drops_blocks_above(tmp_path):
     import train_gpt2_layerdrop as script
 
-    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--layerdrop", "0.5",
-                                "--out-dir", str(tmp_path)]) == 0
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4"]
+    for rate in ("0", "0.5"):
+        assert main(script.RECIPE, [*flags, "--layerdrop", rate, "--out-dir", str(tmp_path / rate)]) == 0
+    train, _ = baseline_losses(tmp_path, flags)
+    assert losses(tmp_path / "0") == pytest.approx(train, rel=1e-6)
+    assert losses(tmp_path / "0.5") != pytest.approx(train, rel=1e-4)  # blocks skipped in the forward pass, from the first step
 
 
 # ----- mixture of experts -----
@@ -561,10 +580,17 @@ def test_rdrop_without_dropout_is_the_plain_loss_and_with_it_adds_a_positive_ter
     torch.testing.assert_close(model(idx, targets), plain(idx, targets), atol=1e-5, rtol=1e-5)
 
 
-def test_rdrop_script_smoke(tmp_path):
+def test_rdrop_script_is_the_baseline_without_its_terms_and_differs_with_them(tmp_path):
+    """With no token dropout and no KL weight both passes are the baseline's; with them the training loss
+    adds the KL term (never negative) and the path differs."""
     import train_gpt2_rdrop as script
 
-    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3", "--out-dir", str(tmp_path)]) == 0
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3"]
+    assert main(script.RECIPE, [*flags, "--token-drop", "0", "--rdrop-alpha", "0", "--out-dir", str(tmp_path / "off")]) == 0
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path / "on")]) == 0
+    train, val = baseline_losses(tmp_path, flags)
+    assert losses(tmp_path / "off") == pytest.approx(train, rel=1e-5) and losses(tmp_path / "off", "val") == pytest.approx(val, rel=1e-5)
+    assert losses(tmp_path / "on")[1:] != pytest.approx(train[1:], rel=1e-4)
 
 
 # ----- curriculum + one-cycle -----
