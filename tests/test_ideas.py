@@ -537,11 +537,17 @@ def test_mtp_warm_up_trains_every_offset_count_once_and_changes_no_step(tmp_path
 
 
 @pytest.mark.parametrize("style", ["parallel", "sequential"])
-def test_mtp_script_smoke(tmp_path, style):
+def test_mtp_script_trains_with_its_extra_terms_and_validates_the_next_token_only(tmp_path, style):
+    """At the start every head's loss is about ln(vocabulary): the first step's training loss is the next
+    token's plus 0.3 for each of the 2 extra offsets (1.6 x ln V); validation, the next token's alone."""
+    import math
+
     import train_gpt2_mtp as script
 
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--mtp-style", style,
                                 "--out-dir", str(tmp_path)]) == 0
+    assert losses(tmp_path)[0] == pytest.approx(1.6 * math.log(50257), rel=0.02)
+    assert losses(tmp_path, "val")[0] == pytest.approx(math.log(50257), rel=0.02)
 
 
 # ----- R-Drop / token dropout -----
