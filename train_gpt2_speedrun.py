@@ -77,9 +77,10 @@ from kit.train import Recipe, main
 @dataclass
 class Hyperparameters(TrainConfig):
     # the baseline's optimizer and schedule flags, which this recipe replaces with its own
-    NOT_READ: ClassVar[tuple] = ("lr", "eps", "weight_decay", "warmup_steps", "reference_steps", "min_lr_frac")
+    NOT_READ: ClassVar[tuple] = ("lr", "beta1", "beta2", "eps", "weight_decay", "warmup_steps", "reference_steps", "min_lr_frac")
     NOT_READ_WHY: ClassVar[str] = ("its learning rates are --muon-lr, --embed-lr, --head-lr and --scalar-lr, its schedule "
-                                   "--cooldown-frac, --lr-floor and --batch-stage-lrs, Adam's epsilon --adam-eps")
+                                   "--cooldown-frac, --lr-floor and --batch-stage-lrs, Adam's betas --adam-beta1 and --adam-beta2 "
+                                   "and epsilon --adam-eps")
     max_steps: int = 1770
     batch_tokens: int = 393_216
     seq_len: int = 16_384

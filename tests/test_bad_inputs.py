@@ -39,6 +39,7 @@ OWN_CASES = {
     "train_gpt2_speedrun.py": [(["--seq-len", "100", "--batch-tokens", "1000"], 2, "multiple of 128"),
                                (["--lr", "0.01"], 2, "--lr: this script does not read it (its learning rates are --muon-lr"),
                                (["--warmup-steps", "10"], 2, "--warmup-steps: this script does not read it"),
+                               (["--beta1", "0.5"], 2, "--beta1: this script does not read it"),
                                (["--paired-head-layers", "7"], 2, "the model has layers 0..1"),
                                (["--xsa-layers", "a"], 2, "give layer numbers")],
 }
@@ -148,3 +149,31 @@ def test_tools_refuse_bad_inputs_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit, match="nope.py: no such script"):
         load_tool("scripts/sweep.py").main(["nope.py", "--grid", "a=1", "--out", str(tmp_path / "s")])
     assert not (tmp_path / "b").exists() and not (tmp_path / "s").exists() and not (tmp_path / "d").exists()
+
+
+def names_read(script: str) -> set:
+    """Every attribute name and string constant in the script and the project modules it imports: where a
+    config field is read (cfg.name, getattr(cfg, "name"), a preset's "name": value)."""
+    import ast
+
+    flatten = load("scripts/flatten.py", "flatten_tool")
+    names = set()
+    for path in [REPO / script, *flatten.project_modules(REPO / script).values()]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                names.add(node.attr)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                names.add(node.value)
+    return names
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_flag_is_read_somewhere_or_refused(script):
+    """A flag a script accepts is read by the script or a project module it imports, or is one the script
+    refuses (NOT_READ); a field nobody reads would be a flag that silently does nothing."""
+    import dataclasses
+
+    config_cls = load(script).RECIPE.config_cls
+    read, refused = names_read(script), set(getattr(config_cls, "NOT_READ", ()))
+    unread = [f.name for f in dataclasses.fields(config_cls) if f.name not in read and f.name not in refused]
+    assert not unread, f"{script} accepts flags that nothing reads: {', '.join('--' + n.replace('_', '-') for n in unread)}"
