@@ -65,7 +65,7 @@ from typing import ClassVar
 
 import torch
 
-from kit.config import TrainConfig, size_presets
+from kit.config import TrainConfig
 from kit.errors import UserError
 from kit.fp8 import gpu_has_fp8
 from kit.modern import MAX_WINDOW_BLOCKS, MODERN_SIZES, ModernConfig, ModernGPT
@@ -179,20 +179,17 @@ V2_WEBMIX = {"max_steps": 820, "batch_tokens": 196_608, "batch_stages": "1,2,3",
 V2_FINEWEB = {"max_steps": 1440, "val_screen_tokens": 2_097_152}  # a projection from the public log and the webmix ratio (the docstring)
 
 
-def apply_v2(cfg: Hyperparameters, explicit: set) -> None:
-    """Give every V2 switch the user did not set its V2 value (with --v2 1); a model size's own presets
-    (the tiny model's batch and sequence) stay."""
+def apply_v2(cfg: Hyperparameters, fixed: set) -> None:
+    """Give every V2 switch not in `fixed` (given, or set by the model size) its V2 value (with --v2 1)."""
     if not cfg.v2:
         return
     presets = {"webmix": V2_WEBMIX, "fineweb": V2_FINEWEB}
     values = dict(V2, **(presets.get(cfg.data, {}) if not cfg.train_files else {}))
-    for name in size_presets(Hyperparameters).get(cfg.model_size, {}):
-        values.pop(name, None)
     values["backout_layer"] = 2 * MODERN_SIZES[cfg.model_size].get("n_layer", ModernConfig.n_layer) // 3
     if values.get("val_screen_tokens", 0) >= cfg.val_tokens:  # a screen needs a validation set larger than itself
         values.pop("val_screen_tokens")
     for name, value in values.items():
-        if name not in explicit:
+        if name not in fixed:
             setattr(cfg, name, value)
 
 

@@ -178,7 +178,8 @@ def parse_config(cls, argv=None, world_size: int = 1, description: str = "", dat
 
     Defaults that depend on other flags, for the fields the user did not give: a script's
     per-dataset presets, then the synthetic-data preset, then the model-size preset (the later wins),
-    then the script's own configure(cfg, explicit) (a recipe's presets); then the checks. With --resume,
+    then the script's own configure(cfg, fixed) (a recipe's presets) for the fields not in `fixed`: neither
+    given nor set by the model size; then the checks. With --resume,
     the run's saved settings instead of all of that (resumed_config).
     """
     given = vars(build_parser(cls, description).parse_args(argv))
@@ -195,12 +196,13 @@ def parse_config(cls, argv=None, world_size: int = 1, description: str = "", dat
     presets = dict((data_presets or {}).get(cfg.data, {})) if not cfg.train_files else {}
     if cfg.data == "synthetic" and not cfg.train_files:
         presets.update(SYNTHETIC_PRESET)
-    presets.update(size_presets(cls).get(cfg.model_size, {}))
+    sized = size_presets(cls).get(cfg.model_size, {})
+    presets.update(sized)
     for name, value in presets.items():
         if name not in explicit:
             setattr(cfg, name, value)
-    if configure is not None:
-        configure(cfg, explicit)
+    if configure is not None:  # a recipe's presets leave the given flags and the model size's own values (the tiny batch) alone
+        configure(cfg, explicit | set(sized))
     check_config(cfg, explicit, world_size)
     return cfg, explicit
 

@@ -59,7 +59,7 @@ class Recipe:
     ddp_find_unused: bool = False  # True when steps may leave parameters without gradients (LayerDrop)
     warm_up_states: Callable = None  # (model, cfg) -> functions, each putting the model in a state the run will meet: the warm-up compiles every one
     run_report: Callable = None  # model -> {name: figure}: a script's own end-of-run figures (MoE loads), in summary.json and the log
-    configure: Callable = None  # (cfg, set of flags given explicitly): defaults that depend on other flags (a recipe's presets)
+    configure: Callable = None  # (cfg, fields to leave alone: given explicitly or set by the model size): defaults that depend on other flags
 
 
 def main(recipe: Recipe, argv=None) -> int:

@@ -97,8 +97,9 @@ def project_modules(script: Path) -> dict:
     return found
 
 
-def flatten(script: Path) -> str:
-    modules = project_modules(script)
+def flatten(script: Path, modules: dict = None) -> str:
+    """The flattened file's text: the script with `modules` (default: project_modules(script)) embedded."""
+    modules = project_modules(script) if modules is None else modules
     sources = {name: path.read_text() for name, path in sorted(modules.items())}
     packages = sorted(name for name, path in modules.items() if path.name == "__init__.py")
     source = script.read_text()
@@ -145,9 +146,10 @@ def main(argv=None) -> int:
         print(f"flatten.py: error: {out} would sit beside the project's own modules and import them; write it to another folder (e.g. standalone/)", file=sys.stderr)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
-    text = flatten(script)
+    modules = project_modules(script)
+    text = flatten(script, modules)
     out.write_text(text)
-    print(f"wrote {out} ({len(text.splitlines()):,} lines: {script.name} and {len(project_modules(script))} project modules)")
+    print(f"wrote {out} ({len(text.splitlines()):,} lines: {script.name} and {len(modules)} project modules)")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 import ctypes
 import http.server
+import importlib.util
 import json
 import os
 import re
@@ -50,6 +51,18 @@ def isolated_data_dir(tmp_path_factory, monkeypatch):
     folder.mkdir(exist_ok=True)
     monkeypatch.setenv("KIT_DATA_DIR", str(folder))
     return folder
+
+
+def load_module(relative: str, name: str = None):
+    """A file of the repository as a module: training scripts under their own name (registered, as their
+    dataclasses need), tools and data scripts under `name` (unregistered, so a tool never shadows a module)."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(name or path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    if name is None:
+        sys.modules.setdefault(path.stem, module)
+    spec.loader.exec_module(module)
+    return module
 
 
 def run_baseline(argv, capsys=None):

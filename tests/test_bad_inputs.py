@@ -3,14 +3,13 @@ code, and no file of an existing run changed (checksums before and after), in th
 case fails before any training)."""
 
 import hashlib
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, load_module
 
 SCRIPTS = sorted(p.name for p in REPO.glob("train_gpt2*.py"))
 
@@ -45,18 +44,6 @@ OWN_CASES = {
 }
 
 
-def load(relative: str, name: str = None):
-    """A script or tool of the repository as a module (training scripts under their own name, which their
-    dataclasses need; tools under another, so a tool never shadows a module of the same name)."""
-    path = REPO / relative
-    spec = importlib.util.spec_from_file_location(name or path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    if name is None:
-        sys.modules.setdefault(path.stem, module)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     """A folder with a finished run in it (the files a run writes), a garbage checkpoint and a run without checkpoints."""
@@ -89,7 +76,7 @@ def substituted(flags: list, sandbox: Path) -> list:
 def test_bad_inputs_end_in_one_line_and_touch_nothing(script, sandbox, capsys):
     from kit.train import main
 
-    recipe = load(script).RECIPE
+    recipe = load_module(script).RECIPE
     before = checksums(sandbox)
     base = ["--model-size", "tiny", "--device", "cpu", "--data", "synthetic", "--export", "0"]
     for flags, code, fragment in COMMON_CASES + OWN_CASES.get(script, []):
@@ -111,7 +98,7 @@ def test_every_scripts_tiny_preset_builds_its_model_and_optimizers(script, flags
     the tiny model: a shorter curriculum, one attention layer of two, one key/value head of two)."""
     from kit.config import parse_config
 
-    recipe = load(script).RECIPE
+    recipe = load_module(script).RECIPE
     cfg, _ = parse_config(recipe.config_cls, ["--model-size", "tiny", "--device", "cpu", "--data", "synthetic", *flags],
                           data_presets=recipe.data_presets, configure=recipe.configure)
     model = recipe.build_model(cfg)
@@ -122,7 +109,7 @@ def test_help_says_what_a_size_preset_sets(capsys):
     from kit.train import main
 
     with pytest.raises(SystemExit):
-        main(load("train_gpt2_curriculum.py").RECIPE, ["--help"])
+        main(load_module("train_gpt2_curriculum.py").RECIPE, ["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "tiny sets --seq-len 128," in text and "--lr 0.003" in text  # (argparse wraps lines inside some flag names)
     assert "--curriculum-start 32" in text  # the script's own preset for the tiny model
@@ -130,7 +117,7 @@ def test_help_says_what_a_size_preset_sets(capsys):
 
 
 def load_tool(relative: str):
-    return load(relative, Path(relative).stem + "_tool")
+    return load_module(relative, Path(relative).stem + "_tool")
 
 
 def test_tools_refuse_bad_inputs_in_one_line(tmp_path, capsys):
@@ -156,7 +143,7 @@ def names_read(script: str) -> set:
     config field is read (cfg.name, getattr(cfg, "name"), a preset's "name": value)."""
     import ast
 
-    flatten = load("scripts/flatten.py", "flatten_tool")
+    flatten = load_tool("scripts/flatten.py")
     names = set()
     for path in [REPO / script, *flatten.project_modules(REPO / script).values()]:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -173,7 +160,7 @@ def test_every_flag_is_read_somewhere_or_refused(script):
     refuses (NOT_READ); a field nobody reads would be a flag that silently does nothing."""
     import dataclasses
 
-    config_cls = load(script).RECIPE.config_cls
+    config_cls = load_module(script).RECIPE.config_cls
     read, refused = names_read(script), set(getattr(config_cls, "NOT_READ", ()))
     unread = [f.name for f in dataclasses.fields(config_cls) if f.name not in read and f.name not in refused]
     assert not unread, f"{script} accepts flags that nothing reads: {', '.join('--' + n.replace('_', '-') for n in unread)}"

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import FAST, REPO, read_metrics, subprocess_env
+from conftest import FAST, REPO, load_module, read_metrics, subprocess_env
 
 SCRIPTS = sorted(p.name for p in REPO.glob("train_gpt2*.py"))
 TINY_RUN = [*FAST, "--data", "synthetic", "--seq-len", "128", "--val-tokens", "256", "--max-steps", "2", "--val-every", "0"]  # 128: the block-masked scripts' unit
@@ -34,12 +34,7 @@ print("CODES " + json.dumps(codes))
 
 
 def flatten_main():
-    sys.path.insert(0, str(REPO / "scripts"))
-    try:
-        import flatten
-    finally:
-        sys.path.pop(0)
-    return flatten
+    return load_module("scripts/flatten.py", "flatten_tool")
 
 
 def test_flattened_file_embeds_each_project_module_verbatim_once():
@@ -85,7 +80,7 @@ def test_every_flattened_script_trains_exactly_like_the_script(tmp_path, isolate
                             cwd=flat_dir, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "CODES " in result.stdout, result.stderr[-3000:]
     codes = json.loads(result.stdout.split("CODES ", 1)[1])
-    for script in SCRIPTS:
+    for script, flat_path, _ in jobs:
         assert codes[script] == 0, (script, result.stderr[-3000:])
         assert main(load_script(script).RECIPE, [*TINY_RUN, "--out-dir", str(tmp_path / "runs" / script)]) == 0
         for kind in ("train", "val"):
@@ -94,4 +89,4 @@ def test_every_flattened_script_trains_exactly_like_the_script(tmp_path, isolate
             assert flat and [step for step, _ in flat] == [step for step, _ in modular], (script, kind)
             assert [loss for _, loss in flat] == pytest.approx([loss for _, loss in modular], rel=1e-6), (script, kind, flat, modular)
         flat_log = (tmp_path / "flat_runs" / script / "log.txt").read_text()
-        assert f"----- source of {jobs[SCRIPTS.index(script)][1]} -----" in flat_log  # the run logs the flattened file as its source
+        assert f"----- source of {flat_path} -----" in flat_log  # the run logs the flattened file as its source

@@ -1,7 +1,6 @@
 """Downloads against a local HTTP server standing in for the Hugging Face hub, and data staging."""
 
 import hashlib
-import importlib.util
 import json
 import lzma
 import subprocess
@@ -10,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import REPO, make_documents, make_shard, subprocess_env
+from conftest import REPO, load_module, make_documents, make_shard, subprocess_env
 from kit import hub
 from kit.errors import DataError
 from kit.shards import EOT, HEADER_BYTES, open_shard, shard_is_complete, write_shard
@@ -18,10 +17,7 @@ from kit.tokenizer import gpt2_encoding
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "data" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(f"data/{name}.py", name)
 
 
 def serve_fineweb(fake_hub, tmp_path, num_train=2, tokens=5000):

@@ -1,7 +1,6 @@
 """The seed's "what to try" ideas (issue 6): each proves on the CPU that it does what it says."""
 
 import copy
-import importlib.util
 import json
 import sys
 from types import SimpleNamespace
@@ -183,11 +182,9 @@ def test_lion_step_by_hand():
 
 def test_optimizer_shadow_compares_two_update_rules_on_the_same_gradients(tmp_path):
     """The same optimizer twice takes the same steps (ratio 1, cosine 1); Lion's sign steps differ from AdamW's."""
-    from conftest import REPO, make_shard
+    from conftest import load_module, make_shard
 
-    spec = importlib.util.spec_from_file_location("optimizer_shadow", REPO / "scripts" / "optimizer_shadow.py")
-    shadow = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(shadow)
+    shadow = load_module("scripts/optimizer_shadow.py", "optimizer_shadow")
     make_shard(tmp_path / "train.bin", 20_000)
     common = ["--model-size", "tiny", "--device", "cpu", "--lr", "1e-3"]
     same = shadow.main(["--data-file", str(tmp_path / "train.bin"), "--b", "--optimizer adamw", "--steps", "6", "--window", "3",
@@ -700,12 +697,9 @@ def test_long_context_script_smoke(tmp_path, capsys):
 
 
 def load_moe_routing():
-    from conftest import REPO
+    from conftest import load_module
 
-    spec = importlib.util.spec_from_file_location("moe_routing", REPO / "scripts" / "moe_routing.py")
-    routing = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(routing)
-    return routing
+    return load_module("scripts/moe_routing.py", "moe_routing")
 
 
 def test_moe_routing_guesses_each_documents_source_from_its_text():

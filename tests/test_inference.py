@@ -146,14 +146,9 @@ def baseline_run(tmp_path_factory):
 
 
 def load_script(name):
-    import importlib.util
+    from conftest import load_module
 
-    from conftest import REPO
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(f"scripts/{name}.py", name)
 
 
 def test_generate_cli_streams_and_the_cache_changes_nothing(baseline_run, capsys):

@@ -1,22 +1,18 @@
 """The harness: bench.py, sweep.py and compare.py (tables, plots, results pages)."""
 
-import importlib.util
 import json
 import statistics
 
 import pytest
 
-from conftest import FAST, REPO
+from conftest import FAST, REPO, load_module
 from kit import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module(f"scripts/{name}.py", name)
 
 
 def fake_run(folder, *, reached, time_s, tokens_per_s, val_curve, target=3.64, script="train_gpt2.py", flags=("--data", "webmix")):
@@ -272,7 +268,7 @@ def test_bench_rows_name_existing_scripts_and_valid_flags(rows_file):
     from kit.config import parse_config
 
     for row in json.loads(rows_file.read_text()):
-        module = load_module(REPO / row.get("script", "train_gpt2.py"))
+        module = load_module(row.get("script", "train_gpt2.py"))
         parse_config(module.RECIPE.config_cls, shlex.split(row.get("flags", "")))
 
 
@@ -285,19 +281,12 @@ def test_speedrun_webmix_runs_take_valid_flags():
 
     script = (REPO / "scripts" / "speedrun_webmix.sh").read_text()
     names = set(script.split('COMPARED="', 1)[1].split('"', 1)[0].split()) | {"fit_24gb"}
-    speedrun = load_module(REPO / "train_gpt2_speedrun.py")
+    speedrun = load_module("train_gpt2_speedrun.py")
     start = script.index("flags_for() {")
     define = script[start:script.index("\n}\n", start) + 3]
     for name in sorted(names):
         flags = subprocess.run(["bash", "-c", define + f"flags_for {name}"], capture_output=True, text=True, check=True).stdout
         parse_config(speedrun.RECIPE.config_cls, shlex.split(flags))
-
-
-def load_module(path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write_bench(path, rows):
