@@ -64,6 +64,9 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "how many of the newest checkpoints to keep"})
     export: bool = field(default=True, metadata={"help": "write the final weights as model.safetensors"})
     progress: str = field(default="auto", metadata={"choices": ["auto", "bar", "lines"], "help": "auto: a bar on a terminal, one line per step otherwise"})
+    sync_every: int = field(default=10, metadata={"help": "wait for the GPU and read the steps' losses back every N steps (the log, progress and "
+                                                          "divergence check follow then); 1: after every step, which idles the GPU while the "
+                                                          "next step is prepared"})
 
 
 # Defaults for small models: a flag the user did not give takes these values.
@@ -143,7 +146,7 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
 # What a resumed run may change: how it reports, saves and validates, and its hardware set-up. The rest
 # (data, model, optimizer, schedule) comes back from the checkpoint. --max-steps may change where the LR and
 # batch size at the resumed step stay the same under the new length (kit.train checks it).
-CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "save_every", "keep_checkpoints", "progress", "export", "val_every", "extra_val",
+CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "save_every", "keep_checkpoints", "progress", "sync_every", "export", "val_every", "extra_val",
                         "compile", "micro_batch", "memory_cap_gib")
 RESUME_EPILOG = ("on --resume: the run's settings come from its checkpoint; of the flags, only these may change: "
                  + ", ".join("--" + name.replace("_", "-") for name in CHANGEABLE_ON_RESUME[1:])
@@ -213,7 +216,7 @@ def check_config(cfg, explicit: set, world_size: int) -> None:
         raise UserError("--train-files replaces --data: give one of them")
     if bool(cfg.train_files) != bool(cfg.val_files):
         raise UserError("--train-files and --val-files go together")
-    for name in ("max_steps", "batch_tokens", "seq_len", "val_tokens", "reference_steps"):
+    for name in ("max_steps", "batch_tokens", "seq_len", "val_tokens", "reference_steps", "sync_every"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
     for name in ("micro_batch", "val_every", "save_every", "warmup_steps"):

@@ -454,8 +454,10 @@ class ModernGPT(nn.Module):
         self.register_buffer("logit_mtp_now", torch.tensor([1.0, *cfg.logit_mtp_weights]), persistent=False)
 
     def set_logit_mtp_weights(self, weights) -> None:
-        """The extra targets' weights for the coming steps (t+2, t+3, ...); t+1 keeps 1."""
-        self.logit_mtp_now[1:] = torch.tensor(weights, dtype=torch.float32)
+        """The extra targets' weights for the coming steps (t+2, t+3, ...); t+1 keeps 1. The weights are
+        filled on the device (a copy from a host tensor would wait for the GPU at every step)."""
+        for j, weight in enumerate(weights, start=1):
+            self.logit_mtp_now[j].fill_(float(weight))
 
     def set_window(self, long_blocks: int) -> None:
         """Attention span of the long-window layers, in blocks of 128 tokens (the others get half)."""

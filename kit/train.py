@@ -4,8 +4,11 @@ A script hands `main` a `Recipe`: its config class, how to build the model, how 
 optimizers, and (optionally) its LR schedule. Everything else lives here: data, gradient
 accumulation, DDP, evaluation, timing, logging, checkpoints, and clean exits on bad input.
 
-Timing follows the public speedrun: `train_time` counts only optimizer steps (synchronised
-before and after); compilation, the warm-up pass and evaluation are excluded. Wall time is
+Timing follows the public speedrun: `train_time` counts only the stretches of optimizer steps
+between evaluations (wall clock, the GPU synchronised at both ends); compilation, the warm-up
+pass, evaluation and checkpoints are excluded. Steps are queued without waiting for the GPU, so
+the CPU prepares the next step while the GPU runs this one; every --sync-every steps the loop
+waits, reads the losses back, logs the steps and checks them for divergence. Wall time is
 everything from the start of `main`.
 """
 
@@ -177,6 +180,61 @@ def divisors_descending(n: int, at_most: int) -> list[int]:
     return [d for d in range(min(n, at_most), 0, -1) if n % d == 0]
 
 
+@dataclass
+class QueuedStep:
+    """A step the GPU may still be running: its numbers stay on the device until the next sync."""
+
+    step: int
+    tokens: int  # seen after this step
+    step_tokens: int
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    lr: float
+    flops: float  # the model's FLOPs at its state during the step (windows that grow)
+    fp8_flops: float
+
+
+class StepClock:
+    """Times a stretch of steps without waiting for the GPU after each one.
+
+    `start` synchronises and starts the wall clock; `mark` notes the end of a step (a CUDA event on
+    the GPU, the time on the CPU, which runs each step synchronously); `stop` synchronises and
+    returns the stretch's wall time and each step's share. A step's share is the GPU time between its
+    mark and the one before, so idle time while the CPU catches up counts against the step it delays;
+    what the marks do not cover (the first launch, the final sync) goes to the first step, so the
+    shares add up to the wall time."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.use_events = device.type == "cuda"
+        self.t0, self.marks = None, []
+
+    def new_mark(self):
+        if not self.use_events:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def start(self) -> None:
+        hw.synchronize(self.device)
+        self.t0 = time.perf_counter()
+        self.marks = [self.new_mark()]
+
+    def mark(self) -> None:
+        self.marks.append(self.new_mark())
+
+    def stop(self) -> tuple[float, list[float]]:
+        hw.synchronize(self.device)
+        wall_ms = (time.perf_counter() - self.t0) * 1000
+        pairs = zip(self.marks, self.marks[1:])
+        shares = [a.elapsed_time(b) if self.use_events else (b - a) * 1000 for a, b in pairs]
+        if shares:
+            shares[0] += wall_ms - sum(shares)
+        self.t0, self.marks = None, []
+        return wall_ms, shares
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, argv=None):
         self.started = time.perf_counter()
@@ -240,6 +298,7 @@ class Trainer:
         self.last_val, self.reached_at = None, None
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
         self.flops_this_run, self.fp8_flops_this_run, self.step_mfu = 0.0, 0.0, []
+        self.clock, self.queued = StepClock(self.device), []
         self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps)
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
         self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
@@ -421,8 +480,9 @@ class Trainer:
             return self.accum_steps
         return max(1, round(self.accum_steps * self.recipe.batch_schedule(step, self.cfg)))
 
-    def train_step(self, accum_steps: int) -> tuple[float, float, float]:
-        """One optimizer step over accum_steps micro-batches; returns (loss, grad_norm, lr)."""
+    def train_step(self, accum_steps: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """One optimizer step over accum_steps micro-batches, queued on the device; returns (loss, grad_norm, lr),
+        the first two as device tensors (reading them would wait for the GPU)."""
         total = torch.zeros((), device=self.device)
         for i in range(accum_steps):
             last = i == accum_steps - 1
@@ -436,7 +496,7 @@ class Trainer:
             opt.step()
         self.model.zero_grad(set_to_none=True)
         loss = hw.all_reduce_sum(total / accum_steps) / self.ddp.world_size
-        return loss.item(), grad_norm.item(), lr
+        return loss, grad_norm.detach(), lr
 
     def warm_up(self) -> float:
         """Untimed passes that compile and set up kernels, so the training time excludes them.
@@ -565,28 +625,38 @@ class Trainer:
         cfg = self.cfg
         self.warmup_s = self.warm_up()
         self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s")
+        self.clock.start()
         while True:
-            if self.recipe.before_step is not None:
-                self.run_before_step()
-            due = self.validation_due()
-            screen_loss, skipped = self.screen() if due else (None, False)
-            if due and not skipped:
-                val_loss = self.validate(screen_loss)
-                if self.target is not None and val_loss <= self.target:
-                    self.reached_at = dict(self.last_val)
-                    return "reached_target"
+            if self.recipe.before_step is not None:  # part of the training time: it runs inside the clock's stretch
+                self.recipe.before_step(self.step, self.model, self.optimizers, cfg)
+            if self.validation_due():
+                self.settle()
+                screen_loss, skipped = self.screen()
+                if not skipped:
+                    val_loss = self.validate(screen_loss)
+                    if self.target is not None and val_loss <= self.target:
+                        self.reached_at = dict(self.last_val)
+                        return "reached_target"
+                self.clock.start()
             if self.step == cfg.max_steps:
                 return "completed"
-            self.timed_step()
-            saved = None
-            if cfg.save_every and self.step % cfg.save_every == 0 and self.ddp.is_main:
-                saved = self.save_checkpoint()
-            if self.stop_signals.agreed(self.ddp.enabled, self.device):
-                self.log.print(f"{self.stop_signals.requested or 'a signal on another rank'}: saving a checkpoint and stopping")
-                if self.ddp.is_main:
-                    saved = saved or self.save_checkpoint()
-                raise Interrupted(f"interrupted at step {self.step} of {cfg.max_steps}, checkpoint {saved}; "
-                                  f"continue with: python {Path(self.recipe.script).name} --resume {self.log.dir}")
+            self.queue_step()
+            save_due = cfg.save_every and self.step % cfg.save_every == 0
+            stop_seen = not self.ddp.enabled and self.stop_signals.requested  # under DDP every rank must stop at the same sync
+            if save_due or stop_seen or self.step % cfg.sync_every == 0:
+                self.settle()
+                self.after_sync(bool(save_due))
+                self.clock.start()
+
+    def after_sync(self, save_due: bool) -> None:
+        """At a sync: the step's checkpoint, then a stop where a signal asked for one."""
+        saved = self.save_checkpoint() if save_due and self.ddp.is_main else None
+        if self.stop_signals.agreed(self.ddp.enabled, self.device):
+            self.log.print(f"{self.stop_signals.requested or 'a signal on another rank'}: saving a checkpoint and stopping")
+            if self.ddp.is_main:
+                saved = saved or self.save_checkpoint()
+            raise Interrupted(f"interrupted at step {self.step} of {self.cfg.max_steps}, checkpoint {saved}; "
+                              f"continue with: python {Path(self.recipe.script).name} --resume {self.log.dir}")
 
     def save_checkpoint(self) -> Path:
         path = checkpoint.save(self.log.dir, self.step, self.tokens_seen, self.model, self.optimizers, self.stream, self.train_time_ms,
@@ -594,52 +664,57 @@ class Trainer:
         self.log.print(f"checkpoint: {path}")
         return path
 
-    def run_before_step(self) -> None:
-        """The recipe's per-step hook, timed as training: schedules cost nothing, but a hook that
-        works (LightRNN's re-allocation) is part of the time to the target. The GPU is idle when it
-        starts (the step and validation before it synchronise); it is waited for at the end."""
-        t0 = time.perf_counter()
-        self.recipe.before_step(self.step, self.model, self.optimizers, self.cfg)
-        hw.synchronize(self.device)
-        dt_ms = (time.perf_counter() - t0) * 1000
-        self.train_time_ms += dt_ms
-        self.time_this_run_ms += dt_ms
-
-    def timed_step(self) -> None:
+    def queue_step(self) -> None:
+        """One optimizer step, launched; its numbers are read at the next settle."""
         accum_steps = self.accum_steps_at(self.step)
         step_tokens = accum_steps * self.micro_batch * self.cfg.seq_len * self.ddp.world_size
-        hw.synchronize(self.device)
-        t0 = time.perf_counter()
+        now = getattr(self.model, "flops_now", None)  # before the step: the model's state during it
+        per_token, fp8 = now(self.cfg.seq_len) if now else (self.flops_per_token, 0)
         loss, grad_norm, lr = self.train_step(accum_steps)
-        hw.synchronize(self.device)
-        dt_ms = (time.perf_counter() - t0) * 1000
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-            last_good = checkpoint.latest(self.log.dir)
-            self.status = "diverged"
-            keep = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved (use --save-every N)"
-            raise TrainingDiverged(f"loss became {loss} at step {self.step + 1} (grad norm {grad_norm}); stopped, {keep}; try a lower --lr")
+        self.clock.mark()
         self.step += 1
+        self.tokens_seen += step_tokens
+        self.queued.append(QueuedStep(self.step, self.tokens_seen, step_tokens, loss, grad_norm, lr, step_tokens * per_token, step_tokens * fp8))
+
+    def settle(self) -> None:
+        """Wait for the GPU, add the stretch since the clock started to the training time, and log its steps
+        in order; a step whose loss or gradient norm is not finite stops the run there."""
+        wall_ms, shares = self.clock.stop()
+        queued, self.queued = self.queued, []
+        if not queued:  # a stretch without steps (a recipe's hook before a validation)
+            self.add_train_time(wall_ms)
+            return
+        values = torch.stack([t.float() for q in queued for t in (q.loss, q.grad_norm)]).tolist()  # one copy for the stretch
+        for i, (queued_step, dt_ms) in enumerate(zip(queued, shares)):
+            loss, grad_norm = values[2 * i], values[2 * i + 1]
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                self.diverged(queued_step, queued[i - 1].tokens if i else queued_step.tokens - queued_step.step_tokens, loss, grad_norm)
+            self.book_step(queued_step, dt_ms, loss, grad_norm)
+
+    def diverged(self, queued_step: QueuedStep, tokens_before: int, loss: float, grad_norm: float) -> None:
+        self.step, self.tokens_seen = queued_step.step - 1, tokens_before  # the last good step
+        last_good = checkpoint.latest(self.log.dir)
+        self.status = "diverged"
+        keep = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved (use --save-every N)"
+        raise TrainingDiverged(f"loss became {loss} at step {queued_step.step} (grad norm {grad_norm}); stopped, {keep}; try a lower --lr")
+
+    def add_train_time(self, dt_ms: float) -> None:
         self.train_time_ms += dt_ms
         self.time_this_run_ms += dt_ms
-        self.tokens_this_run += step_tokens
-        self.tokens_seen += step_tokens
-        self.step_ms.append(dt_ms)
-        tokens_per_s = step_tokens / (dt_ms / 1000)
-        self.step_tokens_per_s.append(tokens_per_s)
-        self.count_flops(step_tokens, dt_ms / 1000)
-        self.log.step(self.step, {
-            "type": "train", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms,
-            "loss": loss, "lr": lr, "grad_norm": grad_norm, "step_ms": dt_ms, "tokens_per_s": tokens_per_s,
-        })
 
-    def count_flops(self, step_tokens: int, seconds: float) -> None:
-        """The step's FLOPs at the model's state during it (a model whose attention windows change counts them
-        as they are), and its MFU."""
-        now = getattr(self.model, "flops_now", None)
-        per_token, fp8 = now(self.cfg.seq_len) if now else (self.flops_per_token, 0)
-        self.flops_this_run += step_tokens * per_token
-        self.fp8_flops_this_run += step_tokens * fp8
-        self.step_mfu.append(self.utilisation(step_tokens * per_token, step_tokens * fp8, seconds))
+    def book_step(self, queued_step: QueuedStep, dt_ms: float, loss: float, grad_norm: float) -> None:
+        self.add_train_time(dt_ms)
+        self.tokens_this_run += queued_step.step_tokens
+        self.step_ms.append(dt_ms)
+        tokens_per_s = queued_step.step_tokens / (dt_ms / 1000)
+        self.step_tokens_per_s.append(tokens_per_s)
+        self.flops_this_run += queued_step.flops
+        self.fp8_flops_this_run += queued_step.fp8_flops
+        self.step_mfu.append(self.utilisation(queued_step.flops, queued_step.fp8_flops, dt_ms / 1000))
+        self.log.step(queued_step.step, {
+            "type": "train", "step": queued_step.step, "tokens": queued_step.tokens, "train_time_ms": self.train_time_ms,
+            "loss": loss, "lr": queued_step.lr, "grad_norm": grad_norm, "step_ms": dt_ms, "tokens_per_s": tokens_per_s,
+        })
 
     def utilisation(self, total: float, fp8: float, seconds: float):
         return flops.utilisation(total, fp8, seconds, self.peak_flops, self.fp8_peak_flops, self.ddp.world_size)
