@@ -380,7 +380,7 @@ class Trainer:
         )
         self.log.print(
             f"batch: {cfg.batch_tokens} tokens/step = {self.ddp.world_size} rank(s) x {self.accum_steps} accumulation step(s) x "
-            f"micro-batch {self.micro_batch} x seq {cfg.seq_len} | steps: {cfg.max_steps} | compile: {cfg.compile} | fused AdamW: {cfg.fused_adamw}"
+            f"micro-batch {self.micro_batch} x seq {cfg.seq_len} | steps: {cfg.max_steps} | compile: {cfg.compile} | fused Adam(W): {cfg.fused_adamw} | sync every {cfg.sync_every} steps"
         )
         if hasattr(self.model, "describe_paths"):
             self.log.print(f"kernel paths: {self.model.describe_paths()}")

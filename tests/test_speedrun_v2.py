@@ -313,10 +313,10 @@ def test_extra_target_weights_fall_in_turn_and_momentum_cools_down():
 def test_v2_preset_fills_only_what_was_not_given():
     cfg = parsed("--smear", "0", "--data", "webmix")  # --v2 1 is the default
     assert cfg.smear is False and cfg.key_offset and cfg.logit_mtp == "0.5,0.25" and cfg.batch_stages == "1,2,3"
-    assert cfg.backout_layer == 1 and cfg.max_steps == 820  # 2/3 of the tiny model's 2 layers; webmix's V2 length
+    assert cfg.backout_layer == 1 and cfg.max_steps == 830  # 2/3 of the tiny model's 2 layers; webmix's V2 length
     assert cfg.batch_tokens == 1024 and cfg.batch_stage_lrs == "0.408,0.578,0.707"  # the tiny model keeps its own batch
     full = parsed("--data", "webmix", "--model-size", "124m")
-    assert (full.batch_tokens, full.batch_stages, full.max_steps) == (196_608, "1,2,3", 820)  # webmix's smaller steps
+    assert (full.batch_tokens, full.batch_stages, full.max_steps) == (196_608, "1,2,3", 830)  # webmix's smaller steps
     assert parsed("--model-size", "124m").batch_tokens == 393_216  # FineWeb keeps the public stages
     assert parsed("--data", "webmix", "--max-steps", "300").max_steps == 300 and parsed().max_steps == 1440  # FineWeb's projection
     assert parsed("--data", "webmix", "--v2", "0").max_steps == 410
