@@ -1,4 +1,4 @@
-"""The baseline with mixture-of-experts feed-forward layers (kit/moe.py).
+"""The baseline with mixture-of-experts feed-forward layers.
 
 Every --moe-every-th block (default: every block) replaces its MLP by --experts expert MLPs of
 the same shape behind a learned router: top-1 (Switch) routing by default, --top-k for more,
@@ -21,13 +21,156 @@ import math
 import sys
 from dataclasses import dataclass, field
 
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
 from kit import hw
 from kit.errors import UserError
 from kit.model import GPT, gpt_config
-from kit.moe import MoEMLP, grouped_mm_support
 from kit.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
+
+
+# ----- the mixture-of-experts layer
+# Mixture-of-experts feed-forward layer: a learned router sends each token to its top-k experts.
+#
+# Routing: router logits -> softmax over experts -> the k largest. With k = 1 (Switch Transformer)
+# the output is gate * expert(x) with gate = the router probability (so the router gets a
+# gradient); with k > 1 the k gates are renormalised to sum to 1.
+# Capacity: each expert takes at most ceil(capacity_factor * k * N / E) of the N tokens' k
+# assignments in a batch (in routing order); the rest are dropped (the token passes through the
+# residual only) and counted. capacity_factor 0 means dropless: every expert takes all it is sent
+# (the buffer's size then depends on the batch, which a compiled model recompiles for).
+# Compute ("padded", the default): assignments are sorted by expert and packed into an
+# (E, capacity + 1, d) buffer (the extra slot collects the dropped ones and is discarded), so the
+# experts run as two batched matmuls (torch.baddbmm), not a Python loop over tokens, and every
+# shape is fixed. "grouped" (dropless only): the sorted assignments, contiguous per expert, run
+# through two grouped matmuls (torch._grouped_mm, one GEMM over all experts' groups): no padding
+# to a capacity and still fixed shapes, since only the group offsets depend on the batch. It is a
+# private PyTorch op whose GPU support depends on the GPU and version: grouped_mm_support() tries
+# it once on the device and says why not, and the caller falls back to "padded".
+# Balance: the Switch loss E * sum_e f_e * P_e (f_e = share of assignments routed to expert e,
+# P_e = mean router probability of e) is 1 when routing is uniform and grows as it concentrates.
+
+
+class MoEMLP(nn.Module):
+    def __init__(self, width: int, n_experts: int, top_k: int = 1, capacity_factor: float = 1.25, hidden: int = None,
+                 std: float = 0.02, out_std: float = 0.02, kernel: str = "padded"):
+        super().__init__()
+        if not 1 <= top_k <= n_experts:
+            raise ValueError(f"top-k {top_k} must be between 1 and the number of experts ({n_experts})")
+        if kernel not in ("padded", "grouped"):
+            raise ValueError(f"expert kernel {kernel!r}: padded or grouped")
+        if kernel == "grouped" and capacity_factor > 0:
+            raise ValueError("the grouped expert kernel is dropless: capacity factor 0")
+        hidden = hidden or 4 * width
+        self.n_experts, self.top_k, self.capacity_factor, self.kernel = n_experts, top_k, capacity_factor, kernel
+        self.router = nn.Linear(width, n_experts, bias=False)
+        self.w_in = nn.Parameter(torch.randn(n_experts, width, hidden) * std)
+        self.b_in = nn.Parameter(torch.zeros(n_experts, hidden))
+        self.w_out = nn.Parameter(torch.randn(n_experts, hidden, width) * out_std)
+        self.b_out = nn.Parameter(torch.zeros(n_experts, width))
+        nn.init.normal_(self.router.weight, std=std)
+        self.register_buffer("load", torch.zeros(n_experts), persistent=False)  # assignments per expert, summed while training
+        self.register_buffer("dropped", torch.zeros(()), persistent=False)  # assignments dropped for capacity
+        self.register_buffer("routed", torch.zeros(()), persistent=False)  # all assignments
+        self.aux_loss = None  # the last training batch's balance loss
+
+    def route(self, flat):
+        """(gates (N, k), experts (N, k), router probabilities (N, E))."""
+        probs = F.softmax(self.router(flat).float(), dim=-1)
+        top_p, top_e = probs.topk(self.top_k, dim=-1)
+        gates = top_p if self.top_k == 1 else top_p / top_p.sum(-1, keepdim=True)
+        return gates, top_e, probs
+
+    def capacity(self, assignments: int, counts) -> int:
+        if self.capacity_factor <= 0:
+            return int(counts.max())
+        return math.ceil(self.capacity_factor * assignments / self.n_experts)
+
+    def expert_mlps(self, packed):
+        """(E, C, d) -> (E, C, d): each expert's MLP on its slots, as two batched matmuls."""
+        dtype = packed.dtype
+        hidden = F.gelu(torch.baddbmm(self.b_in[:, None].to(dtype), packed, self.w_in.to(dtype)), approximate="tanh")
+        return torch.baddbmm(self.b_out[:, None].to(dtype), hidden, self.w_out.to(dtype))
+
+    def padded_outputs(self, flat, token, sorted_expert, counts):
+        """(each sorted assignment's expert output, whether it was kept): packed per expert up to its capacity."""
+        slot = torch.arange(len(token), device=flat.device) - (torch.cumsum(counts, 0) - counts)[sorted_expert]
+        capacity = self.capacity(len(token), counts)
+        keep = slot < capacity
+        slot = torch.where(keep, slot, capacity)  # dropped assignments go to the spare slot
+        packed = flat.new_zeros(self.n_experts, capacity + 1, flat.size(-1))
+        packed[sorted_expert, slot] = flat[token]
+        return self.expert_mlps(packed)[sorted_expert, slot], keep
+
+    def grouped_outputs(self, flat, token, sorted_expert, counts):
+        """(each sorted assignment's expert output, None: dropless, nothing to mask): two grouped matmuls
+        over the experts' contiguous runs."""
+        dtype = compute_dtype(flat)  # the GPU kernels take bf16; autocast may not cast a private op
+        ends = torch.cumsum(counts, 0, dtype=torch.int32)
+        hidden = torch._grouped_mm(flat[token].to(dtype), self.w_in.to(dtype), offs=ends) + self.b_in.to(dtype)[sorted_expert]
+        out = torch._grouped_mm(F.gelu(hidden, approximate="tanh"), self.w_out.to(dtype), offs=ends)
+        return out + self.b_out.to(dtype)[sorted_expert], None
+
+    def forward(self, x):
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        gates, experts, probs = self.route(flat)
+        expert_of = experts.reshape(-1)  # assignment a: token a // k, its (a % k)-th choice
+        order = torch.argsort(expert_of, stable=True)  # by expert; routing order kept within one
+        sorted_expert, token = expert_of[order], order // self.top_k
+        counts = torch.bincount(expert_of, minlength=self.n_experts)
+        outputs = self.grouped_outputs if self.kernel == "grouped" else self.padded_outputs
+        out, keep = outputs(flat, token, sorted_expert, counts)
+        weight = gates.reshape(-1)[order]
+        if keep is not None:  # the padded kernel's dropped assignments contribute nothing
+            weight = weight * keep
+        y = flat.new_zeros(flat.shape).index_add_(0, token, (out * weight[:, None].to(out.dtype)).to(flat.dtype))
+        if self.training:
+            self.aux_loss = self.balance_loss(counts, probs)
+            with torch.no_grad():
+                self.load += counts
+                self.routed += len(order)
+                if keep is not None:
+                    self.dropped += (~keep).sum()
+        return y.view(shape)
+
+    def balance_loss(self, counts, probs):
+        """Switch Transformer's E * sum_e f_e P_e: 1 when uniform, up to E when one expert takes all."""
+        f = counts.float() / counts.sum()
+        return self.n_experts * (f * probs.mean(0)).sum()
+
+
+def compute_dtype(x):
+    """The dtype matmuls on x run in: autocast's where it is on, else x's."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
+def grouped_mm_support(device, dtype, compiled: bool = False) -> str:
+    """Why torch._grouped_mm cannot serve as the expert kernel on this device and dtype ("" when it
+    can): it must exist, run forward and backward, and match per-group matmuls; compiled, it
+    takes bf16 only (its shape checks for tracing mirror the CUDA kernel's)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return f"torch {torch.__version__} has no torch._grouped_mm"
+    if compiled and dtype != torch.bfloat16:
+        return f"compiled, torch._grouped_mm takes bf16 only, and this run computes in {dtype}"
+    try:
+        generator = torch.Generator().manual_seed(0)
+        a = torch.randn(48, 32, generator=generator).to(device, dtype).requires_grad_()
+        b = torch.randn(3, 32, 16, generator=generator).to(device, dtype).requires_grad_()
+        ends = torch.tensor([16, 16, 48], dtype=torch.int32, device=device)  # an empty group too
+        out = torch._grouped_mm(a, b, offs=ends)
+        (out * torch.ones_like(out)).sum().backward()
+        expected = torch.cat([a[:16] @ b[0], a[16:16] @ b[1], a[16:] @ b[2]])
+        if not torch.allclose(out.float(), expected.float(), atol=5e-2, rtol=2e-2) or b.grad[1].abs().sum() != 0:
+            return "torch._grouped_mm ran but disagreed with per-group matmuls"
+    except (RuntimeError, NotImplementedError) as error:
+        return f"torch._grouped_mm failed on {device} in {dtype}: {str(error).splitlines()[0]}"
+    return ""
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Run directories: log.txt, config.json, metrics.jsonl, summary.json; progress display.
 
-Only rank 0 writes. log.txt opens with the command, git commit, versions, the device and the
-script's own source, then has one greppable line per step ("step 12/4768 | loss ...").
+Only rank 0 writes. log.txt opens with the command, git commit, versions, the device, the
+script's own source and that of every project file it imported (kit, a script it builds on), then
+has one greppable line per step ("step 12/4768 | loss ...").
 """
 
 import json
@@ -33,6 +34,23 @@ def git_commit() -> str:
         return commit + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def project_files_imported(script_path) -> list:
+    """The project's files this process has imported besides the script: kit's modules and the scripts it builds
+    on (a variant imports the baseline). With the script's own source they make the run reproducible from
+    log.txt alone. A flattened script embeds them, and they are not files here: it logs only itself."""
+    root, script = Path(REPO_ROOT).resolve(), Path(script_path).resolve()
+    found = set()
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if not file or not file.endswith(".py"):
+            continue
+        path = Path(file).resolve()
+        own = (path.parent == root and path.name.startswith("train_gpt2")) or (root / "kit") in path.parents
+        if own and path != script and path.exists():
+            found.add(path)
+    return sorted(found)
 
 
 def default_run_dir(script: str) -> Path:
@@ -119,6 +137,8 @@ class RunLog:
             self.print(line)
         source = Path(script_path).read_text() if Path(script_path).exists() else ""
         self._log.write(f"----- source of {script_path} -----\n{source}\n----- end of source -----\n")
+        for path in project_files_imported(script_path):
+            self._log.write(f"----- source of {path.relative_to(REPO_ROOT)} -----\n{path.read_text()}\n----- end of source -----\n")
 
     def print(self, line: str) -> None:
         """A line for the console and log.txt (the console line goes above the bar)."""

@@ -1,11 +1,13 @@
 """Shared test helpers: a tiny fast run configuration, in-process runs, a stand-in hub server."""
 
+import contextlib
 import ctypes
 import http.server
 import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -73,6 +75,75 @@ def run_baseline(argv, capsys=None):
     code = main(train_gpt2.RECIPE, [str(a) for a in argv])
     err = capsys.readouterr().err if capsys else ""
     return code, [line for line in err.splitlines() if line.strip()]
+
+
+class FinishedProcess:
+    """What Popen returns for a script run in this process: it has already ended."""
+
+    def __init__(self, code):
+        self.returncode = code
+
+    def poll(self):
+        return self.returncode
+
+    def wait(self, timeout=None):
+        return self.returncode
+
+    def kill(self):
+        pass
+
+
+class ScriptsInProcess:
+    """Stands in for the `subprocess` module of a tool that launches training scripts (bench, sweep): a
+    `python train_gpt2*.py ...` command runs that script's recipe in this process, writes to the console
+    file the tool gave, and ends with the exit code the process would have. Torch is then imported once per
+    test session instead of once per run (~4 s each on two cores). Any other command runs as a process."""
+
+    STDOUT, PIPE = subprocess.STDOUT, subprocess.PIPE
+
+    def __init__(self):
+        self.scripts_run = []
+
+    @staticmethod
+    def is_training_script(cmd) -> bool:
+        return len(cmd) > 1 and cmd[0] == sys.executable and Path(cmd[1]).name.startswith("train_gpt2") and (REPO / Path(cmd[1]).name).exists()
+
+    def run_script(self, cmd, console) -> int:
+        from kit.runs import load_script
+        from kit.train import main
+
+        script = Path(cmd[1]).name
+        with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):
+            try:
+                code = main(load_script(script).RECIPE, [str(a) for a in cmd[2:]])
+            except SystemExit as stop:
+                code = stop.code
+        console.flush()
+        self.scripts_run.append(script)
+        return code
+
+    def Popen(self, cmd, **kwargs):
+        if not self.is_training_script(cmd):
+            return subprocess.Popen(cmd, **kwargs)
+        return FinishedProcess(self.run_script(cmd, kwargs["stdout"]))
+
+    def run(self, cmd, **kwargs):
+        if not self.is_training_script(cmd):
+            return subprocess.run(cmd, **kwargs)
+        return subprocess.CompletedProcess(cmd, self.run_script(cmd, kwargs["stdout"]))
+
+
+@pytest.fixture
+def scripts_in_process(monkeypatch):
+    """scripts_in_process(tool_module): that tool's training runs happen in this process (ScriptsInProcess)."""
+    launcher = ScriptsInProcess()
+
+    def patch(*modules):
+        for module in modules:
+            monkeypatch.setattr(module, "subprocess", launcher)
+        return launcher
+
+    return patch
 
 
 def read_metrics(run_dir, kind="train"):

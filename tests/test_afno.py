@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kit.afno import BlockDiagonalMLP, CausalFourierMixer
+from train_gpt2_lightrnn_afno import BlockDiagonalMLP, CausalFourierMixer
 
 
 def is_causal(layer, T=40, width=32, t=17) -> bool:
@@ -52,7 +52,7 @@ def test_block_diagonal_mlp_does_not_mix_blocks():
 def test_gpt_with_fourier_mixers_is_causal():
     import functools
 
-    from kit.afno import fourier_mixer
+    from train_gpt2_lightrnn_afno import fourier_mixer
     from kit.model import GPT, Block, gpt_config
 
     torch.manual_seed(4)
@@ -68,7 +68,7 @@ def test_gpt_with_fourier_mixers_is_causal():
 def test_lightrnn_afno_script_is_causal_trains_and_reallocates(tmp_path, capsys, attn_layers):
     import train_gpt2_lightrnn_afno as script
     from conftest import FAST, read_metrics
-    from kit.afno import CausalFourierMixer
+    from train_gpt2_lightrnn_afno import CausalFourierMixer
     from kit.config import parse_config
     from kit.train import main
 

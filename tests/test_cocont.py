@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_shard
-from kit.cocont import LightRNNCoCoNTGPT, row_bigram_counts, smoothed_row_loss, smoothed_targets
+from train_gpt2_lightrnn_cocont_mtp import LightRNNCoCoNTGPT, row_bigram_counts, smoothed_row_loss, smoothed_targets
 from kit.lightrnn import grid_shape
 from kit.model import gpt_config
 

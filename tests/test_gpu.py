@@ -118,7 +118,7 @@ def test_static_decoding_graph_replays_what_it_computes_eagerly():
 
 
 def test_moe_grouped_kernel_runs_compiled_on_this_gpu_and_matches_the_padded_one(tmp_path, isolated_data_dir):
-    from kit.moe import MoEMLP, grouped_mm_support
+    from train_gpt2_moe import MoEMLP, grouped_mm_support
 
     why_not = grouped_mm_support(torch.device("cuda"), torch.bfloat16, compiled=True)
     if why_not:  # the script falls back to the padded kernel here, saying this

@@ -121,7 +121,7 @@ def test_chunked_loss_model_matches_the_baseline_and_trains(tmp_path):
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_fused_norm_model_is_the_baseline_with_equal_gradients(compiled):
-    from kit.fused import FusedNormGPT
+    from train_gpt2_fused_norm import FusedNormGPT
 
     plain = tiny_gpt()
     with torch.no_grad():  # distinct norms, so that a fusion with the wrong LayerNorm shows
@@ -335,7 +335,7 @@ def moe_reference(layer, flat):
 
 @pytest.mark.parametrize("top_k, capacity_factor", [(1, 0.0), (2, 0.0), (1, 0.6), (2, 0.8)])
 def test_moe_equals_a_per_token_reference(top_k, capacity_factor):
-    from kit.moe import MoEMLP
+    from train_gpt2_moe import MoEMLP
 
     torch.manual_seed(0)
     layer = MoEMLP(16, 4, top_k, capacity_factor, hidden=24, std=0.3, out_std=0.3)
@@ -351,7 +351,7 @@ def test_moe_equals_a_per_token_reference(top_k, capacity_factor):
 
 @pytest.mark.parametrize("top_k", [1, 2])
 def test_moe_grouped_kernel_equals_the_reference_and_the_padded_kernel(top_k):
-    from kit.moe import MoEMLP, grouped_mm_support
+    from train_gpt2_moe import MoEMLP, grouped_mm_support
 
     if grouped_mm_support("cpu", torch.float32):
         pytest.skip(grouped_mm_support("cpu", torch.float32))
@@ -373,7 +373,7 @@ def test_moe_grouped_kernel_equals_the_reference_and_the_padded_kernel(top_k):
 
 
 def test_grouped_kernel_compiles_in_bf16_without_graph_breaks():
-    from kit.moe import MoEMLP, grouped_mm_support
+    from train_gpt2_moe import MoEMLP, grouped_mm_support
 
     if grouped_mm_support("cpu", torch.bfloat16, compiled=True):
         pytest.skip(grouped_mm_support("cpu", torch.bfloat16, compiled=True))
@@ -386,7 +386,7 @@ def test_grouped_kernel_compiles_in_bf16_without_graph_breaks():
 
 
 def test_grouped_mm_support_says_why_not_where_the_op_is_missing(monkeypatch):
-    from kit.moe import grouped_mm_support
+    from train_gpt2_moe import grouped_mm_support
 
     monkeypatch.delattr(torch, "_grouped_mm", raising=False)
     assert "has no torch._grouped_mm" in grouped_mm_support("cpu", torch.float32)
@@ -412,7 +412,7 @@ def test_moe_script_picks_its_expert_kernel_and_falls_back_saying_why(monkeypatc
 
 
 def test_moe_balance_loss_formula():
-    from kit.moe import MoEMLP
+    from train_gpt2_moe import MoEMLP
 
     layer = MoEMLP(8, 4)
     counts, probs = torch.tensor([6, 2, 0, 0]), torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.5, 0.3, 0.1, 0.1]])

@@ -169,8 +169,9 @@ def test_records_regenerate_results_and_readme(two_runs, tmp_path):
         report.write_results(records, readme)
 
 
-def test_bench_mfu_is_the_hand_count(tmp_path):
+def test_bench_mfu_is_the_hand_count(tmp_path, scripts_in_process):
     bench = load_script("bench")
+    scripts_in_process(bench)
     common = " ".join(FAST[:-4]) + " --data synthetic"  # FAST without its --export/--progress (bench sets them)
     code = bench.main(["--row", "tiny=train_gpt2.py", "--common", common, "--steps", "3", "--warmup-steps", "1",
                        "--val-tokens", "512", "--peak-flops", "1e12", "--out", str(tmp_path)])
@@ -226,8 +227,9 @@ def test_bench_seeds_copy_each_row_and_report_the_spread(tmp_path):
     assert bench.seed_spread(results[:1]) == ""
 
 
-def test_bench_seeds_run_at_their_rows_equal_time_steps(tmp_path):
+def test_bench_seeds_run_at_their_rows_equal_time_steps(tmp_path, scripts_in_process):
     bench = load_script("bench")
+    scripts_in_process(bench)
     common = " ".join(FAST[:-4]) + " --data synthetic"
     reference = tmp_path / "reference.json"
     reference.write_text(json.dumps({"steps": 3, "warmup_steps": 1, "rows": [{"label": "tiny", "ms_per_step": 10.0, "train_s": 0.02, "steps": 2}]}))
@@ -338,8 +340,9 @@ def test_a_record_can_show_a_markdown_table_its_benchmark_wrote(tmp_path):
     assert "| 1 | 492.8 |" in report.record_section(report.load_record(folder))
 
 
-def test_equal_time_gives_each_row_the_steps_that_fit_in_the_base_rows_time(tmp_path):
+def test_equal_time_gives_each_row_the_steps_that_fit_in_the_base_rows_time(tmp_path, scripts_in_process):
     bench = load_script("bench")
+    scripts_in_process(bench)
     reference = {"steps": 8, "warmup_steps": 2, "rows": [{"label": "base", "ms_per_step": 100.0, "train_s": 1.0},
                                                         {"label": "fast", "ms_per_step": 40.0}, {"label": "broken", "exit_code": 1}]}
     assert bench.equal_time_steps(reference) == {"base": 10, "fast": 25}
@@ -403,8 +406,9 @@ def test_bench_speed_ratio_counts_every_step_not_the_median_one():
     assert "| 1,000 | 50.0% | 1.0 | 500 | 0.50x | 8.0 |" in last
 
 
-def test_a_rows_file_can_keep_a_rows_weights(tmp_path):
+def test_a_rows_file_can_keep_a_rows_weights(tmp_path, scripts_in_process):
     bench = load_script("bench")
+    scripts_in_process(bench)
     (tmp_path / "rows.json").write_text(json.dumps([{"label": "kept", "script": "train_gpt2.py", "export": True},
                                                     {"label": "dropped", "script": "train_gpt2.py"}]))
     common = " ".join(FAST[:-4]) + " --data synthetic"
@@ -426,8 +430,9 @@ def fake_bench(folder, labels, commit="abc123"):
         (folder / f"{label}.console.txt").write_text("console\n")
 
 
-def test_record_bench_turns_a_sweep_into_a_record_of_its_runs(tmp_path):
+def test_record_bench_turns_a_sweep_into_a_record_of_its_runs(tmp_path, scripts_in_process):
     sweep, record_bench = load_script("sweep"), load_script("record_bench")
+    assert scripts_in_process(sweep).scripts_run == []  # (test_sweep_survives... runs the sweep's processes for real)
     common = [*FAST[:-4], "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--export", "0", "--batch-tokens", "512"]
     assert sweep.main(["train_gpt2_long_context.py", "--grid", "seq-len=128,256", "--out", str(tmp_path / "ctx"), "--", *common]) == 0
     target = tmp_path / "records" / "2026-01-01_ctx"

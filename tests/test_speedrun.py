@@ -203,9 +203,10 @@ json.dump(done, open(f"{out}/rank{rank}.json", "w"))
 """
 
 
-def test_muon_under_torchrun_splits_the_orthogonalisation_and_matches_one_process(tmp_path):
+def test_muon_under_torchrun_splits_the_orthogonalisation_and_matches_one_process(tmp_path, monkeypatch):
     """Two gloo ranks each orthogonalise half of the matrices of one shape (three 48x32: 2 and 1 padded)
     and end with the weights of one process that did them all."""
+    import runpy
     import subprocess
     import sys
 
@@ -214,11 +215,12 @@ def test_muon_under_torchrun_splits_the_orthogonalisation_and_matches_one_proces
     script = tmp_path / "muon_ranks.py"
     script.write_text(SHARED_MUON_SCRIPT)
     (tmp_path / "one").mkdir(), (tmp_path / "two").mkdir()
-    runs = [[sys.executable, str(script), str(tmp_path / "one")],
-            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two"), "ddp"]]
-    for command in runs:
-        result = subprocess.run(command, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
+    ranks = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), str(tmp_path / "two"), "ddp"],
+                             cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path / "one")])
+    runpy.run_path(str(script), run_name="__main__")  # the one-process run, here, while the ranks run
+    _, ranks_err = ranks.communicate(timeout=300)
+    assert ranks.returncode == 0, ranks_err[-3000:]
     assert json.loads((tmp_path / "one" / "rank0.json").read_text()) == [3, 1, 3, 1]  # one process: every matrix
     for rank in (0, 1):
         assert json.loads((tmp_path / "two" / f"rank{rank}.json").read_text()) == [2, 1, 2, 1]  # a rank: its share of each shape
@@ -499,15 +501,19 @@ def test_ddp_two_processes_match_one_process(tmp_path, isolated_data_dir):
 
     from safetensors.torch import load_file
 
+    import train_gpt2_speedrun as speedrun
     from conftest import REPO, subprocess_env
+    from kit.train import main
 
     # 6 sequences: the batch stages (1/3, 2/3, all) are whole micro-batches in one process (2, 4, 6) and on two ranks (1, 2, 3 each)
     flags = ["train_gpt2_speedrun.py", "--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "768",
              "--val-tokens", "512", "--max-steps", "3", "--micro-batch", "1", "--val-every", "0", "--export", "1", "--progress", "lines"]
     env = subprocess_env(KIT_DATA_DIR=isolated_data_dir)
-    for launcher, out in [([sys.executable], "one"), ([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"], "two")]:
-        result = subprocess.run([*launcher, *flags, "--out-dir", str(tmp_path / out)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr[-3000:]
+    ranks = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *flags, "--out-dir", str(tmp_path / "two")],
+                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert main(speedrun.RECIPE, [*flags[1:], "--out-dir", str(tmp_path / "one")]) == 0  # the one-process reference, here, while the ranks run
+    _, ranks_err = ranks.communicate(timeout=300)
+    assert ranks.returncode == 0, ranks_err[-3000:]
     for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")):
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
     one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")

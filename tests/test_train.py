@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,12 @@ def test_smoke_command_trains_and_writes_a_valid_summary(tmp_path, isolated_data
     log = (out / "log.txt").read_text()
     assert log.startswith("command: ") and "git commit:" in log and "versions:" in log and "class Hyperparameters" in log
     assert "step 20/20 | loss" in log
+    # the source of every project file the run imported, and of none it did not (a fresh process: the baseline's own set)
+    logged = re.findall(r"^----- source of (.+) -----$", log, flags=re.M)
+    assert Path(logged[0]).name == "train_gpt2.py" and {"kit/train.py", "kit/model.py", "kit/runlog.py"} <= set(logged[1:])
+    assert "kit/modern.py" not in logged and not any(name.startswith("train_gpt2_") for name in logged)
+    train_source = log.split("----- source of kit/train.py -----\n", 1)[1].split("\n----- end of source -----", 1)[0]
+    assert train_source == (REPO / "kit" / "train.py").read_text()
     assert (out / "model.safetensors").exists() and json.loads((out / "config.json").read_text())["max_steps"] == 20
 
 
@@ -184,11 +191,11 @@ def test_checkpoint_rotation_never_deletes_a_newer_checkpoint(tmp_path):
 def test_ddp_two_processes_equal_one_with_twice_the_accumulation(tmp_path, isolated_data_dir):
     flags = [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "0", "--micro-batch", "2", "--export", "1"]
     env = subprocess_env(KIT_DATA_DIR=isolated_data_dir)
-    single = subprocess.run([sys.executable, "train_gpt2.py", *flags, "--out-dir", str(tmp_path / "one")], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_gpt2.py", *flags, "--out-dir", str(tmp_path / "two")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    ddp = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train_gpt2.py", *flags,
+                            "--out-dir", str(tmp_path / "two")], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert run_baseline([*flags, "--out-dir", tmp_path / "one"])[0] == 0  # the one-process reference, here, while the ranks start
+    _, ddp_err = ddp.communicate(timeout=300)
+    assert ddp.returncode == 0, ddp_err[-3000:]
     one, two = json.loads((tmp_path / "one" / "summary.json").read_text()), json.loads((tmp_path / "two" / "summary.json").read_text())
     assert (one["world_size"], one["accum_steps"]) == (1, 4) and (two["world_size"], two["accum_steps"]) == (2, 2)
     for a, b in zip(read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")):
