@@ -16,11 +16,38 @@ train_gpt2_chunked_ce.py (the full logits never held).
 import sys
 from dataclasses import dataclass, field
 
+import torch
+import torch.utils.checkpoint
+
 from kit.model import GPT, gpt_config
 from kit.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 from train_gpt2_chunked_ce import ChunkedLossGPT
+
+
+class CheckpointedBlocks:
+    """For a GPT class: the first `checkpoint_layers` blocks keep only their input while training and
+    recompute their activations in the backward pass (evaluation, without gradients, runs them plainly)."""
+
+    checkpoint_layers = 0
+
+    def hidden(self, idx):
+        x = self.embed(idx)
+        for i, block in enumerate(self.h):
+            if i < self.checkpoint_layers and torch.is_grad_enabled():
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return self.ln_f(x)
+
+
+class CheckpointedGPT(CheckpointedBlocks, GPT):
+    pass
+
+
+class CheckpointedChunkedLossGPT(CheckpointedBlocks, ChunkedLossGPT):
+    pass
 
 
 @dataclass
@@ -31,8 +58,9 @@ class Hyperparameters(baseline.Hyperparameters):
 
 def build_model(cfg: Hyperparameters):
     config = gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn)
-    config.checkpoint_layers = config.n_layer if cfg.checkpoint_layers < 0 else cfg.checkpoint_layers
-    return ChunkedLossGPT(config, cfg.ce_chunk) if cfg.ce_chunk > 0 else GPT(config)
+    model = CheckpointedChunkedLossGPT(config, cfg.ce_chunk) if cfg.ce_chunk > 0 else CheckpointedGPT(config)
+    model.checkpoint_layers = config.n_layer if cfg.checkpoint_layers < 0 else cfg.checkpoint_layers
+    return model
 
 
 RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0])

@@ -37,12 +37,10 @@ class FusedNormGPT(GPT):
 
     def __init__(self, config, compiled: bool = True):
         super().__init__(config)
-        if config.checkpoint_layers:
-            raise ValueError("FusedNormGPT does not checkpoint blocks")
         self.add_norm = compiled_add_layer_norm if compiled else add_layer_norm
 
-    def hidden(self, idx, token_keep=None):
-        x = self.embed(idx, token_keep=token_keep)
+    def hidden(self, idx):
+        x = self.embed(idx)
         normed = self.h[0].ln_1(x)
         following = [block.ln_1 for block in self.h[1:]] + [self.ln_f]
         for block, next_norm in zip(self.h, following):

@@ -58,12 +58,12 @@ class LayerDropGPT(GPT):
         draws = torch.rand(len(self.drop_probs), generator=self.generator).tolist()
         return {i for i, (u, p) in enumerate(zip(draws, self.drop_probs)) if u < p}
 
-    def hidden(self, idx, token_keep=None):
+    def hidden(self, idx):
         if not self.training:
-            return super().hidden(idx, token_keep)
+            return super().hidden(idx)
         # training always takes this path, scale 1 once LayerDrop ends: one training graph per block for the whole run
         dropped = self.dropped_blocks() if self.dropping else set()
-        x = self.embed(idx, token_keep=token_keep)
+        x = self.embed(idx)
         for i, block in enumerate(self.h):
             if i not in dropped:
                 x = block(x, block.kept_scale if self.dropping else self.unit_scale)

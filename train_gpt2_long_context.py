@@ -84,9 +84,9 @@ class LongContextGPT(GPT):
         window = torch.tensor(self.window_blocks or idx.size(1) // BLOCK + 1, device=idx.device)
         return flex_block_mask(docs, window) if self.attn == "flex" else dense_mask(docs, window)
 
-    def hidden(self, idx, token_keep=None):
+    def hidden(self, idx):
         mask = self.mask(idx)
-        x = self.embed(idx, document_positions(idx).clamp(max=self.config.block_size - 1), token_keep)
+        x = self.embed(idx, document_positions(idx).clamp(max=self.config.block_size - 1))
         for block in self.h:
             x = block(x, mask)
         return self.ln_f(x)

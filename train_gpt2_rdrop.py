@@ -42,13 +42,22 @@ class RDropGPT(GPT):
     def __init__(self, config, token_drop: float, alpha: float):
         super().__init__(config)
         self.token_drop, self.alpha = token_drop, alpha
+        self.token_keep = None  # (B, T) during a training forward: 0 where a token's embedding is dropped
+
+    def token_embeddings(self, idx):
+        tokens = self.wte(idx)
+        return tokens if self.token_keep is None else tokens * self.token_keep[..., None].to(tokens.dtype)  # positions stay
 
     def forward(self, idx, targets=None):
         if not (self.training and targets is not None):
             return super().forward(idx, targets)
         clean = torch.ones_like(idx, dtype=torch.float32)
         dropped = (torch.rand(idx.shape, device=idx.device) >= self.token_drop).float()
-        h = self.hidden(torch.cat([idx, idx]), token_keep=torch.cat([clean, dropped]))
+        self.token_keep = torch.cat([clean, dropped])
+        try:
+            h = self.hidden(torch.cat([idx, idx]))
+        finally:
+            self.token_keep = None
         logits = self.lm_head(h).float()
         logits_a, logits_b = logits.chunk(2)
         ce = F.cross_entropy(logits.reshape(-1, logits.size(-1)), torch.cat([targets, targets]).reshape(-1))  # mean of both passes

@@ -22,7 +22,6 @@ class GPTConfig:
     n_head: int = 12
     n_embd: int = 768
     attn: str = "manual"
-    checkpoint_layers: int = 0  # the first N blocks recompute their activations in the backward pass instead of storing them
 
 
 # (n_layer, n_head, n_embd); tiny exists for CPU smoke tests.
@@ -182,28 +181,24 @@ class GPT(nn.Module):
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
-    def embed(self, idx, positions=None, token_keep=None):
+    def embed(self, idx, positions=None):
         """Token plus position embeddings, (B, T, n_embd). positions: each token's (default 0..T-1;
-        a KV-cached decode or document-relative positions pass their own). token_keep (B, T),
-        optional: 0 where a token's embedding is dropped (its position embedding stays)."""
+        a KV-cached decode or document-relative positions pass their own)."""
         if positions is None:
             T = idx.size(1)
             if T > self.config.block_size:
                 raise ValueError(f"sequence of {T} tokens is longer than the model's block size {self.config.block_size}")
             positions = torch.arange(T, device=idx.device)
-        tokens = self.wte(idx)
-        if token_keep is not None:
-            tokens = tokens * token_keep[..., None].to(tokens.dtype)
-        return tokens + self.wpe(positions)
+        return self.token_embeddings(idx) + self.wpe(positions)
 
-    def hidden(self, idx, token_keep=None):
+    def token_embeddings(self, idx):
+        return self.wte(idx)
+
+    def hidden(self, idx):
         """The final hidden states (after the last LayerNorm), (B, T, n_embd)."""
-        x = self.embed(idx, token_keep=token_keep)
-        for i, block in enumerate(self.h):
-            if i < self.config.checkpoint_layers and torch.is_grad_enabled():
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = self.embed(idx)
+        for block in self.h:
+            x = block(x)
         return self.ln_f(x)
 
     def forward(self, idx, targets=None):
