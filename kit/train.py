@@ -685,14 +685,13 @@ class Trainer:
             self.add_train_time(wall_ms)
             return
         values = torch.stack([t.float() for q in queued for t in (q.loss, q.grad_norm)]).tolist()  # one copy for the stretch
-        for i, (queued_step, dt_ms) in enumerate(zip(queued, shares)):
-            loss, grad_norm = values[2 * i], values[2 * i + 1]
+        for queued_step, dt_ms, loss, grad_norm in zip(queued, shares, values[0::2], values[1::2]):
             if not (math.isfinite(loss) and math.isfinite(grad_norm)):
-                self.diverged(queued_step, queued[i - 1].tokens if i else queued_step.tokens - queued_step.step_tokens, loss, grad_norm)
+                self.diverged(queued_step, loss, grad_norm)
             self.book_step(queued_step, dt_ms, loss, grad_norm)
 
-    def diverged(self, queued_step: QueuedStep, tokens_before: int, loss: float, grad_norm: float) -> None:
-        self.step, self.tokens_seen = queued_step.step - 1, tokens_before  # the last good step
+    def diverged(self, queued_step: QueuedStep, loss: float, grad_norm: float) -> None:
+        self.step, self.tokens_seen = queued_step.step - 1, queued_step.tokens - queued_step.step_tokens  # the last good step
         last_good = checkpoint.latest(self.log.dir)
         self.status = "diverged"
         keep = f"the last good checkpoint is {last_good}" if last_good else "no checkpoint was saved (use --save-every N)"

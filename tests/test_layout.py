@@ -1,10 +1,9 @@
 """The README's layout picture is the import rule: each layer imports only from the layers below it (or
 within itself), and every module of kit/, every training script and every tool sits in exactly one layer."""
 
-import ast
 import re
 
-from conftest import REPO
+from conftest import REPO, load_module
 
 
 def readme_layers() -> list[tuple[str, set]]:
@@ -39,23 +38,9 @@ def layer_of(name: str, layers) -> int:
 
 
 def project_imports(path) -> set:
-    """Project modules a file imports anywhere in it (function-level imports too)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "kit":
-                found.update(alias.name for alias in node.names)
-            elif node.module.startswith("kit."):
-                found.add(node.module.split(".")[1])
-            elif node.module.startswith("train_gpt2"):
-                found.add(node.module)
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.name.startswith("kit."):
-                    found.add(alias.name.split(".")[1])
-                elif alias.name.startswith("train_gpt2"):
-                    found.add(alias.name)
-    return found
+    """Project modules a file imports anywhere in it (function-level imports too), by the flatten tool's reading."""
+    names = load_module("scripts/flatten.py", "flatten_tool").imported_names(path.read_text())
+    return {name.split(".")[1] for name in names if name.startswith("kit.")} | {name for name in names if name.startswith("train_gpt2")}
 
 
 def test_every_module_sits_in_one_layer_of_the_readme():
