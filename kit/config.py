@@ -37,6 +37,8 @@ class TrainConfig:
                                                              "validation tokens and validate in full only within --val-screen-margin of the target "
                                                              "(fewer full validations; the crossing is never found earlier than without); 0: off"})
     val_screen_margin: float = 0.03
+    val_screen_skip: float = field(default=0.0, metadata={"help": "after a screen above the margin, the checks of this share of the steps the loss needs to reach it "
+                                                                 "(at its fall per step since the last screen) are skipped; 0: every check screened"})
     # model
     model_size: str = field(default="124m", metadata={"choices": ["tiny", "124m", "350m", "774m", "1558m"]})
     attn: str = field(default="manual", metadata={"choices": ["manual", "sdpa", "flex"], "help": "manual: explicit softmax(QK^T)V; sdpa: torch's fused kernels; flex: FlexAttention"})
@@ -237,6 +239,8 @@ def check_config(cfg, explicit: set, world_size: int) -> None:
         raise UserError(f"--micro-batch {cfg.micro_batch} does not divide the {seqs_per_rank} sequences per rank and step")
     if cfg.val_tokens < cfg.seq_len:
         raise UserError(f"--val-tokens {cfg.val_tokens} is shorter than one sequence (--seq-len {cfg.seq_len})")
+    if not 0 <= cfg.val_screen_skip < 1:
+        raise UserError(f"--val-screen-skip {cfg.val_screen_skip}: a share of the steps to the margin, from 0 up to (not including) 1")
     if cfg.val_screen_tokens and not cfg.seq_len <= cfg.val_screen_tokens < cfg.val_tokens:
         raise UserError(f"--val-screen-tokens {cfg.val_screen_tokens}: at least one sequence ({cfg.seq_len}) and fewer than --val-tokens {cfg.val_tokens}")
 

@@ -87,11 +87,13 @@ class TrainStream:
         self.pos = state["pos"]
 
 
-def validation_batches(path, val_tokens: int, seq_len: int, micro_batch: int, rank: int = 0, world: int = 1, strict: bool = True):
+def validation_batches(path, val_tokens: int, seq_len: int, micro_batch: int, rank: int = 0, world: int = 1, strict: bool = True,
+                       first_seq: int = 0):
     """Batches over the first `val_tokens` tokens of a validation shard, split across ranks.
 
     strict: fewer tokens than asked is an error (the main set); otherwise the set is cut to what
     the shard holds (a secondary set such as a small FineWeb sample), in whole micro-batches.
+    first_seq: start at this sequence (the rest of a set whose first sequences were scored already).
     """
     tokens = open_shard(path)
     available = len(tokens) - 1
@@ -99,14 +101,14 @@ def validation_batches(path, val_tokens: int, seq_len: int, micro_batch: int, ra
         if strict:
             raise DataError(f"validation shard {path} holds {len(tokens)} tokens, fewer than --val-tokens {val_tokens} + 1; pass a smaller --val-tokens")
         val_tokens = available
-    num_seqs = val_tokens // seq_len
+    num_seqs = val_tokens // seq_len - first_seq
     if num_seqs < world:
-        raise DataError(f"--val-tokens {val_tokens} gives {num_seqs} sequences of {seq_len}, fewer than the {world} ranks")
+        raise DataError(f"--val-tokens {val_tokens} gives {num_seqs} sequences of {seq_len}{f' after the first {first_seq}' if first_seq else ''}, fewer than the {world} ranks")
     per_rank = num_seqs // world
     if not strict and per_rank >= micro_batch:
         # whole micro-batches only: a last, smaller batch is a new shape that a compiled model recompiles for
         per_rank -= per_rank % micro_batch
-    first = rank * per_rank
+    first = first_seq + rank * per_rank
     for b in range(first, first + per_rank, micro_batch):
         n = min(micro_batch, first + per_rank - b)
         rows = np.asarray(tokens[b * seq_len : (b + n) * seq_len + 1]).astype(np.int64)

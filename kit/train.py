@@ -296,6 +296,7 @@ class Trainer:
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
         self.last_val, self.reached_at = None, None
+        self.last_screen, self.next_screen_step = None, 0  # (step, loss) of the latest screen; checks before next_screen_step skipped
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
         self.flops_this_run, self.fp8_flops_this_run, self.step_mfu = 0.0, 0.0, []
         self.clock, self.queued = StepClock(self.device), []
@@ -530,19 +531,24 @@ class Trainer:
     # ----- evaluation -----
 
     @torch.no_grad()
-    def evaluate(self, path, strict: bool, tokens: int = None) -> float:
-        """Mean loss over the first `tokens` (default --val-tokens) tokens of a validation shard."""
+    def loss_sums(self, path, strict: bool, tokens: int = None, first_seq: int = 0) -> torch.Tensor:
+        """[sum of the token losses, token count] over a validation shard's sequences from first_seq up to
+        `tokens` (default --val-tokens), summed over the ranks; float64 on the device."""
         self.eval_model.eval()
         loss_sum, count = torch.zeros((), device=self.device, dtype=torch.float64), 0
-        for batch in validation_batches(path, tokens or self.cfg.val_tokens, self.cfg.seq_len, self.eval_micro_batch, self.ddp.rank, self.ddp.world_size, strict):
+        for batch in validation_batches(path, tokens or self.cfg.val_tokens, self.cfg.seq_len, self.eval_micro_batch, self.ddp.rank,
+                                        self.ddp.world_size, strict, first_seq):
             x, y = self.to_device(batch)
             with hw.autocast(self.device, self.dtype):
                 loss = self.eval_model(x, y)
             loss_sum += loss.double() * y.numel()  # stays on the GPU: no copy to wait for per batch
             count += y.numel()
         self.eval_model.train()
-        total = torch.stack([loss_sum, loss_sum.new_tensor(float(count))])
-        hw.all_reduce_sum(total)
+        return hw.all_reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(float(count))]))
+
+    def evaluate(self, path, strict: bool, tokens: int = None) -> float:
+        """Mean loss over the first `tokens` (default --val-tokens) tokens of a validation shard."""
+        total = self.loss_sums(path, strict, tokens)
         return (total[0] / total[1]).item()
 
     def on_val_every(self) -> bool:
@@ -552,31 +558,52 @@ class Trainer:
         """The first and last step and every --val-every: always validated in full."""
         return self.on_val_every() or self.step in (0, self.cfg.max_steps)
 
-    def screen(self) -> tuple:
-        """(loss of the first --val-screen-tokens of the validation set, whether the full validation is
-        skipped) at a check between the regular validations; (None, False) where there is no screen.
-        Above target + margin the full validation is skipped: a skipped check can only delay the
-        measured crossing."""
+    def screen(self):
+        """At a check between the regular validations: (the first --val-screen-tokens' loss sums, whether
+        the full validation is skipped); (None, False) where there is no screen. Above target + margin
+        the full validation is skipped: a skipped check can only delay the measured crossing."""
         if not self.cfg.val_screen_tokens or self.target is None or self.regular_validation():
             return None, False
         t0 = time.perf_counter()
-        loss = self.evaluate(self.files.val, strict=False, tokens=self.cfg.val_screen_tokens)  # whole micro-batches: no new shape
+        sums = self.loss_sums(self.files.val, strict=False, tokens=self.cfg.val_screen_tokens)  # whole micro-batches: no new shape
+        loss = (sums[0] / sums[1]).item()
         event = {"type": "val_screen", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms,
                  "screen_loss": loss, "eval_s": time.perf_counter() - t0}
         self.eval_time_s += event["eval_s"]
-        self.log.metric(event)
         skipped = loss > self.target + self.cfg.val_screen_margin
         if skipped:
+            skip = self.screen_skip_steps(loss)
+            self.next_screen_step = self.step + skip
+            event["skip_steps"] = skip
+            ahead = f"; next screen from step {self.next_screen_step}" if skip else ""
             self.log.print(f"screen step {self.step}/{self.cfg.max_steps} | first {self.cfg.val_screen_tokens:,} val tokens {loss:.4f} "
-                           f"> target + {self.cfg.val_screen_margin}: no full validation | eval {event['eval_s']:.1f}s")
-        return loss, skipped
+                           f"> target + {self.cfg.val_screen_margin}: no full validation{ahead} | eval {event['eval_s']:.1f}s")
+        self.log.metric(event)
+        self.last_screen = (self.step, loss)
+        return sums, skipped
 
-    def validate(self, screen_loss=None) -> float:
+    def screen_skip_steps(self, loss: float) -> int:
+        """Steps whose checks a screen above target + margin lets pass unscreened: --val-screen-skip times
+        the steps the loss needs to reach target + margin at its fall per step since the last screen
+        (0.5: as though it fell twice as fast). 0 without an earlier screen or where it did not fall."""
+        if not self.cfg.val_screen_skip or self.last_screen is None or self.last_screen[0] >= self.step:
+            return 0
+        last_step, last_loss = self.last_screen
+        fall_per_step = (last_loss - loss) / (self.step - last_step)
+        if fall_per_step <= 0:
+            return 0
+        return int(self.cfg.val_screen_skip * (loss - self.target - self.cfg.val_screen_margin) / fall_per_step)
+
+    def validate(self, screen_sums: torch.Tensor = None) -> float:
+        """A full validation (and the further sets where due); after a screen, its sequences are not scored again."""
         t0 = time.perf_counter()
         event = {"type": "val", "step": self.step, "tokens": self.tokens_seen, "train_time_ms": self.train_time_ms}
-        if screen_loss is not None:  # the screen that let this validation through: how far it was from the full loss
-            event["screen_loss"] = screen_loss
-        event["val_loss"] = self.evaluate(self.files.val, strict=True)
+        if screen_sums is None:
+            event["val_loss"] = self.evaluate(self.files.val, strict=True)
+        else:
+            total = screen_sums + self.loss_sums(self.files.val, strict=True, first_seq=int(screen_sums[1].item()) // self.cfg.seq_len)
+            event["val_loss"] = (total[0] / total[1]).item()
+            event["screen_loss"] = (screen_sums[0] / screen_sums[1]).item()  # how far the screen that let it through was from the full loss
         if self.cfg.extra_val and self.extra_val_due(event["val_loss"]):
             for name, path in self.files.extra_val.items():
                 event[f"val_loss_{name}"] = self.evaluate(path, strict=False)
@@ -598,9 +625,8 @@ class Trainer:
     def validation_due(self) -> bool:
         if self.step == self.cfg.max_steps:
             return True
-        if self.recipe.validate_at is not None:
-            return self.recipe.validate_at(self.step, self.cfg)
-        return self.on_val_every()
+        due = self.recipe.validate_at(self.step, self.cfg) if self.recipe.validate_at is not None else self.on_val_every()
+        return due and (self.regular_validation() or self.step >= self.next_screen_step)
 
     # ----- the run -----
 
@@ -631,9 +657,9 @@ class Trainer:
                 self.recipe.before_step(self.step, self.model, self.optimizers, cfg)
             if self.validation_due():
                 self.settle()
-                screen_loss, skipped = self.screen()
+                screen_sums, skipped = self.screen()
                 if not skipped:
-                    val_loss = self.validate(screen_loss)
+                    val_loss = self.validate(screen_sums)
                     if self.target is not None and val_loss <= self.target:
                         self.reached_at = dict(self.last_val)
                         return "reached_target"

@@ -147,8 +147,9 @@ def scripts_in_process(monkeypatch):
 
 
 def read_metrics(run_dir, kind="train"):
+    """metrics.jsonl's events of one type (None: all)."""
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    return [e for e in map(json.loads, lines) if e["type"] == kind]
+    return [e for e in map(json.loads, lines) if kind is None or e["type"] == kind]
 
 
 def make_documents(num_tokens, seed=0, doc_len=(5, 40)):

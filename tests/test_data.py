@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_shard
 from kit.errors import DataError
@@ -114,6 +115,15 @@ def test_validation_batches_cover_the_first_tokens_split_across_ranks(tmp_path):
             assert np.array_equal(x[:, 1:].numpy(), y[:, :-1].numpy())
             seen.append(x.numpy().ravel())
     assert np.array_equal(np.concatenate(seen), tokens[:640])
+
+
+def test_validation_from_a_later_sequence_covers_the_rest_split_across_ranks(tmp_path):
+    """A screen's first sequences, then the rest from first_seq: together the whole set, once each."""
+    tokens = make_shard(tmp_path / "v.bin", 1000)
+    screen = [x for x, _ in validation_batches(tmp_path / "v.bin", val_tokens=128, seq_len=32, micro_batch=2, strict=False)]
+    rest = [x for rank in range(2) for x, _ in validation_batches(tmp_path / "v.bin", val_tokens=640, seq_len=32, micro_batch=3,
+                                                                   rank=rank, world=2, first_seq=4)]
+    assert np.array_equal(torch.cat(screen + rest).numpy().ravel(), tokens[:640])
 
 
 def test_validation_needs_enough_tokens(tmp_path):

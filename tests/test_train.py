@@ -445,31 +445,82 @@ def test_further_validation_sets_run_at_regular_checks_the_target_and_the_end(st
     assert Trainer.extra_val_due(trainer, loss) is due
 
 
-def test_a_screened_check_validates_in_full_only_near_the_target(tmp_path, monkeypatch, capsys):
+def screened_recipe(validate_at=lambda step, cfg: True):
+    """The baseline's recipe with a check at every step (0 and the last are regular validations)."""
     import train_gpt2
-    from kit.train import Recipe, Trainer, main
+    from kit.train import Recipe
+
+    return Recipe(train_gpt2.Hyperparameters, train_gpt2.build_model, train_gpt2.build_optimizers, script=train_gpt2.__file__,
+                  validate_at=validate_at)
+
+
+def scripted_validation(monkeypatch, screen_loss, rest_loss):
+    """Replace the model's validation losses: screen_loss(step) over the first 64 tokens (2 sequences of
+    FAST's 32), rest_loss(step) over every other sequence of FAST's 512 validation tokens."""
+    from kit.train import Trainer
+
+    def loss_sums(self, path, strict, tokens=None, first_seq=0):
+        if tokens:
+            assert tokens == 64 and first_seq == 0
+            return torch.tensor([screen_loss(self.step) * 64, 64.0], dtype=torch.float64)
+        assert first_seq in (0, 2)  # the full set after a screen skips the screen's two sequences
+        n = 512 - 32 * first_seq
+        return torch.tensor([rest_loss(self.step) * n, float(n)], dtype=torch.float64)
+
+    monkeypatch.setattr(Trainer, "loss_sums", loss_sums)
+
+
+def test_a_screened_check_validates_in_full_only_near_the_target(tmp_path, monkeypatch):
+    from kit.train import main
 
     screens = {1: 9.0, 2: 5.02, 3: 5.02}  # the first --val-screen-tokens at each late check
-    full = {0: 10.0, 2: 5.1, 3: 4.9}  # the whole validation set
-
-    def scripted_evaluate(self, path, strict, tokens=None):
-        assert tokens in (None, 64)
-        return screens[self.step] if tokens else full.get(self.step, 10.0)
-
-    monkeypatch.setattr(Trainer, "evaluate", scripted_evaluate)
-    recipe = Recipe(train_gpt2.Hyperparameters, train_gpt2.build_model, train_gpt2.build_optimizers, script=train_gpt2.__file__,
-                    validate_at=lambda step, cfg: True)  # a check at every step; 0 and the last are regular
+    rest = {2: 5.12, 3: 4.875}  # the other sequences
+    scripted_validation(monkeypatch, screens.get, lambda step: rest.get(step, 10.0))
     flags = [*FAST, "--data", "synthetic", "--max-steps", "6", "--val-every", "0", "--target-loss", "5.0", "--val-screen-tokens", "64"]
-    assert main(recipe, [*flags, "--out-dir", str(tmp_path)]) == 0
-    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert main(screened_recipe(), [*flags, "--out-dir", str(tmp_path)]) == 0
+    events = read_metrics(tmp_path, kind=None)
     assert [e["step"] for e in events if e["type"] == "val_screen"] == [1, 2, 3]
     vals = [e for e in events if e["type"] == "val"]
     assert [e["step"] for e in vals] == [0, 2, 3]  # step 1: 9.0 > 5.0 + 0.03, no full validation
-    assert "screen_loss" not in vals[0] and vals[1]["screen_loss"] == 5.02 and vals[1]["val_loss"] == 5.1
+    assert "screen_loss" not in vals[0] and vals[1]["screen_loss"] == 5.02
+    assert vals[1]["val_loss"] == pytest.approx((5.02 * 64 + 5.12 * 448) / 512)  # the screen's sums and the rest's
+    assert vals[2]["val_loss"] == pytest.approx((5.02 * 64 + 4.875 * 448) / 512) and vals[2]["val_loss"] <= 5.0
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert summary["reached_target"] and summary["tokens_to_target"] == vals[2]["tokens"] and summary["final_val_loss"] == 4.9
+    assert summary["reached_target"] and summary["tokens_to_target"] == vals[2]["tokens"] and summary["final_val_loss"] == vals[2]["val_loss"]
     assert "screen step 1/6" in (tmp_path / "log.txt").read_text()
-    assert main(recipe, [*flags[:-1], "16", "--out-dir", str(tmp_path / "bad")]) == 2  # shorter than one sequence
+    assert main(screened_recipe(), [*flags[:-1], "16", "--out-dir", str(tmp_path / "bad")]) == 2  # shorter than one sequence
+
+
+@pytest.mark.parametrize("skip, screened", [(0.5, [1, 2, 10]), (0.0, list(range(1, 12)))])
+def test_a_screen_far_above_the_target_skips_the_next_checks(tmp_path, monkeypatch, skip, screened):
+    """The screen falls 0.05 a step; at step 2 it is 0.87 above target + margin, 17.4 steps at that rate:
+    --val-screen-skip 0.5 lets the checks of the next 8 steps pass unscreened."""
+    from kit.train import main
+
+    scripted_validation(monkeypatch, lambda step: 6.0 - 0.05 * step, lambda step: 6.0)
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "12", "--val-every", "0", "--target-loss", "5.0", "--val-screen-tokens", "64",
+             "--val-screen-skip", str(skip), "--out-dir", str(tmp_path)]
+    assert main(screened_recipe(), flags) == 0
+    events = read_metrics(tmp_path, kind=None)
+    assert [e["step"] for e in events if e["type"] == "val_screen"] == screened
+    assert [e["step"] for e in events if e["type"] == "val"] == [0, 12]
+    if skip:
+        assert "no full validation; next screen from step 10" in (tmp_path / "log.txt").read_text()
+
+
+def test_a_full_validation_after_a_screen_equals_one_without(tmp_path):
+    """The screen's sequences are not scored again: its sums plus the rest's give the plain full loss."""
+    from kit.train import main
+
+    recipe = screened_recipe(lambda step, cfg: step % 2 == 0)
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "5", "--val-every", "0", "--target-loss", "0.1"]
+    assert main(recipe, [*flags, "--out-dir", str(tmp_path / "plain")]) == 0
+    assert main(recipe, [*flags, "--val-screen-tokens", "128", "--val-screen-margin", "100", "--out-dir", str(tmp_path / "screened")]) == 0
+    plain, screened = (read_metrics(tmp_path / name, kind="val") for name in ("plain", "screened"))
+    assert [e["step"] for e in plain] == [e["step"] for e in screened] == [0, 2, 4, 5]
+    assert [("screen_loss" in e) for e in screened] == [False, True, True, False]
+    # equal to the float32 rounding of each batch's mean (the screen's 4 sequences make other batches than 8 + 8)
+    assert [e["val_loss"] for e in screened] == pytest.approx([e["val_loss"] for e in plain], rel=1e-6)
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in REPO.glob("train_gpt2*.py")))
