@@ -13,10 +13,10 @@ and a cosine to 10% over 4768 steps of 524,288 tokens; stop at validation loss <
 import sys
 from dataclasses import dataclass
 
-from kit.config import TrainConfig
-from kit.model import GPT, gpt_config
-from kit.optim import adamw
-from kit.train import Recipe, main
+from kit.core.config import TrainConfig
+from kit.modeling.model import GPT, gpt_config
+from kit.modeling.optim import adamw
+from kit.loop.train import Recipe, main
 
 
 @dataclass

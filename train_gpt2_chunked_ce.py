@@ -1,4 +1,4 @@
-"""The baseline with a chunked cross-entropy (kit/losses.py): the output layer's loss and
+"""The baseline with a chunked cross-entropy (kit/modeling/losses.py): the output layer's loss and
 gradients are computed --ce-chunk rows at a time, so the full N x 50257 fp32 logits are never
 held. Same math as the baseline's loss; less memory, so the automatic micro-batch can grow.
 
@@ -8,9 +8,9 @@ held. Same math as the baseline's loss; less memory, so the automatic micro-batc
 import sys
 from dataclasses import dataclass, field
 
-from kit.losses import chunked_linear_cross_entropy
-from kit.model import GPT, gpt_config
-from kit.train import Recipe, main
+from kit.modeling.losses import chunked_linear_cross_entropy
+from kit.modeling.model import GPT, gpt_config
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 

@@ -21,10 +21,10 @@ from typing import ClassVar
 
 import torch
 
-from kit.errors import UserError
-from kit.model import GPT, gpt_config
-from kit.optim import warmup_cosine
-from kit.train import Recipe, main
+from kit.core.errors import UserError
+from kit.modeling.model import GPT, gpt_config
+from kit.modeling.optim import warmup_cosine
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kit.model import GPT, gpt_config
-from kit.train import Recipe, main
+from kit.modeling.model import GPT, gpt_config
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 

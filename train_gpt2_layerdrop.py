@@ -5,7 +5,7 @@ From --layerdrop-until x max-steps on, and always in evaluation, every block run
 
 Skipping a block skips its compute: at --layerdrop 0.1 on 12 layers the expected depth is
 11.35, ~5% less work per step while it lasts. With --compile 1 the blocks and the loss are
-compiled one by one (kit.model.compile_regions), so skipping stays a plain Python branch between
+compiled one by one (kit.modeling.model.compile_regions), so skipping stays a plain Python branch between
 compiled blocks. The rescaling happens inside each block (its scale is a tensor argument, 1 once
 LayerDrop ends), so it is fused into the block's compiled graph: outside it, three full-size
 elementwise passes per block would run eagerly, forward and backward.
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kit.model import GPT, Block, compile_regions, gpt_config
-from kit.train import Recipe, main
+from kit.modeling.model import GPT, Block, compile_regions, gpt_config
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 

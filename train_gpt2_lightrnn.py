@@ -1,10 +1,10 @@
-"""LightRNN on the baseline: factorised input embedding and output distribution (kit/lightrnn.py).
+"""LightRNN on the baseline: factorised input embedding and output distribution (kit/ideas/lightrnn.py).
 
 Tokens sit in a 225 x 224 table by training frequency; a token's embedding joins its row and
 column vectors; P(w | h) = P(row | h) * P(column | h, row). The validation loss is the exact
 negative log-likelihood of this distribution, comparable with the baseline's. With
 --realloc-every N, every N steps the tokens move to cells where the current model gives them a
-lower loss (measured on the first --realloc-tokens training tokens; kit.lightrnn.reallocate).
+lower loss (measured on the first --realloc-tokens training tokens; kit.ideas.lightrnn.reallocate).
 
     python train_gpt2_lightrnn.py --data webmix
     python train_gpt2_lightrnn.py --data webmix --realloc-every 1000
@@ -14,12 +14,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from kit import datasets, hw
-from kit.heads import unigram_counts
-from kit.lightrnn import LightRNNGPT, measure_and_reallocate
-from kit.loader import validation_batches
-from kit.model import gpt_config
-from kit.train import Recipe, main
+from kit.data import datasets
+from kit.core import hw
+from kit.ideas.heads import unigram_counts
+from kit.ideas.lightrnn import LightRNNGPT, measure_and_reallocate
+from kit.data.loader import validation_batches
+from kit.modeling.model import gpt_config
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 

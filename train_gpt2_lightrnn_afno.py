@@ -3,7 +3,7 @@
 Attention stays in the first --hybrid-attn-layers layers; the layers above mix tokens with the
 causal Fourier mixer below (block-diagonal per-token MLP, soft-thresholded FFT long convolution
 padded to 2T). --hybrid-attn-layers 0 is the pure Fourier model. Embedding and output are
-LightRNN's (kit/lightrnn.py), re-allocation (--realloc-every) included.
+LightRNN's (kit/ideas/lightrnn.py), re-allocation (--realloc-every) included.
 
     python train_gpt2_lightrnn_afno.py --data webmix                        # hybrid: 4 attention layers of 12
     python train_gpt2_lightrnn_afno.py --data webmix --hybrid-attn-layers 0 # Fourier mixing only
@@ -17,12 +17,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit import datasets
-from kit.errors import UserError
-from kit.heads import unigram_counts
-from kit.lightrnn import LightRNNGPT
-from kit.model import gpt_config
-from kit.train import Recipe, main
+from kit.data import datasets
+from kit.core.errors import UserError
+from kit.ideas.heads import unigram_counts
+from kit.ideas.lightrnn import LightRNNGPT
+from kit.modeling.model import gpt_config
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's optimizer, shared
 import train_gpt2_lightrnn as lightrnn  # LightRNN's flags and re-allocation hook, shared
@@ -86,7 +86,7 @@ class CausalFourierMixer(nn.Module):
 
 
 def fourier_mixer(config, n_blocks: int = 8):
-    """A CausalFourierMixer sized for a kit.model.GPTConfig: use as Block(config, attention=fourier_mixer)."""
+    """A CausalFourierMixer sized for a kit.modeling.model.GPTConfig: use as Block(config, attention=fourier_mixer)."""
     return CausalFourierMixer(config.n_embd, config.block_size, n_blocks=n_blocks)
 
 

@@ -17,14 +17,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit import datasets
-from kit.errors import UserError
-from kit.heads import unigram_counts
-from kit.lightrnn import LightRNNGPT, frequency_allocation, grid_shape
-from kit.model import gpt_config
-from kit.optim import linear_to_zero
-from kit.shards import open_shard
-from kit.train import Recipe, main
+from kit.data import datasets
+from kit.core.errors import UserError
+from kit.ideas.heads import unigram_counts
+from kit.ideas.lightrnn import LightRNNGPT, frequency_allocation, grid_shape
+from kit.modeling.model import gpt_config
+from kit.modeling.optim import linear_to_zero
+from kit.data.shards import open_shard
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 

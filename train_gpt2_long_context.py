@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from kit.errors import UserError
-from kit.model import GPT, Block, CausalSelfAttention, gpt_config
-from kit.modern import BLOCK, EOT, dense_mask, document_ids, flex_block_mask, flex_attention_fn
-from kit.train import Recipe, main
+from kit.core.errors import UserError
+from kit.modeling.model import GPT, Block, CausalSelfAttention, gpt_config
+from kit.modeling.modern import BLOCK, EOT, dense_mask, document_ids, flex_block_mask, flex_attention_fn
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 
@@ -70,10 +70,10 @@ class LongContextGPT(GPT):
         self.config.attn = attn  # what the run log names as the attention path
 
     def flops_per_token(self, seq_len: int) -> int:
-        """kit.flops' count with attention over the baseline's 1024 tokens (or the window, if
+        """kit.modeling.flops' count with attention over the baseline's 1024 tokens (or the window, if
         shorter), not the packed length: documents are what a token attends to, and the work it
         does at any --seq-len is about the same, so MFU compares across lengths."""
-        from kit.flops import flops_per_token
+        from kit.modeling.flops import flops_per_token
 
         span = min(seq_len, 1024, self.window_blocks * BLOCK or 1024)
         return flops_per_token(self, self.config.n_layer, self.config.n_embd, span)

@@ -25,10 +25,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit import hw
-from kit.errors import UserError
-from kit.model import GPT, gpt_config
-from kit.train import Recipe, main
+from kit.core import hw
+from kit.core.errors import UserError
+from kit.modeling.model import GPT, gpt_config
+from kit.loop.train import Recipe, Trainer, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 
@@ -204,7 +204,7 @@ class MoEGPT(GPT):
 
     def flops_per_token(self, seq_len: int) -> int:
         """The baseline's count with each MoE layer's MLP counted k times (the experts a token runs)."""
-        from kit.flops import flops_per_token
+        from kit.modeling.flops import flops_per_token
 
         dense = flops_per_token(self, self.config.n_layer, self.config.n_embd, seq_len)
         return dense + sum(6 * layer.top_k * (layer.w_in[0].numel() + layer.w_out[0].numel()) for layer in self.moe_layers())
@@ -246,8 +246,13 @@ def run_report(model: MoEGPT) -> dict:
     return {"moe_load": [[round(s, 4) for s in share] for share, _ in counts], "moe_dropped_share": [round(d, 4) for _, d in counts]}
 
 
+class MoETrainer(Trainer):
+    def run_report(self) -> dict:
+        return run_report(self.model)
+
+
 RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0],
-                before_step=before_step, run_report=run_report)
+                before_step=before_step, trainer=MoETrainer)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

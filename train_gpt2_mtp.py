@@ -24,9 +24,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit.model import GPT, Block, gpt_config
-from kit.optim import linear_to_zero
-from kit.train import Recipe, main
+from kit.modeling.model import GPT, Block, gpt_config
+from kit.modeling.optim import linear_to_zero
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 

@@ -1,11 +1,11 @@
-"""The baseline with another optimizer: Lion (kit/optim.py), 8-bit AdamW (bitsandbytes) or Muon.
+"""The baseline with another optimizer: Lion (kit/modeling/optim.py), 8-bit AdamW (bitsandbytes) or Muon.
 
 Lion moves every weight by exactly lr per step (the sign of an interpolated momentum), so it
 wants a smaller learning rate and a larger weight decay than AdamW: --lion-lr / --lion-weight-decay
 (defaults 2e-4 and 0.3, a third of AdamW's lr and three times its decay, the paper's advice;
 not tuned on this kit yet). 8-bit AdamW keeps Adam's two moments in 8 bits (block-wise
 quantised), cutting optimizer memory by ~75%, with the baseline's --lr and --weight-decay;
-it needs `pip install bitsandbytes` (0.50 runs on CUDA and on the CPU). Muon (kit/muon.py, the
+it needs `pip install bitsandbytes` (0.50 runs on CUDA and on the CPU). Muon (kit/modeling/muon.py, the
 record script's optimizer, for reference) orthogonalises the update of every weight matrix inside
 the blocks (the fused QKV projection as three matrices) at --muon-lr; the embeddings, the tied
 head, biases and LayerNorm gains stay on the baseline's AdamW. The warmup + cosine schedule is the baseline's.
@@ -18,10 +18,10 @@ head, biases and LayerNorm gains stay on the baseline's AdamW. The warmup + cosi
 import sys
 from dataclasses import dataclass, field
 
-from kit.errors import UserError
-from kit.muon import Muon
-from kit.optim import Lion, adamw, decay_groups
-from kit.train import Recipe, main
+from kit.core.errors import UserError
+from kit.modeling.muon import Muon
+from kit.modeling.optim import Lion, adamw, decay_groups
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters, model and optimizer, shared
 

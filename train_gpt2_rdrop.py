@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from kit.model import GPT, gpt_config
-from kit.train import Recipe, main
+from kit.modeling.model import GPT, gpt_config
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 

@@ -16,12 +16,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from kit import datasets
-from kit.attention import GroupedQueryAttention, MultiLatentAttention
-from kit.errors import UserError
-from kit.heads import AdaptiveSoftmaxHead, SampledSoftmaxHead, unigram_counts
-from kit.model import GPT, Block, gpt_config
-from kit.train import Recipe, main
+from kit.data import datasets
+from kit.modeling.attention import GroupedQueryAttention, MultiLatentAttention
+from kit.core.errors import UserError
+from kit.ideas.heads import AdaptiveSoftmaxHead, SampledSoftmaxHead, unigram_counts
+from kit.modeling.model import GPT, Block, gpt_config
+from kit.loop.train import Recipe, main
 
 import train_gpt2 as baseline  # the baseline's hyperparameters and optimizer, shared
 

@@ -1,12 +1,12 @@
 """The speedrun recipe: GPT-2 small-class model trained with the public speedrun's techniques.
 
-Model (kit/modern.py): 12 layers, width 768, 6 heads of 128; rotary positions on half of each
+Model (kit/modeling/modern.py): 12 layers, width 768, 6 heads of 128; rotary positions on half of each
 head's dimensions, QK-norm, ReLU^2 MLP, value embeddings, U-net skips, no attention in layer 7,
 a sigmoid output gate per head read from 12 dimensions of the block input, untied head with
 logit soft-capping (its matmul in FP8 while training on GPUs that have FP8: sm89 4090, sm90
 H100/H200; bf16 on sm86 3090 and in evaluation), a soft-capped cross-entropy whose backward keeps
-only the bf16 logits (kit/losses.py, kit/fp8.py; as two Triton kernels where Triton runs,
-kit/triton_loss.py), a hashed bigram embedding added to every block's input (the public record
+only the bf16 logits (kit/modeling/losses.py, kit/modeling/fp8.py; as two Triton kernels where Triton runs,
+kit/modeling/triton_loss.py), a hashed bigram embedding added to every block's input (the public record
 of 2026-01-19), attention within documents and long/short sliding windows (FlexAttention,
 block-sparse) whose length grows during training; the residual stream in bf16; the whole model
 compiled. Optimizers: Muon for the hidden matrices (Q, K and V orthogonalised separately, every
@@ -66,13 +66,13 @@ from typing import ClassVar
 
 import torch
 
-from kit.config import TrainConfig
-from kit.errors import UserError
-from kit.fp8 import gpu_has_fp8
-from kit.modern import MAX_WINDOW_BLOCKS, MODERN_SIZES, ModernConfig, ModernGPT
-from kit.muon import Muon
-from kit.optim import linear_to_zero
-from kit.train import Recipe, main
+from kit.core.config import TrainConfig
+from kit.core.errors import UserError
+from kit.modeling.fp8 import gpu_has_fp8
+from kit.modeling.modern import MAX_WINDOW_BLOCKS, MODERN_SIZES, ModernConfig, ModernGPT
+from kit.modeling.muon import Muon
+from kit.modeling.optim import linear_to_zero
+from kit.loop.train import Recipe, Trainer, main
 
 
 @dataclass
@@ -117,7 +117,7 @@ class Hyperparameters(TrainConfig):
     compile_mode: str = field(default="whole", metadata={"choices": ["regional", "whole"], "help": "whole: the full model (1.06x the tokens/s of regional on an H200, cold compile ~76 s); regional: each block compiled once and reused"})
     fused_loss: bool = field(default=True, metadata={"help": "soft-capped cross-entropy whose backward keeps only the bf16 logits (FP8 head: gradient quantised with a known scale); 0: soft-cap + F.cross_entropy"})
     loss_kernel: str = field(default="auto", metadata={"choices": ["auto", "torch", "triton"], "help": "the fused loss's kernels: torch (its PyTorch code, compiled with the model), "
-                                                            "triton (kit/triton_loss.py: one pass each way; 700 vs 757 ms/step on an H200), auto: triton where it can run (CUDA with Triton)"})
+                                                            "triton (kit/modeling/triton_loss.py: one pass each way; 700 vs 757 ms/step on an H200), auto: triton where it can run (CUDA with Triton)"})
     fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
     mtp_offsets: int = field(default=0, metadata={"help": "multi-token prediction: extra future tokens predicted while training (0: off); the logged training loss then includes their weighted terms, validation does not"})
     mtp_weight: float = field(default=0.3, metadata={"help": "weight of each extra offset's loss at the start; it falls linearly to 0"})
@@ -157,11 +157,14 @@ class Hyperparameters(TrainConfig):
     late_val_every: int = field(default=25, metadata={"help": "validate this often in the last --late-val-frac of the run, where the target is crossed"})
     late_val_frac: float = field(default=0.3, metadata={"help": "FineWeb: the public record's log crosses 3.3821 near 75% of its schedule"})
 
+    # --v2 0 on webmix: 410 steps, 93% of one pass (the 440-step pass crossed 3.64 at step 410-415 with the bigram
+    # embedding; the 410-step schedule anneals sooner and crosses at step 405: records/2026-11-29_h200_speedrun_steps410);
+    # validation every 3 steps over the last 8%, where the target is crossed. --v2 1 replaces these (V2_WEBMIX).
+    DATA_PRESETS: ClassVar[dict] = {"webmix": {"max_steps": 410, "val_every": 100, "late_val_every": 3, "late_val_frac": 0.08}}
 
-# webmix: 410 steps, 93% of one pass (the 440-step pass crossed 3.64 at step 410-415 with the bigram embedding;
-# the 410-step schedule anneals sooner and crosses at step 405: records/2026-11-29_h200_speedrun_steps410);
-# validation every 3 steps over the last 8%, where the target is crossed
-DATA_PRESETS = {"webmix": {"max_steps": 410, "val_every": 100, "late_val_every": 3, "late_val_frac": 0.08}}
+    def configure(self, fixed: set) -> None:
+        apply_v2(self, fixed)
+
 
 # --v2 1: the ported changes of the public record line, for the switches not given explicitly. Schedule lengths
 # scaled to this recipe's ~450 steps where the public one's are in steps (its Muon momentum cooldown: 50 of ~1300).
@@ -251,7 +254,7 @@ def stage_at(step: int, cfg: Hyperparameters) -> tuple:
 
 def loss_kernel(cfg: Hyperparameters) -> str:
     """The fused loss's kernels: Triton where asked (auto: where it can run), else PyTorch's."""
-    from kit import triton_loss
+    from kit.modeling import triton_loss
 
     device = "cuda" if on_gpu(cfg) else "cpu"
     if cfg.loss_kernel == "auto":
@@ -410,10 +413,24 @@ def validate_at(step: int, cfg: Hyperparameters) -> bool:
     return every > 0 and step % every == 0
 
 
+class SpeedrunTrainer(Trainer):
+    """The loop with the recipe's late checks, micro-batch rule and batch stages."""
+
+    def validate_at(self, step: int) -> bool:
+        return validate_at(step, self.cfg)
+
+    def micro_batch_rule(self, usable_bytes: int) -> int:
+        return micro_batch_for_memory(self.cfg, usable_bytes)
+
+    def batch_share(self, step: int, cfg: Hyperparameters) -> float:
+        return batch_share(step, cfg)
+
+    def batch_shares(self) -> list:
+        return batch_stage_shares(self.cfg)
+
+
 RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, lr_schedule=constant_then_cooldown,
-                description=__doc__.splitlines()[0], before_step=before_step, validate_at=validate_at, data_presets=DATA_PRESETS,
-                micro_batch_rule=micro_batch_for_memory, compile_model=compile_model, batch_schedule=batch_share, configure=apply_v2,
-                batch_shares=batch_stage_shares)
+                description=__doc__.splitlines()[0], before_step=before_step, compile_model=compile_model, trainer=SpeedrunTrainer)
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

@@ -13,9 +13,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit.datasets import data_dir  # noqa: E402
-from kit.errors import run_cli  # noqa: E402
-from kit.hub import download_fineweb  # noqa: E402
+from kit.data.datasets import data_dir  # noqa: E402
+from kit.core.errors import run_cli  # noqa: E402
+from kit.data.hub import download_fineweb  # noqa: E402
 
 
 def main(argv=None) -> int:

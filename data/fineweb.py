@@ -7,7 +7,7 @@
 Output (data/fineweb10B_tok/ by default), in the llm.c shard format the train scripts read:
 fineweb_val_000000.bin holds the first --val-tokens tokens (100M), then fineweb_train_NNNNNN.bin
 shards of --shard-tokens tokens each. Every document starts with <|endoftext|> (50256).
-Tokenization runs in --workers processes with offline tiktoken (kit/gpt2_bpe/); reading
+Tokenization runs in --workers processes with offline tiktoken (kit/data/gpt2_bpe/); reading
 parquet needs pyarrow (`pip install pyarrow`).
 """
 
@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit.errors import DataError, run_cli  # noqa: E402
-from kit.hub import download_file  # noqa: E402
-from kit.shards import write_shard  # noqa: E402
-from kit.tokenizer import encode_document  # noqa: E402
+from kit.core.errors import DataError, run_cli  # noqa: E402
+from kit.data.hub import download_file  # noqa: E402
+from kit.data.shards import write_shard  # noqa: E402
+from kit.data.tokenizer import encode_document  # noqa: E402
 
 RAW_REPO = "HuggingFaceFW/fineweb"
 SAMPLE_FILES = 14  # sample/10BT/000_00000.parquet .. 013_00000.parquet

@@ -22,8 +22,8 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kit.datasets import data_dir  # noqa: E402
-from kit.errors import UserError  # noqa: E402
+from kit.data.datasets import data_dir  # noqa: E402
+from kit.core.errors import UserError  # noqa: E402
 
 DEFAULT_SOURCE = REPO.parent / "shared" / "data" / "webmix"
 CHUNK = 1 << 22

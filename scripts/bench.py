@@ -16,7 +16,7 @@ its schedule scaled to them: the rows' losses then compare at an equal time budg
 With --seeds N each row also runs with --seed 1..N-1 (labelled ROW_seed1, ...; the plain row keeps
 its script's default seed), and the table ends with each row's spread of losses over its seeds: at short budgets a
 single seed's gap of a few hundredths can be noise or one training-loss spike.
-MFU is taken against the GPU's datasheet bf16 peak (kit/hw.py), or, for a GPU not in that
+MFU is taken against the GPU's datasheet bf16 peak (kit/core/hw.py), or, for a GPU not in that
 table, against a bf16 matrix product measured here (--peak-flops overrides both).
 Writes bench.json and bench.md into --out, and prints the table.
 """
@@ -32,8 +32,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kit import hw, report  # noqa: E402
-from kit.runlog import read_summary, set_aside  # noqa: E402
+from kit.core import hw  # noqa: E402
+from kit.tools import report  # noqa: E402
+from kit.loop.runlog import read_summary, set_aside  # noqa: E402
 
 
 def parse_row(text: str) -> dict:

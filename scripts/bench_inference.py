@@ -36,10 +36,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit import hw  # noqa: E402
-from kit.attention import GroupedQueryAttention, MultiLatentAttention  # noqa: E402
-from kit.inference import forward_cached, generate, make_cache  # noqa: E402
-from kit.model import GPT, Block, gpt_config  # noqa: E402
+from kit.core import hw  # noqa: E402
+from kit.modeling.attention import GroupedQueryAttention, MultiLatentAttention  # noqa: E402
+from kit.tools.inference import forward_cached, generate, make_cache  # noqa: E402
+from kit.modeling.model import GPT, Block, gpt_config  # noqa: E402
 
 
 def timed(fn, device):
@@ -79,7 +79,7 @@ def generation_rows(model, args, device, dtype):
 
 
 def cache_memory_rows(measured, args, device, dtype):
-    """Cache bytes per token of the measured model's shape with MHA, GQA and MLA (kit.model.GPT's shape: the
+    """Cache bytes per token of the measured model's shape with MHA, GQA and MLA (kit.modeling.model.GPT's shape: the
     given run's, or --model-size's); for another kind of model (the speedrun's), its own cache only."""
     rows = []
     kinds = {"mha": None, "gqa": functools.partial(GroupedQueryAttention, n_kv_head=args.gqa_heads),
@@ -210,7 +210,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     if args.run_dir:
-        from kit.runs import load_model
+        from kit.tools.runs import load_model
 
         model = load_model(args.run_dir, args.device)[0]
     else:

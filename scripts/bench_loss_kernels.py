@@ -3,7 +3,7 @@
     python3 scripts/bench_loss_kernels.py [--rows 98304] [--vocab 50304] [--out DIR]
 
 Rows: the compiled PyTorch reference (stats; e5m2 gradient plus its transposed copy), the
-Triton kernels of kit/triton_loss.py at each of its autotuning configs, its custom ops as
+Triton kernels of kit/modeling/triton_loss.py at each of its autotuning configs, its custom ops as
 autotuned, and the transposed copy alone. Each row prints milliseconds per call and the bytes
 it must move per millisecond, so a kernel far below the GPU's memory bandwidth shows where the
 time goes. Writes bench_loss_kernels.json.
@@ -18,9 +18,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from kit import triton_loss  # noqa: E402
-from kit.fp8 import E5M2, E5M2_HEADROOM  # noqa: E402
-from kit.losses import softcapped_grad_unscaled, softcapped_logsumexp_and_loss  # noqa: E402
+from kit.modeling import triton_loss  # noqa: E402
+from kit.modeling.fp8 import E5M2, E5M2_HEADROOM  # noqa: E402
+from kit.modeling.losses import softcapped_grad_unscaled, softcapped_logsumexp_and_loss  # noqa: E402
 
 CAP = 15.0
 

@@ -17,7 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kit import report  # noqa: E402
+from kit.tools import report  # noqa: E402
 
 
 def main(argv=None) -> int:

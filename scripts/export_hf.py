@@ -5,11 +5,11 @@
 
 Writes model.safetensors with transformers' GPT-2 tensor names (its Conv1D layers store weights
 transposed), a config.json for GPT2LMHeadModel, and the GPT-2 tokenizer's files (vocab.json,
-merges.txt, tokenizer_config.json), so AutoTokenizer.from_pretrained loads the export too. Only kit.model.GPT with its standard blocks
+merges.txt, tokenizer_config.json), so AutoTokenizer.from_pretrained loads the export too. Only kit.modeling.model.GPT with its standard blocks
 (train_gpt2.py and the variants that keep its architecture) has a GPT-2 equivalent; every other
 model stays in the kit's own format: its run directory's model.safetensors (the module's
 state_dict names) with config.json (the train script's flags) and summary.json (which script),
-which kit.runs.load_model and scripts/generate.py read.
+which kit.tools.runs.load_model and scripts/generate.py read.
 """
 
 import argparse
@@ -21,10 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from kit.errors import UserError, run_cli  # noqa: E402
-from kit.inference import attention_kind  # noqa: E402
-from kit.model import GPT, MLP, Block  # noqa: E402
-from kit.runs import load_model  # noqa: E402
+from kit.core.errors import UserError, run_cli  # noqa: E402
+from kit.tools.inference import attention_kind  # noqa: E402
+from kit.modeling.model import GPT, MLP, Block  # noqa: E402
+from kit.tools.runs import load_model  # noqa: E402
 
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")  # Conv1D: (in, out)
 
@@ -51,7 +51,7 @@ def hf_config(config) -> dict:
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": config.vocab_size, "n_positions": config.block_size, "n_ctx": config.block_size,
         "n_embd": config.n_embd, "n_layer": config.n_layer, "n_head": config.n_head,
-        "activation_function": "gelu_new",  # the tanh approximation kit.model.MLP uses
+        "activation_function": "gelu_new",  # the tanh approximation kit.modeling.model.MLP uses
         "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0,
         "tie_word_embeddings": True, "bos_token_id": 50256, "eos_token_id": 50256,
     }
@@ -73,10 +73,10 @@ def export(model, out: Path) -> Path:
 
 def write_tokenizer(out: Path, max_length: int) -> None:
     """The GPT-2 tokenizer in transformers' layout (AutoTokenizer.from_pretrained(out) loads it): OpenAI's
-    BPE files shipped in kit/gpt2_bpe under the names GPT2Tokenizer reads, and its config."""
+    BPE files shipped in kit/data/gpt2_bpe under the names GPT2Tokenizer reads, and its config."""
     import shutil
 
-    from kit.tokenizer import BPE_DIR
+    from kit.data.tokenizer import BPE_DIR
 
     shutil.copyfile(BPE_DIR / "encoder.json", out / "vocab.json")
     shutil.copyfile(BPE_DIR / "vocab.bpe", out / "merges.txt")

@@ -9,7 +9,7 @@ builds on, such as train_gpt2.py), is embedded verbatim as text and served to `i
 loader at the top; the script's own source follows unchanged, so a run of the file logs that one
 file as its source. Generated, never committed (standalone/ is ignored). Files the modules read
 beside themselves resolve beside the flattened file: datasets go to its data/ (or KIT_DATA_DIR);
-the offline tokenizer files (kit/gpt2_bpe) are not embedded.
+the offline tokenizer files (kit/data/gpt2_bpe) are not embedded.
 """
 
 import argparse

@@ -25,10 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit.errors import UserError, run_cli  # noqa: E402
-from kit.inference import check_static, check_supported, generate  # noqa: E402
-from kit.runs import load_model  # noqa: E402
-from kit.tokenizer import EOT, gpt2_encoding  # noqa: E402
+from kit.core.errors import UserError, run_cli  # noqa: E402
+from kit.tools.inference import check_static, check_supported, generate  # noqa: E402
+from kit.tools.runs import load_model  # noqa: E402
+from kit.data.tokenizer import EOT, gpt2_encoding  # noqa: E402
 
 
 class Streamer:
@@ -71,7 +71,7 @@ def main(argv=None) -> str:
     parser.add_argument("--top-k", type=int, default=50, help="0: no limit")
     parser.add_argument("--top-p", type=float, default=0.95)
     parser.add_argument("--cache", choices=["auto", "paged", "contiguous", "static", "none"], default="auto",
-                        help="static: contiguous, decoded at fixed shapes through a CUDA graph on CUDA (kit.model.GPT only); "
+                        help="static: contiguous, decoded at fixed shapes through a CUDA graph on CUDA (kit.modeling.model.GPT only); "
                              "auto: static on CUDA where it applies, else paged")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

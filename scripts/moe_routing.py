@@ -34,13 +34,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit import datasets  # noqa: E402
-from kit.errors import UserError, run_cli  # noqa: E402
-from kit.loader import validation_batches  # noqa: E402
-from kit.modern import EOT, document_ids  # noqa: E402
-from kit.shards import open_shard  # noqa: E402
-from kit.tokenizer import gpt2_encoding  # noqa: E402
-from kit.runs import load_model  # noqa: E402
+from kit.data import datasets  # noqa: E402
+from kit.core.errors import UserError, run_cli  # noqa: E402
+from kit.data.loader import validation_batches  # noqa: E402
+from kit.modeling.modern import EOT, document_ids  # noqa: E402
+from kit.data.shards import open_shard  # noqa: E402
+from kit.data.tokenizer import gpt2_encoding  # noqa: E402
+from kit.tools.runs import load_model  # noqa: E402
 
 
 SOURCES = ("wiki", "review", "other")

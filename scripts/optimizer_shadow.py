@@ -25,11 +25,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kit import hw  # noqa: E402
-from kit.config import parse_config  # noqa: E402
-from kit.errors import run_cli  # noqa: E402
-from kit.loader import validation_batches  # noqa: E402
-from kit.optim import set_learning_rates, warmup_cosine  # noqa: E402
+from kit.core import hw  # noqa: E402
+from kit.core.config import parse_config  # noqa: E402
+from kit.core.errors import run_cli  # noqa: E402
+from kit.data.loader import validation_batches  # noqa: E402
+from kit.modeling.optim import set_learning_rates, warmup_cosine  # noqa: E402
 
 import train_gpt2_optimizers as script  # noqa: E402
 

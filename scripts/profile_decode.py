@@ -1,4 +1,4 @@
-"""Where the time of one cached decoding call goes: kit.inference.forward_cached for --batch
+"""Where the time of one cached decoding call goes: kit.tools.inference.forward_cached for --batch
 sequences, one new token each, against caches already holding --context tokens; per-call time
 for each cache kind, then a torch.profiler table (CUDA time first when there is a GPU).
 
@@ -14,9 +14,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from kit import hw  # noqa: E402
-from kit.inference import forward_cached, make_cache  # noqa: E402
-from kit.model import GPT, gpt_config  # noqa: E402
+from kit.core import hw  # noqa: E402
+from kit.tools.inference import forward_cached, make_cache  # noqa: E402
+from kit.modeling.model import GPT, gpt_config  # noqa: E402
 
 
 def filled_cache(model, kind, batch, context, calls, device):

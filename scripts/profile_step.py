@@ -15,8 +15,8 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kit.runs import load_script  # noqa: E402
-from kit.train import Trainer  # noqa: E402
+from kit.tools.runs import load_script  # noqa: E402
+from kit.loop.train import Trainer  # noqa: E402
 
 
 def main(argv) -> None:
@@ -26,7 +26,7 @@ def main(argv) -> None:
     trainer = Trainer(load_script(script).RECIPE, [*flags, "--export", "0", "--val-every", "0"])
     trainer.setup()
     if hasattr(trainer.model, "set_window"):
-        from kit.modern import MAX_WINDOW_BLOCKS
+        from kit.modeling.modern import MAX_WINDOW_BLOCKS
         trainer.model.set_window(MAX_WINDOW_BLOCKS)
     trainer.warm_up()
     for _ in range(2):

@@ -25,8 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kit import report  # noqa: E402
-from kit.runlog import FINISHED, read_summary, set_aside  # noqa: E402
+from kit.tools import report  # noqa: E402
+from kit.loop.runlog import FINISHED, read_summary, set_aside  # noqa: E402
 
 
 

@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kit.shards import EOT, write_shard  # noqa: E402
+from kit.data.shards import EOT, write_shard  # noqa: E402
 
 TRIM_THRESHOLD = 2**31 - 1  # bytes of free heap glibc keeps before returning any to the system
 
@@ -70,7 +70,7 @@ def load_module(relative: str, name: str = None):
 def run_baseline(argv, capsys=None):
     """Run train_gpt2.py's recipe in this process; return (exit code, stderr lines)."""
     import train_gpt2
-    from kit.train import main
+    from kit.loop.train import main
 
     code = main(train_gpt2.RECIPE, [str(a) for a in argv])
     err = capsys.readouterr().err if capsys else ""
@@ -109,8 +109,8 @@ class ScriptsInProcess:
         return len(cmd) > 1 and cmd[0] == sys.executable and Path(cmd[1]).name.startswith("train_gpt2") and (REPO / Path(cmd[1]).name).exists()
 
     def run_script(self, cmd, console) -> int:
-        from kit.runs import load_script
-        from kit.train import main
+        from kit.tools.runs import load_script
+        from kit.loop.train import main
 
         script = Path(cmd[1]).name
         with contextlib.redirect_stdout(console), contextlib.redirect_stderr(console):

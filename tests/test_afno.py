@@ -53,7 +53,7 @@ def test_gpt_with_fourier_mixers_is_causal():
     import functools
 
     from train_gpt2_lightrnn_afno import fourier_mixer
-    from kit.model import GPT, Block, gpt_config
+    from kit.modeling.model import GPT, Block, gpt_config
 
     torch.manual_seed(4)
     model = GPT(gpt_config("tiny", block_size=32), block=functools.partial(Block, attention=functools.partial(fourier_mixer, n_blocks=4))).eval()
@@ -69,8 +69,8 @@ def test_lightrnn_afno_script_is_causal_trains_and_reallocates(tmp_path, capsys,
     import train_gpt2_lightrnn_afno as script
     from conftest import FAST, read_metrics
     from train_gpt2_lightrnn_afno import CausalFourierMixer
-    from kit.config import parse_config
-    from kit.train import main
+    from kit.core.config import parse_config
+    from kit.loop.train import main
 
     flags = [*FAST, "--data", "synthetic", "--hybrid-attn-layers", str(attn_layers), "--fourier-blocks", "4"]
     realloc = ["--realloc-every", "2", "--realloc-tokens", "2048"]

@@ -5,8 +5,8 @@ import functools
 import pytest
 import torch
 
-from kit.attention import GroupedQueryAttention, MultiLatentAttention
-from kit.model import GPT, Block, CausalSelfAttention, gpt_config
+from kit.modeling.attention import GroupedQueryAttention, MultiLatentAttention
+from kit.modeling.model import GPT, Block, CausalSelfAttention, gpt_config
 
 CONFIG = gpt_config("tiny", block_size=48, n_head=4)  # width 64, 4 heads of 16
 

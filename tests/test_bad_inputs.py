@@ -74,7 +74,7 @@ def substituted(flags: list, sandbox: Path) -> list:
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_inputs_end_in_one_line_and_touch_nothing(script, sandbox, capsys):
-    from kit.train import main
+    from kit.loop.train import main
 
     recipe = load_module(script).RECIPE
     before = checksums(sandbox)
@@ -96,17 +96,16 @@ def test_bad_inputs_end_in_one_line_and_touch_nothing(script, sandbox, capsys):
 def test_every_scripts_tiny_preset_builds_its_model_and_optimizers(script, flags):
     """The tiny preset is a working configuration of every script (the script's own presets fit its flags to
     the tiny model: a shorter curriculum, one attention layer of two, one key/value head of two)."""
-    from kit.config import parse_config
+    from kit.core.config import parse_config
 
     recipe = load_module(script).RECIPE
-    cfg, _ = parse_config(recipe.config_cls, ["--model-size", "tiny", "--device", "cpu", "--data", "synthetic", *flags],
-                          data_presets=recipe.data_presets, configure=recipe.configure)
+    cfg, _ = parse_config(recipe.config_cls, ["--model-size", "tiny", "--device", "cpu", "--data", "synthetic", *flags])
     model = recipe.build_model(cfg)
     assert recipe.build_optimizers(model, cfg)
 
 
 def test_help_says_what_a_size_preset_sets(capsys):
-    from kit.train import main
+    from kit.loop.train import main
 
     with pytest.raises(SystemExit):
         main(load_module("train_gpt2_curriculum.py").RECIPE, ["--help"])
@@ -121,7 +120,7 @@ def load_tool(relative: str):
 
 
 def test_tools_refuse_bad_inputs_in_one_line(tmp_path, capsys):
-    from kit.errors import run_cli
+    from kit.core.errors import run_cli
 
     def one_line(code, expected, fragment):
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]

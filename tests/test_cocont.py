@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from conftest import make_shard
 from train_gpt2_lightrnn_cocont_mtp import LightRNNCoCoNTGPT, row_bigram_counts, smoothed_row_loss, smoothed_targets
-from kit.lightrnn import grid_shape
-from kit.model import gpt_config
+from kit.ideas.lightrnn import grid_shape
+from kit.modeling.model import gpt_config
 
 
 def test_smoothed_target_sums_to_one_and_eps_zero_is_cross_entropy():
@@ -85,7 +85,7 @@ def test_script_smoke(tmp_path):
 
     import train_gpt2_lightrnn_cocont_mtp as script
     from conftest import FAST, read_metrics
-    from kit.train import main
+    from kit.loop.train import main
 
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "6", "--val-every", "6", "--out-dir", str(tmp_path)]) == 0
     vals = read_metrics(tmp_path, "val")

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from conftest import make_shard
-from kit.errors import DataError
-from kit.loader import TrainStream, validation_batches
-from kit.shards import EOT, HEADER_BYTES, MAGIC, open_shard, read_header, write_shard
+from kit.core.errors import DataError
+from kit.data.loader import TrainStream, validation_batches
+from kit.data.shards import EOT, HEADER_BYTES, MAGIC, open_shard, read_header, write_shard
 
 
 def test_shard_round_trip(tmp_path):
@@ -138,8 +138,8 @@ def test_validation_needs_enough_tokens(tmp_path):
 
 def test_synthetic_validation_set_holds_a_bench_default_validation(isolated_data_dir):
     """scripts/bench.py validates 65,536 tokens by default: the synthetic set holds them and the last target."""
-    from kit import datasets
-    from kit.loader import validation_batches
+    from kit.data import datasets
+    from kit.data.loader import validation_batches
 
     files = datasets.synthetic_files(True)
     batches = list(validation_batches(files.val, 65_536, 1024, 8, 0, 1, True))

@@ -43,8 +43,8 @@ def test_flattened_file_embeds_each_project_module_verbatim_once():
     namespace = {}
     exec(compile(text.split("# ----- the project modules this script uses")[0], "flat", "exec"), namespace)
     sources = namespace["_EMBEDDED_SOURCES"]
-    assert {"kit", "kit.train", "kit.model", "train_gpt2", "train_gpt2_chunked_ce"} <= set(sources)  # the scripts it builds on too
-    assert "train_gpt2_checkpointing" not in sources and "kit.modern" not in sources  # itself; what it never imports
+    assert {"kit", "kit.loop.train", "kit.modeling.model", "train_gpt2", "train_gpt2_chunked_ce"} <= set(sources)  # the scripts it builds on too
+    assert "train_gpt2_checkpointing" not in sources and "kit.modeling.modern" not in sources  # itself; what it never imports
     for name, source in sources.items():
         path = REPO.joinpath(*name.split("."))
         assert source == ((path / "__init__.py") if path.is_dir() else path.with_suffix(".py")).read_text(), name
@@ -65,8 +65,8 @@ def test_flatten_refuses_a_missing_script_and_an_output_beside_the_project(tmp_p
 def test_every_flattened_script_trains_exactly_like_the_script(tmp_path, isolated_data_dir):
     """Two steps of the tiny model on CPU: the flattened file (run where the project cannot be imported)
     logs the same losses and validation as the modular script (run in this process)."""
-    from kit.runs import load_script
-    from kit.train import main
+    from kit.tools.runs import load_script
+    from kit.loop.train import main
 
     flatten = flatten_main()
     flat_dir = tmp_path / "standalone"

@@ -2,7 +2,7 @@
 
 import torch
 
-from kit.fp8 import E4M3, FP8Head, FP8MatmulWeightT, quantize
+from kit.modeling.fp8 import E4M3, FP8Head, FP8MatmulWeightT, quantize
 
 
 def relative_error(a, b):
@@ -43,7 +43,7 @@ def test_fp8_head_switch():
 
 
 def test_modern_model_trains_through_the_fp8_head():
-    from kit.modern import MODERN_SIZES, ModernConfig, ModernGPT
+    from kit.modeling.modern import MODERN_SIZES, ModernConfig, ModernGPT
 
     torch.manual_seed(0)
     model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], vocab_size=1024, max_seq_len=128, attn="dense"))  # small vocabulary: CPU FP8 is slow
@@ -65,7 +65,7 @@ def softcapped_reference(x, w, targets, cap=15.0):
 
 
 def test_fused_fp8_head_loss_matches_the_fp32_reference():
-    from kit.fp8 import FP8SoftcappedHeadLoss
+    from kit.modeling.fp8 import FP8SoftcappedHeadLoss
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(96, 64, generator=g, requires_grad=True)
@@ -85,7 +85,7 @@ def test_fused_fp8_head_loss_matches_the_fp32_reference():
 def test_fixed_gradient_scale_neither_saturates_nor_flushes_to_zero():
     """The logits' gradient is quantised with a known scale: its largest possible element maps
     under e5m2's maximum, and small softmax terms (1e-8 here) survive instead of flushing to zero."""
-    from kit.fp8 import E5M2, E5M2_HEADROOM
+    from kit.modeling.fp8 import E5M2, E5M2_HEADROOM
 
     assert E5M2_HEADROOM < torch.finfo(E5M2).max
     small = (torch.tensor([1e-8, 1e-6, 0.5, -1.0]) * E5M2_HEADROOM).to(E5M2).float() / E5M2_HEADROOM

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUD
 
 
 def test_compiled_batched_newton_schulz_matches_eager():
-    from kit.muon import Muon, newton_schulz
+    from kit.modeling.muon import Muon, newton_schulz
 
     torch.manual_seed(0)
     G = torch.randn(4, 3, 256, 128, device="cuda")
@@ -83,8 +83,8 @@ def test_speedrun_with_triton_loss_kernels_trains_like_pytorchs(tmp_path, isolat
 
 
 def test_cached_generation_on_cuda_equals_recomputation():
-    from kit.inference import generate
-    from kit.model import GPT, gpt_config
+    from kit.tools.inference import generate
+    from kit.modeling.model import GPT, gpt_config
 
     torch.manual_seed(0)
     model = GPT(gpt_config("tiny", block_size=128)).cuda().eval()
@@ -98,8 +98,8 @@ def test_cached_generation_on_cuda_equals_recomputation():
 
 
 def test_static_decoding_graph_replays_what_it_computes_eagerly():
-    from kit.inference import StaticDecoder, forward_cached, make_cache
-    from kit.model import GPT, gpt_config
+    from kit.tools.inference import StaticDecoder, forward_cached, make_cache
+    from kit.modeling.model import GPT, gpt_config
 
     torch.manual_seed(0)
     model = GPT(gpt_config("tiny", block_size=128)).cuda().eval()

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from conftest import make_shard
-from kit.heads import AdaptiveSoftmaxHead, SampledSoftmaxHead, unigram_counts
+from kit.ideas.heads import AdaptiveSoftmaxHead, SampledSoftmaxHead, unigram_counts
 
 VOCAB = 300
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, load_module, make_documents, make_shard, subprocess_env
-from kit import hub
-from kit.errors import DataError
-from kit.shards import EOT, HEADER_BYTES, open_shard, shard_is_complete, write_shard
-from kit.tokenizer import gpt2_encoding
+from kit.data import hub
+from kit.core.errors import DataError
+from kit.data.shards import EOT, HEADER_BYTES, open_shard, shard_is_complete, write_shard
+from kit.data.tokenizer import gpt2_encoding
 
 
 def load_script(name):

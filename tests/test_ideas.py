@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import FAST, read_metrics
-from kit.model import GPT, gpt_config
-from kit.optim import warmup_cosine
-from kit.tokenizer import gpt2_encoding
-from kit.train import main
+from kit.modeling.model import GPT, gpt_config
+from kit.modeling.optim import warmup_cosine
+from kit.data.tokenizer import gpt2_encoding
+from kit.loop.train import main
 
 
 def tiny_gpt(**overrides):
@@ -89,7 +89,7 @@ def test_checkpointing_script_trains_exactly_like_the_baseline(tmp_path):
 
 @pytest.mark.parametrize("chunk", [7, 64, 1000])
 def test_chunked_cross_entropy_equals_the_full_one_with_gradients(chunk):
-    from kit.losses import chunked_linear_cross_entropy
+    from kit.modeling.losses import chunked_linear_cross_entropy
 
     torch.manual_seed(0)
     h = torch.randn(50, 16, requires_grad=True)
@@ -165,7 +165,7 @@ def test_8bit_adamw_follows_adamw_where_bitsandbytes_installs():
 
 
 def test_lion_step_by_hand():
-    from kit.optim import Lion
+    from kit.modeling.optim import Lion
 
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
     opt = Lion([p], lr=0.1, betas=(0.9, 0.99), weight_decay=0.5)
@@ -213,7 +213,7 @@ def test_optimizer_script_runs_lion_and_explains_a_missing_bitsandbytes(tmp_path
 def test_muon_reference_takes_each_block_matrix_once_and_adamw_the_rest(tmp_path):
     import train_gpt2_optimizers as script
 
-    from kit.muon import Muon
+    from kit.modeling.muon import Muon
 
     model = tiny_gpt()
     adam, muon = script.muon_and_adamw(model, script.Hyperparameters(optimizer="muon"))
@@ -277,7 +277,7 @@ def test_layerdrop_draws_are_reproducible_and_roughly_at_their_rates():
 def test_layerdrop_compiles_blocks_and_loss_once_whatever_blocks_it_drops():
     from torch._dynamo.utils import counters
 
-    from kit.model import compile_regions
+    from kit.modeling.model import compile_regions
 
     plain, dropping = layerdrop_pair(0.5)
     torch._dynamo.reset()
@@ -660,7 +660,7 @@ def test_document_positions_restart_at_each_document():
 
 
 def test_long_context_attention_is_causal_and_stays_within_documents():
-    from kit.modern import EOT
+    from kit.modeling.modern import EOT
 
     model = long_context_model()
     idx = torch.randint(0, 50000, (1, 512))
@@ -758,7 +758,7 @@ def test_moe_routing_report_on_a_trained_run(tmp_path):
     assert len(stats["share"]) == 2 and all(sum(s) == pytest.approx(1.0) for s in stats["share"])
     assert "val moe0: shares" in printed
 
-    from kit.runs import load_model  # a router that always picks expert 0: shares 1/0, every document concentrated
+    from kit.tools.runs import load_model  # a router that always picks expert 0: shares 1/0, every document concentrated
 
     model = load_model(tmp_path)[0]
     for layer in model.moe_layers():

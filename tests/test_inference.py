@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from kit.inference import BlockAllocator, ContiguousKVCache, PagedKVCache, forward_cached, generate, sample
-from kit.model import GPT, gpt_config
+from kit.tools.inference import BlockAllocator, ContiguousKVCache, PagedKVCache, forward_cached, generate, sample
+from kit.modeling.model import GPT, gpt_config
 
 
 def tiny_model():
@@ -61,7 +61,7 @@ def test_a_stopped_sequence_returns_its_blocks_and_the_others_go_on():
 
 
 def test_static_decoding_equals_the_full_pass_and_leaves_finished_rows_alone():
-    from kit.inference import StaticDecoder, make_cache
+    from kit.tools.inference import StaticDecoder, make_cache
 
     model = tiny_model()
     idx = torch.randint(0, 50257, (2, 10))
@@ -137,7 +137,7 @@ def test_generation_refuses_more_positions_than_the_model_has():
 def baseline_run(tmp_path_factory):
     import train_gpt2
     from conftest import FAST
-    from kit.train import main
+    from kit.loop.train import main
 
     run = tmp_path_factory.mktemp("run")
     flags = [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--export", "1", "--out-dir", str(run)]
@@ -166,7 +166,7 @@ def test_generate_cli_streams_and_the_cache_changes_nothing(baseline_run, capsys
 
 
 def test_auto_cache_takes_the_cuda_graph_only_where_it_applies(baseline_run):
-    from kit.runs import load_model
+    from kit.tools.runs import load_model
 
     auto_cache = load_script("generate").auto_cache
     model, _, _ = load_model(str(baseline_run), "cpu")
@@ -177,7 +177,7 @@ def test_auto_cache_takes_the_cuda_graph_only_where_it_applies(baseline_run):
 def test_speedrun_run_generates_with_its_cache_and_stays_in_the_kit_format(tmp_path, capsys):
     import train_gpt2_speedrun as speedrun
     from conftest import FAST
-    from kit.train import main
+    from kit.loop.train import main
 
     flags = [*FAST, "--seq-len", "128", "--batch-tokens", "256", "--data", "synthetic", "--max-steps", "1", "--val-every", "1",
              "--export", "1", "--out-dir", str(tmp_path)]
@@ -200,7 +200,7 @@ def test_speedrun_run_generates_with_its_cache_and_stays_in_the_kit_format(tmp_p
 
 def test_generate_falls_back_without_a_cache_for_unsupported_models(tmp_path, capsys):
     import train_gpt2_long_context as long_context
-    from kit.train import main
+    from kit.loop.train import main
 
     flags = ["--model-size", "tiny", "--device", "cpu", "--seq-len", "128", "--batch-tokens", "256", "--val-tokens", "256",
              "--progress", "lines", "--data", "synthetic", "--max-steps", "1", "--val-every", "1", "--out-dir", str(tmp_path)]
@@ -213,7 +213,7 @@ def test_generate_falls_back_without_a_cache_for_unsupported_models(tmp_path, ca
 def test_hugging_face_export_loads_in_transformers_with_the_same_logits(baseline_run, tmp_path):
     from safetensors.torch import load_file
 
-    from kit.runs import load_model
+    from kit.tools.runs import load_model
 
     export_hf = load_script("export_hf")
     export_hf.main([str(baseline_run), "--out", str(tmp_path / "hf")])
@@ -228,7 +228,7 @@ def test_hugging_face_export_loads_in_transformers_with_the_same_logits(baseline
     idx = torch.randint(0, 50257, (2, 16))
     with torch.no_grad():
         torch.testing.assert_close(hf(idx).logits, model(idx), atol=1e-4, rtol=1e-4)
-    from kit.tokenizer import gpt2_encoding
+    from kit.data.tokenizer import gpt2_encoding
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     text = "Hello world, the speedrun's tokenizer.<|endoftext|>"
@@ -241,8 +241,8 @@ def test_hugging_face_export_loads_in_transformers_with_the_same_logits(baseline
 def variant_model(kind):
     import functools
 
-    from kit.attention import GroupedQueryAttention, MultiLatentAttention
-    from kit.model import Block
+    from kit.modeling.attention import GroupedQueryAttention, MultiLatentAttention
+    from kit.modeling.model import Block
 
     attention = {"gqa": functools.partial(GroupedQueryAttention, n_kv_head=1),
                  "mla": functools.partial(MultiLatentAttention, kv_latent=16, rope_dim=8)}[kind]
@@ -262,7 +262,7 @@ def test_gqa_and_mla_caches_generate_what_recomputation_generates(kind, cache):
 
 
 def test_mla_absorbed_decoding_equals_the_full_pass():
-    from kit.inference import make_cache
+    from kit.tools.inference import make_cache
 
     model = variant_model("mla")
     idx = torch.randint(0, 50257, (2, 12))
@@ -277,7 +277,7 @@ def test_mla_absorbed_decoding_equals_the_full_pass():
 
 
 def test_cache_bytes_per_token_mha_gqa_mla():
-    from kit.inference import make_cache
+    from kit.tools.inference import make_cache
 
     caches = {kind: make_cache(model, "paged", 1, 8) for kind, model in
               (("mha", tiny_model()), ("gqa", variant_model("gqa")), ("mla", variant_model("mla")))}
@@ -290,7 +290,7 @@ def test_cache_bytes_per_token_mha_gqa_mla():
 # ----- the speedrun's model: rotary, windows, documents, value embeddings, output gates, U-net -----
 
 def modern_model(window_blocks):
-    from kit.modern import MODERN_SIZES, ModernConfig, ModernGPT
+    from kit.modeling.modern import MODERN_SIZES, ModernConfig, ModernGPT
 
     torch.manual_seed(0)
     model = ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}, max_seq_len=512, attn="dense", value_embeds=1,
@@ -305,7 +305,7 @@ def modern_model(window_blocks):
 @pytest.mark.parametrize("window_blocks", [1, 3])
 @pytest.mark.parametrize("cache", ["paged", "contiguous"])
 def test_speedrun_model_cache_generates_what_recomputation_generates(window_blocks, cache):
-    from kit.modern import EOT
+    from kit.modeling.modern import EOT
 
     g = torch.Generator().manual_seed(1)
     long_prompt = torch.randint(0, 50000, (150,), generator=g).tolist()
@@ -317,12 +317,12 @@ def test_speedrun_model_cache_generates_what_recomputation_generates(window_bloc
 
 
 def test_static_decoding_refuses_the_speedrun_model():
-    with pytest.raises(ValueError, match="static decoding serves kit.model.GPT"):
+    with pytest.raises(ValueError, match="static decoding serves kit.modeling.model.GPT"):
         generate(modern_model(1), [[5, 6, 7]], max_new_tokens=2, cache="static")
 
 
 def test_speedrun_model_window_shapes_what_is_generated():
-    from kit.modern import EOT
+    from kit.modeling.modern import EOT
 
     long_prompt = torch.randint(0, 50000, (150,), generator=torch.Generator().manual_seed(1)).tolist()
     long_prompt[40] = EOT
@@ -347,7 +347,7 @@ def test_inference_benchmark_runs_and_its_validation_losses_agree(tmp_path, caps
     speed = [r for r in rows if r["part"] == "validation_speed"]
     assert [r["setting"] for r in speed] == ["fp32, eager"] and speed[0]["tokens"] == 256 and speed[0]["batch"] == 8 and speed[0]["tokens_per_s"] > 0  # CPU: the plain loop only
     assert "validation pass" in (tmp_path / "bench_inference.md").read_text()
-    from kit.model import gpt_config
+    from kit.modeling.model import gpt_config
 
     c = gpt_config("tiny")
     memory = {r["attention"]: r["bytes_per_token"] for r in rows if r["part"] == "cache_memory"}

@@ -1,5 +1,6 @@
 """The README's layout picture is the import rule: each layer imports only from the layers below it (or
-within itself), and every module of kit/, every training script and every tool sits in exactly one layer."""
+within itself), every module of kit/, every training script and every tool sits in exactly one layer,
+and each kit/ layer is the package of that name."""
 
 import re
 
@@ -23,7 +24,7 @@ def readme_layers() -> list[tuple[str, set]]:
 
 def module_files() -> dict:
     """{module name as the picture calls it: path} for kit's modules, the training scripts and the tools."""
-    files = {p.stem: p for p in REPO.glob("kit/*.py") if p.stem != "__init__"}
+    files = {p.stem: p for p in REPO.glob("kit/*/*.py") if p.stem != "__init__"}
     files.update({p.stem: p for p in REPO.glob("scripts/*.py")})
     files.update({p.stem: p for p in REPO.glob("train_gpt2*.py")})
     return files
@@ -40,14 +41,18 @@ def layer_of(name: str, layers) -> int:
 def project_imports(path) -> set:
     """Project modules a file imports anywhere in it (function-level imports too), by the flatten tool's reading."""
     names = load_module("scripts/flatten.py", "flatten_tool").imported_names(path.read_text())
-    return {name.split(".")[1] for name in names if name.startswith("kit.")} | {name for name in names if name.startswith("train_gpt2")}
+    modules = {name.split(".")[2] for name in names if name.startswith("kit.") and name.count(".") == 2}  # kit.<layer>.<module>
+    return modules | {name for name in names if name.startswith("train_gpt2")}
 
 
 def test_every_module_sits_in_one_layer_of_the_readme():
     layers = readme_layers()
-    assert [label for label, _ in layers][:3] == ["scripts/", "kit/ after", "train_gpt2*.py"]
-    for name in module_files():
-        layer_of(name, layers)
+    assert [label for label, _ in layers][:3] == ["scripts/", "kit/tools/", "train_gpt2*.py"]
+    assert [p.name for p in REPO.glob("kit/*.py")] == ["__init__.py"], "every kit/ module sits in a layer's package"
+    for name, path in module_files().items():
+        label = layers[layer_of(name, layers)][0]
+        if label.startswith("kit/"):  # the layer's package holds the module
+            assert path.parent == REPO / label, f"{path.relative_to(REPO)} sits outside its layer's package {label}"
     listed = set().union(*(names for label, names in layers if label.startswith("kit/")))
     assert listed <= set(module_files()), f"the picture names modules that do not exist: {sorted(listed - set(module_files()))}"
 

@@ -6,9 +6,9 @@ import itertools
 import numpy as np
 import torch
 
-from kit.lightrnn import (LightRNNGPT, LightRNNHead, LightRNNTable, allocation_cost, apply_allocation, frequency_allocation, grid_shape,
+from kit.ideas.lightrnn import (LightRNNGPT, LightRNNHead, LightRNNTable, allocation_cost, apply_allocation, frequency_allocation, grid_shape,
                          measure_and_reallocate, placement_losses, reallocate)
-from kit.model import gpt_config
+from kit.modeling.model import gpt_config
 
 
 def test_grid_for_gpt2():
@@ -66,7 +66,7 @@ def test_lightrnn_script_smoke(tmp_path):
 
     import train_gpt2_lightrnn as script
     from conftest import FAST, read_metrics
-    from kit.train import main
+    from kit.loop.train import main
 
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "6", "--val-every", "6", "--out-dir", str(tmp_path)]) == 0
     vals = read_metrics(tmp_path, "val")
@@ -169,7 +169,7 @@ def test_measure_and_reallocate_counts_the_tokens_it_moved():
 def test_lightrnn_script_reallocates(tmp_path, capsys):
     import train_gpt2_lightrnn as script
     from conftest import FAST
-    from kit.train import main
+    from kit.loop.train import main
 
     flags = [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--realloc-every", "2", "--realloc-tokens", "4096"]
     assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path)]) == 0

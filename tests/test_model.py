@@ -5,10 +5,10 @@ import math
 import pytest
 import torch
 
-from kit.config import TrainConfig
-from kit.flops import flops_per_token, mfu
-from kit.model import GPT, MODEL_SIZES, flex_causal_attention, gpt_config, manual_causal_attention, sdpa_causal_attention
-from kit.optim import adamw, scaled_warmup_steps, warmup_cosine
+from kit.core.config import TrainConfig
+from kit.modeling.flops import flops_per_token, mfu
+from kit.modeling.model import GPT, MODEL_SIZES, flex_causal_attention, gpt_config, manual_causal_attention, sdpa_causal_attention
+from kit.modeling.optim import adamw, scaled_warmup_steps, warmup_cosine
 
 
 def random_qkv(B=2, H=3, T=17, D=8, device="cpu", dtype=torch.float32):

@@ -10,7 +10,7 @@ from conftest import FAST, read_metrics
 
 def run(tmp_path, *flags, capsys=None):
     import train_gpt2_rtx4090_optim as script
-    from kit.train import main
+    from kit.loop.train import main
 
     code = main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "4", "--out-dir", str(tmp_path), *flags])
     return code, (capsys.readouterr().err if capsys else "")

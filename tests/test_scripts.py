@@ -6,7 +6,7 @@ import statistics
 import pytest
 
 from conftest import FAST, REPO, load_module
-from kit import report
+from kit.tools import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -16,7 +16,7 @@ def load_script(name):
 
 
 def fake_run(folder, *, reached, time_s, tokens_per_s, val_curve, target=3.64, script="train_gpt2.py", flags=("--data", "webmix")):
-    """A run directory as kit.train writes it, with chosen numbers."""
+    """A run directory as kit.loop.train writes it, with chosen numbers."""
     folder.mkdir(parents=True)
     events = [{"type": "val", "step": 100 * i, "tokens": 100 * i * 524288, "train_time_ms": 1000.0 * time_s * i / (len(val_curve) - 1), "val_loss": v}
               for i, v in enumerate(val_curve)]
@@ -267,7 +267,7 @@ def test_bench_rows_name_existing_scripts_and_valid_flags(rows_file):
     """Every row's script exists and takes the row's flags (a typo would waste a GPU call)."""
     import shlex
 
-    from kit.config import parse_config
+    from kit.core.config import parse_config
 
     for row in json.loads(rows_file.read_text()):
         module = load_module(row.get("script", "train_gpt2.py"))
@@ -279,7 +279,7 @@ def test_speedrun_webmix_runs_take_valid_flags():
     import shlex
     import subprocess
 
-    from kit.config import parse_config
+    from kit.core.config import parse_config
 
     script = (REPO / "scripts" / "speedrun_webmix.sh").read_text()
     names = set(script.split('COMPARED="', 1)[1].split('"', 1)[0].split()) | {"fit_24gb"}

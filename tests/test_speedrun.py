@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import read_metrics
-from kit.modern import (BLOCK, EOT, MAX_WINDOW_BLOCKS, MODERN_SIZES, ModernConfig, ModernGPT, dense_mask, document_ids,
+from kit.modeling.modern import (BLOCK, EOT, MAX_WINDOW_BLOCKS, MODERN_SIZES, ModernConfig, ModernGPT, dense_mask, document_ids,
                         flex_block_mask)
-from kit.muon import Muon, newton_schulz
+from kit.modeling.muon import Muon, newton_schulz
 
 warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
 
@@ -183,7 +183,7 @@ def test_muon_warm_up_changes_neither_weights_nor_state():
 
 SHARED_MUON_SCRIPT = """
 import json, sys, torch, torch.distributed as dist
-from kit.muon import Muon
+from kit.modeling.muon import Muon
 out = sys.argv[1]
 if len(sys.argv) > 2:  # under torchrun
     dist.init_process_group("gloo")
@@ -359,10 +359,10 @@ def test_schedules_at_their_boundaries():
 
 def test_ablation_switches_remove_their_component():
     import train_gpt2_speedrun as sr
-    from kit.config import parse_config
+    from kit.core.config import parse_config
 
     def built(*flags):
-        cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", *flags])
+        cfg, _ = parse_config(sr.Hyperparameters, ["--v2", "0", "--model-size", "tiny", "--device", "cpu", *flags])
         model = sr.build_model(cfg)
         return cfg, model, sr.build_optimizers(model, cfg)
 
@@ -385,9 +385,9 @@ def test_ablation_switches_remove_their_component():
                                    ("--model-size", "124m", "--seq-len", "256")])
 def test_every_parameter_is_optimised_exactly_once(flags):
     import train_gpt2_speedrun as sr
-    from kit.config import parse_config
+    from kit.core.config import parse_config
 
-    cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", *flags])
+    cfg, _ = parse_config(sr.Hyperparameters, ["--v2", "0", "--model-size", "tiny", "--device", "cpu", *flags])
     model = sr.build_model(cfg)
     optimised = [id(p) for opt in sr.build_optimizers(model, cfg) for g in opt.param_groups for p in g["params"]]
     assert sorted(optimised) == sorted(id(p) for p in model.parameters())
@@ -397,11 +397,11 @@ def test_record_architecture_switches():
     """The 12-layer model drops layer 7's attention by default (auto), Q/K/V go to Muon as three
     matrices each, and half the rotary pairs do not rotate; each switch turns its part off."""
     import train_gpt2_speedrun as sr
-    from kit.config import parse_config
-    from kit.errors import UserError
+    from kit.core.config import parse_config
+    from kit.core.errors import UserError
 
     def built(*flags):
-        cfg, _ = parse_config(sr.Hyperparameters, ["--device", "cpu", "--seq-len", "256", "--bigram-buckets", "0", *flags])  # no bigram table (193M weights): not checked here
+        cfg, _ = parse_config(sr.Hyperparameters, ["--v2", "0", "--device", "cpu", "--seq-len", "256", "--bigram-buckets", "0", *flags])  # no bigram table (193M weights): not checked here
         model = sr.build_model(cfg)
         return model, sr.build_optimizers(model, cfg)
 
@@ -427,7 +427,7 @@ def test_micro_batch_rule_fits_small_cards():
 
 def test_speedrun_smoke_run(tmp_path):
     import train_gpt2_speedrun as sr
-    from kit.train import main
+    from kit.loop.train import main
 
     code = main(sr.RECIPE, ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "256",
                             "--val-tokens", "512", "--max-steps", "8", "--export", "0", "--out-dir", str(tmp_path)])
@@ -442,13 +442,13 @@ def test_speedrun_smoke_run(tmp_path):
 
 def test_speedrun_webmix_preset_and_seq_len_check(capsys):
     import train_gpt2_speedrun as sr
-    from kit.config import parse_config
-    from kit.train import main
+    from kit.core.config import parse_config
+    from kit.loop.train import main
 
-    cfg, _ = parse_config(sr.Hyperparameters, ["--data", "webmix"], data_presets=sr.DATA_PRESETS)
+    cfg, _ = parse_config(sr.Hyperparameters, ["--data", "webmix", "--v2", "0"])
     assert cfg.max_steps == 410 and cfg.batch_tokens == 393_216
     assert [s for s in range(411) if sr.validate_at(s, cfg)][-12:] == [300, *range(378, 409, 3)]  # every 3 in the last 8% (the last step: by the trainer)
-    cfg, _ = parse_config(sr.Hyperparameters, ["--data", "webmix", "--max-steps", "300"], data_presets=sr.DATA_PRESETS)
+    cfg, _ = parse_config(sr.Hyperparameters, ["--data", "webmix", "--max-steps", "300"])
     assert cfg.max_steps == 300
     code = main(sr.RECIPE, ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--seq-len", "100", "--batch-tokens", "200"])
     assert code == 2 and "multiple of 128" in capsys.readouterr().err
@@ -481,7 +481,7 @@ def test_compiled_model_does_not_recompile_as_the_window_grows(tmp_path, monkeyp
     import torch._dynamo
 
     import train_gpt2_speedrun as speedrun
-    from kit.train import Trainer, main
+    from kit.loop.train import Trainer, main
 
     real_compile, real_warm_up = torch.compile, Trainer.warm_up
 
@@ -517,7 +517,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, isolated_data_dir):
 
     import train_gpt2_speedrun as speedrun
     from conftest import REPO, subprocess_env
-    from kit.train import main
+    from kit.loop.train import main
 
     # 6 sequences: the batch stages (1/3, 2/3, all) are whole micro-batches in one process (2, 4, 6) and on two ranks (1, 2, 3 each)
     flags = ["train_gpt2_speedrun.py", "--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "768",
@@ -538,7 +538,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, isolated_data_dir):
 def test_multi_token_loss_equals_the_hand_computed_sum():
     import torch.nn.functional as F
 
-    from kit.modern import rms_norm
+    from kit.modeling.modern import rms_norm
 
     torch.manual_seed(0)
     model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], vocab_size=512, max_seq_len=BLOCK, attn="dense", mtp_offsets=2))
@@ -590,7 +590,7 @@ def test_mtp_weight_schedule():
 
 
 def test_attention_gate_starts_at_one_half_and_reads_the_leading_dimensions():
-    from kit.modern import ModernAttention
+    from kit.modeling.modern import ModernAttention
 
     torch.manual_seed(0)
     cfg = ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense", attn_gate_dims=8)
@@ -610,7 +610,7 @@ def test_attention_gate_starts_at_one_half_and_reads_the_leading_dimensions():
 def test_under_autocast_the_residual_stream_and_attention_inputs_are_bf16(monkeypatch):
     """The norms may hand back fp32 under autocast; the model casts so that the residual stream
     and q, k, v stay bf16 (the attention kernel then runs in bf16)."""
-    import kit.modern as modern
+    import kit.modeling.modern as modern
 
     seen, streams = [], []
     real_sdpa = modern.F.scaled_dot_product_attention
@@ -634,9 +634,9 @@ def test_under_autocast_the_residual_stream_and_attention_inputs_are_bf16(monkey
 
 def test_adam_epsilon_is_the_summed_loss_convention_over_the_batch():
     import train_gpt2_speedrun as sr
-    from kit.config import parse_config
+    from kit.core.config import parse_config
 
-    cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", "--batch-tokens", "4096", "--seq-len", "256"])
+    cfg, _ = parse_config(sr.Hyperparameters, ["--v2", "0", "--model-size", "tiny", "--device", "cpu", "--batch-tokens", "4096", "--seq-len", "256"])
     adam = sr.build_optimizers(sr.build_model(cfg), cfg)[0]
     assert adam.defaults["eps"] == pytest.approx(1e-10 / 4096)
 
@@ -645,9 +645,9 @@ def test_recipe_defaults_follow_the_public_record():
     """Gate on 12 dimensions; the MLP's tall input matrix steps lr like the others; the long window
     reaches 14 blocks only in the last ~4% of the run (ceil(13.5 x progress))."""
     import train_gpt2_speedrun as sr
-    from kit.config import parse_config
+    from kit.core.config import parse_config
 
-    small = ["--device", "cpu", "--seq-len", "256", "--bigram-buckets", "0"]  # the bigram table (193M weights) is not checked here
+    small = ["--v2", "0", "--device", "cpu", "--seq-len", "256", "--bigram-buckets", "0"]  # the bigram table (193M weights) is not checked here
     cfg, _ = parse_config(sr.Hyperparameters, small)
     model = sr.build_model(cfg)
     muon = sr.build_optimizers(model, cfg)[1]
@@ -661,7 +661,7 @@ def test_recipe_defaults_follow_the_public_record():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_softcapped_cross_entropy_equals_autograd_of_the_reference(dtype):
-    from kit.losses import softcapped_cross_entropy
+    from kit.modeling.losses import softcapped_cross_entropy
 
     g = torch.Generator().manual_seed(0)
     z = (8 * torch.randn(2, 50, 300, generator=g)).to(dtype).requires_grad_()
@@ -702,7 +702,7 @@ def test_fused_loss_trains_like_the_plain_loss(fp8):
 
 
 def test_bigram_ids_hash_token_pairs_and_reserve_a_row_for_unknown_predecessors():
-    from kit.modern import bigram_ids
+    from kit.modeling.modern import bigram_ids
 
     idx = torch.tensor([[5, 7, 5, 7, 9], [7, 5, 7, 9, 9]])
     ids = bigram_ids(idx, torch.tensor([-1, 9]), 101)

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kit.modern import BLOCK, EOT, MODERN_SIZES, ModernConfig, ModernGPT, idx_targets_with_future, offset_keys, position_free_dims
+from kit.modeling.modern import BLOCK, EOT, MODERN_SIZES, ModernConfig, ModernGPT, idx_targets_with_future, offset_keys, position_free_dims
 
 V2_PARTS = dict(smear=True, backout_layer=1, key_offset=True, softcap_form="sigmoid", softcap=23.0, logit_mtp_weights=(0.5, 0.25))
 # the later parts on a 3-layer model: layer 1 attends with paired heads (a short-window layer: no key offset), 0 and 2 with XSA
@@ -18,10 +18,9 @@ LATER_PARTS = dict(V2_PARTS, n_layer=3, long_window_layers=(0, 2), paired_head_l
 
 def parsed(*flags):
     import train_gpt2_speedrun as sr
-    from kit.config import parse_config
+    from kit.core.config import parse_config
 
-    cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", *flags], data_presets=sr.DATA_PRESETS,
-                          configure=sr.apply_v2)
+    cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", *flags])
     return cfg
 
 
@@ -30,7 +29,7 @@ def parsed(*flags):
 @pytest.mark.parametrize("form, cap", [("tanh", 15.0), ("sigmoid", 23.0)])
 def test_weighted_multi_target_loss_and_gradient_equal_a_direct_computation(form, cap):
     """sum_k w_k CE(softcap(z), target_k) over the rows, -1 ignored, divided by the rows; its gradient by autograd."""
-    from kit.losses import softcapped_cross_entropy
+    from kit.modeling.losses import softcapped_cross_entropy
 
     g = torch.Generator().manual_seed(0)
     z = (6 * torch.randn(40, 90, generator=g)).requires_grad_()
@@ -155,7 +154,7 @@ def test_smear_and_backout_start_as_no_ops_and_act_once_trained():
 @pytest.mark.parametrize("cache, parts", [("paged", V2_PARTS), ("contiguous", V2_PARTS), ("paged", dict(LATER_PARTS, paired_head_layers=()))],
                          ids=["paged", "contiguous", "paged-later-parts"])
 def test_cached_decoding_with_the_new_parts_generates_what_recomputation_does(cache, parts):
-    from kit.inference import generate
+    from kit.tools.inference import generate
 
     model = v2_model(**parts)
     prompts = [[EOT, *range(5, 40)], [EOT, 7, 8, EOT, 9]]  # a document starts inside the second prompt
@@ -165,7 +164,7 @@ def test_cached_decoding_with_the_new_parts_generates_what_recomputation_does(ca
 
 
 def test_paired_heads_interleave_by_position_and_rotate_at_their_own_places():
-    from kit.modern import interleave_pairs, split_pairs
+    from kit.modeling.modern import interleave_pairs, split_pairs
 
     t = torch.randn(2, 6, 5, 4)
     paired = interleave_pairs(t)
@@ -196,7 +195,7 @@ def test_paired_head_attention_equals_a_direct_computation():
             y[0, head, t] = scores.softmax(0) @ torch.stack([v[0, h, s] for h, s in keys])
     torch.testing.assert_close(got, attn.output(y, x, v), atol=1e-5, rtol=1e-4)
     assert any(model.paired)
-    from kit.inference import check_supported
+    from kit.tools.inference import check_supported
 
     with pytest.raises(ValueError, match="paired"):  # generation falls back to recomputation (scripts/generate.py says so)
         check_supported(model)
@@ -245,7 +244,7 @@ def test_value_embeddings_per_listed_layer_and_the_script_layouts():
 # ----- the optimizer -----
 
 def test_muon_cautious_weight_decay_only_where_the_update_agrees_in_sign():
-    from kit.muon import Muon, newton_schulz
+    from kit.modeling.muon import Muon, newton_schulz
 
     torch.manual_seed(0)
     p = torch.nn.Parameter(torch.randn(8, 8))
@@ -259,7 +258,7 @@ def test_muon_cautious_weight_decay_only_where_the_update_agrees_in_sign():
 
 
 def test_normuon_normalises_the_columns_of_a_wide_matrix():
-    from kit.muon import Muon
+    from kit.modeling.muon import Muon
 
     muon = Muon([torch.nn.Parameter(torch.zeros(4, 16))], row_beta=0.5)
     p = muon.param_groups[0]["params"][0]
@@ -282,11 +281,11 @@ def test_batch_stages_lr_multipliers_floor_and_micro_batch():
     assert sr.constant_then_cooldown(150, cfg) == pytest.approx(0.8)  # cooldown starts: the stage's LR
     assert sr.constant_then_cooldown(225, cfg) == pytest.approx(0.5 * 1 + 0.5 * 0.2)
     assert sr.constant_then_cooldown(300, cfg) == pytest.approx(0.2)
-    from kit.errors import UserError
-    from kit.train import Trainer
+    from kit.core.errors import UserError
+    from kit.loop.train import Trainer
 
     def fitted(micro, given, seqs=24, stages="1,2,3"):  # the trainer's rule, on an H200's first guess (6) or a given --micro-batch
-        trainer = Trainer.__new__(Trainer)
+        trainer = sr.SpeedrunTrainer.__new__(sr.SpeedrunTrainer)
         trainer.recipe, trainer.cfg, trainer.seqs_per_rank = sr.RECIPE, parsed("--batch-stages", stages, "--v2", "0"), seqs
         return trainer.fit_batch_shares(micro, given)
 
@@ -329,7 +328,7 @@ def test_v2_preset_fills_only_what_was_not_given():
 
 def test_v2_optimises_every_parameter_once_and_trains(tmp_path):
     import train_gpt2_speedrun as sr
-    from kit.train import main
+    from kit.loop.train import main
 
     later = ["--value-embed-layers", "auto", "--value-embed-gate", "1", "--xsa-layers", "auto", "--sublayer-scales", "1", "--attn-out-init", "uniform"]
     for flags in ([], later):
@@ -353,8 +352,8 @@ def test_v2_optimises_every_parameter_once_and_trains(tmp_path):
 def test_data_order_seed_permutes_the_shards_and_shifts_the_start(tmp_path):
     import numpy as np
 
-    from kit.loader import TrainStream, shuffled_order
-    from kit.shards import write_shard
+    from kit.data.loader import TrainStream, shuffled_order
+    from kit.data.shards import write_shard
 
     files = []
     for i in range(4):
@@ -377,7 +376,7 @@ def test_data_order_seed_permutes_the_shards_and_shifts_the_start(tmp_path):
 
 
 def test_flops_follow_the_windows_and_the_fp8_head_is_counted_apart():
-    from kit.flops import linear_weight_count, utilisation
+    from kit.modeling.flops import linear_weight_count, utilisation
 
     model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=8 * BLOCK, attn="dense", fp8_head=True))  # layers 0 (long), 1 (long: the last)
     linear = 6 * linear_weight_count(model)

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from conftest import FAST, REPO, make_shard, read_metrics, run_baseline, subprocess_env
-from kit import checkpoint, config, runs
+from kit.core import checkpoint, config
+from kit.tools import runs
 
 SUMMARY_KEYS = {"script", "git_commit", "device_name", "target_loss", "reached_target", "time_to_target_s", "wall_time_s",
                 "tokens_to_target", "final_val_loss", "steps", "tokens_per_s", "mfu", "peak_mem_gib"}
@@ -39,10 +40,10 @@ def test_smoke_command_trains_and_writes_a_valid_summary(tmp_path, isolated_data
     assert "step 20/20 | loss" in log
     # the source of every project file the run imported, and of none it did not (a fresh process: the baseline's own set)
     logged = re.findall(r"^----- source of (.+) -----$", log, flags=re.M)
-    assert Path(logged[0]).name == "train_gpt2.py" and {"kit/train.py", "kit/model.py", "kit/runlog.py"} <= set(logged[1:])
-    assert "kit/modern.py" not in logged and not any(name.startswith("train_gpt2_") for name in logged)
-    train_source = log.split("----- source of kit/train.py -----\n", 1)[1].split("\n----- end of source -----", 1)[0]
-    assert train_source == (REPO / "kit" / "train.py").read_text()
+    assert Path(logged[0]).name == "train_gpt2.py" and {"kit/loop/train.py", "kit/modeling/model.py", "kit/loop/runlog.py"} <= set(logged[1:])
+    assert "kit/modeling/modern.py" not in logged and not any(name.startswith("train_gpt2_") for name in logged)
+    train_source = log.split("----- source of kit/loop/train.py -----\n", 1)[1].split("\n----- end of source -----", 1)[0]
+    assert train_source == (REPO / "kit" / "loop" / "train.py").read_text()
     assert (out / "model.safetensors").exists() and json.loads((out / "config.json").read_text())["max_steps"] == 20
 
 
@@ -127,8 +128,8 @@ def test_sigint_saves_a_checkpoint_and_the_run_directory_alone_resumes_it(tmp_pa
 def test_a_second_signal_stops_at_once():
     import signal
 
-    from kit.errors import Interrupted
-    from kit.train import StopSignals
+    from kit.core.errors import Interrupted
+    from kit.loop.train import StopSignals
 
     stop = StopSignals("; resume with ...")
     stop.handle(signal.SIGTERM, None)
@@ -172,8 +173,8 @@ def test_resume_keeps_the_runs_settings_and_its_length_unless_the_schedule_allow
 
 def test_checkpoint_rotation_never_deletes_a_newer_checkpoint(tmp_path):
     import train_gpt2
-    from kit.config import parse_config
-    from kit.loader import TrainStream
+    from kit.core.config import parse_config
+    from kit.data.loader import TrainStream
 
     cfg, _ = parse_config(train_gpt2.Hyperparameters, [*FAST, "--data", "synthetic"])
     model = train_gpt2.build_model(cfg)
@@ -212,7 +213,7 @@ def test_ddp_two_processes_equal_one_with_twice_the_accumulation(tmp_path, isola
 def test_exported_weights_load_into_the_model(tmp_path):
     assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "0", "--export", "1", "--out-dir", tmp_path])[0] == 0
     import train_gpt2
-    from kit.config import parse_config
+    from kit.core.config import parse_config
     from safetensors.torch import load_model
 
     cfg, _ = parse_config(train_gpt2.Hyperparameters, FAST)
@@ -321,7 +322,7 @@ class Sabotaged(torch.nn.Module):
 
 def run_sabotaged(argv, at, action, capsys, **recipe_fields):
     import train_gpt2
-    from kit.train import Recipe, main
+    from kit.loop.train import Recipe, main
 
     recipe = Recipe(train_gpt2.Hyperparameters, lambda cfg: Sabotaged(train_gpt2.build_model(cfg), at, action),
                     train_gpt2.build_optimizers, script=train_gpt2.__file__, **recipe_fields)
@@ -357,7 +358,7 @@ def test_a_nan_between_syncs_stops_at_its_own_step(tmp_path, capsys):
 def test_sync_every_changes_when_the_loop_waits_not_what_it_trains(tmp_path, monkeypatch):
     """The same run synced after every step and every 4th: the same losses and step times that add up to
     the training time; the loop waits once per stretch of 4 steps (and at each validation)."""
-    from kit.train import StepClock
+    from kit.loop.train import StepClock
 
     stops = []
     real_stop = StepClock.stop
@@ -377,7 +378,7 @@ def test_sync_every_changes_when_the_loop_waits_not_what_it_trains(tmp_path, mon
 
 
 def test_step_clock_shares_add_up_to_the_wall_time():
-    from kit.train import StepClock
+    from kit.loop.train import StepClock
     import time
 
     clock = StepClock(torch.device("cpu"))
@@ -415,10 +416,14 @@ def test_gpu_run_uses_bf16_and_reports_memory(tmp_path):
 
 def test_batch_schedule_counts_the_tokens_it_trains_on(tmp_path):
     import train_gpt2
-    from kit.train import Recipe, main
+    from kit.loop.train import Recipe, Trainer, main
+
+    class HalfBatchFirst(Trainer):
+        def batch_share(self, step, cfg):
+            return 0.5 if step < 2 else 1.0
 
     recipe = Recipe(train_gpt2.Hyperparameters, train_gpt2.build_model, train_gpt2.build_optimizers, script=train_gpt2.__file__,
-                    batch_schedule=lambda step, cfg: 0.5 if step < 2 else 1.0, lr_schedule=lambda step, cfg: 1.0)  # a constant LR: the run may grow
+                    lr_schedule=lambda step, cfg: 1.0, trainer=HalfBatchFirst)  # a constant LR: the run may grow
     flags = [*FAST, "--data", "synthetic", "--micro-batch", "2", "--val-every", "0"]  # 4 micro-steps of 64 tokens per full step
     assert main(recipe, [*flags, "--max-steps", "3", "--save-every", "3", "--out-dir", str(tmp_path)]) == 0
     assert [e["tokens"] for e in read_metrics(tmp_path)] == [128, 256, 512]
@@ -437,7 +442,7 @@ def test_batch_schedule_counts_the_tokens_it_trains_on(tmp_path):
 def test_further_validation_sets_run_at_regular_checks_the_target_and_the_end(step, loss, due):
     from types import SimpleNamespace
 
-    from kit.train import Trainer
+    from kit.loop.train import Trainer
 
     trainer = SimpleNamespace(cfg=SimpleNamespace(val_every=100, max_steps=440), step=step, target=3.64)
     trainer.on_val_every = lambda: Trainer.on_val_every(trainer)
@@ -445,19 +450,22 @@ def test_further_validation_sets_run_at_regular_checks_the_target_and_the_end(st
     assert Trainer.extra_val_due(trainer, loss) is due
 
 
-def screened_recipe(validate_at=lambda step, cfg: True):
-    """The baseline's recipe with a check at every step (0 and the last are regular validations)."""
+def screened_recipe(every: int = 1):
+    """The baseline's recipe with a check every `every` steps (0 and the last are regular validations)."""
     import train_gpt2
-    from kit.train import Recipe
+    from kit.loop.train import Recipe, Trainer
 
-    return Recipe(train_gpt2.Hyperparameters, train_gpt2.build_model, train_gpt2.build_optimizers, script=train_gpt2.__file__,
-                  validate_at=validate_at)
+    class Checks(Trainer):
+        def validate_at(self, step):
+            return step % every == 0
+
+    return Recipe(train_gpt2.Hyperparameters, train_gpt2.build_model, train_gpt2.build_optimizers, script=train_gpt2.__file__, trainer=Checks)
 
 
 def scripted_validation(monkeypatch, screen_loss, rest_loss):
     """Replace the model's validation losses: screen_loss(step) over the first 64 tokens (2 sequences of
     FAST's 32), rest_loss(step) over every other sequence of FAST's 512 validation tokens."""
-    from kit.train import Trainer
+    from kit.loop.train import Trainer
 
     def loss_sums(self, path, strict, tokens=None, first_seq=0):
         if tokens:
@@ -471,7 +479,7 @@ def scripted_validation(monkeypatch, screen_loss, rest_loss):
 
 
 def test_a_screened_check_validates_in_full_only_near_the_target(tmp_path, monkeypatch):
-    from kit.train import main
+    from kit.loop.train import main
 
     screens = {1: 9.0, 2: 5.02, 3: 5.02}  # the first --val-screen-tokens at each late check
     rest = {2: 5.12, 3: 4.875}  # the other sequences
@@ -495,7 +503,7 @@ def test_a_screened_check_validates_in_full_only_near_the_target(tmp_path, monke
 def test_a_screen_far_above_the_target_skips_the_next_checks(tmp_path, monkeypatch, skip, screened):
     """The screen falls 0.05 a step; at step 2 it is 0.87 above target + margin, 17.4 steps at that rate:
     --val-screen-skip 0.5 lets the checks of the next 8 steps pass unscreened."""
-    from kit.train import main
+    from kit.loop.train import main
 
     scripted_validation(monkeypatch, lambda step: 6.0 - 0.05 * step, lambda step: 6.0)
     flags = [*FAST, "--data", "synthetic", "--max-steps", "12", "--val-every", "0", "--target-loss", "5.0", "--val-screen-tokens", "64",
@@ -510,9 +518,9 @@ def test_a_screen_far_above_the_target_skips_the_next_checks(tmp_path, monkeypat
 
 def test_a_full_validation_after_a_screen_equals_one_without(tmp_path):
     """The screen's sequences are not scored again: its sums plus the rest's give the plain full loss."""
-    from kit.train import main
+    from kit.loop.train import main
 
-    recipe = screened_recipe(lambda step, cfg: step % 2 == 0)
+    recipe = screened_recipe(every=2)
     flags = [*FAST, "--data", "synthetic", "--max-steps", "5", "--val-every", "0", "--target-loss", "0.1"]
     assert main(recipe, [*flags, "--out-dir", str(tmp_path / "plain")]) == 0
     assert main(recipe, [*flags, "--val-screen-tokens", "128", "--val-screen-margin", "100", "--out-dir", str(tmp_path / "screened")]) == 0
@@ -532,7 +540,7 @@ def test_every_training_script_prints_its_help(script):
 
 
 def test_the_micro_batch_probe_warns_when_other_processes_crowd_the_gpu():
-    from kit.train import crowded_gpu_note
+    from kit.loop.train import crowded_gpu_note
 
     gib = 2**30
     # 140 GiB card, this process may use 43: others hold 100 GiB, so it could only reach 40 + its 5 reserved
@@ -543,21 +551,21 @@ def test_the_micro_batch_probe_warns_when_other_processes_crowd_the_gpu():
 
 
 def test_cpu_micro_batch_follows_the_ram_and_a_model_that_cannot_fit_is_refused_in_one_line(tmp_path, capsys, monkeypatch):
-    import kit.train
+    import kit.loop.train
 
-    monkeypatch.setattr(kit.train, "available_ram", lambda: 1 * 2**30)
+    monkeypatch.setattr(kit.loop.train, "available_ram", lambda: 1 * 2**30)
     code, err = run_baseline(["--model-size", "124m", "--device", "cpu", "--data", "synthetic", "--max-steps", "2", "--out-dir", tmp_path / "big"], capsys)
     assert_one_line_error(code, err, 2, "GiB of RAM on the CPU for one sequence, and 1.0 GiB is available: use --model-size tiny")
     assert not (tmp_path / "big").exists()  # nothing left behind
-    monkeypatch.setattr(kit.train, "available_ram", lambda: 3 * 2**30)  # 124M at 1,024 tokens: ~2 GiB of weights and state, ~2.5 GiB a sequence
+    monkeypatch.setattr(kit.loop.train, "available_ram", lambda: 3 * 2**30)  # 124M at 1,024 tokens: ~2 GiB of weights and state, ~2.5 GiB a sequence
     model = SimpleNamespace(config=SimpleNamespace(n_layer=12, n_embd=768, n_head=12, vocab_size=50304))
-    assert kit.train.cpu_bytes_per_sequence(model, 1024) == 4 * 1024 * (12 * (24 * 768 + 2 * 12 * 1024) + 3 * 50304)
+    assert kit.loop.train.cpu_bytes_per_sequence(model, 1024) == 4 * 1024 * (12 * (24 * 768 + 2 * 12 * 1024) + 3 * 50304)
     assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "1", "--out-dir", tmp_path / "tiny"])[0] == 0  # tiny fits
     assert json.loads((tmp_path / "tiny" / "summary.json").read_text())["micro_batch"] == 8
 
 
 def test_a_tool_sets_an_earlier_attempt_aside():
-    from kit.runlog import holds_run, set_aside
+    from kit.loop.runlog import holds_run, set_aside
 
     import tempfile
 
@@ -586,7 +594,7 @@ def test_resuming_an_older_checkpoint_in_place_is_refused_while_newer_ones_exist
 
 
 def test_config_json_records_the_target_the_run_used(tmp_path, monkeypatch):
-    from kit import datasets
+    from kit.data import datasets
 
     monkeypatch.setitem(datasets.TARGET_LOSS, "synthetic", 9.9)  # a dataset's own target, as webmix's 3.64
     assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "1", "--out-dir", tmp_path])[0] == 0
@@ -605,7 +613,7 @@ def test_training_time_excludes_evaluation_and_warm_up(tmp_path, monkeypatch):
     nowhere in the training time, which is the sum of the steps' own times (the stretches between syncs)."""
     import time
 
-    from kit.train import Trainer
+    from kit.loop.train import Trainer
 
     slow_warm_up, slow_evaluate = Trainer.warm_up, Trainer.evaluate
     monkeypatch.setattr(Trainer, "warm_up", lambda self: slow_warm_up(self) + (time.sleep(0.5) or 0.5))

@@ -1,5 +1,5 @@
-"""The Triton kernels of the soft-capped cross-entropy (kit/triton_loss.py) against the PyTorch
-reference (kit/losses.py). On a CPU they run under Triton's interpreter, in a child process
+"""The Triton kernels of the soft-capped cross-entropy (kit/modeling/triton_loss.py) against the PyTorch
+reference (kit/modeling/losses.py). On a CPU they run under Triton's interpreter, in a child process
 because TRITON_INTERPRET is read when the kernels are defined; the same checks run on CUDA in
 tests/test_gpu.py."""
 
@@ -16,9 +16,9 @@ pytest.importorskip("triton", reason="Triton is not installed (GPU builds of PyT
 # Checks shared with the GPU test: check_kernels(device) raises AssertionError on a mismatch.
 KERNEL_CHECKS = r'''
 import torch
-from kit import triton_loss
-from kit.fp8 import E5M2, E5M2_HEADROOM
-from kit.losses import softcapped_grad_unscaled, softcapped_logsumexp_and_loss
+from kit.modeling import triton_loss
+from kit.modeling.fp8 import E5M2, E5M2_HEADROOM
+from kit.modeling.losses import softcapped_grad_unscaled, softcapped_logsumexp_and_loss
 
 
 def check_kernels(device, n=70, v=300):
@@ -58,7 +58,7 @@ def check_kernels(device, n=70, v=300):
 
 def check_multi_target_kernels(device, n=70, v=300):
     """Several weighted targets per row (some -1) with the sigmoid cap, against the PyTorch reference."""
-    from kit.losses import softcapped_grad_unscaled, softcapped_logsumexp_and_loss
+    from kit.modeling.losses import softcapped_grad_unscaled, softcapped_logsumexp_and_loss
 
     g = torch.Generator().manual_seed(2)
     z = (8 * torch.randn(n, v, generator=g)).to(torch.bfloat16).to(device)
@@ -82,8 +82,8 @@ def check_losses_through_autograd(device, v=500):
     """The fused losses give the same loss and gradients with either kernel (CUDA's FP8 products
     want every size a multiple of 16: v=512 there); once with one target and the tanh cap, once
     with three weighted targets (some -1) and the sigmoid cap."""
-    from kit.fp8 import FP8SoftcappedHeadLoss
-    from kit.losses import softcapped_cross_entropy
+    from kit.modeling.fp8 import FP8SoftcappedHeadLoss
+    from kit.modeling.losses import softcapped_cross_entropy
 
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(96, 64, generator=g).to(device)
@@ -173,7 +173,7 @@ def test_round_to_e5m2_precision_matches_torch_for_normal_values(interpreted):
 def test_loss_kernel_choice_falls_back_or_says_why(capsys):
     """auto takes PyTorch's kernels where Triton cannot run; asking for Triton there is a clear error."""
     import train_gpt2_speedrun as speedrun
-    from kit.train import main
+    from kit.loop.train import main
 
     assert speedrun.loss_kernel(speedrun.Hyperparameters(device="cpu", loss_kernel="auto")) == "torch"
     tiny = ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--seq-len", "128", "--batch-tokens", "256", "--max-steps", "1"]

@@ -1,6 +1,6 @@
 """Model parts of the modern GPT-2 speedrun recipe (the public modded-nanogpt line of records).
 
-What differs from kit.model's GPT-2:
+What differs from kit.modeling.model's GPT-2:
   - RMS norm without gains; QK-norm; rotary positions instead of learned ones;
   - ReLU^2 MLP; zero-initialised output projections;
   - value embeddings: extra token embeddings mixed into the attention values of the first and
@@ -27,9 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit.fp8 import FP8Head, FP8SoftcappedHeadLoss
-from kit.losses import CAP_FORMS, softcap, softcapped_cross_entropy
-from kit.model import raise_recompile_limit
+from kit.modeling.fp8 import FP8Head, FP8SoftcappedHeadLoss
+from kit.modeling.losses import CAP_FORMS, softcap, softcapped_cross_entropy
+from kit.modeling.model import raise_recompile_limit
 
 EOT = 50256
 BLOCK = 128  # tokens per attention block: windows and the block-sparse mask count in these
@@ -50,16 +50,16 @@ class ModernConfig:
     softcap: float = 15.0
     long_window_layers: tuple = ()  # empty: every 4th layer and the last
     unet: bool = True  # U-net skips from the first half of the layers to the second
-    fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/fp8.py)
+    fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/modeling/fp8.py)
     compile_mode: str = "regional"  # regional (blocks and head compiled one by one) | whole
     mtp_offsets: int = 0  # multi-token prediction: also predict tokens t+2 .. t+1+mtp_offsets while training
     rope: str = "half"  # half: rotary on half the dimensions, frequencies 1 .. 1/1024 (the public record's); full: all, base 10000
     no_attn_layers: tuple = ()  # layers that keep only their MLP (the public record drops layer 7's attention)
-    fused_loss: bool = False  # training loss through kit.losses / kit.fp8's soft-capped cross-entropy (keeps only bf16 logits)
-    loss_kernel: str = "torch"  # the fused loss's kernels: kit.losses' PyTorch code (compiled with the model) or kit.triton_loss's
+    fused_loss: bool = False  # training loss through kit.modeling.losses / kit.modeling.fp8's soft-capped cross-entropy (keeps only bf16 logits)
+    loss_kernel: str = "torch"  # the fused loss's kernels: kit.modeling.losses' PyTorch code (compiled with the model) or kit.modeling.triton_loss's
     bigram_buckets: int = 0  # >0: a hashed embedding of each (previous, current) token pair, added to every block's input
     attn_gate_dims: int = 0  # >0: each head's output scaled by a sigmoid gate read from this many leading dimensions of the block input
-    softcap_form: str = "tanh"  # tanh: softcap * tanh(z / softcap); sigmoid: softcap * sigmoid((z + 5) / 7.5) (kit.losses)
+    softcap_form: str = "tanh"  # tanh: softcap * tanh(z / softcap); sigmoid: softcap * sigmoid((z + 5) / 7.5) (kit.modeling.losses)
     logit_mtp_weights: tuple = ()  # multi-token prediction from the same logits: starting weights of targets t+2, t+3, ... (t+1 has 1)
     smear: bool = False  # each token's embedding takes a gated share of the previous token's (within a document)
     backout_layer: int = -1  # >=0: a learned share of this layer's output is subtracted from the final state before the head
@@ -143,7 +143,7 @@ def flex_kernel_options(device):
 def flex_attention_fn(q):
     from torch.nn.attention.flex_attention import flex_attention
 
-    from kit.model import compiled_flex_attention
+    from kit.modeling.model import compiled_flex_attention
 
     return compiled_flex_attention() if q.is_cuda else flex_attention
 
@@ -234,7 +234,7 @@ class ModernAttention(nn.Module):
     Later records' parts, each off unless the config asks: a gated value embedding, gated XSA,
     paired heads (see interleave_pairs), the output projection's non-zero start.
 
-    project() and output() are the two halves around the attention itself; kit.inference
+    project() and output() are the two halves around the attention itself; kit.tools.inference
     reuses them with a KV cache in between."""
 
     def __init__(self, cfg: ModernConfig, key_offset: bool = False, paired: bool = False, xsa: bool = False):
@@ -393,7 +393,7 @@ class ModernBlock(nn.Module):
         return self.run(x, x0, bigram, lambda h: self.attn(h, value_embed, mask, doc_starts))
 
     def run(self, x, x0, bigram, attend):
-        """The block around attend(normed input) -> the attention's output (kit.inference passes a cached one)."""
+        """The block around attend(normed input) -> the attention's output (kit.tools.inference passes a cached one)."""
         x = self.mix_in(x, x0, bigram)
         if self.attn is not None:
             out = attend(rms_norm(x))
@@ -534,7 +534,7 @@ class ModernGPT(nn.Module):
     def through_blocks(self, x, apply_block):
         """The blocks in order, with the U-net skips: the outputs of the first half, last first, are
         added (weighted) to the inputs of the second half. apply_block(i, block, x) -> x runs one
-        block (kit.inference passes one that attends through a KV cache)."""
+        block (kit.tools.inference passes one that attends through a KV cache)."""
         skips, half, backout = [], self.config.n_layer // 2, None
         for i, block in enumerate(self.blocks):
             if i >= half and skips and self.skip_weights is not None:
@@ -625,10 +625,10 @@ class ModernGPT(nn.Module):
         return f"attention: {attention} | head: {head} | loss: {loss}"
 
     def flops_per_token(self, seq_len: int, window_blocks: int = MAX_WINDOW_BLOCKS) -> int:
-        """Training FLOPs per token (kit.flops' count), each attention layer charged the keys its window
+        """Training FLOPs per token (kit.modeling.flops' count), each attention layer charged the keys its window
         spans when the long window is window_blocks blocks (the short layers half of it): the blocks the
         kernel runs, documents not subtracted. The default is the run's final windows."""
-        from kit.flops import linear_weight_count
+        from kit.modeling.flops import linear_weight_count
 
         if self._linear_weights is None:  # counted once: the trainer asks every step
             self._linear_weights = linear_weight_count(self)

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit.shards import open_shard
+from kit.data.shards import open_shard
 
 
 def unigram_counts(files, vocab_size: int, cache_dir=None) -> np.ndarray:

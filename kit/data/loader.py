@@ -9,8 +9,8 @@ steps see together, and the stream's position (shard, offset) is one small, save
 import numpy as np
 import torch
 
-from kit.errors import DataError
-from kit.shards import EOT, open_shard, read_header
+from kit.core.errors import DataError
+from kit.data.shards import EOT, open_shard, read_header
 
 
 def shuffled_order(files, seed: int, seq_len: int):

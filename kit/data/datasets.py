@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from kit import hub
-from kit.errors import DataError
-from kit.shards import EOT, read_header, shard_is_complete, write_shard
+from kit.data import hub
+from kit.core.errors import DataError
+from kit.data.shards import EOT, read_header, shard_is_complete, write_shard
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def data_dir() -> Path:

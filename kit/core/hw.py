@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from kit.errors import UserError
+from kit.core.errors import UserError
 
 
 @dataclass

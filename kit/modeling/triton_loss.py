@@ -1,6 +1,6 @@
-"""The soft-capped cross-entropy as two Triton kernels (kit.losses holds the PyTorch reference).
+"""The soft-capped cross-entropy as two Triton kernels (kit.modeling.losses holds the PyTorch reference).
 
-For logits z (N, V) and capped logits c = softcap(z) (kit.losses: cap * tanh(z / cap), or
+For logits z (N, V) and capped logits c = softcap(z) (kit.modeling.losses: cap * tanh(z / cap), or
 cap * sigmoid((z + 5) / 7.5)):
 - stats: one pass over each row gives lse = logsumexp(c) and the row's loss lse - c[target]
   (or the weighted sum over several targets, for multi-token prediction from the same logits).
@@ -48,7 +48,7 @@ if triton is not None:
 
     @triton.jit
     def _capped_and_slope(z, cap, SIGMOID: tl.constexpr):
-        """(capped logits, their slope d capped / dz) for either soft-cap form (kit.losses.softcap).
+        """(capped logits, their slope d capped / dz) for either soft-cap form (kit.modeling.losses.softcap).
         tanh(u) comes from one exp: 1 - 2 / (exp(2u) + 1)."""
         if SIGMOID:
             s = 1.0 / (1.0 + tl.exp(-(z + 5.0) * (1.0 / 7.5)))
@@ -140,7 +140,7 @@ def _target_args(targets, weights):
 def softcapped_ce_stats(z: torch.Tensor, targets: torch.Tensor, cap: float, form: str = "tanh",
                         weights: typing.Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(logsumexp of each row's capped logits, each row's loss), both fp32 (N,); targets (N,), or
-    (N, K) with weights (K,) (kit.losses)."""
+    (N, K) with weights (K,) (kit.modeling.losses)."""
     n, v = z.shape
     z = z if z.stride(1) == 1 else z.contiguous()
     targets, weights, k, weighted = _target_args(targets, weights)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kit.errors import DataError
+from kit.core.errors import DataError
 
 MAGIC = 20240520
 VERSION = 1

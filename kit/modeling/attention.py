@@ -1,4 +1,4 @@
-"""Attention variants that shrink the key/value cache, as drop-in mixers for kit.model.Block.
+"""Attention variants that shrink the key/value cache, as drop-in mixers for kit.modeling.model.Block.
 
 - GroupedQueryAttention (GQA): n_head query heads share n_kv_head key/value heads, so the cache
   holds 2 x n_kv_head x head_dim numbers per token instead of 2 x n_head x head_dim.
@@ -14,8 +14,8 @@ Use: GPT(config, block=functools.partial(Block, attention=functools.partial(Grou
 import torch
 import torch.nn as nn
 
-from kit.model import ATTENTION, GPTConfig
-from kit.modern import Rotary
+from kit.modeling.model import ATTENTION, GPTConfig
+from kit.modeling.modern import Rotary
 
 
 def residual_linear(fan_in: int, fan_out: int) -> nn.Linear:

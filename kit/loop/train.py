@@ -29,13 +29,15 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from kit import checkpoint, datasets, flops, hw
-from kit.config import config_dict, parse_config
-from kit.errors import Interrupted, OutOfMemory, TrainingDiverged, UserError
-from kit.loader import TrainStream, validation_batches
-from kit.model import count_parameters
-from kit.optim import set_learning_rates, warmup_cosine
-from kit.runlog import FINISHED, RunLog, default_run_dir, git_commit, holds_run, read_summary
+from kit.core import checkpoint, hw
+from kit.data import datasets
+from kit.modeling import flops
+from kit.core.config import config_dict, parse_config
+from kit.core.errors import Interrupted, OutOfMemory, TrainingDiverged, UserError
+from kit.data.loader import TrainStream, validation_batches
+from kit.modeling.model import count_parameters
+from kit.modeling.optim import set_learning_rates, warmup_cosine
+from kit.loop.runlog import FINISHED, RunLog, default_run_dir, git_commit, holds_run, read_summary
 
 MAX_AUTO_MICRO_BATCH = 128
 CPU_AUTO_MICRO_BATCH = 16
@@ -53,22 +55,16 @@ class Recipe:
     lr_schedule: Callable = warmup_cosine  # (step, cfg) -> LR multiplier
     description: str = ""
     before_step: Callable = None  # (step, model, optimizers, cfg): other schedules (windows, momentum), before each step and validation
-    validate_at: Callable = None  # (step, cfg) -> bool: when to validate, replacing --val-every
-    data_presets: dict = None  # {dataset: {field: value}}: defaults per --data for flags not given
-    micro_batch_rule: Callable = None  # (cfg, usable GPU bytes) -> sequences per micro-batch, instead of probing
     compile_model: Callable = torch.compile  # how --compile 1 compiles the model (e.g. block by block)
-    batch_schedule: Callable = None  # (step, cfg) -> share of --batch-tokens for that step (a batch-size ramp)
-    batch_shares: Callable = None  # cfg -> the shares batch_schedule takes, each to be whole micro-batches (a schedule in stages)
     ddp_find_unused: bool = False  # True when steps may leave parameters without gradients (LayerDrop)
     warm_up_states: Callable = None  # (model, cfg) -> functions, each putting the model in a state the run will meet: the warm-up compiles every one
-    run_report: Callable = None  # model -> {name: figure}: a script's own end-of-run figures (MoE loads), in summary.json and the log
-    configure: Callable = None  # (cfg, fields to leave alone: given explicitly or set by the model size): defaults that depend on other flags
+    trainer: type = None  # a Trainer subclass, for a script that changes one of its methods marked "a script's own" (default: Trainer)
 
 
 def main(recipe: Recipe, argv=None) -> int:
     """Run a script's recipe; return the exit code (0 ok, else a UserError's code)."""
     try:
-        Trainer(recipe, argv).run()
+        (recipe.trainer or Trainer)(recipe, argv).run()
         return 0
     except UserError as err:
         kind = "" if isinstance(err, Interrupted) else "error: "
@@ -240,8 +236,7 @@ class Trainer:
         self.started = time.perf_counter()
         self.recipe = recipe
         self.ddp = hw.dist_from_env()
-        self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description, recipe.data_presets,
-                                               recipe.configure)
+        self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description)
         self.device = hw.pick_device(self.cfg.device, self.ddp)
         hw.init_distributed(self.ddp, self.device)
         self.dtype = hw.pick_dtype(self.cfg.dtype, self.device)
@@ -254,6 +249,29 @@ class Trainer:
         if self.cfg.memory_cap_gib and self.device.type != "cuda":
             raise UserError(f"--memory-cap-gib caps a GPU's memory, and this run is on the {self.device.type}: leave it out, or train on a GPU")
         self.argv = sys.argv if argv is None else [recipe.script, *argv]
+
+    # ----- a script's own: a subclass (Recipe.trainer) overrides these -----
+
+    def validate_at(self, step: int) -> bool:
+        """Whether a check (a validation, or a screen before one) comes after this step; the first and
+        last step are validated in any case. Default: every --val-every steps."""
+        return self.cfg.val_every > 0 and step % self.cfg.val_every == 0
+
+    def micro_batch_rule(self, usable_bytes: int):
+        """Sequences per micro-batch on a GPU with this much usable memory, or None to probe for it."""
+        return None
+
+    def batch_share(self, step: int, cfg) -> float:
+        """Share of --batch-tokens that step `step` trains on under `cfg` (a batch-size schedule); 1: all."""
+        return 1.0
+
+    def batch_shares(self) -> list:
+        """The shares batch_share takes (a schedule in stages), each to be a whole number of micro-batches."""
+        return []
+
+    def run_report(self) -> dict:
+        """A script's own end-of-run figures ({name: figure}), in summary.json and the log."""
+        return {}
 
     # ----- set-up -----
 
@@ -349,7 +367,7 @@ class Trainer:
         if self.step >= self.cfg.max_steps:
             raise UserError(f"--max-steps {self.cfg.max_steps}: the run is at step {self.step} already")
         before = dataclasses.replace(self.cfg, max_steps=old_steps)
-        schedules = [self.recipe.lr_schedule] + ([self.recipe.batch_schedule] if self.recipe.batch_schedule else [])
+        schedules = [self.recipe.lr_schedule, self.batch_share]
         for schedule in schedules:
             was, now = schedule(self.step, before), schedule(self.step, self.cfg)
             if not math.isclose(was, now, rel_tol=1e-9, abs_tol=1e-12):
@@ -408,8 +426,8 @@ class Trainer:
         if self.device.type != "cuda":
             return self.cpu_micro_batch()
         total = self.usable_memory()
-        if self.recipe.micro_batch_rule is not None:  # models whose probe would be misleading (e.g. eager FlexAttention)
-            wanted = self.recipe.micro_batch_rule(self.cfg, total)
+        wanted = self.micro_batch_rule(total)  # models whose probe would be misleading (e.g. eager FlexAttention)
+        if wanted is not None:
             return divisors_descending(self.seqs_per_rank, max(1, wanted))[0]
         chosen = 1
         for b in divisors_descending(self.seqs_per_rank, MAX_AUTO_MICRO_BATCH):
@@ -434,7 +452,7 @@ class Trainer:
         whole number of micro-batches (never below what memory allows: only a divisor that fits is
         taken). Where none does (or --micro-batch was given), each step takes the nearest whole number
         of micro-batches, and the log says so."""
-        shares = self.recipe.batch_shares(self.cfg) if self.recipe.batch_shares else []
+        shares = self.batch_shares()
 
         def fits(micro):
             accum = self.seqs_per_rank // micro
@@ -476,10 +494,8 @@ class Trainer:
         return x, y
 
     def accum_steps_at(self, step: int) -> int:
-        """Micro-steps of this optimizer step: all of them, or the recipe's batch-size ramp's share."""
-        if self.recipe.batch_schedule is None:
-            return self.accum_steps
-        return max(1, round(self.accum_steps * self.recipe.batch_schedule(step, self.cfg)))
+        """Micro-steps of this optimizer step: all of them, or the share a batch-size schedule gives it."""
+        return max(1, round(self.accum_steps * self.batch_share(step, self.cfg)))
 
     def train_step(self, accum_steps: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over accum_steps micro-batches, queued on the device; returns (loss, grad_norm, lr),
@@ -625,7 +641,7 @@ class Trainer:
     def validation_due(self) -> bool:
         if self.step == self.cfg.max_steps:
             return True
-        due = self.recipe.validate_at(self.step, self.cfg) if self.recipe.validate_at is not None else self.on_val_every()
+        due = self.validate_at(self.step)
         return due and (self.regular_validation() or self.step >= self.next_screen_step)
 
     # ----- the run -----
@@ -802,9 +818,10 @@ class Trainer:
             "attn": cfg.attn,
             "dtype": str(self.dtype).replace("torch.", ""),
         }
-        if self.recipe.run_report:
-            summary["run_report"] = self.recipe.run_report(self.model)
-            self.log.print(f"end of run: {json.dumps(summary['run_report'])}")
+        report = self.run_report()
+        if report:
+            summary["run_report"] = report
+            self.log.print(f"end of run: {json.dumps(report)}")
         self.log.summary(summary)
         if status in ("reached_target", "completed") and cfg.export and self.ddp.is_main:
             path = checkpoint.export_safetensors(self.model, Path(self.log.dir) / "model.safetensors")

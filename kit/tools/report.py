@@ -1,6 +1,6 @@
 """Reading run directories back: comparison tables, loss curves, and records/RESULTS.md.
 
-A run directory is what kit.train writes (summary.json, metrics.jsonl, config.json). A record
+A run directory is what kit.loop.train writes (summary.json, metrics.jsonl, config.json). A record
 is a folder under records/ with a record.json naming its runs:
 
     {"title": "...", "gpu": "NVIDIA H200", "commit": "...", "command": "...",

@@ -10,12 +10,20 @@ import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass, field
+from typing import ClassVar
 
-from kit.errors import UserError
+from kit.core.errors import UserError
 
 
 @dataclass
 class TrainConfig:
+    # a script's defaults per --data ({dataset: {field: value}}), for the flags not given
+    DATA_PRESETS: ClassVar[dict] = {}
+
+    def configure(self, fixed: set) -> None:
+        """A script's defaults that depend on other flags, for the fields not in `fixed` (given, or set by
+        the model size); called once at parse time, after the presets. The baseline has none."""
+
     # data
     data: str = field(default="fineweb", metadata={"choices": ["fineweb", "webmix", "synthetic"], "help": "dataset (or give --train-files/--val-files)"})
     train_files: str = field(default="", metadata={"help": "glob of training shards (replaces --data)"})
@@ -147,7 +155,7 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
 
 # What a resumed run may change: how it reports, saves and validates, and its hardware set-up. The rest
 # (data, model, optimizer, schedule) comes back from the checkpoint. --max-steps may change where the LR and
-# batch size at the resumed step stay the same under the new length (kit.train checks it).
+# batch size at the resumed step stay the same under the new length (kit.loop.train checks it).
 CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "save_every", "keep_checkpoints", "progress", "sync_every", "export", "val_every", "extra_val",
                         "compile", "micro_batch", "memory_cap_gib")
 RESUME_EPILOG = ("on --resume: the run's settings come from its checkpoint; of the flags, only these may change: "
@@ -178,19 +186,19 @@ def resumed_config(cls, given: dict, saved: dict):
     return cls(**values)
 
 
-def parse_config(cls, argv=None, world_size: int = 1, description: str = "", data_presets=None, configure=None):
+def parse_config(cls, argv=None, world_size: int = 1, description: str = ""):
     """Parse argv into cls; return (config, set of fields the user gave explicitly).
 
-    Defaults that depend on other flags, for the fields the user did not give: a script's
-    per-dataset presets, then the synthetic-data preset, then the model-size preset (the later wins),
-    then the script's own configure(cfg, fixed) (a recipe's presets) for the fields not in `fixed`: neither
-    given nor set by the model size; then the checks. With --resume,
-    the run's saved settings instead of all of that (resumed_config).
+    Defaults that depend on other flags, for the fields the user did not give: the script's
+    per-dataset presets (cls.DATA_PRESETS), then the synthetic-data preset, then the model-size preset
+    (the later wins), then the script's own cfg.configure(fixed) for the fields not in `fixed`: neither
+    given nor set by the model size; then the checks. With --resume, the run's saved settings instead
+    of all of that (resumed_config).
     """
     given = vars(build_parser(cls, description).parse_args(argv))
     check_not_read(cls, given)
     if given.get("resume"):
-        from kit.checkpoint import saved_config
+        from kit.core.checkpoint import saved_config
 
         cfg = resumed_config(cls, given, saved_config(given["resume"]))
         explicit = set(given)
@@ -198,7 +206,7 @@ def parse_config(cls, argv=None, world_size: int = 1, description: str = "", dat
         return cfg, explicit
     cfg = cls(**given)
     explicit = set(given)
-    presets = dict((data_presets or {}).get(cfg.data, {})) if not cfg.train_files else {}
+    presets = dict(cls.DATA_PRESETS.get(cfg.data, {})) if not cfg.train_files else {}
     if cfg.data == "synthetic" and not cfg.train_files:
         presets.update(SYNTHETIC_PRESET)
     sized = size_presets(cls).get(cfg.model_size, {})
@@ -206,8 +214,7 @@ def parse_config(cls, argv=None, world_size: int = 1, description: str = "", dat
     for name, value in presets.items():
         if name not in explicit:
             setattr(cfg, name, value)
-    if configure is not None:  # a recipe's presets leave the given flags and the model size's own values (the tiny batch) alone
-        configure(cfg, explicit | set(sized))
+    cfg.configure(explicit | set(sized))  # a script's own defaults leave the given flags and the model size's values (the tiny batch) alone
     check_config(cfg, explicit, world_size)
     return cfg, explicit
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from kit.datasets import REPO_ROOT
+from kit.data.datasets import REPO_ROOT
 
 
 def git_commit() -> str:
@@ -68,7 +68,7 @@ RUN_FILES = ("config.json", "log.txt", "metrics.jsonl", "summary.json", "checkpo
 
 
 def holds_run(run_dir) -> bool:
-    """Whether a folder already holds a run (a new run refuses it: kit.train)."""
+    """Whether a folder already holds a run (a new run refuses it: kit.loop.train)."""
     return any((Path(run_dir) / name).exists() for name in RUN_FILES)
 
 

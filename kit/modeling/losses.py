@@ -117,7 +117,7 @@ def softcapped_grad_unscaled(z, targets, lse, cap: float, form: str = "tanh", we
 def softcapped_stats(z, targets, cap: float, kernel: str = "torch", form: str = "tanh", weights=None):
     """(logsumexp per row, mean loss) of the capped logits, with the chosen kernel."""
     if kernel == "triton":
-        from kit.triton_loss import softcapped_ce_stats
+        from kit.modeling.triton_loss import softcapped_ce_stats
 
         lse, rows = softcapped_ce_stats(z, targets, cap, form, weights)
         return lse, rows.mean()
@@ -127,7 +127,7 @@ def softcapped_stats(z, targets, cap: float, kernel: str = "torch", form: str = 
 def softcapped_grad(z, targets, lse, cap: float, scale, out_dtype, kernel: str = "torch", form: str = "tanh", weights=None):
     """scale x d(summed loss)/dz in out_dtype, with the chosen kernel."""
     if kernel == "triton":
-        from kit.triton_loss import softcapped_ce_grad
+        from kit.modeling.triton_loss import softcapped_ce_grad
 
         return softcapped_ce_grad(z, targets, lse, scale, cap, out_dtype, form, weights)
     return (softcapped_grad_unscaled(z, targets, lse, cap, form, weights) * scale).to(out_dtype)

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from kit.errors import DataError
-from kit.shards import read_header
+from kit.core.errors import DataError
+from kit.data.shards import read_header
 
 FINEWEB_REPO = "kjj0/fineweb10B-gpt2"
 FINEWEB_VAL = "fineweb_val_000000.bin"

@@ -1,7 +1,7 @@
 """Errors that end a run with one clear line and a non-zero exit code.
 
 Anything the user can fix (a flag, a file, the network, memory) is raised as a `UserError`;
-`kit.train.main` prints its message on one line and exits with its code. Saved state
+`kit.loop.train.main` prints its message on one line and exits with its code. Saved state
 (checkpoints, metrics) is never touched on the way out.
 """
 

@@ -164,13 +164,13 @@ class ContiguousKVCache(PagedKVCache):
                 raise RuntimeError(f"sequence {sid} would pass the cache's {self.block_size} slots")
 
 
-# ----- the cached forward pass of kit.model.GPT -----
+# ----- the cached forward pass of kit.modeling.model.GPT -----
 
 def cached_attention(attn, x, cache, layer: int, slots: CacheSlots):
-    """The attention of kit.model.CausalSelfAttention or kit.attention.GroupedQueryAttention for x
+    """The attention of kit.modeling.model.CausalSelfAttention or kit.modeling.attention.GroupedQueryAttention for x
     (B, n, C), the n new tokens of each sequence: their keys and values (a GQA layer's n_kv_head
     heads) go to the cache, and they attend to the cached tokens and causally among themselves."""
-    from kit.attention import share_heads
+    from kit.modeling.attention import share_heads
 
     q, k, v = attn.heads(x)
     cache.write(layer, slots, k, v)
@@ -220,17 +220,17 @@ def cache_mask(lengths, n: int, device, width: int):
 
 
 def attention_kind(attn) -> str:
-    from kit.attention import GroupedQueryAttention, MultiLatentAttention
-    from kit.model import CausalSelfAttention
+    from kit.modeling.attention import GroupedQueryAttention, MultiLatentAttention
+    from kit.modeling.model import CausalSelfAttention
 
     kinds = {CausalSelfAttention: "mha", GroupedQueryAttention: "gqa", MultiLatentAttention: "mla"}
     return kinds.get(type(attn), "unsupported")
 
 
 def offset_cached_keys(attn, k, cache, layer: int, sids, doc_starts):
-    """kit.modern.offset_keys for the new tokens k (B, heads, n, head_dim): the first one's predecessor is
+    """kit.modeling.modern.offset_keys for the new tokens k (B, heads, n, head_dim): the first one's predecessor is
     the sequence's last cached token, whose key before the offset the cache keeps per layer."""
-    from kit.modern import offset_keys
+    from kit.modeling.modern import offset_keys
 
     before = torch.stack([cache.last_keys.get(sid, {}).get(layer, k[b, :, 0]) for b, sid in enumerate(sids)])[:, :, None]
     for b, sid in enumerate(sids):
@@ -240,11 +240,11 @@ def offset_cached_keys(attn, k, cache, layer: int, sids, doc_starts):
 
 def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: CacheSlots, positions, window_blocks: int, docs,
                             sids=(), doc_starts=None):
-    """kit.modern.ModernAttention's math for the new tokens, against the cache: rotary at each
+    """kit.modeling.modern.ModernAttention's math for the new tokens, against the cache: rotary at each
     token's own position, value embeddings mixed in, the key offset where the layer has it,
     attention within the token's document and its window (in blocks of 128), as
-    kit.modern.mask_allows says; ModernAttention's own projections and output gate before and after it."""
-    from kit.modern import BLOCK
+    kit.modeling.modern.mask_allows says; ModernAttention's own projections and output gate before and after it."""
+    from kit.modeling.modern import BLOCK
 
     cfg = attn.cfg
     q, k, v = attn.project(x, value_embed, positions)
@@ -261,9 +261,9 @@ def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: Cach
 
 @torch.no_grad()
 def forward_cached_modern(model, idx, cache, sids):
-    """ModernGPT.forward (kit/modern.py) for new tokens against the cache: the same embedding,
+    """ModernGPT.forward (kit/modeling/modern.py) for new tokens against the cache: the same embedding,
     value embeddings, U-net skips and soft-capped head, attention from cached_modern_attention."""
-    from kit.modern import EOT
+    from kit.modeling.modern import EOT
 
     cache.reserve(sids, idx.size(1))
     slots = cache.slots(sids, idx.size(1), idx.device)
@@ -293,13 +293,13 @@ def forward_cached_modern(model, idx, cache, sids):
 
 
 def is_modern(model) -> bool:
-    from kit.modern import ModernGPT
+    from kit.modeling.modern import ModernGPT
 
     return isinstance(model, ModernGPT)
 
 
 def check_supported(model) -> None:
-    from kit.model import GPT, Block
+    from kit.modeling.model import GPT, Block
 
     if is_modern(model):
         if any(model.paired):
@@ -308,14 +308,14 @@ def check_supported(model) -> None:
         return
     blocks_ok = all(type(b) is Block and attention_kind(b.attn) != "unsupported" for b in getattr(model, "h", []))
     if not isinstance(model, GPT) or not blocks_ok or len({attention_kind(b.attn) for b in model.h}) != 1:
-        raise ValueError("the KV cache supports kit.model.GPT with standard blocks and one attention kind (MHA, GQA or MLA): "
+        raise ValueError("the KV cache supports kit.modeling.model.GPT with standard blocks and one attention kind (MHA, GQA or MLA): "
                          "the baseline and the variants built on it")
 
 
 def check_static(model) -> None:
     check_supported(model)
     if is_modern(model):
-        raise ValueError("static decoding serves kit.model.GPT (the baseline and the variants built on it); "
+        raise ValueError("static decoding serves kit.modeling.model.GPT (the baseline and the variants built on it); "
                          "the speedrun's model decodes with the paged or contiguous cache")
 
 
@@ -344,7 +344,7 @@ def forward_cached(model, idx, cache, sids):
 
 
 def forward_through_slots(model, idx, cache, slots: CacheSlots):
-    """kit.model.GPT's forward for new tokens whose cache addresses are worked out already."""
+    """kit.modeling.model.GPT's forward for new tokens whose cache addresses are worked out already."""
     positions = slots.positions
     x = model.embed(idx, positions)
     for layer, block in enumerate(model.h):
@@ -462,7 +462,7 @@ def generate(model, prompts, max_new_tokens: int, cache: str = "paged", temperat
     """Continue each prompt (a list of token ids) by up to max_new_tokens tokens.
 
     cache: "paged", "contiguous", "static" (contiguous, decoded at fixed shapes: a CUDA graph
-    on CUDA; kit.model.GPT only), or "none" (recompute the whole sequence every step: the
+    on CUDA; kit.modeling.model.GPT only), or "none" (recompute the whole sequence every step: the
     reference). A sequence stops early at stop_token (kept in its output); with the paged cache
     its blocks return to the pool then. on_token(i, token) is called for every new token.
     """

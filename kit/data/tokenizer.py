@@ -1,4 +1,4 @@
-"""The GPT-2 tokenizer without network: tiktoken built from the BPE files shipped in kit/gpt2_bpe/.
+"""The GPT-2 tokenizer without network: tiktoken built from the BPE files shipped in kit/data/gpt2_bpe/.
 
 encoder.json and vocab.bpe are OpenAI's GPT-2 files (MIT); their sha256 values are the ones
 tiktoken's own `gpt2` encoding checks, so this encoding is identical to tiktoken.get_encoding("gpt2").

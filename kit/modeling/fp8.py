@@ -12,7 +12,7 @@ Weights stay fp32 (or bf16) parameters; only the copies fed to the products are 
 import torch
 import torch.nn as nn
 
-from kit.losses import softcapped_grad, softcapped_stats
+from kit.modeling.losses import softcapped_grad, softcapped_stats
 
 E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
@@ -97,7 +97,7 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
     """Mean soft-capped cross-entropy of the head x @ w^T, the product in FP8 both ways.
 
     Forward: x and w to e4m3 (scaled by their maxima, as FP8MatmulWeightT), logits z in bf16,
-    loss from z (kit.losses). Backward: the gradient of the logits is (softmax - one_hot) times
+    loss from z (kit.modeling.losses). Backward: the gradient of the logits is (softmax - one_hot) times
     the cap's slope, so every element lies in [-1, 1] (in [-grad_bound, grad_bound] with several
     weighted targets: grad_bound >= their weights' sum) before the factor grad_loss / N; it goes
     to e5m2 with that known scale (no pass over the N x V gradient to find its maximum), in the

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kit.model import GPT, Block
+from kit.modeling.model import GPT, Block
 
 
 def grid_shape(vocab_size: int) -> tuple[int, int]:
@@ -191,7 +191,7 @@ def apply_allocation(table: LightRNNTable, row_of, col_of) -> None:
 def measure_and_reallocate(model: "LightRNNGPT", batches, autocast, rounds: int = 3):
     """Placement losses of every token over `batches` (this rank's share; summed across ranks),
     then reallocate() and move the tokens. Returns (total cost before, after, tokens moved)."""
-    from kit.hw import all_reduce_sum
+    from kit.core.hw import all_reduce_sum
 
     table, device = model.head.table, table_device(model)
     A = torch.zeros(table.vocab_size, table.rows, dtype=torch.float64, device=device)

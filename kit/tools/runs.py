@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from kit import checkpoint
-from kit.errors import UserError
+from kit.core import checkpoint
+from kit.core.errors import UserError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def load_script(name: str):

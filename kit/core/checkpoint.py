@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kit.errors import UserError
+from kit.core.errors import UserError
 
 CHECKPOINT_DIR = "checkpoints"
 

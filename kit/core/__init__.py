@@ -1,0 +1,1 @@
+"""Configuration, checkpoints, hardware and errors: what every other layer builds on."""

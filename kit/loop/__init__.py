@@ -1,0 +1,1 @@
+"""The training loop every script runs, and its run directory, log and progress display."""

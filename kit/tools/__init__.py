@@ -1,0 +1,1 @@
+"""After training: load a run and its script, tables and plots of runs, KV-cache decoding."""
