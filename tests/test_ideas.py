@@ -1,4 +1,4 @@
-"""The seed's "what to try" ideas (issue 6): each proves on the CPU that it does what it says."""
+"""The "what to try" ideas of the notes: each proves on the CPU that it does what it says."""
 
 import copy
 import json

@@ -1,6 +1,6 @@
 """Run configuration: a dataclass whose fields become command-line flags.
 
-`TrainConfig` holds what every train script accepts (DESIGN.md's contract). A script subclasses
+`TrainConfig` holds what every train script accepts (the kit's command-line contract). A script subclasses
 it as `Hyperparameters`, changing defaults or adding fields; `parse_config` turns any such class
 into flags (field foo_bar -> --foo-bar), rejects unknown or contradictory flags with one line,
 and fills the defaults that depend on other flags (small-model presets, per-dataset targets).
