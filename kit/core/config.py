@@ -66,6 +66,8 @@ class TrainConfig:
     dtype: str = field(default="auto", metadata={"choices": ["auto", "bf16", "fp32"], "help": "auto: bf16 autocast on CUDA, fp32 on CPU"})
     compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     memory_cap_gib: float = field(default=0.0, metadata={"help": "cap this process's GPU memory (e.g. 24 to check a 24 GB card's fit); 0: no cap"})
+    emulate_gpu: str = field(default="", metadata={"choices": ["", "rtx3090", "rtx4090"], "help": "on a larger NVIDIA GPU, run as this card: its compute "
+                                                                                              "capability decides the kernel paths (FP8, attention tiles), memory capped at 22.5 GiB; the speed stays the host's"})
     seed: int = 1337
     out_dir: str = field(default="", metadata={"help": "run directory; default logs/<script>_<time>"})
     resume: str = field(default="", metadata={"help": "continue a run: a run directory (its newest checkpoint) or a checkpoint file; the run's own "
@@ -157,7 +159,7 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
 # (data, model, optimizer, schedule) comes back from the checkpoint. --max-steps may change where the LR and
 # batch size at the resumed step stay the same under the new length (kit.loop.train checks it).
 CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "save_every", "keep_checkpoints", "progress", "sync_every", "export", "val_every", "extra_val",
-                        "compile", "micro_batch", "memory_cap_gib")
+                        "compile", "micro_batch", "memory_cap_gib", "emulate_gpu")
 RESUME_EPILOG = ("on --resume: the run's settings come from its checkpoint; of the flags, only these may change: "
                  + ", ".join("--" + name.replace("_", "-") for name in CHANGEABLE_ON_RESUME[1:])
                  + " (--max-steps only where the LR and batch size at the resumed step stay the same under the new length)")

@@ -29,7 +29,7 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from kit.core import checkpoint, hw
+from kit.core import checkpoint, gpus, hw
 from kit.data import datasets
 from kit.modeling import flops
 from kit.core.config import config_dict, parse_config
@@ -71,6 +71,7 @@ def main(recipe: Recipe, argv=None) -> int:
         print(f"{Path(recipe.script).name}: {kind}{err}", file=sys.stderr, flush=True)
         return err.exit_code
     finally:
+        gpus.stop_emulating()
         hw.shutdown_distributed()
 
 
@@ -240,12 +241,14 @@ class Trainer:
         self.device = hw.pick_device(self.cfg.device, self.ddp)
         hw.init_distributed(self.ddp, self.device)
         self.dtype = hw.pick_dtype(self.cfg.dtype, self.device)
+        if self.cfg.emulate_gpu:  # before the model is built: its kernel paths follow the card's capability
+            gpus.emulate(self.cfg.emulate_gpu, self.device)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-            if self.cfg.memory_cap_gib:  # e.g. prove that a configuration fits a 24 GB card on a bigger one
+            if self.cfg.memory_cap_gib:  # e.g. prove that a configuration fits a 24 GB card on a bigger one (with an emulated card's cap: the lower)
                 total = torch.cuda.get_device_properties(self.device).total_memory
-                torch.cuda.set_per_process_memory_fraction(min(1.0, self.cfg.memory_cap_gib * 2**30 / total), self.device)
+                torch.cuda.set_per_process_memory_fraction(self.usable_memory() / total, self.device)
         if self.cfg.memory_cap_gib and self.device.type != "cuda":
             raise UserError(f"--memory-cap-gib caps a GPU's memory, and this run is on the {self.device.type}: leave it out, or train on a GPU")
         self.argv = sys.argv if argv is None else [recipe.script, *argv]
@@ -403,6 +406,8 @@ class Trainer:
         )
         if hasattr(self.model, "describe_paths"):
             self.log.print(f"kernel paths: {self.model.describe_paths()}")
+        if self.device.type == "cuda":
+            self.log.print(gpus.describe_profile(self.device))
         if resumed_from:
             self.log.print(f"resumed from {resumed_from} at step {self.step} (train time so far {self.train_time_ms / 1000:.1f}s)")
 
@@ -470,8 +475,8 @@ class Trainer:
     def usable_memory(self) -> int:
         """GPU memory this process may use: the card's, or --memory-cap-gib (enforced by PyTorch)."""
         total = torch.cuda.get_device_properties(self.device).total_memory
-        cap = int(self.cfg.memory_cap_gib * 2**30)
-        return min(total, cap) if cap else total
+        caps = [int(gib * 2**30) for gib in (self.cfg.memory_cap_gib, gpus.emulated() and gpus.emulated().memory_gib) if gib]
+        return min([total, *caps])
 
     def random_batch(self, batch: int):
         vocab = getattr(getattr(self.model, "config", None), "vocab_size", 50257)
@@ -790,6 +795,7 @@ class Trainer:
             "flags": self.argv[1:],
             "git_commit": git_commit(),
             "device_name": hw.device_name(self.device),
+            "emulated_gpu": gpus.emulated().key if gpus.emulated() else None,  # its speed is the host GPU's, not the card's
             "world_size": self.ddp.world_size,
             "status": status,
             "data": self.files.name,

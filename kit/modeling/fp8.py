@@ -12,6 +12,7 @@ Weights stay fp32 (or bf16) parameters; only the copies fed to the products are 
 import torch
 import torch.nn as nn
 
+from kit.core import gpus
 from kit.modeling.losses import softcapped_grad, softcapped_stats
 
 E4M3 = torch.float8_e4m3fn
@@ -19,7 +20,8 @@ E5M2 = torch.float8_e5m2
 
 
 def gpu_has_fp8(device) -> bool:
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    """FP8 matmuls on this GPU (or the card --emulate-gpu runs as)."""
+    return gpus.fp8_capable(gpus.capability(device))
 
 
 def quantize(t: torch.Tensor, dtype):

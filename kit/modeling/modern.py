@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kit.core import gpus
 from kit.modeling.fp8 import FP8Head, FP8SoftcappedHeadLoss
 from kit.modeling.losses import CAP_FORMS, softcap, softcapped_cross_entropy
 from kit.modeling.model import raise_recompile_limit
@@ -135,7 +136,7 @@ def flex_block_mask(docs, window_blocks):
 def flex_kernel_options(device):
     """Smaller tiles on GPUs with less shared memory per SM than Ampere/Hopper datacenter parts
     (sm86/sm89: ~100 KB), where the default tiles for head_dim 128 do not fit."""
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) in ((8, 6), (8, 9)):
+    if gpus.small_shared_memory(gpus.capability(device)):  # the GPU's, or the card's that --emulate-gpu runs as
         return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 32}
     return None
 

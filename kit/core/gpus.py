@@ -1,0 +1,116 @@
+"""What each GPU gets, and running as a smaller card on a larger one (--emulate-gpu).
+
+Every path choice that depends on the GPU asks `capability(device)` rather than CUDA directly, so
+that under --emulate-gpu rtx3090 or rtx4090 (on any larger NVIDIA GPU) the run takes the path the
+desktop card would take: FP8 only from sm89, FlexAttention's smaller tiles where shared memory is
+~100 KB per block (sm86/sm89), the micro-batch for 24 GB. The memory is capped to what a 24 GB card
+leaves a process (22.5 GiB). The speed of an emulated run is the host GPU's, not the card's.
+"""
+
+from dataclasses import dataclass
+
+import torch
+
+from kit.core.errors import UserError
+
+
+@dataclass(frozen=True)
+class GPUProfile:
+    key: str
+    name: str  # as torch.cuda.get_device_name reports the card
+    capability: tuple
+    memory_gib: float  # what a process can use on a 24 GB card (--emulate-gpu caps the memory to it); None: the card's own, read at run time
+    shared_memory_per_block: int  # bytes a kernel's block may use (opt-in maximum)
+
+    def gets(self) -> str:
+        """What the kit picks on this card (the README's table)."""
+        return " | ".join([f"sm{self.capability[0]}{self.capability[1]}", f"{self.memory_gib:g} GiB cap" if self.memory_gib else "-",
+                           "FP8 head (e4m3/e5m2)" if fp8_capable(self.capability) else "bf16 head (no FP8)",
+                           "small FlexAttention tiles (64/64)" if small_shared_memory(self.capability) else "default FlexAttention tiles",
+                           f"{self.shared_memory_per_block:,} B per block"])
+
+
+def fp8_capable(cap) -> bool:
+    """FP8 tensor cores (e4m3/e5m2 matmuls): Ada (sm89) and Hopper (sm90) on."""
+    return cap is not None and tuple(cap) >= (8, 9)
+
+
+def small_shared_memory(cap) -> bool:
+    """~100 KB of shared memory per block (sm86, sm89), where FlexAttention's default tiles for 128-wide heads do not fit."""
+    return cap is not None and tuple(cap) in ((8, 6), (8, 9))
+
+
+PROFILES = {p.key: p for p in (
+    GPUProfile("rtx3090", "NVIDIA GeForce RTX 3090", (8, 6), 22.5, 101_376),
+    GPUProfile("rtx4090", "NVIDIA GeForce RTX 4090", (8, 9), 22.5, 101_376),
+    GPUProfile("a100", "NVIDIA A100", (8, 0), None, 166_912),
+    GPUProfile("h100", "NVIDIA H100", (9, 0), None, 232_448),
+    GPUProfile("h200", "NVIDIA H200", (9, 0), None, 232_448),
+)}
+EMULABLE = ("rtx3090", "rtx4090")
+
+_emulated = None  # the GPUProfile this process runs as, or None
+
+
+def emulate(key: str, device: torch.device) -> GPUProfile:
+    """Run as the card `key` from here on: path choices see its compute capability, and the process's
+    GPU memory is capped to what the card leaves. Refused off CUDA and on a GPU no larger than the card."""
+    global _emulated
+    if key not in EMULABLE:
+        raise UserError(f"--emulate-gpu {key}: one of {', '.join(EMULABLE)}")
+    if device.type != "cuda":
+        raise UserError(f"--emulate-gpu {key} runs as that card on a larger NVIDIA GPU, and this run is on the {device.type}")
+    profile = PROFILES[key]
+    total = torch.cuda.get_device_properties(device).total_memory
+    if total < profile.memory_gib * 2**30:
+        raise UserError(f"--emulate-gpu {key}: this GPU has {total / 2**30:.1f} GiB, no more than the card's {profile.memory_gib} GiB: run on it as it is")
+    torch.cuda.set_per_process_memory_fraction(profile.memory_gib * 2**30 / total, device)
+    _emulated = profile
+    return profile
+
+
+def stop_emulating() -> None:
+    global _emulated
+    _emulated = None
+
+
+def emulated():
+    return _emulated
+
+
+def capability(device: torch.device):
+    """(major, minor) that path choices use: the emulated card's, or the GPU's own; None off CUDA."""
+    if device.type != "cuda":
+        return None
+    return _emulated.capability if _emulated else torch.cuda.get_device_capability(device)
+
+
+def profile_of(device: torch.device):
+    """The profile of the card this run is (emulated or real), or None for a GPU not in the table."""
+    if _emulated:
+        return _emulated
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((p for p in PROFILES.values() if p.name in name), None)
+
+
+def describe_profile(device: torch.device) -> str:
+    """One line: which row of the README's GPU table this run takes, and what that row gives it."""
+    if device.type != "cuda":
+        return "GPU profile: none (CPU)"
+    profile, cap = profile_of(device), capability(device)
+    if _emulated:
+        return f"GPU profile: emulated {profile.key} on {torch.cuda.get_device_name(device)} (its speed is not the card's) | {profile.gets()}"
+    if profile:
+        return f"GPU profile: {profile.key} | {profile.gets()}"
+    tiles = "small FlexAttention tiles (64/64)" if small_shared_memory(cap) else "default FlexAttention tiles"
+    return f"GPU profile: unknown GPU, chosen by its sm{cap[0]}{cap[1]} | {'FP8 head' if fp8_capable(cap) else 'bf16 head (no FP8)'} | {tiles}"
+
+
+def profile_table() -> str:
+    """The README's table of what each GPU gets."""
+    lines = ["| GPU | compute capability | memory under --emulate-gpu | output head (record script) | FlexAttention tiles | shared memory |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {p.name.replace('NVIDIA ', '')} (`{p.key}`) | {p.gets()} |" for p in PROFILES.values()]
+    return "\n".join(lines)

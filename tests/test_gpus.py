@@ -1,0 +1,68 @@
+"""Per-GPU choices and --emulate-gpu, on a CPU: CUDA's device queries answer as an H200 would."""
+
+import pytest
+import torch
+
+from conftest import FAST, REPO
+from kit.core import gpus
+from kit.core.errors import UserError
+
+CUDA = torch.device("cuda", 0)
+
+
+@pytest.fixture
+def h200(monkeypatch):
+    """torch.cuda answers as one H200 would; the memory fractions asked for are kept in the list returned."""
+    fractions = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: type("Props", (), {"total_memory": 140 * 2**30})())
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda fraction, device=None: fractions.append(fraction))
+    yield fractions
+    gpus.stop_emulating()
+
+
+@pytest.mark.parametrize("card, fp8", [("rtx3090", False), ("rtx4090", True)])
+def test_an_emulated_card_decides_the_kernel_paths_and_caps_the_memory(h200, card, fp8):
+    from kit.modeling.fp8 import gpu_has_fp8
+    from kit.modeling.modern import flex_kernel_options
+
+    assert gpu_has_fp8(CUDA) and flex_kernel_options(CUDA) is None and "GPU profile: h200 |" in gpus.describe_profile(CUDA)
+    gpus.emulate(card, CUDA)
+    assert gpus.capability(CUDA) == gpus.PROFILES[card].capability and h200 == [pytest.approx(22.5 / 140)]
+    assert gpu_has_fp8(CUDA) is fp8
+    assert flex_kernel_options(CUDA)["BLOCK_M"] == 64  # tiles that fit ~100 KB of shared memory
+    assert gpus.describe_profile(CUDA).startswith(f"GPU profile: emulated {card} on NVIDIA H200 (its speed is not the card's)")
+    gpus.stop_emulating()
+    assert gpus.capability(CUDA) == (9, 0) and gpu_has_fp8(CUDA)
+
+
+def test_emulation_needs_a_larger_nvidia_gpu(h200, monkeypatch):
+    with pytest.raises(UserError, match="on the cpu"):
+        gpus.emulate("rtx4090", torch.device("cpu"))
+    with pytest.raises(UserError, match="one of rtx3090, rtx4090"):
+        gpus.emulate("rtx2080", CUDA)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device=None: type("Props", (), {"total_memory": 16 * 2**30})())
+    with pytest.raises(UserError, match="no more than the card's 22.5 GiB"):
+        gpus.emulate("rtx3090", CUDA)
+    assert gpus.emulated() is None
+
+
+def test_an_unknown_gpu_is_served_by_its_compute_capability(h200, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA RTX A6000")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    assert gpus.profile_of(CUDA) is None
+    assert gpus.describe_profile(CUDA) == "GPU profile: unknown GPU, chosen by its sm86 | bf16 head (no FP8) | small FlexAttention tiles (64/64)"
+
+
+def test_the_readme_shows_the_table_of_what_each_gpu_gets():
+    assert gpus.profile_table() in (REPO / "README.md").read_text()
+
+
+def test_a_cpu_run_refuses_emulation_in_one_line(capsys):
+    import train_gpt2
+    from kit.loop.train import main
+
+    assert main(train_gpt2.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "1", "--emulate-gpu", "rtx4090"]) == 2
+    assert "runs as that card on a larger NVIDIA GPU, and this run is on the cpu" in capsys.readouterr().err
+    assert gpus.emulated() is None
