@@ -114,3 +114,15 @@ def profile_table() -> str:
              "|---|---|---|---|---|---|"]
     lines += [f"| {p.name.replace('NVIDIA ', '')} (`{p.key}`) | {p.gets()} |" for p in PROFILES.values()]
     return "\n".join(lines)
+
+
+def shared_memory_need(fn, signature: dict, constexprs: dict, num_warps: int, cap, num_stages: int = 3) -> int:
+    """Bytes of shared memory one block of a @triton.jit kernel needs when compiled for compute
+    capability `cap` (e.g. (8, 6)). Triton compiles for a target GPU that is not present (its own
+    ptxas), so this runs on any machine with Triton, a CPU-only one included."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    compiled = triton.compile(source, target=GPUTarget("cuda", cap[0] * 10 + cap[1], 32), options={"num_warps": num_warps, "num_stages": num_stages})
+    return compiled.metadata.shared
