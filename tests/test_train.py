@@ -291,6 +291,23 @@ def test_fineweb_without_network(dead_endpoint, capsys):
     assert_one_line_error(code, err, 3, "cannot download fineweb_val_000000.bin")
 
 
+def test_fineweb_says_what_it_fetches_and_refuses_a_disk_without_room(dead_endpoint, monkeypatch, capsys):
+    """Before downloading: shards, tokens and gigabytes, printed first; a disk without the room stops it in one line."""
+    import collections
+    import shutil
+
+    import train_gpt2
+    from kit.loop.train import main
+
+    assert main(train_gpt2.RECIPE, [*FAST, "--data", "fineweb", "--max-steps", "2"]) == 3  # the dead endpoint, after the plan
+    out = capsys.readouterr().out
+    assert "FineWeb: this run reads 1 train shard(s) and the validation shard" in out and "fetching 2 of them, 0.4 GB" in out
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: collections.namedtuple("Usage", "total used free")(10**12, 0, 3 * 10**8))
+    code, err = run_baseline([*FAST, "--data", "fineweb", "--max-steps", "2"], capsys)
+    assert_one_line_error(code, err, 3, "fetching 2 FineWeb shard(s) needs 0.4 GB")
+    assert "KIT_DATA_DIR" in err[0]
+
+
 def test_resume_from_missing_or_foreign_checkpoint(tmp_path, capsys):
     code, err = run_baseline([*FAST, "--data", "synthetic", "--resume", tmp_path / "nope.pt"], capsys)
     assert_one_line_error(code, err, 2, "no such checkpoint")

@@ -3,6 +3,7 @@
 import glob
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from kit.data import hub
 from kit.core.errors import DataError
-from kit.data.shards import EOT, read_header, shard_is_complete, write_shard
+from kit.data.shards import EOT, HEADER_BYTES, read_header, shard_is_complete, write_shard
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,10 +60,27 @@ def fineweb_files(cfg, is_main: bool) -> DataFiles:
     names = hub.fineweb_filenames(num_train)
     missing = [n for n in names if not shard_is_complete(folder / n)]
     if missing and is_main:
-        print(f"fetching {len(missing)} FineWeb shard(s) into {folder} ({needed_tokens / 1e9:.2f}B tokens needed)")
+        print(fetch_plan(folder, len(names), missing, needed_tokens))
         for name in missing:
             hub.download_shard(hub.FINEWEB_REPO, name, folder)
     return DataFiles("fineweb", [folder / n for n in names[1:]], folder / names[0], {})
+
+
+SHARD_BYTES = HEADER_BYTES + 2 * hub.FINEWEB_SHARD_TOKENS  # one FineWeb shard on disk: ~200 MB
+
+
+def fetch_plan(folder: Path, num_shards: int, missing: list, needed_tokens: int) -> str:
+    """The line printed before a download: how many shards, how much to fetch and the disk it takes;
+    a DataError first where the disk under `folder` lacks the room."""
+    fetch = len(missing) * SHARD_BYTES
+    probe = next((p for p in [folder, *folder.parents] if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    if free < fetch:
+        raise DataError(f"fetching {len(missing)} FineWeb shard(s) needs {fetch / 1e9:.1f} GB and {probe} has {free / 1e9:.1f} GB free: "
+                        f"free some space, or point KIT_DATA_DIR at another disk")
+    return (f"FineWeb: this run reads {num_shards - 1} train shard(s) and the validation shard ({needed_tokens / 1e9:.2f}B training tokens, "
+            f"{num_shards * SHARD_BYTES / 1e9:.1f} GB on disk in {folder}); fetching {len(missing)} of them, {fetch / 1e9:.1f} GB "
+            f"({free / 1e9:.0f} GB free there; an interrupted download resumes)")
 
 
 def webmix_files() -> DataFiles:
