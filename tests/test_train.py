@@ -642,3 +642,10 @@ def test_training_time_excludes_evaluation_and_warm_up(tmp_path, monkeypatch):
     # the steps' own times, plus the microseconds before a validation in which no step ran (a recipe's hook would run there)
     assert summary["train_time_s"] * 1000 == pytest.approx(sum(e["step_ms"] for e in train), abs=5.0)
     assert summary["train_time_s"] < summary["wall_time_s"] - summary["eval_time_s"] - summary["warmup_s"]
+
+
+def test_a_step_line_says_the_time_left_to_the_last_step():
+    from kit.loop.runlog import time_left
+
+    assert time_left(100, 1510.0) == " | ~2m31s to the last step" and time_left(3, 250.0) == " | ~1s to the last step"
+    assert time_left(0, 250.0) == ""

@@ -162,6 +162,7 @@ class RunLog:
         line = (
             f"step {step}/{self.total_steps} | loss {event['loss']:.4f} | lr {event['lr']:.3e} | grad_norm {event['grad_norm']:.3f} | "
             f"{event['step_ms']:.1f} ms | {event['tokens_per_s']:,.0f} tok/s | train_time {event['train_time_ms'] / 1000:.1f}s"
+            f"{time_left(self.total_steps - step, event['step_ms'])}"
         )
         self._log.write(line + "\n")
         if self.use_bar:
@@ -184,3 +185,11 @@ class RunLog:
             self.bar = None
         self._log.close()
         self._metrics.close()
+
+
+def time_left(steps_left: int, step_ms: float) -> str:
+    """' | ~2m31s to the last step' at the current step time (a batch schedule's later steps are no shorter), or ''."""
+    if steps_left <= 0:
+        return ""
+    seconds = round(steps_left * step_ms / 1000)
+    return f" | ~{seconds // 60}m{seconds % 60:02d}s to the last step" if seconds >= 60 else f" | ~{seconds}s to the last step"
