@@ -200,6 +200,9 @@ for step in range(2):
     opt.step()
 torch.save([p.detach() for p in params], f"{out}/rank{rank}.pt")
 json.dump(done, open(f"{out}/rank{rank}.json", "w"))
+if dist.is_initialized():  # left to exit, gloo's threads can be torn down mid-use ("terminate called without an active exception")
+    dist.barrier()
+    dist.destroy_process_group()
 """
 
 
