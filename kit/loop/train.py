@@ -258,7 +258,7 @@ class Trainer:
     def validate_at(self, step: int) -> bool:
         """Whether a check (a validation, or a screen before one) comes after this step; the first and
         last step are validated in any case. Default: every --val-every steps."""
-        return self.cfg.val_every > 0 and step % self.cfg.val_every == 0
+        return self.on_val_every(step)
 
     def micro_batch_rule(self, usable_bytes: int):
         """Sequences per micro-batch on a GPU with this much usable memory, or None to probe for it."""
@@ -572,8 +572,9 @@ class Trainer:
         total = self.loss_sums(path, strict, tokens)
         return (total[0] / total[1]).item()
 
-    def on_val_every(self) -> bool:
-        return self.cfg.val_every > 0 and self.step % self.cfg.val_every == 0
+    def on_val_every(self, step: int = None) -> bool:
+        step = self.step if step is None else step
+        return self.cfg.val_every > 0 and step % self.cfg.val_every == 0
 
     def regular_validation(self) -> bool:
         """The first and last step and every --val-every: always validated in full."""

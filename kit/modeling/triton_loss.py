@@ -130,14 +130,10 @@ def kernel_builds(fp8: bool = True):
     pick, with the record's types (bf16 logits, three targets, weighted, sigmoid cap; the gradient in
     e5m2 where the GPU has FP8, else bf16): what a shared-memory audit compiles for a smaller card
     (scripts/audit_shared_memory.py)."""
-    common = {"targets_ptr": "*i64", "weights_ptr": "*fp32", "lse_ptr": "*fp32", "V": "i32", "stride_z": "i32", "cap": "fp32",
-              "K": "constexpr", "WEIGHTED": "constexpr", "SIGMOID": "constexpr"}
+    types = {"z_ptr": "*bf16", "targets_ptr": "*i64", "weights_ptr": "*fp32", "lse_ptr": "*fp32", "loss_ptr": "*fp32", "scale_ptr": "*fp32",
+             "g_ptr": "*fp8e5" if fp8 else "*bf16", "N": "i32", "V": "i32", "stride_z": "i32", "cap": "fp32"}
+    stats, grad = ({name: types.get(name, "constexpr") for name in kernel.arg_names} for kernel in (_stats_kernel, _grad_kernel))
     flags = {"K": 3, "WEIGHTED": True, "SIGMOID": True}
-    stats = {"z_ptr": "*bf16", **common, "loss_ptr": "*fp32", "BLOCK_V": "constexpr"}
-    grad = {"z_ptr": "*bf16", **common, "scale_ptr": "*fp32", "g_ptr": "*fp8e5" if fp8 else "*bf16", "N": "i32", "BLOCK_N": "constexpr", "BLOCK_V": "constexpr", "E5M2": "constexpr"}
-    order = lambda sig, names: {name: sig[name] for name in names}  # noqa: E731  (the kernel's argument order)
-    stats = order(stats, _stats_kernel.arg_names)
-    grad = order(grad, _grad_kernel.arg_names)
     for block_v, warps in STATS_CONFIGS:
         yield f"loss stats (BLOCK_V {block_v}, {warps} warps)", _stats_kernel, stats, {**flags, "BLOCK_V": block_v}, warps
     for block_n, block_v, warps in GRAD_CONFIGS:
