@@ -2,7 +2,8 @@
 
     python3 scripts/audit_shared_memory.py [--cards rtx3090,rtx4090] [--out DIR]
 
-Each configuration the GPU's autotuning may pick (kit/modeling/triton_loss.py's loss kernels) is
+Each configuration the GPU's autotuning may pick (kit/modeling/triton_loss.py's loss kernels) and
+each tile choice of the MLA decode kernel (kit/modeling/mla_decode.py) is
 compiled for the card's compute capability with Triton's own compiler, no GPU needed, and its
 shared memory per block is set against the card's limit (101,376 bytes on sm86/sm89). Exits 1
 where one does not fit. Inductor's kernels (FlexAttention, fused ops) are generated at run time
@@ -19,7 +20,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's own default, named so it does not warn
 
 from kit.core import gpus  # noqa: E402
-from kit.modeling import triton_loss  # noqa: E402
+from kit.modeling import mla_decode, triton_loss  # noqa: E402
+
+
+def kit_kernel_builds(profile):
+    """The loss kernels as the card's autotuning may pick them, and the MLA decode kernel's tiles for
+    the card at the DeepSeek shape (latent 512 + 64) and the GPT-2 MLA model's (256 + 32)."""
+    small = gpus.small_shared_memory(profile.capability)
+    yield from triton_loss.kernel_builds(gpus.fp8_capable(profile.capability))
+    yield from mla_decode.kernel_builds(512, 64, small)
+    yield from mla_decode.kernel_builds(256, 32, small)
 
 
 def audit(cards, builds=None) -> list:
@@ -27,7 +37,7 @@ def audit(cards, builds=None) -> list:
     rows = []
     for key in cards:
         profile = gpus.PROFILES[key]
-        for name, fn, signature, constexprs, warps in (builds or triton_loss.kernel_builds(gpus.fp8_capable(profile.capability))):
+        for name, fn, signature, constexprs, warps in (builds or kit_kernel_builds(profile)):
             need = gpus.shared_memory_need(fn, signature, constexprs, warps, profile.capability)
             rows.append({"card": key, "kernel": name, "shared_bytes": need, "limit": profile.shared_memory_per_block,
                          "fits": need <= profile.shared_memory_per_block})

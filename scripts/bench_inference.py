@@ -3,11 +3,14 @@ what a cache can and cannot do for teacher-forced validation.
 
     python scripts/bench_inference.py --out logs/bench_inference                 # random 124M weights
     python scripts/bench_inference.py --run-dir logs/my_run --out logs/bench_inference
+    python scripts/bench_inference.py --attention mla --mla-latent 256 --mla-decode torch,triton --caches paged,static
 
 1. Generation: tokens/s for each --batches x --caches (none = recompute the whole sequence for
    every new token; static = the contiguous cache decoded through a CUDA graph), --prompt-len
    tokens of prompt, --new-tokens greedy tokens, bf16 on CUDA; the median of --repeats timed
    runs and their range (batch-1 decoding is bound by host time, which varies between runs).
+   For an MLA model (--attention mla, or a run of one) each --mla-decode path is timed: the
+   Triton kernel of kit/modeling/mla_decode.py, or PyTorch's gather and matmuls.
 2. Cache memory per token: MHA (the baseline), GQA (--gqa-heads key/value heads) and MLA
    (--mla-latent + its rotary key), from the allocated cache tensors (bytes of one token's
    keys and values over all layers) and from CUDA's allocator where there is one.
@@ -38,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kit.core import hw  # noqa: E402
 from kit.modeling.attention import GroupedQueryAttention, MultiLatentAttention  # noqa: E402
+from kit.tools import inference  # noqa: E402
 from kit.tools.inference import forward_cached, generate, make_cache  # noqa: E402
 from kit.modeling.model import GPT, Block, gpt_config  # noqa: E402
 
@@ -56,13 +60,30 @@ def random_model(size: str, attention=None, device="cpu"):
     return GPT(gpt_config(size), block=block).to(device).eval()
 
 
+def decode_paths(model, args) -> list:
+    """The MLA decode paths to time (--mla-decode) for an MLA model; ['-'] for any other."""
+    is_mla = isinstance(model, GPT) and isinstance(model.h[0].attn, MultiLatentAttention)
+    return args.mla_decode if is_mla else ["-"]
+
+
 def generation_rows(model, args, device, dtype):
+    rows = []
+    for path in decode_paths(model, args):
+        if path != "-":
+            inference.MLA_DECODE["path"] = path
+        rows += [dict(r, mla_decode=path) for r in generation_rows_on_one_path(model, args, device, dtype)]
+    inference.MLA_DECODE["path"] = "auto"
+    return rows
+
+
+def generation_rows_on_one_path(model, args, device, dtype):
     rows = []
     g = torch.Generator().manual_seed(0)
     for batch in args.batches:
         prompts = torch.randint(0, 50000, (batch, args.prompt_len), generator=g).tolist()
         for cache in args.caches:
-            print(f"generation batch {batch:3d} cache {cache:10s}: warming up and timing {args.repeats} runs ...", flush=True)
+            path = f" MLA decode {inference.MLA_DECODE['path']}" if decode_paths(model, args) != ["-"] else ""
+            print(f"generation batch {batch:3d} cache {cache:10s}{path}: warming up and timing {args.repeats} runs ...", flush=True)
             with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
                 # warm-up over the full length: every cache length is a new attention shape, whose first use on a
                 # GPU pays one-time kernel selection (measured 2026-11-29: the first cached variant timed, after a
@@ -73,7 +94,7 @@ def generation_rows(model, args, device, dtype):
             rates = sorted(new / seconds for _, seconds in runs)
             rows.append({"part": "generation", "batch": batch, "cache": cache, "new_tokens": new, "seconds": [seconds for _, seconds in runs],
                          "tokens_per_s": statistics.median(rates), "tokens_per_s_range": [rates[0], rates[-1]]})
-            print(f"generation batch {batch:3d} cache {cache:10s}: {statistics.median(rates):10.1f} tokens/s "
+            print(f"generation batch {batch:3d} cache {cache:10s}{path}: {statistics.median(rates):10.1f} tokens/s "
                   f"(median of {len(rates)}: {rates[0]:.1f} .. {rates[-1]:.1f})", flush=True)
     return rows
 
@@ -170,8 +191,8 @@ def validation_speed_rows(model, args, device):
 
 
 def markdown(rows, device_name) -> str:
-    lines = [f"Device: {device_name}", "", "| batch | cache | tokens/s (median) | range |", "|---|---|---|---|"]
-    lines += [f"| {r['batch']} | {r['cache']} | {r['tokens_per_s']:,.1f} | {r['tokens_per_s_range'][0]:,.1f} .. {r['tokens_per_s_range'][1]:,.1f} |"
+    lines = [f"Device: {device_name}", "", "| batch | cache | MLA decode | tokens/s (median) | range |", "|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['cache']} | {r['mla_decode']} | {r['tokens_per_s']:,.1f} | {r['tokens_per_s_range'][0]:,.1f} .. {r['tokens_per_s_range'][1]:,.1f} |"
               for r in rows if r["part"] == "generation"]
     lines += ["", "| attention | cache bytes per token (tensors) | (CUDA allocator) |", "|---|---|---|"]
     lines += [f"| {r['attention']} | {r['bytes_per_token']:,} | {r['allocator_bytes_per_token'] or '-'} |" for r in rows if r["part"] == "cache_memory"]
@@ -192,6 +213,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", help="a trained run (default: random weights of --model-size)")
     parser.add_argument("--model-size", default="124m")
+    parser.add_argument("--attention", choices=["mha", "mla"], default="mha", help="the random model's attention (mla: --mla-latent + 32 rotary)")
+    parser.add_argument("--mla-decode", type=lambda s: s.split(","), default=["auto"],
+                        help="for an MLA model, the decode paths to time: auto, triton (kit/modeling/mla_decode.py), torch")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 64])
     parser.add_argument("--caches", type=lambda s: s.split(","), default=["none", "contiguous", "paged", "static"])
@@ -214,7 +238,8 @@ def main(argv=None) -> int:
 
         model = load_model(args.run_dir, args.device)[0]
     else:
-        model = random_model(args.model_size, device=device)
+        attention = functools.partial(MultiLatentAttention, kv_latent=args.mla_latent, rope_dim=32) if args.attention == "mla" else None
+        model = random_model(args.model_size, attention, device=device)
     print(f"model: {'the run in ' + args.run_dir if args.run_dir else 'random weights, ' + args.model_size} on {hw.device_name(device)}", flush=True)
     rows = generation_rows(model, args, device, dtype) + cache_memory_rows(model, args, device, dtype) + eval_rows(model, args, device, dtype)
     rows += validation_speed_rows(model, args, device)

@@ -134,3 +134,24 @@ def test_moe_grouped_kernel_runs_compiled_on_this_gpu_and_matches_the_padded_one
     console = tiny_compiled_run("train_gpt2_moe.py", tmp_path, isolated_data_dir, "--experts", "4", "--capacity-factor", "0",
                                 "--expert-kernel", "grouped")
     assert "expert kernel: grouped matmul" in console  # and no recompiles after the warm-up (checked by tiny_compiled_run)
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 128, 512, 64, 64), (8, 2, 12, 256, 32, 64), (2, 1, 12, 256, 32, 1024)])
+def test_mla_decode_kernel_in_bf16_equals_the_reference(shape):
+    """(batch, s_q, heads, latent, rotary, page): the DeepSeek shape, the GPT-2 MLA model's, and a
+    contiguous cache (one 1024-slot page per sequence); ragged lengths, shuffled pages, bf16."""
+    from kit.modeling import mla_decode
+
+    batch, s_q, heads, latent, rope, page = shape
+    torch.manual_seed(0)
+    lengths = torch.randint(s_q, 1000, (batch,), dtype=torch.int32)
+    per = -(-1000 // page)
+    table = torch.randperm(batch * per, dtype=torch.int32).view(batch, per).cuda()
+    latent_cache = torch.randn(batch * per, page, latent, device="cuda", dtype=torch.bfloat16)
+    rope_cache = torch.randn(batch * per, page, rope, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(batch, s_q, heads, latent + rope, device="cuda", dtype=torch.bfloat16)
+    args = (q, latent_cache, rope_cache, table, lengths.cuda(), (latent + rope) ** -0.5)
+    ref = mla_decode.reference(*args).float()
+    for splits in (0, 1, 7):
+        out = mla_decode.mla_decode(*args, splits=splits).float()
+        assert (out - ref).abs().max().item() < 2e-2, (shape, splits)

@@ -43,6 +43,7 @@ class CacheSlots:
     read_offsets: torch.Tensor  # (L,)
     lengths: list  # each sequence's length after the new tokens (None in static decoding, where they stay on the GPU)
     mask: torch.Tensor  # (B, n, L): causal, and padding beyond a sequence's length masked
+    table: torch.Tensor = None  # (B, blocks) each sequence's blocks in order (a fused kernel walks it instead of read_blocks)
 
 
 class BlockAllocator:
@@ -120,7 +121,7 @@ class PagedKVCache:
         width = min(math.ceil(max(lengths) / READ_QUANTUM) * READ_QUANTUM, table.size(1) * self.block_size)
         read = torch.arange(width, device=device)
         return CacheSlots(new, table.gather(1, new // self.block_size), new % self.block_size, table[:, read // self.block_size],
-                          read % self.block_size, lengths, cache_mask(lengths, n, device, width))
+                          read % self.block_size, lengths, cache_mask(lengths, n, device, width), table)
 
     def write(self, layer: int, slots: CacheSlots, k, v) -> None:
         """k, v: (B, H, n, D), the n new tokens of each sequence, into their slots."""
@@ -185,11 +186,38 @@ def attend_cached(q, keys, values, allowed, scale=None):
         return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=allowed[:, None], scale=scale)
 
 
+# How MLA layers decode: "auto" (the Triton kernel of kit.modeling.mla_decode where it runs, else
+# PyTorch), "triton" (the kernel, or an error saying why not) or "torch"
+MLA_DECODE = {"path": "auto"}
+
+
+def mla_kernel_refusal(cache) -> str:
+    """'' where cached_mla runs the Triton kernel for this cache, else why it does not."""
+    from kit.modeling import mla_decode
+
+    if MLA_DECODE["path"] == "torch":
+        return "PyTorch asked for"
+    latent_dim, rope_dim = cache.k.size(-1), cache.v.size(-1)
+    why = mla_decode.why_not(cache.k.device, cache.k.dtype, latent_dim, rope_dim)
+    if not why and cache.block_size % mla_decode.TILE and not isinstance(cache, ContiguousKVCache):
+        why = f"paged blocks of {cache.block_size} slots: the kernel takes multiples of {mla_decode.TILE}"
+    if why and MLA_DECODE["path"] == "triton":
+        raise RuntimeError(f"the MLA decode kernel cannot run here: {why}")
+    return why
+
+
+def mla_decode_path(cache) -> str:
+    """Which code decodes MLA layers from this cache, in words (generation's closing line)."""
+    why = mla_kernel_refusal(cache)
+    return "MLA decode: PyTorch (" + why + ")" if why else "MLA decode: Triton kernel"
+
+
 def cached_mla(attn, x, cache, layer: int, slots: CacheSlots, positions):
     """MultiLatentAttention decoding from its compressed cache (latent c and rotated key part k_r
     per token), with the up-projections absorbed: head h scores token j by
     (W_k_up,h^T q_h) . c_j + q_rope,h . k_r,j, and outputs W_v_up,h (sum_j a_hj c_j), so full
-    keys and values are never rebuilt."""
+    keys and values are never rebuilt. The Triton kernel (kit.modeling.mla_decode) walks the
+    block table itself; the PyTorch path gathers the blocks first."""
     B, n, _ = x.shape
     H, D, R = attn.n_head, attn.head_dim, attn.rope_dim
     latent_dim = attn.kv_down.out_features
@@ -198,17 +226,30 @@ def cached_mla(attn, x, cache, layer: int, slots: CacheSlots, positions):
     q_content, q_rope = q.split([D, R], dim=-1)
     k_rope = attn.rotary(attn.k_rope(x).view(B, n, 1, R), positions) if R else latent.new_zeros(B, n, 1, 0)
     cache.write(layer, slots, latent[:, None], k_rope.transpose(1, 2))
-    latents, rope_keys = cache.read(layer, slots)  # (B, 1, L, latent), (B, 1, L, R)
     w_k = attn.k_up.weight.view(H, D, latent_dim)  # k_h = w_k[h] @ c
-    q_absorbed = torch.einsum("bnhd,hdl->bhnl", q_content, w_k)  # (B, H, n, latent)
-    scores = q_absorbed @ latents.to(q.dtype).transpose(-1, -2)
-    if R:
-        scores = scores + attn.rotary(q_rope, positions).transpose(1, 2) @ rope_keys.to(q.dtype).transpose(-1, -2)
-    scores = scores / math.sqrt(D + R)
-    scores = scores.masked_fill(~slots.mask[:, None], float("-inf"))
-    mixed_latent = scores.softmax(-1) @ latents.to(q.dtype)  # (B, H, n, latent)
-    y = torch.einsum("bhnl,hdl->bnhd", mixed_latent, attn.v_up.weight.view(H, D, latent_dim))
+    q_absorbed = torch.einsum("bnhd,hdl->bnhl", q_content, w_k)  # (B, n, H, latent)
+    q_rotated = attn.rotary(q_rope, positions) if R else q_rope
+    if slots.table is not None and not mla_kernel_refusal(cache):
+        mixed_latent = mla_kernel(q_absorbed, q_rotated, cache, layer, slots, 1 / math.sqrt(D + R)).to(q.dtype)  # (B, n, H, latent)
+    else:
+        latents, rope_keys = cache.read(layer, slots)  # (B, 1, L, latent), (B, 1, L, R)
+        scores = q_absorbed.transpose(1, 2) @ latents.to(q.dtype).transpose(-1, -2)
+        if R:
+            scores = scores + q_rotated.transpose(1, 2) @ rope_keys.to(q.dtype).transpose(-1, -2)
+        scores = scores / math.sqrt(D + R)
+        scores = scores.masked_fill(~slots.mask[:, None], float("-inf"))
+        mixed_latent = (scores.softmax(-1) @ latents.to(q.dtype)).transpose(1, 2)  # (B, n, H, latent)
+    y = torch.einsum("bnhl,hdl->bnhd", mixed_latent, attn.v_up.weight.view(H, D, latent_dim))
     return attn.c_proj(y.reshape(B, n, H * D))
+
+
+def mla_kernel(q_absorbed, q_rotated, cache, layer: int, slots: CacheSlots, scale: float):
+    """kit.modeling.mla_decode over this layer's blocks: latents in cache.k, rotary keys in cache.v."""
+    from kit.modeling.mla_decode import mla_decode
+
+    query = torch.cat([q_absorbed, q_rotated], dim=-1).to(cache.k.dtype).contiguous()
+    rope = cache.v[layer][:, 0] if cache.v.size(-1) else None
+    return mla_decode(query, cache.k[layer][:, 0], rope, slots.table, slots.positions[:, -1] + 1, scale)
 
 
 def cache_mask(lengths, n: int, device, width: int):
@@ -363,7 +404,7 @@ def static_slots(lengths, max_len: int) -> CacheSlots:
     positions = lengths[:, None]
     rows = torch.arange(lengths.size(0), device=lengths.device)[:, None]
     mask = torch.arange(max_len, device=lengths.device)[None, None, :] <= positions[:, :, None]
-    return CacheSlots(positions, rows, positions, None, None, None, mask)
+    return CacheSlots(positions, rows, positions, None, None, None, mask, rows)
 
 
 class StaticDecoder:
