@@ -25,6 +25,7 @@ interpreter (TRITON_INTERPRET=1). Tile choices keep one block's shared memory un
 bytes of sm86/sm89 (`kernel_builds` lists them for scripts/audit_shared_memory.py).
 """
 
+import functools
 import math
 import os
 
@@ -140,23 +141,37 @@ if triton is not None:
         tl.store(out_ptr + seq.to(tl.int64) * stride_ob + row * DL + cols, out.to(out_ptr.dtype.element_ty))
 
 
-def tile_config(rows: int, latent_dim: int, small_shared_memory: bool = False) -> dict:
+def tile_config(rows: int, latent_dim: int, small_shared_memory: bool = False, element_size: int = 2) -> dict:
     """Tiles for s_q*H query rows: BLOCK_M rows (16/32/64, at least what tl.dot takes), QK^T over
     chunks of BLOCK_D, values in slices of BLOCK_DV (<= 256 so that the fp32 accumulator fits in
-    registers). On ~100 KB of shared memory per block (sm86/sm89) row blocks stop at 32: 64 rows
-    with 256-wide value slices need 114,688 bytes there (scripts/audit_shared_memory.py)."""
+    registers; 128 for fp32 caches). One stage: pipelining would prefetch every chunk of the next
+    tile (on the H200, 352,256 bytes for 64 rows at the DeepSeek shape, over its 232,448). On ~100 KB
+    of shared memory per block (sm86/sm89) row blocks stop at 32: 64 rows with 256-wide value slices
+    need 106,496 bytes (scripts/audit_shared_memory.py)."""
     block_m = 16 if rows <= 16 else 32 if rows <= 32 or small_shared_memory else 64
-    block_dv = min(latent_dim, 256)
+    block_dv = min(latent_dim, 256 if element_size <= 2 else 128)
     return {"BLOCK_M": block_m, "BLOCK_D": min(latent_dim, 64), "BLOCK_DV": block_dv,
-            "num_warps": 8 if block_m * block_dv >= 64 * 256 else 4, "num_stages": 2}
+            "num_warps": 8 if block_m * block_dv >= 64 * 256 else 4, "num_stages": 1}
 
 
-def device_tiles(rows: int, latent_dim: int, device) -> dict:
-    """tile_config for the GPU the tensors are on (its emulated capability under --emulate-gpu)."""
+@functools.lru_cache(maxsize=256)
+def launch_plan(batch: int, s_q: int, heads: int, latent_dim: int, page: int, width: int, device, element_size: int, tiles: tuple = ()):
+    """(tile config, row blocks, value slices, splits, tiles per split) for one call's shapes, worked
+    out once per shape: a decoding step's host time is most of its time at small batches."""
     from kit.core import gpus
 
-    cap = gpus.capability(torch.device(device)) if torch.device(device).type == "cuda" else None
-    return tile_config(rows, latent_dim, gpus.small_shared_memory(cap))
+    device = torch.device(device)
+    cap = gpus.capability(device) if device.type == "cuda" else None
+    rows = s_q * heads
+    config = {**tile_config(rows, latent_dim, gpus.small_shared_memory(cap), element_size), **dict(tiles)}
+    if latent_dim % config["BLOCK_DV"] or config["BLOCK_M"] not in (16, 32, 64, 128):
+        raise ValueError(f"mla_decode: tiles {config}: BLOCK_DV must divide the latent size {latent_dim}, BLOCK_M be 16, 32, 64 or 128")
+    row_blocks = math.ceil(rows / config["BLOCK_M"])
+    value_slices = latent_dim // config["BLOCK_DV"]
+    key_tiles = math.ceil(width * page / TILE)
+    splits = split_count(batch * row_blocks * value_slices, key_tiles, device)
+    tiles_per_split = max(1, math.ceil(key_tiles / splits))
+    return config, row_blocks, value_slices, math.ceil(key_tiles / tiles_per_split), tiles_per_split
 
 
 def split_count(programs: int, tiles: int, device) -> int:
@@ -203,13 +218,14 @@ def mla_decode(q, latent_cache, rope_cache, block_table, seq_lens, scale: float,
     rope_dim = rope_cache.size(-1) if rope_cache is not None else 0
     page = latent_cache.size(1)
     rows = s_q * heads
-    config = {**device_tiles(rows, latent_dim, q.device), **(tiles or {})}
-    row_blocks = math.ceil(rows / config["BLOCK_M"])
-    value_slices = latent_dim // config["BLOCK_DV"]
-    key_tiles = math.ceil(block_table.size(1) * page / TILE)
-    splits = splits or split_count(batch * row_blocks * value_slices, key_tiles, q.device)
-    tiles_per_split = max(1, math.ceil(key_tiles / splits))
-    splits = max(1, math.ceil(key_tiles / tiles_per_split))
+    config, row_blocks, value_slices, planned, tiles_per_split = launch_plan(
+        batch, s_q, heads, latent_dim, page, block_table.size(1), q.device, q.element_size(), tuple(sorted((tiles or {}).items())))
+    if splits:  # asked for: the key tiles spread over about that many
+        key_tiles = math.ceil(block_table.size(1) * page / TILE)
+        tiles_per_split = max(1, math.ceil(key_tiles / splits))
+        splits = math.ceil(key_tiles / tiles_per_split)
+    else:
+        splits = planned
     out = torch.empty(batch, s_q, heads, latent_dim, device=q.device, dtype=q.dtype)
     if splits > 1:
         parts = torch.empty(batch, splits, rows, latent_dim, device=q.device, dtype=torch.float32)
@@ -267,7 +283,7 @@ def decode_bytes(batch: int, s_q: int, heads: int, seq_len: int, latent_dim: int
 
 
 def kernel_builds(latent_dim: int = 512, rope_dim: int = 64, small_shared_memory: bool = True, element: str = "bf16"):
-    """(name, kernel, signature, constexprs, num_warps) for the tile choices mla_decode makes, at the
+    """(name, kernel, signature, constexprs, num_warps, num_stages) for the tile choices mla_decode makes, at the
     given latent/rotary sizes: what scripts/audit_shared_memory.py compiles for a smaller card."""
     pointers = {"q_ptr", "latent_ptr", "rope_ptr", "out_ptr"}
     partial = {name: (f"*{element}" if name in pointers else "*i32" if name in ("table_ptr", "lens_ptr")
@@ -277,10 +293,9 @@ def kernel_builds(latent_dim: int = 512, rope_dim: int = 64, small_shared_memory
                       else "constexpr" if name in ("DL", "SPLITS", "SPLITS_POW2", "BLOCK_C") else "i32") for name in _mla_combine_kernel.arg_names}
     configs = {tuple(tile_config(rows, latent_dim, small_shared_memory).items()) for rows in (16, 32, 64)}
     for config in sorted(map(dict, configs), key=lambda c: c["BLOCK_M"]):
-        warps = config.pop("num_warps")
-        config.pop("num_stages")
+        warps, stages = config.pop("num_warps"), config.pop("num_stages")
         yield (f"MLA decode partial (DL {latent_dim}, DR {rope_dim}, BLOCK_M {config['BLOCK_M']}, BLOCK_DV {config['BLOCK_DV']}, {warps} warps)",
-               _mla_partial_kernel, partial, {**config, "DL": latent_dim, "DR": rope_dim, "PAGE": 64, "SPLITS": 2}, warps)
+               _mla_partial_kernel, partial, {**config, "DL": latent_dim, "DR": rope_dim, "PAGE": 64, "SPLITS": 2}, warps, stages)
     block_c = min(latent_dim, 128)
     yield (f"MLA decode combine (DL {latent_dim}, 32 splits)", _mla_combine_kernel, combine,
-           {"DL": latent_dim, "SPLITS": 32, "SPLITS_POW2": 32, "BLOCK_C": block_c}, 4)
+           {"DL": latent_dim, "SPLITS": 32, "SPLITS_POW2": 32, "BLOCK_C": block_c}, 4, 3)
