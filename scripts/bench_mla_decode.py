@@ -15,8 +15,8 @@ Implementations:
 - torch: the pages gathered into one tensor, then scores, softmax and mixing as two batched
   matmuls in bf16 (softmax in fp32): what kit/tools/inference.py does without the kernel.
 - flex: FlexAttention (compiled) on the already gathered cache, heads sharing one key/value head
-  (enable_gqa); the gather is not timed, which favours it. Only for --flex-batches (each shape
-  compiles anew).
+  (enable_gqa); neither the gather nor the block mask is timed, which favours it. Only for
+  --flex-batches (each shape compiles anew).
 
 FLOPs per call: b * h * s_q * 2 * s_k * (d_qk + d_v) (FlashMLA's count). Bytes: the queries, each
 sequence's cache and the output, once. Times: triton.testing.do_bench (the L2 cache flushed
@@ -80,22 +80,22 @@ def torch_decode(q, latent_cache, rope_cache, table, lengths, scale):
 
 
 def flex_decoder(s_q: int):
-    """FlexAttention over the gathered cache: (q, keys, values, lengths) -> (B, s_q, H, latent)."""
+    """FlexAttention over the gathered cache: (q, keys, values, lengths, scale) -> a call to time,
+    (B, s_q, H, latent); the block mask is built once per configuration, outside the timing."""
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
     compiled = torch.compile(flex_attention)
 
-    def run(q, keys, values, lengths, scale):
-        batch, _, heads, _ = q.shape
-        length = keys.size(1)
+    def prepare(q, keys, values, lengths, scale):
+        batch, length = q.size(0), keys.size(1)
 
         def visible(b, h, q_idx, kv_idx):
             return kv_idx <= lengths[b] - s_q + q_idx
 
         mask = create_block_mask(visible, batch, None, s_q, length, device=q.device)
-        out = compiled(q.transpose(1, 2), keys[:, None], values[:, None], block_mask=mask, scale=scale, enable_gqa=True)
-        return out.transpose(1, 2)
-    return run
+        return lambda: compiled(q.transpose(1, 2), keys[:, None], values[:, None], block_mask=mask, scale=scale,
+                                enable_gqa=True).transpose(1, 2)
+    return prepare
 
 
 def timer(device):
@@ -143,7 +143,7 @@ def bench_row(grid, batch, context, args, device, dtype, measure, flex):
     impls["torch"] = lambda: torch_decode(q, latent_cache, rope_cache, table, lengths, scale)
     if flex is not None and batch in args.flex_batches and grid == "gpt2":
         keys = torch.cat([mla_decode.gather_pages(latent_cache, table, context), mla_decode.gather_pages(rope_cache, table, context)], dim=-1)
-        impls["flex"] = lambda: flex(q, keys, keys[..., :latent], lengths, scale)
+        impls["flex"] = flex(q, keys, keys[..., :latent], lengths, scale)
     rows = []
     for impl, fn in impls.items():
         row = {"grid": grid, "impl": impl, "batch": batch, "s_q": args.s_q, "heads": heads, "latent": latent, "rope": rope,

@@ -13,7 +13,9 @@ speedrun's model; other models generate by recomputing the sequence (--cache non
 --cache static (the baseline's GPT and its variants) replays one captured decoding step per
 token. The default, auto, takes static on CUDA where the model allows it (on one H200 it decoded
 2.3x faster than recomputation at batch 1 and 1.9x faster than the other caches at batch 64:
-records/2026-11-29_h200_inference_static) and the paged cache otherwise.
+records/2026-11-29_h200_inference_static) and the paged cache otherwise. MLA models (e.g.
+train_gpt2_rtx4090_optim.py --attn mla) decode their latent cache with the Triton kernel of
+kit/modeling/mla_decode.py where it runs, else with PyTorch; the closing line says which.
 """
 
 import argparse
@@ -26,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kit.core.errors import UserError, run_cli  # noqa: E402
-from kit.tools.inference import check_static, check_supported, generate  # noqa: E402
+from kit.tools.inference import check_static, check_supported, generate, model_mla_decode_path  # noqa: E402
 from kit.tools.runs import load_model  # noqa: E402
 from kit.data.tokenizer import EOT, gpt2_encoding  # noqa: E402
 
@@ -107,6 +109,8 @@ def main(argv=None) -> str:
             print(f"--- {prompt}{encoding.decode([t for t in out if t != EOT])}")
     new = sum(len(o) for o in outputs)
     path = cache + (", CUDA graph" if cache == "static" and args.device.startswith("cuda") else "")
+    if decode := model_mla_decode_path(model, cache):
+        path += ", " + decode
     return f"{new} tokens in {seconds:.2f} s ({new / seconds:.1f} tokens/s, cache: {path}, device: {args.device})"
 
 

@@ -111,7 +111,7 @@ def test_the_kits_loss_kernels_fit_the_desktop_cards():
 @needs_triton
 def test_the_mla_decode_kernels_largest_desktop_tiles_fit_and_the_hopper_ones_would_not():
     """The MLA decode kernel at the DeepSeek shape: its largest tiles for sm86 (32 rows) fit 101,376 bytes;
-    the 64-row tiles it takes on Hopper would not (106,496 bytes), which is why tile_config asks."""
+    the 64-row, 512-wide tiles it takes on Hopper would not, which is why tile_config asks."""
     from kit.modeling import mla_decode
 
     desktop = list(mla_decode.kernel_builds(512, 64, small_shared_memory=True))[-2]

@@ -56,6 +56,7 @@ KERNEL_CASES = {
     "deepseek_shape": "check_kernel(batch=1, s_q=1, heads=128, latent=512, rope=64, lengths=[100])",
     "gpt2_mla_shape_two_pages_per_tile_row": "check_kernel(batch=2, s_q=1, heads=12, latent=256, rope=32, lengths=[65, 128], page=128)",
     "generation_equals_recomputation": "check_generation()",
+    "smaller_tiles_after_out_of_shared_memory": "check_fallback()",
 }
 
 GENERATION = '''
@@ -82,6 +83,32 @@ def check_generation():
     assert len(calls) > 2 * 8 * model.config.n_layer, len(calls)
 '''
 
+FALLBACK = '''
+import warnings
+import triton
+
+def check_fallback():
+    """A launch that runs out of shared memory is retried with fallback_tiles, and the shape keeps them."""
+    launch, tried = M.launch_partial, []
+    def cramped(args, config, *rest):
+        tried.append(dict(config))
+        if config["BLOCK_M"] > 32:
+            raise triton.runtime.errors.OutOfResources(300000, 232448, "shared memory")
+        return launch(args, config, *rest)
+    M.launch_partial = cramped
+    try:
+        args = paged_case(batch=2, s_q=1, heads=40, latent=64, rope=16, lengths=[70, 9])  # 64-row blocks planned
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = M.mla_decode(*args)
+        assert (out - M.reference(*args)).abs().max().item() < 1e-4
+        assert [c["BLOCK_M"] for c in tried] == [64, 32] and "falling back" in str(caught[0].message), (tried, caught)
+        M.mla_decode(*args)
+        assert tried[-1]["BLOCK_M"] == 32 and len(tried) == 3  # remembered for the shape
+    finally:
+        M.launch_partial = launch
+'''
+
 RUN = '''
 import json, traceback
 outcomes = {}
@@ -98,7 +125,7 @@ print("OUTCOMES " + json.dumps(outcomes))
 @pytest.fixture(scope="module")
 def interpreted():
     """{case: "ok" or its traceback}, from one child process under Triton's CPU interpreter."""
-    code = CASES + GENERATION + f"CASES = {KERNEL_CASES!r}\n" + RUN
+    code = CASES + GENERATION + FALLBACK + f"CASES = {KERNEL_CASES!r}\n" + RUN
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(TRITON_INTERPRET="1"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert result.returncode == 0 and "OUTCOMES " in result.stdout, result.stdout[-3000:]
@@ -153,8 +180,29 @@ def test_flops_and_bytes_follow_flashmla_s_count():
 
 def test_tiles_fit_desktop_shared_memory_and_split_count_fills_the_gpu():
     """64-row blocks only where shared memory is large; the splits give ~2 programs per SM with >= 4 tiles each."""
-    assert mla_decode.tile_config(128, 512, small_shared_memory=True)["BLOCK_M"] == 32
-    assert mla_decode.tile_config(128, 512)["BLOCK_M"] == 64
-    assert mla_decode.tile_config(12, 256)["BLOCK_M"] == 16
+    desktop, hopper = mla_decode.tile_config(128, 512, small_shared_memory=True), mla_decode.tile_config(128, 512)
+    assert (desktop["BLOCK_M"], desktop["BLOCK_DV"], desktop["num_stages"]) == (32, 256, 1)
+    assert (hopper["BLOCK_M"], hopper["BLOCK_DV"], hopper["num_stages"]) == (64, 512, 1)
+    assert mla_decode.tile_config(12, 256)["num_stages"] == 2 and mla_decode.tile_config(12, 256, small_shared_memory=True)["num_stages"] == 1
+    assert mla_decode.tile_config(12, 256, element_size=4)["BLOCK_DV"] == 128
     assert mla_decode.split_count(programs=2, tiles=512, device="cpu") == 4  # 2 x 4 SMs of the interpreter / 2
     assert mla_decode.split_count(programs=1, tiles=6, device="cpu") == 1  # too few tiles to split
+
+
+def test_generation_says_which_mla_decode_path_runs_and_refuses_the_kernel_where_it_cannot():
+    import functools
+
+    from kit.modeling.attention import MultiLatentAttention
+    from kit.modeling.model import GPT, Block, gpt_config
+    from kit.tools import inference
+
+    block = functools.partial(Block, attention=functools.partial(MultiLatentAttention, kv_latent=64, rope_dim=16))
+    model = GPT(gpt_config("tiny", block_size=64), block=block).eval()
+    assert inference.model_mla_decode_path(model, "paged") == "MLA decode: PyTorch (the kernel needs a CUDA GPU, not cpu)"
+    assert inference.model_mla_decode_path(model, "none") == "" and inference.model_mla_decode_path(GPT(gpt_config("tiny")), "paged") == ""
+    inference.MLA_DECODE["path"] = "triton"
+    try:
+        with pytest.raises(RuntimeError, match="MLA decode kernel cannot run here: the kernel needs a CUDA GPU"):
+            inference.generate(model, [[1, 2, 3]], max_new_tokens=2, cache="paged")
+    finally:
+        inference.MLA_DECODE["path"] = "auto"

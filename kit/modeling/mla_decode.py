@@ -28,6 +28,7 @@ bytes of sm86/sm89 (`kernel_builds` lists them for scripts/audit_shared_memory.p
 import functools
 import math
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -143,15 +144,26 @@ if triton is not None:
 
 def tile_config(rows: int, latent_dim: int, small_shared_memory: bool = False, element_size: int = 2) -> dict:
     """Tiles for s_q*H query rows: BLOCK_M rows (16/32/64, at least what tl.dot takes), QK^T over
-    chunks of BLOCK_D, values in slices of BLOCK_DV (<= 256 so that the fp32 accumulator fits in
-    registers; 128 for fp32 caches). One stage: pipelining would prefetch every chunk of the next
-    tile (on the H200, 352,256 bytes for 64 rows at the DeepSeek shape, over its 232,448). On ~100 KB
-    of shared memory per block (sm86/sm89) row blocks stop at 32: 64 rows with 256-wide value slices
-    need 106,496 bytes (scripts/audit_shared_memory.py)."""
+    chunks of BLOCK_D, values in slices of BLOCK_DV. Chosen from the H200 benchmark
+    (records/2026-12-02_h200_mla_decode):
+    - the whole latent in one slice (512 at the DeepSeek shape; 1.2-1.9x over 256-wide slices,
+      which recompute the scores per slice), 256 where shared memory is ~100 KB (sm86/sm89),
+      128 for fp32 caches;
+    - two pipeline stages only for 16-row blocks of latents <= 256 (the GPT-2 MLA model's decoding:
+      up to 1.7x at long contexts); elsewhere two stages prefetch every chunk of the next tile and
+      overflow even the H200 (352,256 bytes for 64 rows at the DeepSeek shape);
+    - 64-row blocks only on large shared memory: they need 106,496 bytes on sm86 at 256-wide slices.
+    A launch that still runs out of shared memory falls back to fallback_tiles."""
     block_m = 16 if rows <= 16 else 32 if rows <= 32 or small_shared_memory else 64
-    block_dv = min(latent_dim, 256 if element_size <= 2 else 128)
+    block_dv = min(latent_dim, 128 if element_size > 2 else 256 if small_shared_memory else 512)
+    stages = 2 if not small_shared_memory and block_m == 16 and latent_dim <= 256 and element_size <= 2 else 1
     return {"BLOCK_M": block_m, "BLOCK_D": min(latent_dim, 64), "BLOCK_DV": block_dv,
-            "num_warps": 8 if block_m * block_dv >= 64 * 256 else 4, "num_stages": 1}
+            "num_warps": 8 if block_m * block_dv >= 64 * 256 else 4, "num_stages": stages}
+
+
+def fallback_tiles(config: dict) -> dict:
+    """Smaller tiles after an out-of-shared-memory launch: one stage, 32 rows, 128-wide value slices."""
+    return {**config, "BLOCK_M": min(config["BLOCK_M"], 32), "BLOCK_DV": min(config["BLOCK_DV"], 128), "num_warps": 4, "num_stages": 1}
 
 
 @functools.lru_cache(maxsize=256)
@@ -211,14 +223,14 @@ def mla_decode(q, latent_cache, rope_cache, block_table, seq_lens, scale: float,
     cache of DL + DR per token work too); block_table: (B, max pages) int page ids; seq_lens: (B,)
     each sequence's length including the s_q new tokens (whose keys are in the cache already);
     scale: the softmax scale; splits: 0 picks them from the GPU's size; tiles: tile_config's
-    keys to override (the benchmark's sweep)."""
+    keys to override (the benchmark's sweep; no fallback for them)."""
     check_shapes(q, latent_cache, rope_cache, block_table, seq_lens)
     batch, s_q, heads, _ = q.shape
     latent_dim = latent_cache.size(-1)
     rope_dim = rope_cache.size(-1) if rope_cache is not None else 0
     page = latent_cache.size(1)
     rows = s_q * heads
-    config, row_blocks, value_slices, planned, tiles_per_split = launch_plan(
+    config, _, _, planned, tiles_per_split = launch_plan(
         batch, s_q, heads, latent_dim, page, block_table.size(1), q.device, q.element_size(), tuple(sorted((tiles or {}).items())))
     if splits:  # asked for: the key tiles spread over about that many
         key_tiles = math.ceil(block_table.size(1) * page / TILE)
@@ -234,17 +246,35 @@ def mla_decode(q, latent_cache, rope_cache, block_table, seq_lens, scale: float,
     else:
         lse, target, stride_ob, stride_os = out, out, out.stride(0), 0
     rope = rope_cache if rope_dim else latent_cache
-    _mla_partial_kernel[(batch * row_blocks, value_slices, splits)](
-        q, latent_cache, rope, block_table, seq_lens, target, lse,
-        q.stride(0), q.stride(1), q.stride(2), latent_cache.stride(0), latent_cache.stride(1), rope.stride(0), rope.stride(1),
-        block_table.stride(0), stride_ob, stride_os, lse.stride(0) if splits > 1 else 0, s_q, heads, row_blocks, tiles_per_split,
-        scale * LOG2E, DL=latent_dim, DR=rope_dim, PAGE=page, SPLITS=splits, **config)
+    args = (q, latent_cache, rope, block_table, seq_lens, target, lse,
+            q.stride(0), q.stride(1), q.stride(2), latent_cache.stride(0), latent_cache.stride(1), rope.stride(0), rope.stride(1),
+            block_table.stride(0), stride_ob, stride_os, lse.stride(0) if splits > 1 else 0, s_q, heads)
+    shape_key = (s_q, heads, latent_dim, rope_dim, page, q.dtype, q.device)
+    config = config if tiles else _SHRUNK.get(shape_key, config)
+    try:
+        launch_partial(args, config, batch, rows, latent_dim, rope_dim, page, splits, tiles_per_split, scale)
+    except triton.runtime.errors.OutOfResources as e:
+        if tiles:  # tiles asked for (the benchmark's variants) are timed as asked or not at all
+            raise
+        smaller = fallback_tiles(config)
+        warnings.warn(f"mla_decode: {e}; falling back to tiles {smaller}")
+        _SHRUNK[shape_key] = smaller
+        launch_partial(args, smaller, batch, rows, latent_dim, rope_dim, page, splits, tiles_per_split, scale)
     if splits > 1:
         block_c = min(latent_dim, 128)
         _mla_combine_kernel[(batch * rows, latent_dim // block_c)](
             parts, lse, out, rows, parts.stride(0), parts.stride(1), lse.stride(0), out.stride(0),
             DL=latent_dim, SPLITS=splits, SPLITS_POW2=triton.next_power_of_2(splits), BLOCK_C=block_c, num_warps=4)
     return out
+
+
+_SHRUNK = {}  # shapes whose planned tiles ran out of shared memory on this GPU: the tiles that replaced them
+
+
+def launch_partial(args, config, batch, rows, latent_dim, rope_dim, page, splits, tiles_per_split, scale):
+    row_blocks = math.ceil(rows / config["BLOCK_M"])
+    _mla_partial_kernel[(batch * row_blocks, latent_dim // config["BLOCK_DV"], splits)](
+        *args, row_blocks, tiles_per_split, scale * LOG2E, DL=latent_dim, DR=rope_dim, PAGE=page, SPLITS=splits, **config)
 
 
 def gather_pages(cache, block_table, length: int):

@@ -193,14 +193,18 @@ MLA_DECODE = {"path": "auto"}
 
 def mla_kernel_refusal(cache) -> str:
     """'' where cached_mla runs the Triton kernel for this cache, else why it does not."""
+    return mla_kernel_refusal_for(cache.k.device, cache.k.dtype, cache.k.size(-1), cache.v.size(-1), cache.block_size,
+                                  isinstance(cache, ContiguousKVCache))
+
+
+def mla_kernel_refusal_for(device, dtype, latent_dim: int, rope_dim: int, block_size: int, contiguous: bool) -> str:
     from kit.modeling import mla_decode
 
     if MLA_DECODE["path"] == "torch":
         return "PyTorch asked for"
-    latent_dim, rope_dim = cache.k.size(-1), cache.v.size(-1)
-    why = mla_decode.why_not(cache.k.device, cache.k.dtype, latent_dim, rope_dim)
-    if not why and cache.block_size % mla_decode.TILE and not isinstance(cache, ContiguousKVCache):
-        why = f"paged blocks of {cache.block_size} slots: the kernel takes multiples of {mla_decode.TILE}"
+    why = mla_decode.why_not(device, dtype, latent_dim, rope_dim)
+    if not why and block_size % mla_decode.TILE and not contiguous:
+        why = f"paged blocks of {block_size} slots: the kernel takes multiples of {mla_decode.TILE}"
     if why and MLA_DECODE["path"] == "triton":
         raise RuntimeError(f"the MLA decode kernel cannot run here: {why}")
     return why
@@ -209,6 +213,15 @@ def mla_kernel_refusal(cache) -> str:
 def mla_decode_path(cache) -> str:
     """Which code decodes MLA layers from this cache, in words (generation's closing line)."""
     why = mla_kernel_refusal(cache)
+    return "MLA decode: PyTorch (" + why + ")" if why else "MLA decode: Triton kernel"
+
+
+def model_mla_decode_path(model, cache_kind: str, block_size: int = 64) -> str:
+    """mla_decode_path for the cache generate() makes for this model; '' for a model without MLA."""
+    if is_modern(model) or cache_kind == "none" or attention_kind(model.h[0].attn) != "mla":
+        return ""
+    attn, weight = model.h[0].attn, next(model.parameters())
+    why = mla_kernel_refusal_for(weight.device, weight.dtype, attn.kv_down.out_features, attn.rope_dim, block_size, cache_kind != "paged")
     return "MLA decode: PyTorch (" + why + ")" if why else "MLA decode: Triton kernel"
 
 

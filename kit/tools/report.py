@@ -9,7 +9,8 @@ is a folder under records/ with a record.json naming its runs:
      "flags": {"label": "--attn sdpa"},   # only for runs whose summary.json lacks its flags
      "verdicts": {"label": "..."},         # bench records: one verdict per row, in a table of measured figures
      "extra_benches": {"at 3x LR": "sub/bench.json"},  # the same rows benched again (another LR, equal time)
-     "table_file": "x.md"}                 # "table": "file": markdown a benchmark script wrote, shown as it is
+     "table_file": "x.md",                 # "table": "file": markdown a benchmark script wrote, shown as it is
+     "images": [["caption", "plot.png"]]}  # a benchmark's own plots in the folder, shown after the table
 
 `write_results` turns every record into a section of records/RESULTS.md and of the README
 (between the results markers), so no figure is ever typed by hand.
@@ -430,6 +431,9 @@ def record_section(record: dict, heading: str = "##", link_prefix: str = "", bri
         parts += [f"![training loss of every step against tokens]({link_prefix}{folder}/train_loss_vs_tokens.png)", ""]
     if record.get("speed_loss_plot") and (record["folder"] / "speed_vs_loss.png").exists():
         parts += [f"![each row's speed against its loss change at equal tokens (the main bench)]({link_prefix}{folder}/speed_vs_loss.png)", ""]
+    for caption, name in record.get("images", []):  # a benchmark's own plots, [caption, file in the folder]
+        if (record["folder"] / name).exists():
+            parts += [f"![{caption}]({link_prefix}{folder}/{name})", ""]
     if record.get("notes"):
         parts += [f"How it was run, and what the figures do not show: [RESULTS.md]({link_prefix}RESULTS.md)." if brief else record["notes"], ""]
     return "\n".join(parts)
