@@ -649,3 +649,37 @@ def test_a_step_line_says_the_time_left_to_the_last_step():
 
     assert time_left(100, 1510.0) == " | ~2m31s to the last step" and time_left(3, 250.0) == " | ~1s to the last step"
     assert time_left(0, 250.0) == ""
+
+
+def test_tensorboard_gets_every_metric_as_scalars_and_its_absence_is_one_line(tmp_path, monkeypatch):
+    """--tensorboard DIR: each metrics event's numbers go to a SummaryWriter at the event's step; where the
+    package is missing the run stops before training with the install line."""
+    import sys
+    import types
+
+    from kit.core.errors import UserError
+    from kit.loop.runlog import RunLog
+
+    written, closed = [], []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir = log_dir
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, value, step))
+
+        def close(self):
+            closed.append(self.log_dir)
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    log = RunLog(tmp_path / "run", progress="lines", total_steps=10, tensorboard=str(tmp_path / "tb"))
+    log.step(3, {"type": "train", "step": 3, "loss": 5.5, "lr": 1e-3, "grad_norm": 0.2, "step_ms": 100.0, "tokens_per_s": 1000.0, "train_time_ms": 300.0})
+    log.metric({"type": "val", "step": 3, "val_loss": 5.25, "tokens": 4096, "reached": True})
+    log.close()
+    assert ("train/loss", 5.5, 3) in written and ("val/val_loss", 5.25, 3) in written and ("val/tokens", 4096, 3) in written
+    assert not any(tag.endswith(("/type", "/step", "/reached")) for tag, _, _ in written) and closed == [str(tmp_path / "tb")]
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as where the package is missing
+    with pytest.raises(UserError, match="TensorBoard is not installed \\(pip install tensorboard\\)"):
+        RunLog(tmp_path / "run2", tensorboard=str(tmp_path / "tb2"))

@@ -76,6 +76,8 @@ class TrainConfig:
     keep_checkpoints: int = field(default=2, metadata={"help": "how many of the newest checkpoints to keep"})
     export: bool = field(default=True, metadata={"help": "write the final weights as model.safetensors"})
     progress: str = field(default="auto", metadata={"choices": ["auto", "bar", "lines"], "help": "auto: a bar on a terminal, one line per step otherwise"})
+    tensorboard: str = field(default="", metadata={"help": "also log every metric to TensorBoard event files in this folder (needs pip install tensorboard), "
+                                                           "to watch a long run from another machine: tensorboard --logdir DIR"})
     sync_every: int = field(default=10, metadata={"help": "wait for the GPU and read the steps' losses back every N steps (the log, progress and "
                                                           "divergence check follow then); 1: after every step, which idles the GPU while the "
                                                           "next step is prepared"})
@@ -158,7 +160,7 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
 # What a resumed run may change: how it reports, saves and validates, and its hardware set-up. The rest
 # (data, model, optimizer, schedule) comes back from the checkpoint. --max-steps may change where the LR and
 # batch size at the resumed step stay the same under the new length (kit.loop.train checks it).
-CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "save_every", "keep_checkpoints", "progress", "sync_every", "export", "val_every", "extra_val",
+CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "save_every", "keep_checkpoints", "progress", "tensorboard", "sync_every", "export", "val_every", "extra_val",
                         "compile", "micro_batch", "memory_cap_gib", "emulate_gpu")
 RESUME_EPILOG = ("on --resume: the run's settings come from its checkpoint; of the flags, only these may change: "
                  + ", ".join("--" + name.replace("_", "-") for name in CHANGEABLE_ON_RESUME[1:])

@@ -1,5 +1,6 @@
 """Which shard files a run reads: `--data fineweb | webmix | synthetic` or explicit globs."""
 
+import functools
 import glob
 import math
 import os
@@ -106,17 +107,41 @@ def synthetic_tokens(num_tokens: int, seed: int) -> np.ndarray:
     i = 0
     while i < num_tokens:
         length = int(rng.integers(64, 512))
-        doc = np.empty(length, dtype=np.int64)
-        doc[0] = EOT
-        doc[1] = rng.integers(SYNTHETIC_VOCAB)
+        first = rng.integers(SYNTHETIC_VOCAB)
         noise = rng.random(length) < 0.1
         random_tokens = rng.integers(SYNTHETIC_VOCAB, size=length)
-        for j in range(2, length):
-            doc[j] = random_tokens[j] if noise[j] else (5 * doc[j - 1] + 3) % SYNTHETIC_VOCAB
+        doc = affine_chain(first, noise, random_tokens)
         take = min(length, num_tokens - i)
         out[i : i + take] = doc[:take]
         i += take
     return out
+
+
+def affine_chain(first: int, noise: np.ndarray, random_tokens: np.ndarray) -> np.ndarray:
+    """One synthetic document: EOT, `first`, then each token (5 * previous + 3) % 512 unless `noise` puts a
+    random token there, from which the chain goes on. Vectorised: a token k steps after the last such
+    anchor is A_k * anchor + B_k (mod 512), with A_k = 5^k and B_k = 3 (5^k - 1) / 4, both mod 512."""
+    length = len(noise)
+    doc = np.empty(length, dtype=np.int64)
+    doc[0] = EOT
+    positions = np.arange(length)
+    anchor = (noise & (positions >= 2)) | (positions == 1)
+    anchor_values = np.where(positions == 1, first, random_tokens)
+    last_anchor = np.maximum.accumulate(np.where(anchor, positions, 0))
+    steps = positions - last_anchor
+    a, b = chain_coefficients()
+    doc[1:] = (a[steps[1:]] * anchor_values[last_anchor[1:]] + b[steps[1:]]) % SYNTHETIC_VOCAB
+    return doc
+
+
+@functools.lru_cache(maxsize=1)
+def chain_coefficients(n: int = 512):
+    """(A, B) for 0..n-1 steps of x -> 5x + 3 (mod 512); documents are shorter than 512 tokens."""
+    a, b = np.empty(n, dtype=np.int64), np.empty(n, dtype=np.int64)
+    a[0], b[0] = 1, 0
+    for k in range(1, n):
+        a[k], b[k] = (5 * a[k - 1]) % SYNTHETIC_VOCAB, (5 * b[k - 1] + 3) % SYNTHETIC_VOCAB
+    return a, b
 
 
 def synthetic_files(is_main: bool) -> DataFiles:

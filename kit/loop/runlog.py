@@ -2,7 +2,8 @@
 
 Only rank 0 writes. log.txt opens with the command, git commit, versions, the device, the
 script's own source and that of every project file it imported (kit, a script it builds on), then
-has one greppable line per step ("step 12/4768 | loss ...").
+has one greppable line per step ("step 12/4768 | loss ..."). With a TensorBoard folder, every metrics
+event also goes there as scalars ("train/loss", "val/val_loss", ...) at its step.
 """
 
 import json
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from kit.core.errors import UserError
 from kit.data.datasets import REPO_ROOT
 
 
@@ -111,9 +113,10 @@ def write_json_atomic(path: Path, obj) -> None:
 class RunLog:
     """Writes a run directory. With enabled=False (ranks > 0) every method does nothing."""
 
-    def __init__(self, run_dir, enabled: bool = True, progress: str = "auto", total_steps: int = 0):
+    def __init__(self, run_dir, enabled: bool = True, progress: str = "auto", total_steps: int = 0, tensorboard: str = ""):
         self.dir = Path(run_dir)
         self.enabled = enabled
+        self.board = tensorboard_writer(tensorboard) if enabled and tensorboard else None
         self.use_bar = enabled and (progress == "bar" or (progress == "auto" and sys.stdout.isatty()))
         self.bar = None
         self.total_steps = total_steps
@@ -153,6 +156,10 @@ class RunLog:
     def metric(self, event: dict) -> None:
         if self.enabled:
             self._metrics.write(json.dumps(event) + "\n")
+            if self.board is not None:
+                for key, value in event.items():
+                    if key not in ("type", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                        self.board.add_scalar(f"{event.get('type', 'event')}/{key}", value, event.get("step", 0))
 
     def step(self, step: int, event: dict) -> None:
         """One training step: a metrics event, a log line, and the bar or a console line."""
@@ -185,6 +192,17 @@ class RunLog:
             self.bar = None
         self._log.close()
         self._metrics.close()
+        if self.board is not None:
+            self.board.close()
+
+
+def tensorboard_writer(folder: str):
+    """A TensorBoard SummaryWriter for the folder, or a one-line error where the package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UserError(f"--tensorboard {folder}: TensorBoard is not installed (pip install tensorboard), or leave the flag out") from None
+    return SummaryWriter(log_dir=folder)
 
 
 def time_left(steps_left: int, step_ms: float) -> str:

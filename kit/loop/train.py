@@ -321,7 +321,7 @@ class Trainer:
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
         self.flops_this_run, self.fp8_flops_this_run, self.step_mfu = 0.0, 0.0, []
         self.clock, self.queued = StepClock(self.device), []
-        self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps)
+        self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps, cfg.tensorboard)
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
         self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
         self.describe_run(resumed_from)
