@@ -53,6 +53,7 @@ KERNEL_CASES = {
     "forced_splits_combine": "check_kernel(batch=2, s_q=1, heads=4, latent=64, rope=16, lengths=[190, 129], splits=3)",
     "splits_past_a_short_sequence": "check_kernel(batch=2, s_q=2, heads=3, latent=64, rope=16, lengths=[3, 300], splits=5)",
     "no_rotary_part": "check_kernel(batch=2, s_q=1, heads=4, latent=32, rope=0, lengths=[64, 100])",
+    "latent_not_a_power_of_two": "check_kernel(batch=1, s_q=1, heads=4, latent=192, rope=16, lengths=[80])",
     "deepseek_shape": "check_kernel(batch=1, s_q=1, heads=128, latent=512, rope=64, lengths=[100])",
     "gpt2_mla_shape_two_pages_per_tile_row": "check_kernel(batch=2, s_q=1, heads=12, latent=256, rope=32, lengths=[65, 128], page=128)",
     "generation_equals_recomputation": "check_generation()",
@@ -185,6 +186,7 @@ def test_tiles_fit_desktop_shared_memory_and_split_count_fills_the_gpu():
     assert (hopper["BLOCK_M"], hopper["BLOCK_DV"], hopper["num_stages"]) == (64, 512, 1)
     assert mla_decode.tile_config(12, 256)["num_stages"] == 2 and mla_decode.tile_config(12, 256, small_shared_memory=True)["num_stages"] == 1
     assert mla_decode.tile_config(12, 256, element_size=4)["BLOCK_DV"] == 128
+    assert mla_decode.tile_config(12, 192)["BLOCK_DV"] == 64 and mla_decode.tile_config(12, 32)["BLOCK_DV"] == 32
     assert mla_decode.split_count(programs=2, tiles=512, device="cpu") == 4  # 2 x 4 SMs of the interpreter / 2
     assert mla_decode.split_count(programs=1, tiles=6, device="cpu") == 1  # too few tiles to split
 

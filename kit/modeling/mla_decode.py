@@ -155,7 +155,9 @@ def tile_config(rows: int, latent_dim: int, small_shared_memory: bool = False, e
     - 64-row blocks only on large shared memory: they need 106,496 bytes on sm86 at 256-wide slices.
     A launch that still runs out of shared memory falls back to fallback_tiles."""
     block_m = 16 if rows <= 16 else 32 if rows <= 32 or small_shared_memory else 64
-    block_dv = min(latent_dim, 128 if element_size > 2 else 256 if small_shared_memory else 512)
+    block_dv = 128 if element_size > 2 else 256 if small_shared_memory else 512
+    while latent_dim % block_dv:  # the widest power-of-two slice that divides the latent (192 -> 64)
+        block_dv //= 2
     stages = 2 if not small_shared_memory and block_m == 16 and latent_dim <= 256 and element_size <= 2 else 1
     return {"BLOCK_M": block_m, "BLOCK_D": min(latent_dim, 64), "BLOCK_DV": block_dv,
             "num_warps": 8 if block_m * block_dv >= 64 * 256 else 4, "num_stages": stages}
