@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from kit.data import datasets
 from kit.core.errors import UserError
 from kit.ideas.heads import unigram_counts
+from kit.ideas.longconv import causal_fft_conv
 from kit.ideas.lightrnn import LightRNNGPT
 from kit.modeling.model import gpt_config
 from kit.loop.train import Recipe, main
@@ -34,10 +35,9 @@ import train_gpt2_lightrnn as lightrnn  # LightRNN's flags and re-allocation hoo
 # AFNO mixes tokens by a non-linear MLP applied to the sequence's Fourier transform. That cannot
 # be causal: any non-linear function of the spectrum makes every output depend on every input,
 # future ones included. What survives causality is the linear part, a long convolution, done with
-# FFTs: a kernel k[c, lag] that is zero for negative lags, both signals zero-padded to 2T so the
-# circular product of the transforms is the linear convolution, and only the first T outputs kept.
-# Then y[t] depends on x[0..t] only. Without the padding the convolution wraps around and the
-# first outputs see the last inputs (tests/test_afno.py shows the causality check catching it).
+# FFTs (kit/ideas/longconv.py: both signals zero-padded to 2T, so the circular product is the linear
+# convolution; without the padding the first outputs see the last inputs, which tests/test_afno.py
+# shows the causality check catching).
 #
 # The mixer here: a per-token block-diagonal MLP (AFNO's block-diagonal weights, applied where
 # they are causal: to each token), a depthwise causal FFT convolution over the sequence with a
@@ -76,12 +76,9 @@ class CausalFourierMixer(nn.Module):
         self.proj.residual_projection = True
 
     def forward(self, x):
-        B, T, C = x.shape
-        u = self.mlp(x).float()
+        T = x.size(1)
         kernel = F.softshrink(self.kernel[:, :T].float(), self.shrink)  # (C, T): weights for lags 0..T-1
-        n = 2 * T if self.causal_padding else T
-        spectrum = torch.fft.rfft(u.transpose(1, 2), n=n) * torch.fft.rfft(kernel, n=n)
-        y = torch.fft.irfft(spectrum, n=n)[..., :T].transpose(1, 2)
+        y = causal_fft_conv(self.mlp(x), kernel, padded=self.causal_padding)
         return self.proj(y.type_as(x))
 
 

@@ -78,9 +78,14 @@ class MoEMLP(nn.Module):
         self.register_buffer("routed", torch.zeros(()), persistent=False)  # all assignments
         self.aux_loss = None  # the last training batch's balance loss
 
-    def route(self, flat):
+    def router_logits(self, flat, x):
+        """(N, E) scores of each token for each expert; x (B, T, d) is flat before flattening, for routers that
+        read the context (train_gpt2_deeponet_moe.py)."""
+        return self.router(flat)
+
+    def route(self, flat, x=None):
         """(gates (N, k), experts (N, k), router probabilities (N, E))."""
-        probs = F.softmax(self.router(flat).float(), dim=-1)
+        probs = F.softmax(self.router_logits(flat, x).float(), dim=-1)
         top_p, top_e = probs.topk(self.top_k, dim=-1)
         gates = top_p if self.top_k == 1 else top_p / top_p.sum(-1, keepdim=True)
         return gates, top_e, probs
@@ -118,7 +123,7 @@ class MoEMLP(nn.Module):
     def forward(self, x):
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        gates, experts, probs = self.route(flat)
+        gates, experts, probs = self.route(flat, x)
         expert_of = experts.reshape(-1)  # assignment a: token a // k, its (a % k)-th choice
         order = torch.argsort(expert_of, stable=True)  # by expert; routing order kept within one
         sorted_expert, token = expert_of[order], order // self.top_k
@@ -185,12 +190,13 @@ class Hyperparameters(baseline.Hyperparameters):
 
 
 class MoEGPT(GPT):
-    def __init__(self, config, cfg: Hyperparameters, kernel: str = "padded"):
+    def __init__(self, config, cfg: Hyperparameters, kernel: str = "padded", layer=None):
+        """layer: the MoE layer's class (MoEMLP, or a subclass with another router)."""
         super().__init__(config)
         out_std = 0.02 / math.sqrt(2 * config.n_layer)  # the baseline's residual-projection init
         for i, block in enumerate(self.h):
             if i % cfg.moe_every == cfg.moe_every - 1:
-                block.mlp = MoEMLP(config.n_embd, cfg.experts, cfg.top_k, cfg.capacity_factor, out_std=out_std, kernel=kernel)
+                block.mlp = (layer or MoEMLP)(config.n_embd, cfg.experts, cfg.top_k, cfg.capacity_factor, out_std=out_std, kernel=kernel)
         self.balance_weight = cfg.balance_weight
 
     def moe_layers(self):

@@ -245,3 +245,28 @@ def subprocess_env(**extra):
     env.update({k: str(v) for k, v in extra.items()})
     env["PYTHONPATH"] = str(REPO)
     return env
+
+
+# Checks under Triton's CPU interpreter run in one child process per test module: TRITON_INTERPRET must be
+# set before Triton is imported, and a child's start (importing torch and Triton) is most of a check's time.
+_RUN_INTERPRETED = '''
+import json, traceback
+outcomes = {}
+for name, code in CHECKS.items():
+    try:
+        exec(code)
+        outcomes[name] = "ok"
+    except Exception:
+        outcomes[name] = traceback.format_exc()
+print("OUTCOMES " + json.dumps(outcomes))
+'''
+
+
+def run_interpreted(definitions: str, checks: dict) -> dict:
+    """{check name: "ok" or its traceback}: `definitions` (Python source) then each check's code, in one child
+    process under the interpreter, each check reporting its own outcome."""
+    code = definitions + f"\nCHECKS = {checks!r}\n" + _RUN_INTERPRETED
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(TRITON_INTERPRET="1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert result.returncode == 0 and "OUTCOMES " in result.stdout, result.stdout[-3000:]
+    return json.loads(result.stdout.split("OUTCOMES ", 1)[1])

@@ -4,16 +4,13 @@ shuffled pages, s_q 1 and 2, forced splits and the DeepSeek shape, and generatio
 recomputation. On a CPU the kernel runs under Triton's interpreter in a child process (TRITON_INTERPRET
 is read when the kernels are defined); tests/test_gpu.py runs it on CUDA in bf16."""
 
-import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, subprocess_env
+from conftest import run_interpreted
 from kit.modeling import mla_decode
 
 triton = pytest.importorskip("triton")
@@ -110,27 +107,10 @@ def check_fallback():
         M.launch_partial = launch
 '''
 
-RUN = '''
-import json, traceback
-outcomes = {}
-for name, code in CASES.items():
-    try:
-        exec(code)
-        outcomes[name] = "ok"
-    except Exception:
-        outcomes[name] = traceback.format_exc()
-print("OUTCOMES " + json.dumps(outcomes))
-'''
-
-
 @pytest.fixture(scope="module")
 def interpreted():
     """{case: "ok" or its traceback}, from one child process under Triton's CPU interpreter."""
-    code = CASES + GENERATION + FALLBACK + f"CASES = {KERNEL_CASES!r}\n" + RUN
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(TRITON_INTERPRET="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert result.returncode == 0 and "OUTCOMES " in result.stdout, result.stdout[-3000:]
-    return json.loads(result.stdout.split("OUTCOMES ", 1)[1])
+    return run_interpreted(CASES + GENERATION + FALLBACK, KERNEL_CASES)
 
 
 @pytest.mark.parametrize("case", list(KERNEL_CASES))

@@ -3,13 +3,9 @@ reference (kit/modeling/losses.py). On a CPU they run under Triton's interpreter
 because TRITON_INTERPRET is read when the kernels are defined; the same checks run on CUDA in
 tests/test_gpu.py."""
 
-import json
-import subprocess
-import sys
-
 import pytest
 
-from conftest import REPO, subprocess_env
+from conftest import run_interpreted
 
 pytest.importorskip("triton", reason="Triton is not installed (GPU builds of PyTorch ship it; requirements-dev.txt adds it for CI)")
 
@@ -125,34 +121,17 @@ def check_round_to_e5m2():
     assert torch.equal(y, x.to(E5M2).float()), (y, x.to(E5M2).float())
 '''
 
-# Every interpreted check in one child process (TRITON_INTERPRET must be set before Triton is imported;
-# a child's start, importing torch and Triton, is most of a check's time); each reports its own outcome.
 INTERPRETED_CHECKS = {
     "kernels": "check_kernels('cpu'); check_multi_target_kernels('cpu')",
     "losses_through_autograd": "check_losses_through_autograd('cpu')",
     "round_to_e5m2": "check_round_to_e5m2()",
 }
-RUN_CHECKS = '''
-import json, traceback
-outcomes = {}
-for name, code in CHECKS.items():
-    try:
-        exec(code)
-        outcomes[name] = "ok"
-    except Exception:
-        outcomes[name] = traceback.format_exc()
-print("OUTCOMES " + json.dumps(outcomes))
-'''
 
 
 @pytest.fixture(scope="module")
 def interpreted():
     """{check name: "ok" or its traceback}, from one child process under Triton's CPU interpreter."""
-    code = KERNEL_CHECKS + ROUND_TO_E5M2_CHECK + f"CHECKS = {INTERPRETED_CHECKS!r}\n" + RUN_CHECKS
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(TRITON_INTERPRET="1"),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
-    assert result.returncode == 0 and "OUTCOMES " in result.stdout, result.stdout[-3000:]
-    return json.loads(result.stdout.split("OUTCOMES ", 1)[1])
+    return run_interpreted(KERNEL_CHECKS + ROUND_TO_E5M2_CHECK, INTERPRETED_CHECKS)
 
 
 def test_kernels_equal_the_pytorch_reference_in_the_interpreter(interpreted):

@@ -1,1 +1,1 @@
-"""Parts shared by a family of scripts: LightRNN's factorised embedding and the output heads."""
+"""Parts shared by a family of scripts: LightRNN's factorised embedding, the output heads, causal FFT convolution."""
