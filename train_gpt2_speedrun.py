@@ -416,6 +416,15 @@ def validate_at(step: int, cfg: Hyperparameters) -> bool:
 class SpeedrunTrainer(Trainer):
     """The loop with the recipe's late checks, micro-batch rule and batch stages."""
 
+    def own_kernel_builds(self) -> list:
+        """The fused loss's Triton kernels where this run takes them, every configuration their autotuning may pick."""
+        from kit.core import gpus
+        from kit.modeling import triton_loss
+
+        if loss_kernel(self.cfg) != "triton":
+            return []
+        return list(triton_loss.kernel_builds(gpus.fp8_capable(gpus.capability(self.device))))
+
     def validate_at(self, step: int) -> bool:
         return validate_at(step, self.cfg)
 

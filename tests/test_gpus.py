@@ -120,3 +120,30 @@ def test_the_mla_decode_kernels_largest_desktop_tiles_fit_and_the_hopper_ones_wo
     limit = gpus.PROFILES["rtx3090"].shared_memory_per_block
     for (name, fn, signature, constexprs, warps, stages), fits in ((desktop, True), (hopper, False)):
         assert (gpus.shared_memory_need(fn, signature, constexprs, warps, (8, 6), stages) <= limit) == fits, name
+
+
+@needs_triton
+def test_an_emulated_run_stops_in_one_line_on_a_kernel_over_the_cards_shared_memory():
+    """gpus.audit_kernels, which an --emulate-gpu run calls on the kernels it launches itself before training:
+    a build over the card's limit stops it with the kernel's name and need; builds that fit give one log line."""
+    from kit.core.errors import UserError
+
+    signature = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*fp32", "BM": "constexpr", "BN": "constexpr", "BK": "constexpr"}
+    small = ("16 x 16 tiles", _one_tile_matmul, signature, {"BM": 16, "BN": 16, "BK": 16}, 4)
+    oversized = ("128 x 256 tiles", _one_tile_matmul, signature, {"BM": 128, "BN": 128, "BK": 256}, 4)
+    line = gpus.audit_kernels(gpus.PROFILES["rtx3090"], [small])
+    assert line.startswith("shared-memory audit (rtx3090, compiled for sm86): 1 kernel builds fit, the largest needs ") and "of 101,376 bytes" in line
+    with pytest.raises(UserError, match=r"--emulate-gpu rtx3090: the kernel 128 x 256 tiles needs [\d,]+ bytes of shared memory per block, over the 101,376"):
+        gpus.audit_kernels(gpus.PROFILES["rtx3090"], [small, oversized])
+    assert "no Triton kernel" in gpus.audit_kernels(gpus.PROFILES["rtx4090"], [])
+
+
+def test_the_record_script_audits_its_loss_kernels_where_it_takes_them(monkeypatch):
+    import train_gpt2_speedrun as sr
+    from conftest import FAST
+
+    trainer = sr.SpeedrunTrainer(sr.RECIPE, [*FAST, "--data", "synthetic"])
+    assert trainer.own_kernel_builds() == []  # on a CPU the fused loss runs PyTorch's kernels
+    monkeypatch.setattr(sr, "loss_kernel", lambda cfg: "triton")
+    names = [build[0] for build in trainer.own_kernel_builds()]
+    assert len(names) == 10 and all(name.startswith("loss ") for name in names)

@@ -131,3 +131,20 @@ def shared_memory_need(fn, signature: dict, constexprs: dict, num_warps: int, ca
     source = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=aligned)
     compiled = triton.compile(source, target=GPUTarget("cuda", cap[0] * 10 + cap[1], 32), options={"num_warps": num_warps, "num_stages": num_stages})
     return compiled.metadata.shared
+
+
+def audit_kernels(profile: GPUProfile, builds) -> str:
+    """One line on the builds (name, kernel, signature, constexprs, num_warps[, num_stages]) compiled for the
+    card: how many fit its shared memory per block and the largest need; a UserError naming the first that does
+    not fit. What an emulated run checks before training, for the Triton kernels it launches itself."""
+    needs = []
+    for name, fn, signature, constexprs, warps, *stages in builds:
+        need = shared_memory_need(fn, signature, constexprs, warps, profile.capability, *stages)
+        if need > profile.shared_memory_per_block:
+            raise UserError(f"--emulate-gpu {profile.key}: the kernel {name} needs {need:,} bytes of shared memory per block, "
+                            f"over the {profile.shared_memory_per_block:,} the card allows")
+        needs.append(need)
+    if not needs:
+        return f"shared-memory audit ({profile.key}): no Triton kernel of the kit's own in this run"
+    return (f"shared-memory audit ({profile.key}, compiled for sm{profile.capability[0]}{profile.capability[1]}): {len(needs)} kernel builds fit, "
+            f"the largest needs {max(needs):,} of {profile.shared_memory_per_block:,} bytes per block (Inductor's kernels are not audited)")

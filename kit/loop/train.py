@@ -241,8 +241,10 @@ class Trainer:
         self.device = hw.pick_device(self.cfg.device, self.ddp)
         hw.init_distributed(self.ddp, self.device)
         self.dtype = hw.pick_dtype(self.cfg.dtype, self.device)
+        self.audit_note = None
         if self.cfg.emulate_gpu:  # before the model is built: its kernel paths follow the card's capability
-            gpus.emulate(self.cfg.emulate_gpu, self.device)
+            profile = gpus.emulate(self.cfg.emulate_gpu, self.device)
+            self.audit_note = gpus.audit_kernels(profile, self.own_kernel_builds())  # stops here, in one line, where one would not fit
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -254,6 +256,11 @@ class Trainer:
         self.argv = sys.argv if argv is None else [recipe.script, *argv]
 
     # ----- a script's own: a subclass (Recipe.trainer) overrides these -----
+
+    def own_kernel_builds(self) -> list:
+        """The Triton kernels of the kit's own this run launches, as kernel_builds lists them (what an emulated
+        run audits against the card's shared memory). Default: none."""
+        return []
 
     def validate_at(self, step: int) -> bool:
         """Whether a check (a validation, or a screen before one) comes after this step; the first and
@@ -325,7 +332,7 @@ class Trainer:
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
         self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
         self.describe_run(resumed_from)
-        for note in (self.probe_note, self.batch_note):
+        for note in (self.audit_note, self.probe_note, self.batch_note):
             if note:
                 self.log.print(note)
         self.train_model = self.recipe.compile_model(self.model) if cfg.compile else self.model
