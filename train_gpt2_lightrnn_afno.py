@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kit.data import datasets
+from kit.core.config import layer_count
 from kit.core.errors import UserError
 from kit.ideas.heads import unigram_counts
 from kit.ideas.longconv import causal_fft_conv
@@ -96,15 +97,12 @@ class Hyperparameters(lightrnn.Hyperparameters):
 
 def build_model(cfg: Hyperparameters):
     config = gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn)
-    if not 0 <= cfg.hybrid_attn_layers <= config.n_layer:
-        raise UserError(f"--hybrid-attn-layers {cfg.hybrid_attn_layers}: between 0 and the model's {config.n_layer} layers")
+    layer_count("--hybrid-attn-layers", cfg.hybrid_attn_layers, config.n_layer)
     if config.n_embd % cfg.fourier_blocks:
         raise UserError(f"--fourier-blocks {cfg.fourier_blocks} must divide the width {config.n_embd}")
     counts = unigram_counts(datasets.resolve(cfg, is_main=False).train, 50257)
     model = LightRNNGPT(config, counts)
-    for block in model.h[cfg.hybrid_attn_layers:]:
-        block.attn = fourier_mixer(config, n_blocks=cfg.fourier_blocks)
-        block.attn.apply(model._init_weights)
+    model.replace_mixers(cfg.hybrid_attn_layers, lambda: fourier_mixer(config, n_blocks=cfg.fourier_blocks))
     return model
 
 

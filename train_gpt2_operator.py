@@ -31,6 +31,7 @@ from typing import ClassVar
 import torch
 import torch.nn as nn
 
+from kit.core.config import layer_count
 from kit.core.errors import UserError
 from kit.ideas.longconv import causal_fft_conv
 from kit.loop.train import Recipe, main
@@ -103,14 +104,11 @@ class Hyperparameters(baseline.Hyperparameters):
 
 def build_model(cfg: Hyperparameters):
     config = gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn)
-    if not 0 <= cfg.operator_layers <= config.n_layer:
-        raise UserError(f"--operator-layers {cfg.operator_layers}: between 0 and the model's {config.n_layer} layers")
+    layer_count("--operator-layers", cfg.operator_layers, config.n_layer)
     if cfg.operator_basis < 1:
         raise UserError(f"--operator-basis {cfg.operator_basis}: at least 1")
     model = OperatorGPT(config)
-    for block in model.h[config.n_layer - cfg.operator_layers:]:
-        block.attn = CausalOperatorMixer(config.n_embd, config.block_size, cfg.operator_basis)
-        block.attn.apply(model._init_weights)
+    model.replace_mixers(config.n_layer - cfg.operator_layers, lambda: CausalOperatorMixer(config.n_embd, config.block_size, cfg.operator_basis))
     return model
 
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kit.core.config import layer_count
 from kit.core.errors import UserError
 from kit.loop.train import Recipe, main
 from kit.modeling.model import GPT, gpt_config
@@ -126,14 +127,11 @@ class Hyperparameters(baseline.Hyperparameters):
 
 def build_model(cfg: Hyperparameters):
     config = gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn)
-    if not 0 <= cfg.ttt_layers <= config.n_layer:
-        raise UserError(f"--ttt-layers {cfg.ttt_layers}: between 0 and the model's {config.n_layer} layers")
+    layer_count("--ttt-layers", cfg.ttt_layers, config.n_layer)
     if cfg.ttt_chunk < 1 or cfg.ttt_inner_lr <= 0:
         raise UserError(f"--ttt-chunk {cfg.ttt_chunk} and --ttt-inner-lr {cfg.ttt_inner_lr}: both positive")
     model = TTTGPT(config)
-    for block in model.h[config.n_layer - cfg.ttt_layers:]:
-        block.attn = TTTLinear(config.n_embd, config.n_head, cfg.ttt_chunk, cfg.ttt_inner_lr)
-        block.attn.apply(model._init_weights)
+    model.replace_mixers(config.n_layer - cfg.ttt_layers, lambda: TTTLinear(config.n_embd, config.n_head, cfg.ttt_chunk, cfg.ttt_inner_lr))
     return model
 
 

@@ -37,8 +37,7 @@ def audit(cards, builds=None) -> list:
     rows = []
     for key in cards:
         profile = gpus.PROFILES[key]
-        for name, fn, signature, constexprs, warps, *stages in (builds or kit_kernel_builds(profile)):
-            need = gpus.shared_memory_need(fn, signature, constexprs, warps, profile.capability, *stages)
+        for name, need in gpus.kernel_needs(profile, builds or kit_kernel_builds(profile)):
             rows.append({"card": key, "kernel": name, "shared_bytes": need, "limit": profile.shared_memory_per_block,
                          "fits": need <= profile.shared_memory_per_block})
     return rows

@@ -258,3 +258,10 @@ def check_config(cfg, explicit: set, world_size: int) -> None:
 
 def config_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def layer_count(flag: str, value: int, n_layer: int) -> int:
+    """A flag that counts layers (hybrid models): between 0 and the model's layers, or a one-line error."""
+    if not 0 <= value <= n_layer:
+        raise UserError(f"{flag} {value}: between 0 and the model's {n_layer} layers")
+    return value

@@ -133,13 +133,18 @@ def shared_memory_need(fn, signature: dict, constexprs: dict, num_warps: int, ca
     return compiled.metadata.shared
 
 
+def kernel_needs(profile: GPUProfile, builds):
+    """(name, bytes of shared memory per block) of each build compiled for the card."""
+    for name, fn, signature, constexprs, warps, *stages in builds:
+        yield name, shared_memory_need(fn, signature, constexprs, warps, profile.capability, *stages)
+
+
 def audit_kernels(profile: GPUProfile, builds) -> str:
     """One line on the builds (name, kernel, signature, constexprs, num_warps[, num_stages]) compiled for the
     card: how many fit its shared memory per block and the largest need; a UserError naming the first that does
     not fit. What an emulated run checks before training, for the Triton kernels it launches itself."""
     needs = []
-    for name, fn, signature, constexprs, warps, *stages in builds:
-        need = shared_memory_need(fn, signature, constexprs, warps, profile.capability, *stages)
+    for name, need in kernel_needs(profile, builds):
         if need > profile.shared_memory_per_block:
             raise UserError(f"--emulate-gpu {profile.key}: the kernel {name} needs {need:,} bytes of shared memory per block, "
                             f"over the {profile.shared_memory_per_block:,} the card allows")

@@ -58,6 +58,11 @@ def why_not(device, dtype=None, latent_dim: int = 64, rope_dim: int = 0) -> str:
         return f"the kernel needs a CUDA GPU, not {torch.device(device).type}"
     if dtype is not None and dtype not in (torch.bfloat16, torch.float16, torch.float32):
         return f"no kernel for {dtype}"
+    return geometry_problem(latent_dim, rope_dim)
+
+
+def geometry_problem(latent_dim: int, rope_dim: int) -> str:
+    """'' where the kernel takes these latent and rotary sizes, else what it takes."""
     if latent_dim % 64 and latent_dim not in (16, 32):
         return f"latent size {latent_dim}: the kernel takes 16, 32 or a multiple of 64"
     if rope_dim and (rope_dim < 16 or rope_dim & (rope_dim - 1)):
@@ -170,7 +175,7 @@ def fallback_tiles(config: dict) -> dict:
 
 @functools.lru_cache(maxsize=256)
 def launch_plan(batch: int, s_q: int, heads: int, latent_dim: int, page: int, width: int, device, element_size: int, tiles: tuple = ()):
-    """(tile config, row blocks, value slices, splits, tiles per split) for one call's shapes, worked
+    """(tile config, splits, tiles per split) for one call's shapes, worked
     out once per shape: a decoding step's host time is most of its time at small batches."""
     from kit.core import gpus
 
@@ -180,12 +185,15 @@ def launch_plan(batch: int, s_q: int, heads: int, latent_dim: int, page: int, wi
     config = {**tile_config(rows, latent_dim, gpus.small_shared_memory(cap), element_size), **dict(tiles)}
     if latent_dim % config["BLOCK_DV"] or config["BLOCK_M"] not in (16, 32, 64, 128):
         raise ValueError(f"mla_decode: tiles {config}: BLOCK_DV must divide the latent size {latent_dim}, BLOCK_M be 16, 32, 64 or 128")
-    row_blocks = math.ceil(rows / config["BLOCK_M"])
-    value_slices = latent_dim // config["BLOCK_DV"]
+    programs = batch * math.ceil(rows / config["BLOCK_M"]) * (latent_dim // config["BLOCK_DV"])
     key_tiles = math.ceil(width * page / TILE)
-    splits = split_count(batch * row_blocks * value_slices, key_tiles, device)
+    return (config, *spread_tiles(key_tiles, split_count(programs, key_tiles, device)))
+
+
+def spread_tiles(key_tiles: int, splits: int) -> tuple:
+    """(splits, tiles per split): the key tiles in runs of equal length, about `splits` of them."""
     tiles_per_split = max(1, math.ceil(key_tiles / splits))
-    return config, row_blocks, value_slices, math.ceil(key_tiles / tiles_per_split), tiles_per_split
+    return math.ceil(key_tiles / tiles_per_split), tiles_per_split
 
 
 def split_count(programs: int, tiles: int, device) -> int:
@@ -202,10 +210,8 @@ def check_shapes(q, latent_cache, rope_cache, block_table, seq_lens):
     problems = []
     if width != latent_dim + rope_dim:
         problems.append(f"the query has {width} numbers per head, the cache {latent_dim} + {rope_dim}")
-    if latent_dim % 64 and latent_dim not in (16, 32):
-        problems.append(f"latent size {latent_dim}: 16, 32 or a multiple of 64")
-    if rope_dim and (rope_dim < 16 or rope_dim & (rope_dim - 1)):
-        problems.append(f"rotary size {rope_dim}: 0 or a power of two >= 16")
+    if geometry := geometry_problem(latent_dim, rope_dim):
+        problems.append(geometry)
     page = latent_cache.size(1)
     if page % TILE and block_table.size(-1) != 1:
         problems.append(f"page size {page}: a multiple of {TILE}, or one page per sequence")
@@ -232,12 +238,10 @@ def mla_decode(q, latent_cache, rope_cache, block_table, seq_lens, scale: float,
     rope_dim = rope_cache.size(-1) if rope_cache is not None else 0
     page = latent_cache.size(1)
     rows = s_q * heads
-    config, _, _, planned, tiles_per_split = launch_plan(
+    config, planned, tiles_per_split = launch_plan(
         batch, s_q, heads, latent_dim, page, block_table.size(1), q.device, q.element_size(), tuple(sorted((tiles or {}).items())))
     if splits:  # asked for: the key tiles spread over about that many
-        key_tiles = math.ceil(block_table.size(1) * page / TILE)
-        tiles_per_split = max(1, math.ceil(key_tiles / splits))
-        splits = math.ceil(key_tiles / tiles_per_split)
+        splits, tiles_per_split = spread_tiles(math.ceil(block_table.size(1) * page / TILE), splits)
     else:
         splits = planned
     out = torch.empty(batch, s_q, heads, latent_dim, device=q.device, dtype=q.dtype)

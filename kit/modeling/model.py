@@ -170,6 +170,13 @@ class GPT(nn.Module):
         self.lm_head.weight = self.wte.weight
         self.apply(self._init_weights)
 
+    def replace_mixers(self, first: int, make) -> None:
+        """Blocks first..n_layer-1 mix tokens with make() instead of attention, initialised as the model's own
+        layers are (the hybrid variants: attention below, another mixer above)."""
+        for block in self.h[first:]:
+            block.attn = make()
+            block.attn.apply(self._init_weights)
+
     def _init_weights(self, module):
         if isinstance(module, nn.Linear):
             std = 0.02

@@ -212,8 +212,11 @@ def mla_kernel_refusal_for(device, dtype, latent_dim: int, rope_dim: int, block_
 
 def mla_decode_path(cache) -> str:
     """Which code decodes MLA layers from this cache, in words (generation's closing line)."""
-    why = mla_kernel_refusal(cache)
-    return "MLA decode: PyTorch (" + why + ")" if why else "MLA decode: Triton kernel"
+    return describe_mla_path(mla_kernel_refusal(cache))
+
+
+def describe_mla_path(refusal: str) -> str:
+    return "MLA decode: PyTorch (" + refusal + ")" if refusal else "MLA decode: Triton kernel"
 
 
 def model_mla_decode_path(model, cache_kind: str, block_size: int = 64) -> str:
@@ -221,8 +224,8 @@ def model_mla_decode_path(model, cache_kind: str, block_size: int = 64) -> str:
     if is_modern(model) or cache_kind == "none" or attention_kind(model.h[0].attn) != "mla":
         return ""
     attn, weight = model.h[0].attn, next(model.parameters())
-    why = mla_kernel_refusal_for(weight.device, weight.dtype, attn.kv_down.out_features, attn.rope_dim, block_size, cache_kind != "paged")
-    return "MLA decode: PyTorch (" + why + ")" if why else "MLA decode: Triton kernel"
+    return describe_mla_path(mla_kernel_refusal_for(weight.device, weight.dtype, attn.kv_down.out_features, attn.rope_dim, block_size,
+                                                    cache_kind != "paged"))
 
 
 def cached_mla(attn, x, cache, layer: int, slots: CacheSlots, positions):
