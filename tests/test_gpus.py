@@ -147,3 +147,70 @@ def test_the_record_script_audits_its_loss_kernels_where_it_takes_them(monkeypat
     monkeypatch.setattr(sr, "loss_kernel", lambda cfg: "triton")
     names = [build[0] for build in trainer.own_kernel_builds()]
     assert len(names) == 10 and all(name.startswith("loss ") for name in names)
+
+
+def _inductor_kernel(launched: dict, candidates: list, host_shared: int):
+    """A real Inductor CachingAutotuner around _one_tile_matmul as a run on an H200 leaves it: the candidate configs
+    (tile sizes as config kwargs, as Inductor's templates pass them) and one launcher, the config that ran."""
+    from torch._inductor.runtime.hints import DeviceProperties, HeuristicType
+    from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+
+    h200 = DeviceProperties(type="cuda", index=0, multi_processor_count=132, cc=90, major=9, regs_per_multiprocessor=65536,
+                            max_threads_per_multi_processor=2048, max_threads_per_block=1024, warp_size=32)
+    signature = {"a_ptr": "*bf16", "b_ptr": "*bf16", "c_ptr": "*fp32", "BM": "constexpr", "BN": "constexpr", "BK": "constexpr"}
+    config = lambda tiles: triton.Config(tiles, num_warps=4, num_stages=1)
+    autotuner = CachingAutotuner(_one_tile_matmul, {"device": h200, "signature": signature, "constants": {}, "configs": [{}]},
+                                 [config(c) for c in candidates], None, [], False, HeuristicType.TEMPLATE,
+                                 inductor_meta={"kernel_name": "triton_tem_fused_0"})
+    launcher = lambda *args, **kwargs: None
+    launcher.config, launcher.shared = config(launched), host_shared
+    autotuner.launchers = [launcher]
+    return autotuner
+
+
+@needs_triton
+def test_inductors_kernels_are_compiled_again_for_the_card_and_a_run_stops_on_one_that_fits_no_config(monkeypatch, tmp_path):
+    """InductorAudit, which an --emulate-gpu run calls after the warm-up and at the end: each new kernel's config
+    that ran is compiled for sm86 with Inductor's own compile arguments; one over the card's limit passes where
+    another candidate config fits (Inductor tunes among those that compile), and stops the run where none does."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    small, big = {"BM": 16, "BN": 16, "BK": 16}, {"BM": 128, "BN": 128, "BK": 256}
+    limit = gpus.PROFILES["rtx3090"].shared_memory_per_block
+    kernels = [_inductor_kernel(small, [small], 512), _inductor_kernel(big, [big, small], 131_072), _inductor_kernel(small, [small], 0)]
+    audit = gpus.InductorAudit(gpus.PROFILES["rtx3090"], workers=2)
+    verdicts = {v.host_bytes: v for v in audit.check()}
+    assert len(verdicts) == 3 and all(v.fits for v in verdicts.values())
+    assert 0 < verdicts[512].card_bytes <= limit and verdicts[512].note == ""
+    assert verdicts[131_072].card_bytes > limit and verdicts[131_072].note.startswith("the config that ran needs")
+    assert verdicts[0].card_bytes is None and verdicts[0].note == "no shared memory on the host"
+    summary = audit.summary()
+    assert (summary["kernels"], summary["compiled_for_card"], summary["no_shared_memory_on_host"], len(summary["retuned"])) == (3, 2, 1, 1)
+    assert "3 kernels, 2 using shared memory compiled for the card, all fit" in audit.line() and "1 would tune to a smaller config" in audit.line()
+    assert audit.check() == []  # each kernel once
+    hopeless = _inductor_kernel(big, [big], 131_072)
+    with pytest.raises(UserError, match=r"--emulate-gpu rtx3090: Inductor's kernel triton_tem_fused_0 \(template\) needs [\d,]+ bytes .* every config it has, over the 101,376"):
+        audit.check()
+    del kernels, hopeless
+
+
+def test_the_desktop_fit_check_runs_each_script_as_each_card_and_tabulates_its_run(tmp_path):
+    """scripts/check_desktop_fit.py: the command a run gets (compiled, emulated, the record script at its own batch),
+    and its table row read back from the run's summary.json and log.txt."""
+    from conftest import load_module
+
+    fit = load_module("scripts/check_desktop_fit.py", "check_desktop_fit")
+    assert "train_gpt2.py" in fit.training_scripts() and "train_gpt2_speedrun.py" in fit.training_scripts()
+    baseline = fit.command("train_gpt2.py", "rtx3090", 20, tmp_path / "r", ["--data", "webmix"])
+    assert baseline[1:3] == ["train_gpt2.py", "--data"] and "--emulate-gpu" in baseline and baseline[baseline.index("--compile") + 1] == "1"
+    assert "--batch-tokens" in baseline and "--batch-tokens" not in fit.command("train_gpt2_speedrun.py", "rtx4090", 20, tmp_path / "r", [])
+    run = tmp_path / "train_gpt2_rtx3090"
+    run.mkdir()
+    (run / "summary.json").write_text('{"status": "completed", "peak_mem_gib": 12.345, "steps": 20, "micro_batch": 8, '
+                                      '"inductor_kernel_audit": {"kernels": 40, "largest": {"name": "k", "kind": "template", "card_bytes": 65536, "host_bytes": 98304}, '
+                                      '"retuned": [], "not_compilable": []}}')
+    (run / "log.txt").write_text("[0.1s] device: NVIDIA H200 (sm90) | dtype: bf16 autocast | attention: flex (FlexAttention)\n"
+                                 "[0.2s] shared-memory audit (rtx3090, compiled for sm86): 10 kernel builds fit, the largest needs 8,192 of 101,376 bytes per block\n")
+    row = {"script": "train_gpt2.py", "card": "rtx3090", "rc": 0, "wall_s": 61.0, **fit.read_run(run, tmp_path / "absent.txt")}
+    assert (row["status"], row["peak_mem_gib"], row["own_kernels_largest_bytes"]) == ("completed", 12.35, 8192)
+    assert fit.table([row]).splitlines()[-1] == ("| train_gpt2.py | rtx3090 | completed | 12.35 GiB | 8 | flex (FlexAttention) | "
+                                                 "65,536 B Inductor (template) of 40 kernels; 8,192 B own Triton | 61 s |")

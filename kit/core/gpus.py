@@ -153,3 +153,135 @@ def audit_kernels(profile: GPUProfile, builds) -> str:
         return f"shared-memory audit ({profile.key}): no Triton kernel of the kit's own in this run"
     return (f"shared-memory audit ({profile.key}, compiled for sm{profile.capability[0]}{profile.capability[1]}): {len(needs)} kernel builds fit, "
             f"the largest needs {max(needs):,} of {profile.shared_memory_per_block:,} bytes per block (Inductor's kernels are not audited)")
+
+
+# ----- Inductor's kernels: generated on the host GPU during a run, compiled again for the card -----
+
+def inductor_kernels() -> list:
+    """Inductor's Triton kernels loaded in this process so far (its CachingAutotuner objects: the
+    compiled model's fused ops, FlexAttention's kernels, user Triton kernels inside a compiled graph)."""
+    import gc
+
+    try:
+        from torch._inductor.runtime.triton_heuristics import CachingAutotuner
+    except ImportError:  # no Inductor/Triton in this build
+        return []
+    return [obj for obj in gc.get_objects() if issubclass(type(obj), CachingAutotuner)]  # type(): no proxy object's __class__ is read
+
+
+def kernel_name(autotuner) -> str:
+    return (autotuner.inductor_meta or {}).get("kernel_name") or getattr(autotuner.fn, "__name__", "triton kernel")
+
+
+def host_shared(autotuner):
+    """Bytes of shared memory per block of the host's builds that ran (after autotuning: the chosen config), or None."""
+    needs = [getattr(launcher, "shared", None) for launcher in autotuner.launchers]
+    needs = [n for n in needs if n is not None]
+    return max(needs) if needs else None
+
+
+def inductor_need(autotuner, config, cap) -> int:
+    """Shared memory per block of one of an Inductor kernel's configs compiled for compute capability `cap`:
+    Inductor's own compile arguments for that config, with only the target changed."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    meta = autotuner._create_compile_meta(config)
+    source = triton.compiler.ASTSource(autotuner.fn, meta["signature"], meta["constants"], meta["configs"][0])
+    options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
+    if hasattr(autotuner, "_create_compile_options"):
+        options = autotuner._create_compile_options(config, meta)
+    return triton.compile(source, target=GPUTarget("cuda", cap[0] * 10 + cap[1], 32), options=options).metadata.shared
+
+
+@dataclass
+class KernelVerdict:
+    name: str
+    kind: str
+    host_bytes: int  # the host build's need (the config that ran)
+    card_bytes: int = None  # the same config compiled for the card; None where not compiled (see note)
+    fits: bool = True
+    note: str = ""
+
+
+def judge_inductor_kernel(autotuner, profile: GPUProfile) -> KernelVerdict:
+    """Compile the config that ran for the card; where it does not fit, the kernel still runs if another of its
+    candidate configs fits (Inductor drops the configs that do not compile and tunes among the rest).
+    Kernels whose host build needs no shared memory are not compiled again (elementwise code has no reason to)."""
+    from triton.runtime.errors import OutOfResources
+
+    launched = [launcher.config for launcher in autotuner.launchers if hasattr(launcher, "config")] or list(autotuner.configs)
+    verdict = KernelVerdict(kernel_name(autotuner), str(getattr(autotuner, "heuristic_type", "")).split(".")[-1].lower(), host_shared(autotuner))
+    if verdict.host_bytes == 0:
+        verdict.note = "no shared memory on the host"
+        return verdict
+    limit = profile.shared_memory_per_block
+    try:
+        verdict.card_bytes = max(inductor_need(autotuner, config, profile.capability) for config in launched)
+    except OutOfResources as e:  # Triton refused at compile time: over the card's shared memory
+        verdict.card_bytes = getattr(e, "required", None) or limit + 1
+    except Exception as e:  # e.g. code the host generated with features the card lacks
+        verdict.note = f"not compilable for sm{profile.capability[0]}{profile.capability[1]} as generated on the host: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        return verdict
+    if verdict.card_bytes <= limit:
+        return verdict
+    for config in autotuner.configs:
+        try:
+            need = inductor_need(autotuner, config, profile.capability)
+        except Exception:
+            continue
+        if need <= limit:
+            verdict.note = f"the config that ran needs {verdict.card_bytes:,} B; the card would tune to {config} ({need:,} B)"
+            return verdict
+    verdict.fits = False
+    return verdict
+
+
+class InductorAudit:
+    """Audits Inductor's kernels against the card's shared memory, the new ones at each check: compiled again for
+    the card's compute capability (the host generated them; where it generated code only the host can compile,
+    the verdict says so and the kernel is not counted as fitting or not)."""
+
+    def __init__(self, profile: GPUProfile, workers: int = 8):
+        self.profile, self.workers = profile, workers
+        self.seen, self.verdicts = set(), []
+
+    def check(self) -> list:
+        """Judge the kernels loaded since the last check; raise UserError naming the first that cannot fit."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        new = [a for a in inductor_kernels() if id(a) not in self.seen and getattr(a, "launchers", None)]
+        self.seen.update(id(a) for a in new)
+        with ThreadPoolExecutor(max(1, self.workers)) as pool:
+            verdicts = list(pool.map(lambda a: judge_inductor_kernel(a, self.profile), new))
+        self.verdicts += verdicts
+        for v in verdicts:
+            if not v.fits:
+                raise UserError(f"--emulate-gpu {self.profile.key}: Inductor's kernel {v.name} ({v.kind}) needs {v.card_bytes:,} bytes of shared memory "
+                                f"per block compiled for sm{self.profile.capability[0]}{self.profile.capability[1]} in every config it has, over the "
+                                f"{self.profile.shared_memory_per_block:,} the card allows")
+        return verdicts
+
+    def summary(self) -> dict:
+        compiled = [v for v in self.verdicts if v.card_bytes is not None]
+        largest = max(compiled, key=lambda v: v.card_bytes, default=None)
+        return {"card": self.profile.key, "kernels": len(self.verdicts), "compiled_for_card": len(compiled),
+                "no_shared_memory_on_host": sum(v.note == "no shared memory on the host" for v in self.verdicts),
+                "largest": {"name": largest.name, "kind": largest.kind, "card_bytes": largest.card_bytes, "host_bytes": largest.host_bytes} if largest else None,
+                "retuned": [f"{v.name}: {v.note}" for v in self.verdicts if v.note.startswith("the config that ran")],
+                "not_compilable": [f"{v.name}: {v.note}" for v in self.verdicts if v.note.startswith("not compilable")]}
+
+    def line(self) -> str:
+        s = self.summary()
+        if not s["kernels"]:
+            return f"Inductor kernel audit ({self.profile.key}): no Inductor Triton kernel in this run"
+        largest = s["largest"]
+        text = (f"Inductor kernel audit ({self.profile.key}, recompiled for sm{self.profile.capability[0]}{self.profile.capability[1]}): {s['kernels']} kernels, "
+                f"{s['compiled_for_card']} using shared memory compiled for the card, all fit")
+        if largest:
+            text += f"; the largest needs {largest['card_bytes']:,} of {self.profile.shared_memory_per_block:,} bytes per block ({largest['name']}, {largest['kind']}; {largest['host_bytes']:,} on the host)"
+        if s["retuned"]:
+            text += f"; {len(s['retuned'])} would tune to a smaller config"
+        if s["not_compilable"]:
+            text += f"; {len(s['not_compilable'])} generated with host-only code, not audited (summary.json lists them)"
+        return text

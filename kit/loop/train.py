@@ -241,7 +241,7 @@ class Trainer:
         self.device = hw.pick_device(self.cfg.device, self.ddp)
         hw.init_distributed(self.ddp, self.device)
         self.dtype = hw.pick_dtype(self.cfg.dtype, self.device)
-        self.audit_note = None
+        self.audit_note, self.inductor_audit = None, None
         if self.cfg.emulate_gpu:  # before the model is built: its kernel paths follow the card's capability
             profile = gpus.emulate(self.cfg.emulate_gpu, self.device)
             self.audit_note = gpus.audit_kernels(profile, self.own_kernel_builds())  # stops here, in one line, where one would not fit
@@ -665,6 +665,7 @@ class Trainer:
         try:
             with self.stop_signals:
                 self.status = self.loop()
+            self.audit_inductor_kernels()  # what compiled after the warm-up
         except Interrupted:
             self.status = "interrupted"
             raise
@@ -680,6 +681,7 @@ class Trainer:
         cfg = self.cfg
         self.warmup_s = self.warm_up()
         self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s")
+        self.audit_inductor_kernels()  # what the warm-up compiled; untimed
         self.clock.start()
         while True:
             if self.recipe.before_step is not None:  # part of the training time: it runs inside the clock's stretch
@@ -702,6 +704,17 @@ class Trainer:
                 self.settle()
                 self.after_sync(bool(save_due))
                 self.clock.start()
+
+    def audit_inductor_kernels(self) -> None:
+        """Under --emulate-gpu: Inductor's kernels loaded since the last audit, compiled again for the card; stops in
+        one line on one that fits in none of its configs (kit/core/gpus.py InductorAudit)."""
+        if not gpus.emulated():
+            return
+        if self.inductor_audit is None:
+            self.inductor_audit = gpus.InductorAudit(gpus.emulated())
+        t0 = time.perf_counter()
+        self.inductor_audit.check()
+        self.log.print(f"{self.inductor_audit.line()} ({time.perf_counter() - t0:.1f}s)")
 
     def after_sync(self, save_due: bool) -> None:
         """At a sync: the step's checkpoint, then a stop where a signal asked for one."""
@@ -832,6 +845,8 @@ class Trainer:
             "attn": cfg.attn,
             "dtype": str(self.dtype).replace("torch.", ""),
         }
+        if self.inductor_audit is not None:
+            summary["inductor_kernel_audit"] = self.inductor_audit.summary()
         report = self.run_report()
         if report:
             summary["run_report"] = report
