@@ -202,10 +202,21 @@ class MoEGPT(GPT):
     def moe_layers(self):
         return [block.mlp for block in self.h if isinstance(block.mlp, MoEMLP)]
 
+    def forward(self, *args, **kwargs):
+        self.drop_aux_losses()  # a forward stopped midway (out of memory) left its layers' losses holding its activations
+        return super().forward(*args, **kwargs)
+
+    def drop_aux_losses(self) -> list:
+        """The layers' balance losses of this forward, no longer held by the layers (each holds the graph behind it)."""
+        losses = [layer.aux_loss for layer in self.moe_layers()]
+        for layer in self.moe_layers():
+            layer.aux_loss = None
+        return losses
+
     def loss(self, h, targets, idx=None):
         loss = super().loss(h, targets, idx)
         if self.training and self.balance_weight:
-            loss = loss + self.balance_weight * sum(layer.aux_loss for layer in self.moe_layers())
+            loss = loss + self.balance_weight * sum(self.drop_aux_losses())
         return loss
 
     def flops_per_token(self, seq_len: int) -> int:

@@ -180,17 +180,38 @@ def host_shared(autotuner):
     return max(needs) if needs else None
 
 
+def compile_view(autotuner):
+    """The attributes Inductor's compile-argument methods read, with the kernel's Python function present: a kernel
+    compiled in one of Inductor's worker processes comes back without it (it does not pickle); Inductor's own
+    reload, else its generated file. A plain namespace: a loaded autotuner refuses to be copied."""
+    import importlib.util
+    import types
+
+    view = types.SimpleNamespace(**vars(autotuner))
+    if getattr(autotuner.fn, "fn", None) is None:
+        reload = getattr(autotuner, "_reload_kernel", None)
+        if callable(reload):
+            view.fn = reload().fn
+        else:
+            spec = importlib.util.spec_from_file_location(f"inductor_{kernel_name(autotuner)}", autotuner.filename)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            view.fn = getattr(module, kernel_name(autotuner)).fn
+    return view
+
+
 def inductor_need(autotuner, config, cap) -> int:
     """Shared memory per block of one of an Inductor kernel's configs compiled for compute capability `cap`:
     Inductor's own compile arguments for that config, with only the target changed."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    meta = autotuner._create_compile_meta(config)
-    source = triton.compiler.ASTSource(autotuner.fn, meta["signature"], meta["constants"], meta["configs"][0])
+    cls, view = type(autotuner), compile_view(autotuner)
+    meta = cls._create_compile_meta(view, config)
+    source = triton.compiler.ASTSource(view.fn, meta["signature"], meta["constants"], meta["configs"][0])
     options = {"num_warps": config.num_warps, "num_stages": config.num_stages}
-    if hasattr(autotuner, "_create_compile_options"):
-        options = autotuner._create_compile_options(config, meta)
+    if hasattr(cls, "_create_compile_options"):
+        options = cls._create_compile_options(view, config, meta)
     return triton.compile(source, target=GPUTarget("cuda", cap[0] * 10 + cap[1], 32), options=options).metadata.shared
 
 
