@@ -170,7 +170,8 @@ class Hyperparameters(TrainConfig):
 # scaled to this recipe's ~450 steps where the public one's are in steps (its Muon momentum cooldown: 50 of ~1300).
 # Measured together (records/2026-12-01_h200_speedrun_v2); each switched off alone on a 208-step screen
 # (records/2026-12-02_h200_speedrun_ablations_quarter): the batch stages, key offset and NorMuon pay (0.086, 0.069,
-# 0.017); logit_mtp and the sigmoid cap were 0.011 and 0.015 worse there, not yet checked at the full schedule.
+# 0.017); logit_mtp and the sigmoid cap were 0.011 and 0.015 worse there, but at the full schedule switching either off
+# costs 0.004-0.010 and 0.006-0.007 over two seeds (records/2026-12-02_h200_speedrun_v2_second_seed).
 V2 = {"batch_stages": "1,2,3", "batch_stage_lrs": "0.578,0.879,1", "cooldown_frac": 0.6, "muon_momentum_cooldown": 20,
       "normuon": True, "muon_coefficients": "polar", "muon_cwd": 1.2, "logit_mtp": "0.5,0.25", "softcap_form": "sigmoid",
       "smear": True, "key_offset": True}  # and backout from 2/3 of the layers (layer 8 of 12, as the public record's)
