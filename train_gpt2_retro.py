@@ -1,0 +1,370 @@
+"""Retrieval-augmented training (RETRO-style): a few layers attend to neighbours retrieved from other documents of the training split.
+
+The idea (Borgeaud et al. 2022, "Improving language models by retrieving from trillions of tokens"):
+cut the training split into 64-token chunks and index them. While training and evaluating, each
+64-token chunk of a sequence retrieves its k nearest chunks of the index (each with the 64 tokens
+that follow it), a small bidirectional encoder reads them, and chunked cross-attention (CCA) in a
+few decoder layers lets the tokens after the chunk attend to them. The tokens of chunk u read chunk
+u-1's neighbours from the chunk's last token on (RETRO's shift by 63), so no position sees
+neighbours retrieved with tokens after it: the model stays causal. Retrieval is a memory the model
+reads, not weights it must grow.
+
+The index (ChunkIndex): each chunk's token-weighted bag of words (weights log(total / count), an IDF
+over the training split) projected to 64 dimensions with a fixed random matrix and normalised, so
+inner products approximate the TF-IDF cosine of two chunks (a random projection keeps inner
+products); FAISS (IVF over an inner-product quantiser; exact below 20,000 chunks) searches them.
+Why this and not BM25 or a neural encoder: RETRO's frozen BERT is not available offline, BM25 over
+millions of chunks is slow to query per training batch, while the sketch takes one embedding_bag
+call per batch and FAISS answers thousands of queries per millisecond on a CPU. FAISS is a
+maintained library: pip install faiss-cpu.
+
+While training, neighbours from the query's own document (the chunk itself, its document's other
+chunks) are excluded, which needs each query's document: the index's chunks lie on the training
+stream's 64-token grid, so a training chunk is found in it by a hash of its tokens. Validation
+retrieves from the training index only, with nothing excluded; the end of the run reports how much
+of the validation text the neighbours contain (shared 13-grams), so a gain cannot be a leaked copy.
+Simplifications against RETRO: the encoder does not attend to the decoder's chunk, and the index is
+built (and timed, as part of the wall clock) at every start.
+
+    python train_gpt2_retro.py --data webmix                           # CCA in layers 5, 8, 11; 2 neighbours
+    python train_gpt2_retro.py --data webmix --retro-layers 11 --neighbours 1
+"""
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kit.core.errors import UserError
+from kit.data.datasets import resolve
+from kit.data.loader import shuffled_order, validation_batches
+from kit.data.shards import EOT, open_shard
+from kit.loop.train import Recipe, Trainer, main
+from kit.modeling.model import GPT, Block, CausalSelfAttention, gpt_config
+
+import train_gpt2 as baseline  # the baseline's optimizer, shared
+
+CHUNK = 64
+HASH_MULTIPLIERS = np.random.default_rng(20220108).integers(1, 2**62, size=CHUNK, dtype=np.int64) | 1  # odd: a 64-bit polynomial-like hash
+
+
+def chunk_hashes(chunks: np.ndarray) -> np.ndarray:
+    """(N,) uint64 hashes of (N, CHUNK) token chunks (wrapping arithmetic; collisions ~N^2 / 2^64)."""
+    return (chunks.astype(np.uint64) * HASH_MULTIPLIERS.astype(np.uint64)).sum(axis=1, dtype=np.uint64)
+
+
+def load_faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise UserError("train_gpt2_retro.py searches its index with FAISS: pip install faiss-cpu") from None
+    return faiss
+
+
+class ChunkIndex:
+    """The training split's CHUNK-token chunks (on the grid start = grid_offset + CHUNK * i of every shard, as the
+    training stream cuts them), their sketches in a FAISS index, and where each chunk and its document lie."""
+
+    def __init__(self, files, grid_offset: int, neighbour_len: int = 2 * CHUNK, dim: int = 64, nprobe: int = 16,
+                 max_chunks: int = 0, seed: int = 0, vocab_size: int = 50257):
+        t0 = time.perf_counter()
+        self.faiss = load_faiss()
+        self.neighbour_len, self.nprobe = neighbour_len, nprobe
+        self.shards = [open_shard(f) for f in files]
+        shard_ids, starts = [], []
+        for s, tokens in enumerate(self.shards):
+            begin = np.arange(grid_offset, len(tokens) - neighbour_len + 1, CHUNK, dtype=np.int64)
+            shard_ids.append(np.full(len(begin), s, dtype=np.int64))
+            starts.append(begin)
+        self.shard_of, self.start_of = np.concatenate(shard_ids), np.concatenate(starts)
+        if max_chunks and len(self.start_of) > max_chunks:  # the first max_chunks of the split
+            self.shard_of, self.start_of = self.shard_of[:max_chunks], self.start_of[:max_chunks]
+        if len(self.start_of) == 0:
+            raise UserError(f"the training shards hold no chunk of {neighbour_len} tokens to index")
+        chunks = self.tokens_at(self.shard_of, self.start_of, CHUNK)
+        self.doc_first = self.document_keys(self.shard_of, self.start_of)
+        self.doc_last = self.document_keys(self.shard_of, self.start_of + neighbour_len - 1)  # the continuation's document too
+        hashes = chunk_hashes(chunks)
+        self.hash_order = np.argsort(hashes, kind="stable")
+        self.sorted_hashes = hashes[self.hash_order]
+        counts = np.bincount(chunks.ravel(), minlength=vocab_size).astype(np.float64)
+        self.token_weight = torch.from_numpy(np.log(counts.sum() / (1.0 + counts)).astype(np.float32))
+        generator = torch.Generator().manual_seed(seed)
+        self.projection = torch.randn(vocab_size, dim, generator=generator) / math.sqrt(dim)
+        sketches = np.concatenate([self.sketch(chunks[i : i + 65536]) for i in range(0, len(chunks), 65536)])
+        self.index = self.build_index(sketches, dim, seed)
+        self.stats = {"chunks": int(len(self.start_of)), "build_s": round(time.perf_counter() - t0, 2),
+                      "index_bytes": int(sketches.nbytes + len(self.start_of) * 8 * 6), "kind": type(self.index).__name__,
+                      "dim": dim, "queries": 0, "query_s": 0.0}
+
+    def tokens_at(self, shard_of: np.ndarray, start_of: np.ndarray, length: int) -> np.ndarray:
+        """(N, length) int64 tokens of the spans starting at start_of in shards shard_of."""
+        out = np.empty((len(start_of), length), dtype=np.int64)
+        offsets = np.arange(length)
+        for s in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == s)
+            out[rows] = self.shards[s][start_of[rows, None] + offsets[None, :]]
+        return out
+
+    def document_keys(self, shard_of: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """A key per (shard, document) for the token at each position: the shard and the 50256s before it."""
+        keys = np.empty(len(positions), dtype=np.int64)
+        for s in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == s)
+            ends = np.flatnonzero(np.asarray(self.shards[s]) == EOT)
+            keys[rows] = s * (1 << 40) + np.searchsorted(ends, positions[rows], side="left")
+        return keys
+
+    def sketch(self, chunks: np.ndarray) -> np.ndarray:
+        """(N, dim) float32 unit vectors: the chunks' IDF-weighted bags of tokens, randomly projected."""
+        ids = torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.int64))
+        bags = F.embedding_bag(ids, self.projection, per_sample_weights=self.token_weight[ids], mode="sum")
+        return F.normalize(bags, dim=1).numpy()
+
+    def build_index(self, sketches: np.ndarray, dim: int, seed: int):
+        faiss = self.faiss
+        if len(sketches) < 20_000:
+            index = faiss.IndexFlatIP(dim)
+        else:
+            lists = int(4 * math.sqrt(len(sketches)))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, lists, faiss.METRIC_INNER_PRODUCT)
+            sample = np.random.default_rng(seed).choice(len(sketches), min(len(sketches), 40 * lists), replace=False)  # FAISS asks for >= 39 per list
+            index.train(sketches[np.sort(sample)])
+            index.nprobe = self.nprobe
+        index.add(sketches)
+        return index
+
+    def own_ids(self, chunks: np.ndarray) -> np.ndarray:
+        """The index's id of each chunk found in it by its tokens' hash, else -1."""
+        hashes = chunk_hashes(chunks)
+        at = np.minimum(np.searchsorted(self.sorted_hashes, hashes), len(self.sorted_hashes) - 1)
+        return np.where(self.sorted_hashes[at] == hashes, self.hash_order[at], -1)
+
+    def search(self, chunks: np.ndarray, k: int, exclude_own_document: bool) -> np.ndarray:
+        """(N, k) ids of each chunk's nearest chunks; with exclude_own_document, none from the document(s) of the
+        chunk's own copy in the index (where it is there) or of its continuation. -1 where fewer than k remain."""
+        t0 = time.perf_counter()
+        extra = 8 if exclude_own_document else 0
+        _, found = self.index.search(self.sketch(chunks), k + extra)
+        if exclude_own_document:
+            own = self.own_ids(chunks)
+            valid = found >= 0
+            safe = np.where(valid, found, 0)
+            mine_first = np.where(own >= 0, self.doc_first[np.maximum(own, 0)], -1)[:, None]
+            mine_last = np.where(own >= 0, self.doc_last[np.maximum(own, 0)], -1)[:, None]
+            theirs = (self.doc_first[safe], self.doc_last[safe])
+            valid &= ~((theirs[0] == mine_first) | (theirs[0] == mine_last) | (theirs[1] == mine_first) | (theirs[1] == mine_last))
+            order = np.argsort(~valid, axis=1, kind="stable")[:, :k]  # the first k valid ones, in rank order
+            found = np.where(np.take_along_axis(valid, order, 1), np.take_along_axis(found, order, 1), -1)
+        self.stats["queries"] += len(chunks)
+        self.stats["query_s"] += time.perf_counter() - t0
+        return found
+
+    def neighbours(self, idx: torch.Tensor, k: int, exclude_own_document: bool) -> torch.Tensor:
+        """(B, T // CHUNK, k, neighbour_len) int64 tokens: each whole chunk's neighbours with their continuations
+        (EOT tokens where fewer than k were found)."""
+        B, T = idx.shape
+        n = T // CHUNK
+        chunks = idx[:, : n * CHUNK].reshape(B * n, CHUNK).cpu().numpy()
+        ids = self.search(chunks, k, exclude_own_document).reshape(-1)
+        tokens = np.full((len(ids), self.neighbour_len), EOT, dtype=np.int64)
+        hit = ids >= 0
+        tokens[hit] = self.tokens_at(self.shard_of[ids[hit]], self.start_of[ids[hit]], self.neighbour_len)
+        return torch.from_numpy(tokens).view(B, n, k, self.neighbour_len)
+
+
+class BidirectionalSelfAttention(CausalSelfAttention):
+    """The encoder's attention: every neighbour token sees the whole neighbour."""
+
+    def forward(self, x):
+        return self.merge(F.scaled_dot_product_attention(*self.heads(x)))
+
+
+class NeighbourEncoder(nn.Module):
+    """Neighbour tokens (the decoder's token embeddings, their own positions) through bidirectional blocks."""
+
+    def __init__(self, config, layers: int, neighbour_len: int):
+        super().__init__()
+        self.wpe = nn.Embedding(neighbour_len, config.n_embd)
+        self.blocks = nn.ModuleList(Block(config, BidirectionalSelfAttention) for _ in range(layers))
+        self.ln = nn.LayerNorm(config.n_embd)
+
+    def forward(self, tokens, wte):
+        x = wte(tokens) + self.wpe(torch.arange(tokens.size(-1), device=tokens.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.ln(x)
+
+
+class ChunkedCrossAttention(nn.Module):
+    """Positions 64u+63 .. 64u+126 attend to the neighbours of chunk u (RETRO's CCA); positions 0..62 get nothing."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.n_head = config.n_head
+        self.q = nn.Linear(config.n_embd, config.n_embd)
+        self.kv = nn.Linear(config.n_embd, 2 * config.n_embd)
+        self.proj = nn.Linear(config.n_embd, config.n_embd)
+        self.proj.residual_projection = True
+
+    def forward(self, h, memory):
+        """h (B, T, C); memory (B, n, M, C): the encoded neighbours of each whole chunk (n = T // CHUNK)."""
+        B, T, C = h.shape
+        n, M = memory.shape[1], memory.shape[2]
+        if n == 0:
+            return torch.zeros_like(h)
+        queries = F.pad(h[:, CHUNK - 1 : CHUNK - 1 + n * CHUNK], (0, 0, 0, CHUNK - 1 + n * CHUNK - T))  # row i: position i + 63
+        heads = lambda t, L: t.view(B * n, L, self.n_head, C // self.n_head).transpose(1, 2)
+        q = heads(self.q(queries).reshape(B * n, CHUNK, C), CHUNK)
+        k, v = (heads(t, M) for t in self.kv(memory.reshape(B * n, M, C)).split(C, dim=-1))
+        y = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, n * CHUNK, C)
+        out = F.pad(y, (0, 0, CHUNK - 1, 0))[:, :T]  # back to positions 63 .. 63 + n * 64 - 1, cut at T
+        return self.proj(out)
+
+
+class RetroBlock(Block):
+    """Attention, then chunked cross-attention to the neighbours, then the MLP."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.ln_c = nn.LayerNorm(config.n_embd)
+        self.cca = ChunkedCrossAttention(config)
+
+    def forward(self, x, memory):
+        x = x + self.attn(self.ln_1(x))
+        x = x + self.cca(self.ln_c(x), memory)
+        return x + self.mlp(self.ln_2(x))
+
+
+class RetroGPT(GPT):
+    """The baseline GPT with RetroBlocks at retro_layers, reading the neighbours an index returns."""
+
+    def __init__(self, config, retro_layers, index: ChunkIndex, neighbours: int = 2, encoder_layers: int = 1):
+        super().__init__(config)
+        for i in retro_layers:
+            self.h[i] = RetroBlock(config)
+        self.index, self.k = index, neighbours
+        self.encoder = NeighbourEncoder(config, encoder_layers, index.neighbour_len)
+        for module in (*(self.h[i] for i in retro_layers), self.encoder):
+            module.apply(self._init_weights)
+
+    @torch.compiler.disable  # a CPU search: outside the compiled graph
+    def retrieve(self, idx):
+        tokens = self.index.neighbours(idx, self.k, exclude_own_document=self.training)
+        return tokens.to(idx.device, non_blocking=True)
+
+    def memory(self, idx):
+        """(B, n, k * neighbour_len, C): each whole chunk's encoded neighbours, side by side."""
+        tokens = self.retrieve(idx)
+        B, n, k, r = tokens.shape
+        encoded = self.encoder(tokens.view(B * n * k, r), self.wte)
+        return encoded.view(B, n, k * r, -1)
+
+    def hidden(self, idx):
+        memory = self.memory(idx) if any(isinstance(b, RetroBlock) for b in self.h) else None
+        x = self.embed(idx)
+        for block in self.h:
+            x = block(x, memory) if isinstance(block, RetroBlock) else block(x)
+        return self.ln_f(x)
+
+    def flops_per_token(self, seq_len: int) -> int:
+        """Per decoder token: the decoder's linears and attention as the baseline counts them; the encoder's and
+        the CCA keys' work on k * neighbour_len / 64 neighbour tokens per decoder token; CCA's scores over them."""
+        from kit.modeling.flops import attention_flops_per_token, linear_weight_count
+
+        d, r = self.config.n_embd, self.index.neighbour_len
+        per_token = self.k * r / CHUNK  # neighbour tokens read per decoder token
+        retro = [b for b in self.h if isinstance(b, RetroBlock)]
+        decoder = linear_weight_count(self) - linear_weight_count(self.encoder) - sum(b.cca.kv.weight.numel() for b in retro)
+        encoder = per_token * (6 * linear_weight_count(self.encoder) + attention_flops_per_token(len(self.encoder.blocks), d, r))
+        cca = len(retro) * (6 * per_token * 2 * d * d + 12 * d * self.k * r)
+        return int(6 * decoder + attention_flops_per_token(self.config.n_layer, d, seq_len) + encoder + cca)
+
+
+def shared_ngrams(text: np.ndarray, reference: np.ndarray, n: int = 13):
+    """(n-grams of text found in reference, n-grams of text): contiguous token n-grams, compared by hash."""
+    def grams(tokens):
+        windows = np.lib.stride_tricks.sliding_window_view(tokens, n)
+        return (windows.astype(np.uint64) * HASH_MULTIPLIERS[:n].astype(np.uint64)).sum(axis=1, dtype=np.uint64)
+    if len(text) < n:
+        return 0, 0
+    ours = grams(text)
+    theirs = np.unique(np.concatenate([grams(row) for row in reference if len(row) >= n]))
+    return int(np.isin(ours, theirs).sum()), len(ours)
+
+
+def contamination(index: ChunkIndex, val_path, seq_len: int, k: int, sequences: int = 64) -> dict:
+    """How much of the validation text its chunks' neighbours contain: for each whole chunk of the first `sequences`
+    validation sequences, the share of the next chunk's 13-grams (what a copy would hand the model) found in the
+    chunk's retrieved neighbours (with continuations), and the share of chunks with any."""
+    found = total = chunks_with_any = chunks = 0
+    for x, _ in validation_batches(val_path, sequences * seq_len, seq_len, sequences, strict=False):
+        tokens = index.neighbours(x, k, exclude_own_document=False).numpy()
+        for b in range(x.size(0)):
+            for u in range(tokens.shape[1] - 1):
+                hit, count = shared_ngrams(x[b, (u + 1) * CHUNK : (u + 2) * CHUNK].numpy(), tokens[b, u])
+                found, total = found + hit, total + count
+                chunks_with_any, chunks = chunks_with_any + (hit > 0), chunks + 1
+    return {"val_13gram_share_in_neighbours": found / max(1, total), "val_chunks_with_a_shared_13gram": chunks_with_any / max(1, chunks),
+            "val_chunks_checked": chunks}
+
+
+@dataclass
+class Hyperparameters(baseline.Hyperparameters):
+    MODEL_SIZE_PRESETS: ClassVar[dict] = {"tiny": {"retro_layers": "1"}}
+    retro_layers: str = field(default="5,8,11", metadata={"help": "decoder layers (0-based, comma-separated) with chunked cross-attention to the neighbours"})
+    neighbours: int = field(default=2, metadata={"help": "neighbours retrieved per 64-token chunk"})
+    neighbour_len: int = field(default=128, metadata={"help": "tokens of each neighbour: its chunk and what follows it (RETRO: 64 + 64)"})
+    encoder_layers: int = field(default=1, metadata={"help": "bidirectional blocks of the neighbour encoder"})
+    sketch_dim: int = field(default=64, metadata={"help": "dimensions of the chunks' random-projection sketches"})
+    nprobe: int = field(default=16, metadata={"help": "FAISS IVF lists searched per query (recall against speed)"})
+    index_chunks: int = field(default=0, metadata={"help": "index only the first N chunks of the training split (0: all)"})
+
+
+def retro_layers(cfg: Hyperparameters, n_layer: int) -> tuple:
+    try:
+        layers = tuple(int(x) for x in cfg.retro_layers.split(",") if x != "")
+    except ValueError:
+        raise UserError(f"--retro-layers {cfg.retro_layers!r}: layer numbers separated by commas") from None
+    if not layers or any(not 0 <= i < n_layer for i in layers):
+        raise UserError(f"--retro-layers {cfg.retro_layers}: one or more of the model's layers 0..{n_layer - 1}")
+    return layers
+
+
+def build_model(cfg: Hyperparameters):
+    config = gpt_config(cfg.model_size, block_size=cfg.seq_len, attn=cfg.attn)
+    layers = retro_layers(cfg, config.n_layer)
+    if cfg.seq_len % CHUNK or cfg.align_bos:
+        raise UserError(f"train_gpt2_retro.py cuts sequences into {CHUNK}-token chunks on the training stream's grid: "
+                        f"--seq-len a multiple of {CHUNK} (not {cfg.seq_len}) and --align-bos 0")
+    if cfg.neighbours < 1 or cfg.neighbour_len < CHUNK or cfg.encoder_layers < 0:
+        raise UserError(f"--neighbours {cfg.neighbours} (>= 1), --neighbour-len {cfg.neighbour_len} (>= {CHUNK}), --encoder-layers {cfg.encoder_layers} (>= 0)")
+    files = [str(f) for f in resolve(cfg).train]
+    grid_offset = shuffled_order(files, cfg.data_order_seed, cfg.seq_len)[1] % CHUNK  # where the stream's sequences start
+    index = ChunkIndex(files, grid_offset, cfg.neighbour_len, cfg.sketch_dim, cfg.nprobe, cfg.index_chunks, cfg.seed)
+    print(f"retrieval index: {index.stats['chunks']:,} chunks of {CHUNK} tokens ({index.stats['kind']}, {cfg.sketch_dim}-dim sketches, "
+          f"{index.stats['index_bytes'] / 2**20:.0f} MiB), built in {index.stats['build_s']:.1f}s", flush=True)
+    return RetroGPT(config, layers, index, cfg.neighbours, cfg.encoder_layers)
+
+
+class RetroTrainer(Trainer):
+    """The loop, with the index's build and query costs and the validation contamination in the run's report."""
+
+    def run_report(self) -> dict:
+        index = self.model.index
+        report = {"index": dict(index.stats, queries_per_s=index.stats["queries"] / max(index.stats["query_s"], 1e-9))}
+        report["contamination"] = contamination(index, self.files.val, self.cfg.seq_len, self.model.k)
+        return report
+
+
+RECIPE = Recipe(Hyperparameters, build_model, baseline.build_optimizers, script=__file__, description=__doc__.splitlines()[0],
+                trainer=RetroTrainer)
+
+if __name__ == "__main__":
+    sys.exit(main(RECIPE))
