@@ -30,6 +30,7 @@ built (and timed, as part of the wall clock) at every start.
     python train_gpt2_retro.py --data webmix --retro-layers 11 --neighbours 1
 """
 
+import dataclasses
 import math
 import sys
 import time
@@ -46,7 +47,7 @@ from kit.data.datasets import resolve
 from kit.data.loader import shuffled_order, validation_batches
 from kit.data.shards import EOT, open_shard
 from kit.loop.train import Recipe, Trainer, main
-from kit.modeling.model import GPT, Block, CausalSelfAttention, gpt_config
+from kit.modeling.model import GPT, Block, gpt_config
 
 import train_gpt2 as baseline  # the baseline's optimizer, shared
 
@@ -179,20 +180,14 @@ class ChunkIndex:
         return torch.from_numpy(tokens).view(B, n, k, self.neighbour_len)
 
 
-class BidirectionalSelfAttention(CausalSelfAttention):
-    """The encoder's attention: every neighbour token sees the whole neighbour."""
-
-    def forward(self, x):
-        return self.merge(F.scaled_dot_product_attention(*self.heads(x)))
-
-
 class NeighbourEncoder(nn.Module):
     """Neighbour tokens (the decoder's token embeddings, their own positions) through bidirectional blocks."""
 
     def __init__(self, config, layers: int, neighbour_len: int):
         super().__init__()
         self.wpe = nn.Embedding(neighbour_len, config.n_embd)
-        self.blocks = nn.ModuleList(Block(config, BidirectionalSelfAttention) for _ in range(layers))
+        bidirectional = dataclasses.replace(config, attn="bidirectional")  # every neighbour token sees the whole neighbour
+        self.blocks = nn.ModuleList(Block(bidirectional) for _ in range(layers))
         self.ln = nn.LayerNorm(config.n_embd)
 
     def forward(self, tokens, wte):

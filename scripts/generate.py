@@ -16,6 +16,10 @@ token. The default, auto, takes static on CUDA where the model allows it (on one
 records/2026-11-29_h200_inference_static) and the paged cache otherwise. MLA models (e.g.
 train_gpt2_rtx4090_optim.py --attn mla) decode their latent cache with the Triton kernel of
 kit/modeling/mla_decode.py where it runs, else with PyTorch; the closing line says which.
+A diffusion model (train_gpt2_diffusion.py) has no cache: it fills all --max-new-tokens in
+--diffusion-steps forward passes (--unmask confidence|random, --block-len for block-wise denoising).
+
+    python scripts/generate.py logs/my_diffusion_run --prompt "Hello" --max-new-tokens 128 --diffusion-steps 32 --block-len 32
 """
 
 import argparse
@@ -75,6 +79,9 @@ def main(argv=None) -> str:
     parser.add_argument("--cache", choices=["auto", "paged", "contiguous", "static", "none"], default="auto",
                         help="static: contiguous, decoded at fixed shapes through a CUDA graph on CUDA (kit.modeling.model.GPT only); "
                              "auto: static on CUDA where it applies, else paged")
+    parser.add_argument("--diffusion-steps", type=int, default=0, help="diffusion models: forward passes for the whole continuation (0: one per new token)")
+    parser.add_argument("--unmask", choices=["confidence", "random"], default="confidence", help="diffusion models: which masked positions each pass reveals")
+    parser.add_argument("--block-len", type=int, default=0, help="diffusion models: denoise blocks of this many tokens left to right (0: one block)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
@@ -83,7 +90,9 @@ def main(argv=None) -> str:
     if args.temperature < 0 or args.top_k < 0 or not 0 < args.top_p <= 1:
         raise UserError("--temperature and --top-k must not be negative, and --top-p lies in (0, 1]")
 
-    model, _, _ = load_model(args.run_dir, args.device)
+    model, _, module = load_model(args.run_dir, args.device)
+    if hasattr(module, "sample") and hasattr(module, "DiffusionGPT") and isinstance(model, module.DiffusionGPT):
+        return diffusion_generate(model, module, args)
     cache = args.cache
     if cache == "auto":  # already checked: static only where the model allows it
         cache = auto_cache(model, args.device)
@@ -112,6 +121,23 @@ def main(argv=None) -> str:
     if decode := model_mla_decode_path(model, cache):
         path += ", " + decode
     return f"{new} tokens in {seconds:.2f} s ({new / seconds:.1f} tokens/s, cache: {path}, device: {args.device})"
+
+
+def diffusion_generate(model, module, args) -> str:
+    """Each prompt's continuation from the diffusion model in --diffusion-steps passes (the prompts one after another)."""
+    encoding = gpt2_encoding()
+    steps = args.diffusion_steps or args.max_new_tokens
+    t0 = time.perf_counter()
+    for text in args.prompt:
+        prompt = torch.tensor([[EOT, *encoding.encode_ordinary(text)]], device=args.device)
+        new = module.sample(model, prompt, args.max_new_tokens, steps, args.unmask, args.block_len, args.temperature, args.seed,
+                           args.top_k, args.top_p)
+        print(f"--- {text}{encoding.decode([t for t in new[0].tolist() if t < EOT])}")
+    seconds = time.perf_counter() - t0
+    new = args.max_new_tokens * len(args.prompt)
+    blocks = f", blocks of {args.block_len}" if args.block_len else ""
+    return (f"{new} tokens in {seconds:.2f} s ({new / seconds:.1f} tokens/s, diffusion: {steps} steps, unmask {args.unmask}{blocks}, "
+            f"device: {args.device})")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,13 @@ def flex_causal_attention(q, k, v):
     return kernel(q, k, v, block_mask=mask)
 
 
-ATTENTION = {"manual": manual_causal_attention, "sdpa": sdpa_causal_attention, "flex": flex_causal_attention}
+def bidirectional_attention(q, k, v):
+    """Every position sees every other (no mask): encoders, the diffusion model's denoiser."""
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+ATTENTION = {"manual": manual_causal_attention, "sdpa": sdpa_causal_attention, "flex": flex_causal_attention,
+             "bidirectional": bidirectional_attention}
 
 
 class CausalSelfAttention(nn.Module):

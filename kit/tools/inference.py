@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from kit.modeling.sampling import sample  # generate's sampler; callers import it from here too
+
 # Cached reads are padded to a multiple of this many slots (the paged block size): a new key length
 # at every decoding step made cuDNN's attention build a new plan per call (~4.5-7 ms of host time
 # per layer on an H200, records/2026-11-29_h200_inference)
@@ -494,24 +496,7 @@ def make_cache(model, kind: str, sequences: int, max_len: int, block_size: int =
     raise ValueError(f"cache must be paged, contiguous, static or none, not {kind!r}")
 
 
-# ----- sampling and generation -----
-
-def sample(logits, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, generator=None):
-    """Next tokens (B,) from logits (B, V): greedy at temperature 0, else softmax(logits / T)
-    restricted to the top_k tokens and to the smallest set whose probability reaches top_p."""
-    if temperature <= 0:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k:
-        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cumulative = sorted_logits.softmax(-1).cumsum(-1)
-        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # tokens after the set already reaches top_p
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
-
+# ----- generation -----
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens: int, cache: str = "paged", temperature: float = 0.0, top_k: int = 0,
