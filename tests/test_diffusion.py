@@ -105,20 +105,52 @@ def test_the_sampler_fills_every_mask_keeps_the_prompt_and_spends_exactly_its_st
     assert torch.equal(*greedy)
 
 
-def test_diffusion_script_trains_and_generate_samples_from_its_run(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def tiny_runs(tmp_path_factory):
+    """A 2-step diffusion run and a 1-step baseline run on synthetic data (CPU), shared by the tests below."""
+    import train_gpt2 as baseline
+    import train_gpt2_diffusion as script
+    from conftest import FAST
+    from kit.loop.train import main
+
+    folder = tmp_path_factory.mktemp("diffusion_runs")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("KIT_DATA_DIR", str(tmp_path_factory.getbasetemp() / "kit_data"))
+        common = [*FAST, "--data", "synthetic", "--export", "1"]
+        assert main(script.RECIPE, [*common, "--max-steps", "2", "--val-every", "2", "--out-dir", str(folder / "diffusion")]) == 0
+        assert main(baseline.RECIPE, [*common, "--max-steps", "1", "--val-every", "0", "--out-dir", str(folder / "ar")]) == 0
+    return folder
+
+
+def test_diffusion_script_trains_and_generate_samples_from_its_run(tiny_runs, capsys):
     import train_gpt2_diffusion as script
     from conftest import FAST, load_module, read_metrics
     from kit.core.errors import UserError
     from kit.core.config import parse_config
-    from kit.loop.train import main
 
-    flags = [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--export", "1"]
-    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path / "run")]) == 0
-    vals = read_metrics(tmp_path / "run", "val")
+    vals = read_metrics(tiny_runs / "diffusion", "val")
     assert len(vals) == 2 and 5 < vals[-1]["val_loss"] < 12  # ~ log(50258) per token at the start
     generate = load_module("scripts/generate.py", "generate_tool")
-    line = generate.main([str(tmp_path / "run"), "--prompt", "Hello", "--max-new-tokens", "8", "--diffusion-steps", "4", "--device", "cpu"])
+    line = generate.main([str(tiny_runs / "diffusion"), "--prompt", "Hello", "--max-new-tokens", "8", "--diffusion-steps", "4", "--device", "cpu"])
     assert "8 tokens in" in line and "diffusion: 4 steps, unmask confidence" in line
     assert "--- Hello" in capsys.readouterr().out
     with pytest.raises(UserError, match="--attn: this script does not read it"):
         parse_config(script.Hyperparameters, [*FAST, "--attn", "sdpa"])
+
+
+def test_the_diffusion_benchmark_times_both_samplers_and_scores_their_samples(tiny_runs, tmp_path):
+    """scripts/bench_diffusion.py on tiny CPU runs (the baseline judging too): a row per model, length and batch,
+    each with speed and quality, and the trade-off plot."""
+    import json
+
+    from conftest import load_module
+
+    bench = load_module("scripts/bench_diffusion.py", "bench_diffusion")
+    line = bench.main(["--diffusion", str(tiny_runs / "diffusion"), "--autoregressive", str(tiny_runs / "ar"), "--judge", str(tiny_runs / "ar"),
+                       "--out", str(tmp_path / "bench"), "--steps", "2,4", "--batches", "1,2", "--lengths", "16", "--samples", "3",
+                       "--repeats", "1", "--device", "cpu"])
+    rows = json.loads((tmp_path / "bench" / "bench_diffusion.json").read_text())["rows"]
+    assert line.startswith("6 rows") and [(r["model"], r["batch"]) for r in rows] == [(m, b) for m in ("autoregressive", "diffusion 2", "diffusion 4") for b in (1, 2)]
+    assert all(r["tokens_per_s"] > 0 and 1 < r["gen_ppl"] < 1e6 and 0 < r["distinct_1"] <= 1 for r in rows)
+    assert (tmp_path / "bench" / "tradeoff.png").stat().st_size > 0
+    assert bench.distinct_n(torch.tensor([[1, 2, 1, 2]]), 2) == pytest.approx(2 / 3)
