@@ -11,6 +11,8 @@ not measured here). Every run compiles (--compile 1), so that Inductor's kernels
 the baseline-family scripts take --batch-tokens 131072 (their micro-batch, and so their peak memory,
 does not depend on it). Writes desktop_fit.json and desktop_fit.md (a table: status, peak memory,
 the paths the log names, the largest shared-memory need) into --out; exits 1 where a run failed.
+Called again with the same --out, it keeps the runs that finished (their folders hold summary.json)
+and runs the rest.
 """
 
 import argparse
@@ -43,6 +45,11 @@ def command(script: str, card: str, steps: int, out_dir: Path, common: list) -> 
 def run_one(script: str, card: str, args) -> dict:
     out_dir = Path(args.out) / f"{Path(script).stem}_{card}"
     cmd = command(script, card, args.steps, out_dir, shlex.split(args.common))
+    if (out_dir / "summary.json").exists():  # a run of an earlier call of this tool: read, not repeated (delete the folder to repeat it)
+        row = {"script": script, "card": card, "rc": 0, "wall_s": 0.0, "command": shlex.join(cmd[1:]), **read_run(out_dir, Path(args.out) / f"{out_dir.name}.txt")}
+        row["rc"] = 0 if row["status"] == "completed" else 1
+        print(f"{script} as {card}: {row['status']} in an earlier call, kept", flush=True)
+        return row
     env = dict(os.environ, TORCHINDUCTOR_COMPILE_THREADS=str(args.compile_threads), PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     with open(Path(args.out) / f"{out_dir.name}.txt", "w") as console:

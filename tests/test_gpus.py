@@ -218,3 +218,6 @@ def test_the_desktop_fit_check_runs_each_script_as_each_card_and_tabulates_its_r
     assert (row["status"], row["peak_mem_gib"], row["own_kernels_largest_bytes"]) == ("completed", 12.35, 8192)
     assert fit.table([row]).splitlines()[-1] == ("| train_gpt2.py | rtx3090 | completed | 12.35 GiB | 8 | flex (FlexAttention) | "
                                                  "65,536 B Inductor (template) of 40 kernels; 8,192 B own Triton | 61 s |")
+    args = type("Args", (), {"out": str(tmp_path), "steps": 20, "common": "--data webmix"})()
+    kept = fit.run_one("train_gpt2.py", "rtx3090", args)  # called again: the finished run is read, not repeated (no GPU here to repeat it)
+    assert (kept["status"], kept["rc"], kept["peak_mem_gib"]) == ("completed", 0, 12.35)
