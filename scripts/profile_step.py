@@ -1,12 +1,23 @@
-"""Where a training step's GPU time goes: profile a few steady steps of a recipe, print the top ops.
+"""Where a training step's GPU time goes, and what that projects for another card.
 
-    python scripts/profile_step.py train_gpt2_speedrun.py --data webmix [flags...]
+    python scripts/profile_step.py train_gpt2_speedrun.py --data webmix [flags...] [--out DIR]
+    python scripts/profile_step.py train_gpt2_speedrun.py --data webmix --emulate-gpu rtx4090 --out logs/profile_4090
 
 Builds the recipe's trainer exactly as a run would (same micro-batch, compile, optimizers),
 warms it up, runs two unprofiled steps, then profiles two steps with the longest attention
 window the recipe reaches, and prints the ops by total CUDA time.
+
+With --out (on a GPU) it also splits the GPU kernels' time into bf16 matmuls, FP8 matmuls,
+attention and the rest (element-wise, reductions, copies: bound by memory bandwidth), and projects
+the step onto each card of kit/core/gpus.py's table: each part's time scaled by the host's over the
+card's datasheet rate for what bounds it (kit/core/hw.py: bf16 or FP8 tensor throughput, memory
+bandwidth; FP8 work runs in bf16 on a card without FP8). It assumes each part reaches the same
+share of the card's peak as of the host's: a projection, not a measurement. Profile under
+--emulate-gpu CARD so the step takes the card's paths and micro-batch. Writes profile.json and
+profile.md into --out.
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -15,13 +26,81 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kit.tools.runs import load_script  # noqa: E402
+from kit.core import gpus, hw  # noqa: E402
 from kit.loop.train import Trainer  # noqa: E402
+from kit.tools.runs import load_script  # noqa: E402
+
+MATMUL_MARKS = ("gemm", "cutlass", "xmma", "nvjet", "cublas", "wgmma", "matmul")  # cuBLAS/CUTLASS kernels
+FP8_MARKS = ("e4m3", "e5m2", "fp8", "f8f6f4", "scaled_mm")
+ATTENTION_MARKS = ("flex_attention", "flash", "fmha", "attention", "sdpa")
+
+
+def kernel_part(name: str) -> str:
+    """Which part a GPU kernel's time belongs to, by its name: matmul_fp8, matmul_bf16, attention or memory.
+    Inductor's kernels (triton_*) are named after the ops they fuse: its templates (triton_tem_*) are matmuls
+    or FlexAttention; its other kernels are element-wise or reductions, whatever ops their names list."""
+    lowered = name.lower()
+    if "flex_attention" in lowered or (not lowered.startswith("triton_") and any(mark in lowered for mark in ATTENTION_MARKS)):
+        return "attention"
+    is_matmul = lowered.startswith("triton_tem") and "mm" in lowered if lowered.startswith("triton_") else any(m in lowered for m in MATMUL_MARKS)
+    if is_matmul:
+        return "matmul_fp8" if any(mark in lowered for mark in FP8_MARKS) else "matmul_bf16"
+    return "memory"
+
+
+def split_kernel_times(kernels) -> dict:
+    """{part: seconds} from (kernel name, microseconds) pairs."""
+    parts = {"matmul_bf16": 0.0, "matmul_fp8": 0.0, "attention": 0.0, "memory": 0.0}
+    for name, micros in kernels:
+        parts[kernel_part(name)] += micros / 1e6
+    return parts
+
+
+def rates(name: str) -> dict:
+    """A GPU's datasheet rates by its name (kit/core/hw.py): bf16 and FP8 FLOP/s (FP8: None without it), bytes/s."""
+    return {"bf16": hw.peak_flops(name), "fp8": hw.peak_flops(name, hw.PEAK_FP8_FLOPS), "memory": hw.peak_flops(name, hw.PEAK_MEMORY_BANDWIDTH)}
+
+
+def project(parts: dict, host: str, card: str) -> dict:
+    """The step's parts on the GPU named `card`, each scaled by the host's rate over the card's for what bounds it."""
+    h, c = rates(host), rates(card)
+    scaled = {"matmul_bf16": parts["matmul_bf16"] * h["bf16"] / c["bf16"],
+              "matmul_fp8": parts["matmul_fp8"] * (h["fp8"] or h["bf16"]) / (c["fp8"] or c["bf16"]),  # no FP8: that work runs in bf16
+              "attention": parts["attention"] * h["bf16"] / c["bf16"],
+              "memory": parts["memory"] * h["memory"] / c["memory"]}
+    return {**scaled, "total": sum(scaled.values())}
+
+
+def projection_table(parts: dict, host: str, tokens_per_step: int, steps: int) -> str:
+    """Markdown: per card of kit/core/gpus.py, the projected seconds per step, tokens/s and the parts' shares (a projection)."""
+    per_step = {k: v / steps for k, v in parts.items()}
+    lines = ["| card (projection) | s per step | tokens/s | bf16 matmul | FP8 matmul | attention | memory-bound |", "|---|---|---|---|---|---|---|"]
+    for key, profile in gpus.PROFILES.items():
+        card = profile.name
+        if rates(card)["bf16"] is None or rates(card)["memory"] is None:
+            continue
+        p = project(per_step, host, card)
+        share = lambda k: f"{p[k] / p['total']:.0%}" if p["total"] else "-"  # noqa: E731
+        lines.append(f"| {key}{' (profiled)' if card in host else ''} | {p['total']:.3f} | {tokens_per_step / p['total']:,.0f} | "
+                     f"{share('matmul_bf16')} | {share('matmul_fp8')} | {share('attention')} | {share('memory')} |")
+    return "\n".join(lines)
+
+
+def gpu_kernels(prof):
+    """(name, microseconds) of each GPU kernel the profile holds."""
+    for event in prof.key_averages():
+        if str(getattr(event, "device_type", "")).endswith("CUDA"):
+            micros = getattr(event, "self_device_time_total", None)
+            yield event.key, micros if micros is not None else event.self_cuda_time_total
 
 
 def main(argv) -> None:
     if not argv or not argv[0].endswith(".py"):
         raise SystemExit(__doc__)
+    out = None
+    if "--out" in argv:
+        i = argv.index("--out")
+        out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
     script, flags = argv[0], argv[1:]
     trainer = Trainer(load_script(script).RECIPE, [*flags, "--export", "0", "--val-every", "0"])
     trainer.setup()
@@ -39,6 +118,19 @@ def main(argv) -> None:
             torch.cuda.synchronize()
     sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=45, max_name_column_width=70))
+    if out is not None and torch.cuda.is_available():
+        parts, host = split_kernel_times(gpu_kernels(prof)), torch.cuda.get_device_name(trainer.device)  # the real GPU: the times are its
+        if None in (rates(host)["bf16"], rates(host)["memory"]):
+            raise SystemExit(f"no datasheet figures for {host} in kit/core/hw.py: add them to project from it")
+        tokens = trainer.accum_steps * trainer.micro_batch * trainer.cfg.seq_len * trainer.ddp.world_size
+        table = projection_table(parts, host, tokens, steps=2)
+        out.mkdir(parents=True, exist_ok=True)
+        emulated = gpus.emulated().key if gpus.emulated() else None
+        (out / "profile.json").write_text(json.dumps({"script": script, "flags": flags, "host": host, "emulated": emulated,
+                                                      "tokens_per_step": tokens, "parts_s_per_2_steps": parts}, indent=1))
+        (out / "profile.md").write_text(f"Profiled on {host}{f' as {emulated}' if emulated else ''}, {tokens:,} tokens a step "
+                                        f"(projections, not measurements):\n\n{table}\n")
+        print(table)
 
 
 if __name__ == "__main__":

@@ -221,3 +221,22 @@ def test_the_desktop_fit_check_runs_each_script_as_each_card_and_tabulates_its_r
     args = type("Args", (), {"out": str(tmp_path), "steps": 20, "common": "--data webmix"})()
     kept = fit.run_one("train_gpt2.py", "rtx3090", args)  # called again: the finished run is read, not repeated (no GPU here to repeat it)
     assert (kept["status"], kept["rc"], kept["peak_mem_gib"]) == ("completed", 0, 12.35)
+
+
+def test_a_step_profile_projects_each_part_by_the_rate_that_bounds_it():
+    """scripts/profile_step.py: kernels sorted into parts by name, and each part's time scaled by the host's over
+    the card's datasheet rate (bf16 or FP8 tensor throughput, memory bandwidth; FP8 work in bf16 on a 3090)."""
+    from conftest import load_module
+
+    profile = load_module("scripts/profile_step.py", "profile_step")
+    kernels = [("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn", 4e6), ("nvjet_tst_128x256_e4m3", 1e6), ("triton_tem_fused__to_copy_flex_attention_3", 2e6),
+               ("triton_red_fused__log_softmax__to_copy_mm_nll_loss_4", 1e6), ("triton_tem_fused_mm_7", 1e6), ("void at::native::elementwise_kernel", 1e6)]
+    parts = profile.split_kernel_times(kernels)
+    assert parts == {"matmul_bf16": 5.0, "matmul_fp8": 1.0, "attention": 2.0, "memory": 2.0}
+    h200, rtx4090, rtx3090 = (gpus.PROFILES[k].name for k in ("h200", "rtx4090", "rtx3090"))
+    on_4090 = profile.project(parts, h200, rtx4090)
+    assert on_4090["matmul_bf16"] == pytest.approx(5 * 989 / 165.2) and on_4090["matmul_fp8"] == pytest.approx(1979 / 330.3)
+    assert on_4090["memory"] == pytest.approx(2 * 4.8 / 1.008) and on_4090["total"] == pytest.approx(sum(v for k, v in on_4090.items() if k != "total"))
+    assert profile.project(parts, h200, rtx3090)["matmul_fp8"] == pytest.approx(1979 / 71)  # no FP8: in bf16
+    table = profile.projection_table(parts, h200, tokens_per_step=100_000, steps=2)
+    assert "| h200 (profiled) | 5.000 | 20,000 |" in table and "| rtx3090 |" in table

@@ -157,6 +157,17 @@ PEAK_FP8_FLOPS = {
 }
 
 
+# Memory bandwidth from the same datasheets (bytes/s; the A100 row is the 80 GB SXM's).
+PEAK_MEMORY_BANDWIDTH = {
+    "H200": 4.8e12,
+    "H100 PCIe": 2.0e12,
+    "H100": 3.35e12,
+    "A100": 2.039e12,
+    "RTX 4090": 1.008e12,
+    "RTX 3090": 0.936e12,
+}
+
+
 def peak_flops(name: str, table: dict = PEAK_BF16_FLOPS):
     """The datasheet peak for a GPU name (bf16, or the FP8 table), or None when the GPU is not in the table."""
     for key, value in table.items():
