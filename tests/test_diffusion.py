@@ -147,7 +147,7 @@ def test_the_diffusion_benchmark_times_both_samplers_and_scores_their_samples(ti
 
     bench = load_module("scripts/bench_diffusion.py", "bench_diffusion")
     line = bench.main(["--diffusion", str(tiny_runs / "diffusion"), "--autoregressive", str(tiny_runs / "ar"), "--judge", str(tiny_runs / "ar"),
-                       "--out", str(tmp_path / "bench"), "--steps", "2,4", "--batches", "1,2", "--lengths", "16", "--samples", "3",
+                       "--out", str(tmp_path / "bench"), "--steps", "2,4", "--batches", "1,2", "--lengths", "8", "--samples", "2",
                        "--repeats", "1", "--device", "cpu"])
     rows = json.loads((tmp_path / "bench" / "bench_diffusion.json").read_text())["rows"]
     assert line.startswith("6 rows") and [(r["model"], r["batch"]) for r in rows] == [(m, b) for m in ("autoregressive", "diffusion 2", "diffusion 4") for b in (1, 2)]
