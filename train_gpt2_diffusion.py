@@ -67,8 +67,8 @@ class DiffusionGPT(GPT):
 
     def logits(self, h):
         logits = super().logits(h)
-        never_mask = torch.zeros(logits.size(-1), device=logits.device, dtype=logits.dtype)
-        return logits + never_mask.index_fill(0, torch.tensor([self.mask_id], device=logits.device), float("-inf"))
+        logits[..., self.mask_id] = float("-inf")  # in place, one column (the head's backward does not need its output)
+        return logits
 
     def corrupt(self, x):
         """(z_t, masked, t): x with each token masked with its row's probability t (fixed grid and seed in evaluation)."""

@@ -78,6 +78,7 @@ class ChunkIndex:
         self.faiss = load_faiss()
         self.neighbour_len, self.nprobe = neighbour_len, nprobe
         self.shards = [open_shard(f) for f in files]
+        self.document_ends = [np.flatnonzero(np.asarray(tokens) == EOT) for tokens in self.shards]
         shard_ids, starts = [], []
         for s, tokens in enumerate(self.shards):
             begin = np.arange(grid_offset, len(tokens) - neighbour_len + 1, CHUNK, dtype=np.int64)
@@ -101,7 +102,9 @@ class ChunkIndex:
         sketches = np.concatenate([self.sketch(chunks[i : i + 65536]) for i in range(0, len(chunks), 65536)])
         self.index = self.build_index(sketches, dim, seed)
         self.stats = {"chunks": int(len(self.start_of)), "build_s": round(time.perf_counter() - t0, 2),
-                      "index_bytes": int(sketches.nbytes + len(self.start_of) * 8 * 6), "kind": type(self.index).__name__,
+                      "index_bytes": int(sketches.nbytes + sum(a.nbytes for a in (self.shard_of, self.start_of, self.doc_first, self.doc_last,
+                                                                                   self.hash_order, self.sorted_hashes))),
+                      "kind": type(self.index).__name__,
                       "dim": dim, "queries": 0, "query_s": 0.0}
 
     def tokens_at(self, shard_of: np.ndarray, start_of: np.ndarray, length: int) -> np.ndarray:
@@ -118,8 +121,7 @@ class ChunkIndex:
         keys = np.empty(len(positions), dtype=np.int64)
         for s in np.unique(shard_of):
             rows = np.flatnonzero(shard_of == s)
-            ends = np.flatnonzero(np.asarray(self.shards[s]) == EOT)
-            keys[rows] = s * (1 << 40) + np.searchsorted(ends, positions[rows], side="left")
+            keys[rows] = s * (1 << 40) + np.searchsorted(self.document_ends[s], positions[rows], side="left")
         return keys
 
     def sketch(self, chunks: np.ndarray) -> np.ndarray:

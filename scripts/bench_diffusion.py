@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kit.core.errors import UserError, run_cli  # noqa: E402
 from kit.data.tokenizer import EOT  # noqa: E402
-from kit.tools.inference import check_static, generate  # noqa: E402
+from kit.tools.inference import auto_cache, generate  # noqa: E402
 from kit.tools.runs import load_model  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def timed(fn, device: str, repeats: int):
 
 
 def autoregressive_sampler(model, device: str, temperature: float, seed: int):
-    cache = "static" if device.startswith("cuda") and _allows(check_static, model) else "paged"
+    cache = auto_cache(model, device)
 
     def run(batch: int, new_tokens: int) -> torch.Tensor:
         outputs = generate(model, [[EOT]] * batch, new_tokens, cache=cache, temperature=temperature, seed=seed)
@@ -62,14 +62,6 @@ def diffusion_sampler(model, module, device: str, steps: int, unmask: str, block
         prompt = torch.full((batch, 1), EOT, dtype=torch.long, device=device)
         return module.sample(model, prompt, new_tokens, steps, unmask, block_len, temperature, seed)
     return run
-
-
-def _allows(check, model) -> bool:
-    try:
-        check(model)
-    except ValueError:
-        return False
-    return True
 
 
 @torch.no_grad()
@@ -159,7 +151,7 @@ def main(argv=None) -> str:
     args = parser.parse_args(argv)
     steps, batches, lengths = (numbers(text, flag) for text, flag in ((args.steps, "--steps"), (args.batches, "--batches"), (args.lengths, "--lengths")))
     diffusion, _, module = load_model(args.diffusion, args.device)
-    if not hasattr(module, "DiffusionGPT") or not isinstance(diffusion, module.DiffusionGPT):
+    if not isinstance(diffusion, getattr(module, "DiffusionGPT", ())):
         raise UserError(f"{args.diffusion} is not a run of train_gpt2_diffusion.py")
     autoregressive, _, _ = load_model(args.autoregressive, args.device)
     judge, _, _ = load_model(args.judge, args.device)

@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from kit.core.errors import UserError, run_cli  # noqa: E402
-from kit.tools.inference import check_static, check_supported, generate, model_mla_decode_path  # noqa: E402
+from kit.tools.inference import auto_cache, check_static, check_supported, generate, model_mla_decode_path, refusal  # noqa: E402
 from kit.tools.runs import load_model  # noqa: E402
 from kit.data.tokenizer import EOT, gpt2_encoding  # noqa: E402
 
@@ -51,20 +51,6 @@ class Streamer:
             return
         self.out.write(text)
         self.out.flush()
-
-
-def refusal(check, model):
-    """Why check (check_static, check_supported) refuses the model, or None where it does not."""
-    try:
-        check(model)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-def auto_cache(model, device: str) -> str:
-    """The fastest cache measured for this model and device: static (a CUDA graph) on CUDA, else paged."""
-    return "static" if device.startswith("cuda") and refusal(check_static, model) is None else "paged"
 
 
 def main(argv=None) -> str:
@@ -91,7 +77,7 @@ def main(argv=None) -> str:
         raise UserError("--temperature and --top-k must not be negative, and --top-p lies in (0, 1]")
 
     model, _, module = load_model(args.run_dir, args.device)
-    if hasattr(module, "sample") and hasattr(module, "DiffusionGPT") and isinstance(model, module.DiffusionGPT):
+    if isinstance(model, getattr(module, "DiffusionGPT", ())):
         return diffusion_generate(model, module, args)
     cache = args.cache
     if cache == "auto":  # already checked: static only where the model allows it

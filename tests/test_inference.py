@@ -168,7 +168,8 @@ def test_generate_cli_streams_and_the_cache_changes_nothing(baseline_run, capsys
 def test_auto_cache_takes_the_cuda_graph_only_where_it_applies(baseline_run):
     from kit.tools.runs import load_model
 
-    auto_cache = load_script("generate").auto_cache
+    from kit.tools.inference import auto_cache
+
     model, _, _ = load_model(str(baseline_run), "cpu")
     assert (auto_cache(model, "cuda"), auto_cache(model, "cuda:1"), auto_cache(model, "cpu")) == ("static", "static", "paged")
     assert auto_cache(modern_model(1), "cuda") == "paged"  # the speedrun's model has no static decoder

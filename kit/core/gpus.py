@@ -221,8 +221,12 @@ class KernelVerdict:
     kind: str
     host_bytes: int  # the host build's need (the config that ran)
     card_bytes: int = None  # the same config compiled for the card; None where not compiled (see note)
-    fits: bool = True
+    outcome: str = "fits"  # fits | no_shared_memory (not compiled again) | retuned | not_compilable | does_not_fit
     note: str = ""
+
+    @property
+    def fits(self) -> bool:
+        return self.outcome != "does_not_fit"
 
 
 def judge_inductor_kernel(autotuner, profile: GPUProfile) -> KernelVerdict:
@@ -234,7 +238,7 @@ def judge_inductor_kernel(autotuner, profile: GPUProfile) -> KernelVerdict:
     launched = [launcher.config for launcher in autotuner.launchers if hasattr(launcher, "config")] or list(autotuner.configs)
     verdict = KernelVerdict(kernel_name(autotuner), str(getattr(autotuner, "heuristic_type", "")).split(".")[-1].lower(), host_shared(autotuner))
     if verdict.host_bytes == 0:
-        verdict.note = "no shared memory on the host"
+        verdict.outcome, verdict.note = "no_shared_memory", "no shared memory on the host"
         return verdict
     limit = profile.shared_memory_per_block
     try:
@@ -242,19 +246,19 @@ def judge_inductor_kernel(autotuner, profile: GPUProfile) -> KernelVerdict:
     except OutOfResources as e:  # Triton refused at compile time: over the card's shared memory
         verdict.card_bytes = getattr(e, "required", None) or limit + 1
     except Exception as e:  # e.g. code the host generated with features the card lacks
-        verdict.note = f"not compilable for sm{profile.capability[0]}{profile.capability[1]} as generated on the host: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+        verdict.outcome, verdict.note = "not_compilable", f"not compilable for sm{profile.capability[0]}{profile.capability[1]} as generated on the host: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
         return verdict
     if verdict.card_bytes <= limit:
         return verdict
-    for config in autotuner.configs:
+    for config in (c for c in autotuner.configs if c not in launched):
         try:
             need = inductor_need(autotuner, config, profile.capability)
         except Exception:
             continue
         if need <= limit:
-            verdict.note = f"the config that ran needs {verdict.card_bytes:,} B; the card would tune to {config} ({need:,} B)"
+            verdict.outcome, verdict.note = "retuned", f"the config that ran needs {verdict.card_bytes:,} B; the card would tune to {config} ({need:,} B)"
             return verdict
-    verdict.fits = False
+    verdict.outcome = "does_not_fit"
     return verdict
 
 
@@ -287,10 +291,10 @@ class InductorAudit:
         compiled = [v for v in self.verdicts if v.card_bytes is not None]
         largest = max(compiled, key=lambda v: v.card_bytes, default=None)
         return {"card": self.profile.key, "kernels": len(self.verdicts), "compiled_for_card": len(compiled),
-                "no_shared_memory_on_host": sum(v.note == "no shared memory on the host" for v in self.verdicts),
+                "no_shared_memory_on_host": sum(v.outcome == "no_shared_memory" for v in self.verdicts),
                 "largest": {"name": largest.name, "kind": largest.kind, "card_bytes": largest.card_bytes, "host_bytes": largest.host_bytes} if largest else None,
-                "retuned": [f"{v.name}: {v.note}" for v in self.verdicts if v.note.startswith("the config that ran")],
-                "not_compilable": [f"{v.name}: {v.note}" for v in self.verdicts if v.note.startswith("not compilable")]}
+                "retuned": [f"{v.name}: {v.note}" for v in self.verdicts if v.outcome == "retuned"],
+                "not_compilable": [f"{v.name}: {v.note}" for v in self.verdicts if v.outcome == "not_compilable"]}
 
     def line(self) -> str:
         s = self.summary()

@@ -378,6 +378,20 @@ def check_static(model) -> None:
                          "the speedrun's model decodes with the paged or contiguous cache")
 
 
+def refusal(check, model):
+    """Why check (check_static, check_supported) refuses the model, or None where it does not."""
+    try:
+        check(model)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def auto_cache(model, device: str) -> str:
+    """The fastest cache measured for this model and device: static (a CUDA graph) on CUDA, else paged."""
+    return "static" if device.startswith("cuda") and refusal(check_static, model) is None else "paged"
+
+
 def cache_geometry(model) -> dict:
     """Heads and numbers per head the cache keeps per layer and token, for the model's attention."""
     if is_modern(model):
