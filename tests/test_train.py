@@ -642,6 +642,10 @@ def test_training_time_excludes_evaluation_and_warm_up(tmp_path, monkeypatch):
     # the steps' own times, plus the microseconds before a validation in which no step ran (a recipe's hook would run there)
     assert summary["train_time_s"] * 1000 == pytest.approx(sum(e["step_ms"] for e in train), abs=5.0)
     assert summary["train_time_s"] < summary["wall_time_s"] - summary["eval_time_s"] - summary["warmup_s"]
+    # the warm-up's own split (the added half second is outside it) and the start-up before it
+    parts = summary["warmup_parts_s"]
+    assert set(parts) == {"training graph", "optimizers", "evaluation graph"}
+    assert sum(parts.values()) <= summary["warmup_s"] - 0.5 + 0.05 and 0 < summary["startup_s"] < summary["wall_time_s"]
 
 
 def test_a_step_line_says_the_time_left_to_the_last_step():

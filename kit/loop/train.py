@@ -323,6 +323,7 @@ class Trainer:
             self.earlier["resumed_at"] = [*self.earlier["resumed_at"], self.step]
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
+        self.startup_s, self.warmup_parts = None, {}
         self.last_val, self.reached_at = None, None
         self.last_screen, self.next_screen_step = None, 0  # (step, loss) of the latest screen; checks before next_screen_step skipped
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
@@ -538,6 +539,13 @@ class Trainer:
         on zeros, leaving weights and optimizer state untouched.
         """
         t0 = time.perf_counter()
+        parts, mark = {}, [t0]
+
+        def part_done(name: str) -> None:  # where the warm-up's seconds go, for the log and the summary
+            hw.synchronize(self.device)
+            mark.append(time.perf_counter())
+            parts[name] = mark[-1] - mark[-2]
+
         position = self.stream.state_dict()
         batch = self.to_device(self.stream.next_batch())
         self.stream.load_state_dict(position)
@@ -546,14 +554,17 @@ class Trainer:
             enter_state()
             self.forward_backward(self.train_model, batch)
             self.model.zero_grad(set_to_none=True)
+        part_done(f"training graph{'s' if len(states) > 1 else ''}")
         for opt in self.optimizers:
             if hasattr(opt, "warm_up"):
                 opt.warm_up()
+        part_done("optimizers")
         with torch.no_grad(), hw.autocast(self.device, self.dtype):
             self.eval_model.eval()
             self.eval_model(*(t[: self.eval_micro_batch] for t in batch))  # the evaluation batch shape
             self.eval_model.train()
-        hw.synchronize(self.device)
+        part_done("evaluation graph")
+        self.warmup_parts = {name: round(seconds, 2) for name, seconds in parts.items()}
         return time.perf_counter() - t0
 
     # ----- evaluation -----
@@ -679,8 +690,10 @@ class Trainer:
 
     def loop(self) -> str:
         cfg = self.cfg
+        self.startup_s = time.perf_counter() - self.started  # process start to the warm-up: model, data, micro-batch probe
         self.warmup_s = self.warm_up()
-        self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s")
+        split = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.warmup_parts.items())
+        self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s ({split}; start-up before it {self.startup_s:.1f}s)")
         self.audit_inductor_kernels()  # what the warm-up compiled; untimed
         self.clock.start()
         while True:
@@ -827,6 +840,7 @@ class Trainer:
             "train_time_s": self.train_time_ms / 1000,
             **{name: value for name, value in self.times_so_far().items() if name != "resumed_at"},  # over every part of the run
             "resumed_at_steps": self.earlier["resumed_at"],
+            "startup_s": self.startup_s, "warmup_parts_s": self.warmup_parts,  # this part of the run: where its warm-up went
             "final_val_loss": self.last_val["val_loss"] if self.last_val else None,
             **{f"final_{k}": v for k, v in (self.last_val or {}).items() if k.startswith("val_loss_")},
             "final_val": self.last_val,
