@@ -10,7 +10,8 @@ new tokens per second of generation (the median of --repeats timed runs after an
 Quality, from --samples continuations per length: generative perplexity, exp of the mean loss of the
 samples under the --judge model (a stronger autoregressive model, e.g. the record script's run), and
 distinct-n (unique n-grams / n-grams, n = 1..4; low values mean repetition). Both models sample the
-same way, so their numbers compare. Writes bench_diffusion.json, .md and tradeoff.png into --out.
+same way, so their numbers compare. Writes bench_diffusion.json, .md and tradeoff.png into --out;
+`--replot OUT/bench_diffusion.json` draws the table and plot again from the saved numbers.
 """
 
 import argparse
@@ -110,12 +111,13 @@ def plot(rows, path: Path) -> None:
     for ax, (length, batch) in zip(axes[0], keys):
         chosen = [r for r in rows if (r["new_tokens"], r["batch"]) == (length, batch)]
         diffusion = sorted((r for r in chosen if r["model"] != "autoregressive"), key=lambda r: r["tokens_per_s"])
-        ax.plot([r["tokens_per_s"] for r in diffusion], [r["gen_ppl"] for r in diffusion], "o-", label="diffusion (steps)")
-        for r in diffusion:
-            ax.annotate(r["model"].split()[-1], (r["tokens_per_s"], r["gen_ppl"]), fontsize=7)
+        ax.plot([r["tokens_per_s"] for r in diffusion], [r["gen_ppl"] for r in diffusion], "o-", label="diffusion (steps, distinct-4)")
+        for r in diffusion:  # a low perplexity from repeated tokens shows in distinct-4
+            ax.annotate(f"{r['model'].split()[-1]} ({r['distinct_4']:.2f})", (r["tokens_per_s"], r["gen_ppl"]), fontsize=7)
         for r in chosen:
             if r["model"] == "autoregressive":
-                ax.plot([r["tokens_per_s"]], [r["gen_ppl"]], "s", color="black", label="autoregressive")
+                ax.plot([r["tokens_per_s"]], [r["gen_ppl"]], "s", color="black", label="autoregressive (distinct-4)")
+                ax.annotate(f"({r['distinct_4']:.2f})", (r["tokens_per_s"], r["gen_ppl"]), fontsize=7)
         ax.set(xscale="log", yscale="log", xlabel="generated tokens/s", ylabel="generative perplexity (judge)", title=f"{length} tokens, batch {batch}")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -132,7 +134,18 @@ def numbers(text: str, flag: str) -> list:
     return values
 
 
+def replot(bench_json: Path) -> str:
+    """bench_diffusion.md and tradeoff.png again from a saved bench_diffusion.json, beside it."""
+    rows = json.loads(bench_json.read_text())["rows"]
+    (bench_json.parent / "bench_diffusion.md").write_text(table(rows) + "\n")
+    plot(rows, bench_json.parent / "tradeoff.png")
+    return f"{len(rows)} rows drawn again into {bench_json.parent}"
+
+
 def main(argv=None) -> str:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--replot"] and len(argv) == 2:  # python scripts/bench_diffusion.py --replot DIR/bench_diffusion.json
+        return replot(Path(argv[1]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--diffusion", required=True, help="run directory of train_gpt2_diffusion.py")
     parser.add_argument("--autoregressive", required=True, help="run directory of an autoregressive script trained on the same tokens")

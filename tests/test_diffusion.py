@@ -153,4 +153,7 @@ def test_the_diffusion_benchmark_times_both_samplers_and_scores_their_samples(ti
     assert line.startswith("6 rows") and [(r["model"], r["batch"]) for r in rows] == [(m, b) for m in ("autoregressive", "diffusion 2", "diffusion 4") for b in (1, 2)]
     assert all(r["tokens_per_s"] > 0 and 1 < r["gen_ppl"] < 1e6 and 0 < r["distinct_1"] <= 1 for r in rows)
     assert (tmp_path / "bench" / "tradeoff.png").stat().st_size > 0
+    (tmp_path / "bench" / "tradeoff.png").unlink()
+    assert bench.main(["--replot", str(tmp_path / "bench" / "bench_diffusion.json")]).startswith("6 rows drawn again")
+    assert (tmp_path / "bench" / "tradeoff.png").stat().st_size > 0
     assert bench.distinct_n(torch.tensor([[1, 2, 1, 2]]), 2) == pytest.approx(2 / 3)

@@ -1,6 +1,7 @@
 """Per-GPU choices and --emulate-gpu, on a CPU: CUDA's device queries answer as an H200 would."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -223,16 +224,28 @@ def test_the_desktop_fit_check_runs_each_script_as_each_card_and_tabulates_its_r
     assert (kept["status"], kept["rc"], kept["peak_mem_gib"]) == ("completed", 0, 12.35)
 
 
-def test_a_step_profile_projects_each_part_by_the_rate_that_bounds_it():
+def test_a_step_profile_projects_each_part_by_the_rate_that_bounds_it(tmp_path):
     """scripts/profile_step.py: kernels sorted into parts by name, and each part's time scaled by the host's over
     the card's datasheet rate (bf16 or FP8 tensor throughput, memory bandwidth; FP8 work in bf16 on a 3090)."""
     from conftest import load_module
 
     profile = load_module("scripts/profile_step.py", "profile_step")
-    kernels = [("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn", 4e6), ("nvjet_tst_128x256_e4m3", 1e6), ("triton_tem_fused__to_copy_flex_attention_3", 2e6),
-               ("triton_red_fused__log_softmax__to_copy_mm_nll_loss_4", 1e6), ("triton_tem_fused_mm_7", 1e6), ("void at::native::elementwise_kernel", 1e6)]
-    parts = profile.split_kernel_times(kernels)
+    from types import SimpleNamespace
+
+    # names as an H200 profile of the record script shows them: cuBLASLt's FP8 kernels (nvjet_sm90_qq...) do not say FP8,
+    # the op that launched them does; a pointwise kernel that merely fuses a cast for _scaled_mm stays memory-bound
+    fp8_name, bf16_name = "nvjet_sm90_qqtst_192x192_128x4_2x1_v_bz_coopB_TNN", "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT"
+    events = [SimpleNamespace(name="aten::_scaled_mm", kernels=[SimpleNamespace(name=fp8_name)]),
+              SimpleNamespace(name="aten::mm", kernels=[SimpleNamespace(name=bf16_name)])]
+    fp8_kernels = profile.fp8_kernel_names(events)
+    assert fp8_kernels == {fp8_name}
+    kernels = [("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn", 3e6), (bf16_name, 1e6), (fp8_name, 0.5e6), ("sm90_gemm_e4m3e4m3_f32", 0.5e6),
+               ("triton_tem_fused__to_copy_flex_attention_3", 2e6), ("triton_red_fused__log_softmax__to_copy_mm_nll_loss_4", 1e6),
+               ("triton_tem_fused_mm_7", 1e6), ("triton_poi_fused__fused_rms_norm__scaled_mm__to_copy_clamp_5", 0.5e6),
+               ("void at::native::elementwise_kernel", 0.5e6)]
+    parts = profile.split_kernel_times(kernels, fp8_kernels)
     assert parts == {"matmul_bf16": 5.0, "matmul_fp8": 1.0, "attention": 2.0, "memory": 2.0}
+    assert profile.split_kernel_times(kernels)["matmul_fp8"] == 0.5  # without the ops, only the kernel that says FP8
     h200, rtx4090, rtx3090 = (gpus.PROFILES[k].name for k in ("h200", "rtx4090", "rtx3090"))
     on_4090 = profile.project(parts, h200, rtx4090)
     assert on_4090["matmul_bf16"] == pytest.approx(5 * 989 / 165.2) and on_4090["matmul_fp8"] == pytest.approx(1979 / 330.3)
@@ -240,3 +253,8 @@ def test_a_step_profile_projects_each_part_by_the_rate_that_bounds_it():
     assert profile.project(parts, h200, rtx3090)["matmul_fp8"] == pytest.approx(1979 / 71)  # no FP8: in bf16
     table = profile.projection_table(parts, h200, tokens_per_step=100_000, steps=2)
     assert "| h200 (profiled) | 5.000 | 20,000 |" in table and "| rtx3090 |" in table
+    record = {"script": "train_gpt2.py", "flags": [], "host": h200, "emulated": "rtx4090", "tokens_per_step": 100_000, "parts_s_per_2_steps": parts}
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "profile.json").write_text(json.dumps(record))
+    profile.main(["--table", str(tmp_path / "p" / "profile.json")])  # the projection again from the saved parts
+    assert table in (tmp_path / "p" / "profile.md").read_text() and "as rtx4090" in (tmp_path / "p" / "profile.md").read_text()
