@@ -41,6 +41,19 @@ def keep_freed_memory_in_the_heap() -> None:
 
 keep_freed_memory_in_the_heap()
 
+
+def one_core_per_worker() -> None:
+    """Under pytest-xdist (-n N: the README's test command) each worker computes on one core, and so do the
+    scripts it starts: N workers on N cores, rather than N workers each spreading over every core."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
+
+
+one_core_per_worker()
+
 # A tiny model on short sequences: a step takes ~0.1 s on two CPU cores.
 FAST = ["--model-size", "tiny", "--device", "cpu", "--seq-len", "32", "--batch-tokens", "256",
         "--val-tokens", "512", "--export", "0", "--progress", "lines"]

@@ -58,6 +58,12 @@ def test_layerdrop_compiled_by_regions_never_recompiles_whatever_it_drops(tmp_pa
     assert isinstance(summary["alloc_retries"], int)  # the allocator's retries, read on CUDA
 
 
+def test_fused_norm_model_compiled_by_inductor_equals_the_baseline_on_cuda():
+    from test_ideas import check_fused_norm_model_equals_the_baseline
+
+    check_fused_norm_model_equals_the_baseline(compiled=True, device="cuda")
+
+
 def test_triton_loss_kernels_on_cuda_equal_the_reference():
     pytest.importorskip("triton")
     from test_triton_loss import KERNEL_CHECKS

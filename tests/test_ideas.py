@@ -121,27 +121,42 @@ def test_chunked_loss_model_matches_the_baseline_and_trains(tmp_path):
 
 # ----- fused residual add + LayerNorm -----
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_fused_norm_model_is_the_baseline_with_equal_gradients(compiled):
+def check_fused_norm_model_equals_the_baseline(compiled: bool, device: str = "cpu") -> None:
+    """FusedNormGPT against the baseline GPT with the same weights: hidden states and every gradient."""
     from train_gpt2_fused_norm import FusedNormGPT
 
-    plain = tiny_gpt()
+    plain = tiny_gpt().to(device)
     with torch.no_grad():  # distinct norms, so that a fusion with the wrong LayerNorm shows
         for module in plain.modules():
             if isinstance(module, torch.nn.LayerNorm):
                 module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.5, 0.5)
-    fused = FusedNormGPT(gpt_config("tiny", block_size=32), compiled=compiled)
+    fused = FusedNormGPT(gpt_config("tiny", block_size=32), compiled=compiled).to(device)
     fused.load_state_dict(plain.state_dict())
-    idx = torch.randint(0, 50257, (2, 32))
+    idx = torch.randint(0, 50257, (2, 32), device=device)
     torch.testing.assert_close(fused.hidden(idx), plain.hidden(idx), atol=1e-5, rtol=1e-5)
     a, b = grads_of(plain, idx), grads_of(fused, idx)
     for name in a:
         torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_fused_norm_script_smoke(tmp_path):
+def trace_fused_norm_without_inductor(monkeypatch):
+    """The script's compiled add + LayerNorm through Dynamo and AOTAutograd (graph breaks fail), without
+    Inductor's C++ code generation: ~25 s on two cores. Inductor's kernel itself: tests/test_gpu.py, on CUDA."""
     import train_gpt2_fused_norm as script
 
+    monkeypatch.setattr(script, "compiled_add_layer_norm", torch.compile(script.add_layer_norm, backend="aot_eager", fullgraph=True))
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_norm_model_is_the_baseline_with_equal_gradients(compiled, monkeypatch):
+    trace_fused_norm_without_inductor(monkeypatch)
+    check_fused_norm_model_equals_the_baseline(compiled)
+
+
+def test_fused_norm_script_smoke(tmp_path, monkeypatch):
+    import train_gpt2_fused_norm as script
+
+    trace_fused_norm_without_inductor(monkeypatch)
     assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--out-dir", str(tmp_path)]) == 0
 
 
