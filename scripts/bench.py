@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from kit.core import hw  # noqa: E402
+from kit.tools import children  # noqa: E402
 from kit.tools import report  # noqa: E402
 from kit.loop.runlog import read_summary, set_aside  # noqa: E402
 
@@ -155,7 +156,7 @@ class RowProcess:
         print(f"[bench] {row['label']}: {shlex.join(cmd[1:])}", flush=True)
         self.t0 = time.perf_counter()
         self.console = open(out / f"{row['label']}.console.txt", "w")
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.console, stderr=subprocess.STDOUT)
+        self.proc = children.start(cmd, cwd=REPO, stdout=self.console, stderr=subprocess.STDOUT)
 
     def exit_code(self):
         """The process's exit code once it ended (124 once past --row-timeout, which stops it); None while it runs."""
@@ -164,10 +165,11 @@ class RowProcess:
         code = self.proc.poll()
         if code is None and self.args.row_timeout and time.perf_counter() - self.t0 > self.args.row_timeout:
             self.proc.kill()
-            self.proc.wait()
+            children.wait(self.proc)
             self.console.write(f"bench: row stopped after --row-timeout {self.args.row_timeout}s\n")
             code = 124
         if code is not None and not self.console.closed:
+            children.forget(self.proc)
             self.console.close()
         return code
 
@@ -195,6 +197,8 @@ def run_rows(rows: list[dict], args, out: Path, on_result) -> list:
     after each one ends."""
     results, pending, running = [None] * len(rows), list(enumerate(rows)), {}
     while pending or running:
+        if not running:
+            children.stop_here_if_stopping()  # stopped by SIGTERM: its rows have ended; no new one starts
         while pending and len(running) < args.parallel:
             i, row = pending.pop(0)
             running[i] = RowProcess(row, args, out)
@@ -206,6 +210,7 @@ def run_rows(rows: list[dict], args, out: Path, on_result) -> list:
                 on_result([r for r in results if r is not None])
         if running:
             time.sleep(0.2)
+    children.stop_here_if_stopping()
     return results
 
 
@@ -291,4 +296,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    children.stop_with_this_process()  # a stopped tool stops its runs too
     sys.exit(main())

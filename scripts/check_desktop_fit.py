@@ -27,6 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from kit.tools import children  # noqa: E402
 RECORD = "train_gpt2_speedrun.py"
 SMALL_BATCH = ["--batch-tokens", "131072"]  # the baseline family's steps of 524,288 tokens only add micro-steps
 LOG_LINES = ("device:", "GPU profile:", "batch:", "kernel paths:", "shared-memory audit", "Inductor kernel audit")
@@ -53,7 +56,7 @@ def run_one(script: str, card: str, args) -> dict:
     env = dict(os.environ, TORCHINDUCTOR_COMPILE_THREADS=str(args.compile_threads), PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
     with open(Path(args.out) / f"{out_dir.name}.txt", "w") as console:
-        rc = subprocess.call(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT, env=env)
+        rc = children.wait(children.start(cmd, cwd=REPO, stdout=console, stderr=subprocess.STDOUT, env=env))
     row = {"script": script, "card": card, "rc": rc, "wall_s": round(time.perf_counter() - t0, 1), "command": shlex.join(cmd[1:])}
     row.update(read_run(out_dir, Path(args.out) / f"{out_dir.name}.txt"))
     print(f"{script} as {card}: rc {rc}, {row['status']}, peak {row['peak_mem_gib']} GiB, {row['wall_s']} s", flush=True)
@@ -120,4 +123,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    children.stop_with_this_process()  # a stopped check stops its runs too
     sys.exit(main())

@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kit.tools import report  # noqa: E402
+from kit.tools import children, report  # noqa: E402
 from kit.loop.runlog import FINISHED, read_summary, set_aside  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def execute(run: dict, script: str, common: list[str], out: Path, gpu=None) -> d
         print(f"[sweep] {run['label']}: the earlier attempt moved to {earlier}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / "console.txt", "w") as console:
-        code = subprocess.run(cmd, cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT).returncode
+        code = children.wait(children.start(cmd, cwd=REPO, env=env, stdout=console, stderr=subprocess.STDOUT))
     last = (run_dir / "console.txt").read_text().strip().splitlines()[-1:] or [""]
     status = "ok" if code == 0 else f"failed (exit {code}): {last[0]}"
     print(f"[sweep] {run['label']}: {status} ({time.perf_counter() - t0:.0f}s)", flush=True)
@@ -132,4 +132,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    children.stop_with_this_process()  # a stopped tool stops its runs too
     sys.exit(main())

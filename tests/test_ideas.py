@@ -153,11 +153,15 @@ def test_fused_norm_model_is_the_baseline_with_equal_gradients(compiled, monkeyp
     check_fused_norm_model_equals_the_baseline(compiled)
 
 
-def test_fused_norm_script_smoke(tmp_path, monkeypatch):
+def test_fused_norm_script_trains_like_the_baseline(tmp_path, monkeypatch):
+    """The script, its add + LayerNorm compiled, logs the baseline's losses (the same sums in another order)."""
     import train_gpt2_fused_norm as script
 
     trace_fused_norm_without_inductor(monkeypatch)
-    assert main(script.RECIPE, [*FAST, "--data", "synthetic", "--max-steps", "2", "--val-every", "2", "--out-dir", str(tmp_path)]) == 0
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "3", "--val-every", "3"]
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path / "fused")]) == 0
+    train, val = baseline_losses(tmp_path, flags)
+    assert losses(tmp_path / "fused") == pytest.approx(train, rel=1e-5) and losses(tmp_path / "fused", "val") == pytest.approx(val, rel=1e-5)
 
 
 # ----- optimizers -----

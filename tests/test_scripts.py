@@ -483,3 +483,44 @@ def test_best_over_benches_leaves_out_equal_time_passes(tmp_path):
     record["extra_benches"]["at 3x LR"] = "lr3/bench.json"
     lines = report.verdict_table(record).splitlines()
     assert "best over the benches" in lines[0] and "| 6.9000 (+0.100) |" in lines[3]  # 6.9 (6e-4 bench) against the base's 6.8
+
+
+STOPPED_TOOL = """
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from kit.tools import children
+children.stop_with_this_process()
+child = children.start([sys.executable, "-c", "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(120)", sys.argv[2]])
+children.wait(child)
+"""
+
+
+def test_a_tool_stopped_by_sigterm_stops_the_runs_it_started(tmp_path):
+    """kit/tools/children.py (bench, sweep, check_desktop_fit): SIGTERM to the tool ends its child too, so no
+    run keeps training unseen after a `kill` or `timeout`; the tool exits 143."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    pid_file = tmp_path / "child.pid"
+    tool = subprocess.Popen([sys.executable, "-c", STOPPED_TOOL, str(REPO), str(pid_file)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (pid_file.exists() and pid_file.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    os.kill(child, 0)  # running
+    tool.send_signal(signal.SIGTERM)
+    assert tool.wait(timeout=30) == 143 and "stopping its runs" in tool.stderr.read()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # ended and reaped by the tool
+
+
+def test_the_tools_that_start_runs_stop_them_with_themselves():
+    for tool in ("bench.py", "sweep.py", "check_desktop_fit.py"):
+        text = (REPO / "scripts" / tool).read_text()
+        main_block = text.split('if __name__ == "__main__":', 1)[1]
+        assert "children.stop_with_this_process()" in main_block and "subprocess.Popen(" not in text and "subprocess.call(" not in text, tool
