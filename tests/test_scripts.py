@@ -162,8 +162,16 @@ def test_records_regenerate_results_and_readme(two_runs, tmp_path):
     assert "## Example record" in results and "commit `abc123`" in results and "| variant |" in results and "One run each." in results
     assert (folder / "loss_vs_time.png").read_bytes()[:8] == PNG_MAGIC
     text = readme.read_text()
-    assert "stale table" not in text and "### Example record" in text and "records/2026-01-01_example/loss_vs_time.png" in text
-    assert text.startswith("# Kit\n\nintro") and text.rstrip().endswith("## Layout")
+    assert "stale table" not in text and "| Example record | [2026-01-01_example](records/2026-01-01_example/) |" in text  # a row of the index
+    assert "### Example record" not in text and text.startswith("# Kit\n\nintro") and text.rstrip().endswith("## Layout")
+    record = json.loads((folder / "record.json").read_text())
+    (folder / "record.json").write_text(json.dumps({**record, "headline": True}))
+    report.write_results(records, readme)  # a headline record: its row, and its section in full
+    text = readme.read_text()
+    assert "| Example record (below) |" in text and "### Example record" in text and "records/2026-01-01_example/loss_vs_time.png" in text
+    (folder / "record.json").write_text(json.dumps({**record, "readme": False}))
+    report.write_results(records, readme)
+    assert "Example record" not in readme.read_text() and "Example record" in out.read_text()  # RESULTS.md only
     readme.write_text("# no markers\n")
     with pytest.raises(ValueError, match="no results markers"):
         report.write_results(records, readme)

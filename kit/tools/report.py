@@ -10,10 +10,13 @@ is a folder under records/ with a record.json naming its runs:
      "verdicts": {"label": "..."},         # bench records: one verdict per row, in a table of measured figures
      "extra_benches": {"at 3x LR": "sub/bench.json"},  # the same rows benched again (another LR, equal time)
      "table_file": "x.md",                 # "table": "file": markdown a benchmark script wrote, shown as it is
-     "images": [["caption", "plot.png"]]}  # a benchmark's own plots in the folder, shown after the table
+     "images": [["caption", "plot.png"]],  # a benchmark's own plots in the folder, shown after the table
+     "headline": true,                     # also shown in full in the README (else one row of its index)
+     "readme": false}                      # left out of the README (RESULTS.md only)
 
-`write_results` turns every record into a section of records/RESULTS.md and of the README
-(between the results markers), so no figure is ever typed by hand.
+`write_results` turns every record into a section of records/RESULTS.md, and the README's results
+(between the results markers) into an index of the records with the headline records in full, so no
+figure is ever typed by hand.
 """
 
 import json
@@ -454,8 +457,18 @@ def write_results(records_dir, readme=None) -> Path:
     out = records_dir / "RESULTS.md"
     out.write_text("\n".join(body).rstrip() + "\n")
     if readme is not None and Path(readme).exists():
-        update_readme(Path(readme), [record_section(r, "###", "records/", brief=True) for r in records if r.get("readme", True)])
+        shown = [r for r in records if r.get("readme", True)]
+        update_readme(Path(readme), [results_index(shown)] + [record_section(r, "###", "records/", brief=True) for r in shown if r.get("headline")])
     return out
+
+
+def results_index(records: list) -> str:
+    """The README's table of records: each one's title (its finding) and folder; the full sections are in RESULTS.md."""
+    lines = ["Every record, by date (each title states the finding; command, commit, tables and notes in "
+             "[RESULTS.md](records/RESULTS.md) and the folder); the headline records follow in full.", "",
+             "| result | record |", "|---|---|"]
+    lines += [f"| {r['title']}{' (below)' if r.get('headline') else ''} | [{r['folder'].name}](records/{r['folder'].name}/) |" for r in records]
+    return "\n".join(lines) + "\n"
 
 
 def update_readme(readme: Path, sections: list[str]) -> None:
