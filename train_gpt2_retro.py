@@ -292,8 +292,10 @@ def shared_ngrams(text: np.ndarray, reference: np.ndarray, n: int = 13):
     if len(text) < n:
         return 0, 0
     ours = grams(text)
-    theirs = np.unique(np.concatenate([grams(row) for row in reference if len(row) >= n]))
-    return int(np.isin(ours, theirs).sum()), len(ours)
+    rows = [grams(row) for row in reference if len(row) >= n]
+    if not rows:  # no neighbour at all
+        return 0, len(ours)
+    return int(np.isin(ours, np.unique(np.concatenate(rows))).sum()), len(ours)
 
 
 def contamination(index: ChunkIndex, val_path, seq_len: int, k: int, sequences: int = 64) -> dict:
@@ -342,12 +344,17 @@ def build_model(cfg: Hyperparameters):
                         f"--seq-len a multiple of {CHUNK} (not {cfg.seq_len}) and --align-bos 0")
     if cfg.neighbours < 1 or cfg.neighbour_len < CHUNK or cfg.encoder_layers < 0:
         raise UserError(f"--neighbours {cfg.neighbours} (>= 1), --neighbour-len {cfg.neighbour_len} (>= {CHUNK}), --encoder-layers {cfg.encoder_layers} (>= 0)")
+    return RetroGPT(config, layers, build_index(cfg), cfg.neighbours, cfg.encoder_layers)
+
+
+def build_index(cfg: Hyperparameters) -> ChunkIndex:
+    """The run's index over its training split, on the grid its training stream cuts (also scripts/bench_retrieval.py's)."""
     files = [str(f) for f in resolve(cfg).train]
     grid_offset = shuffled_order(files, cfg.data_order_seed, cfg.seq_len)[1] % CHUNK  # where the stream's sequences start
     index = ChunkIndex(files, grid_offset, cfg.neighbour_len, cfg.sketch_dim, cfg.nprobe, cfg.index_chunks, cfg.seed)
     print(f"retrieval index: {index.stats['chunks']:,} chunks of {CHUNK} tokens ({index.stats['kind']}, {cfg.sketch_dim}-dim sketches, "
           f"{index.stats['index_bytes'] / 2**20:.0f} MiB), built in {index.stats['build_s']:.1f}s", flush=True)
-    return RetroGPT(config, layers, index, cfg.neighbours, cfg.encoder_layers)
+    return index
 
 
 class RetroTrainer(Trainer):

@@ -112,6 +112,7 @@ def test_contamination_counts_validation_text_found_in_the_neighbours(corpus, tm
     assert leak["val_chunks_checked"] == 4 * 3 and leak["val_13gram_share_in_neighbours"] > 0.9
     assert clean["val_13gram_share_in_neighbours"] == 0.0 and clean["val_chunks_with_a_shared_13gram"] == 0.0
     assert shared_ngrams(np.arange(20), [np.arange(5, 40)]) == (3, 8)  # 13-grams starting at 5, 6, 7 of 0..7
+    assert shared_ngrams(np.arange(20), np.empty((0, 0), np.int64)) == (0, 8)  # no neighbour: nothing shared
 
 
 def test_retro_script_trains_reports_its_index_and_refuses_what_it_cannot_do(tmp_path):
@@ -135,3 +136,28 @@ def test_retro_script_trains_reports_its_index_and_refuses_what_it_cannot_do(tmp
     for bad, message in ((["--seq-len", "96", "--batch-tokens", "384"], "multiple of 64"), (["--retro-layers", "2"], "layers 0..1"), (["--neighbours", "0"], "--neighbours 0")):
         with pytest.raises(UserError, match=message):
             script.build_model(parse_config(script.Hyperparameters, [*flags, *bad])[0])
+
+
+def test_the_retrieval_benchmark_measures_the_index_and_what_its_neighbours_hold(corpus, tmp_path, isolated_data_dir):
+    """scripts/bench_retrieval.py: a chunk whose document was copied into another hands the model its next chunk
+    (every 13-gram of it) through the copy's continuation, even with its own document excluded; a chunk of a
+    document found nowhere else hands it nothing; and the whole benchmark runs on a tiny synthetic split."""
+    import json
+
+    from conftest import load_module
+
+    bench = load_module("scripts/bench_retrieval.py", "bench_retrieval")
+    import train_gpt2_retro as retro
+
+    files, first, _ = corpus
+    index = ChunkIndex(files, grid_offset=0)
+    queries = np.stack([first[320:320 + CHUNK], first[960:960 + CHUNK]])  # on the grid: in the copied document; in document 3
+    following = np.stack([first[384:384 + CHUNK], first[1024:1024 + CHUNK]])
+    ids, queries_per_s = bench.timed_queries(index, queries, 1, exclude_own_document=True)
+    assert queries_per_s > 0
+    assert bench.next_chunk_share(retro, index, following[:1], ids[:1]) == {"next_chunk_13gram_share": 1.0, "chunks_with_a_shared_13gram": 1.0}
+    assert bench.next_chunk_share(retro, index, following[1:], ids[1:]) == {"next_chunk_13gram_share": 0.0, "chunks_with_a_shared_13gram": 0.0}
+    lines = bench.main(["--model-size", "tiny", "--data", "synthetic", "--seq-len", "128", "--sequences", "4", "--out", str(tmp_path / "b")])
+    result = json.loads((tmp_path / "b" / "retrieval.json").read_text())
+    assert result["validation"]["chunks"] == 4 * 1 and result["training_own_documents_excluded"]["chunks"] == 4
+    assert result["index"]["chunks"] > 1000 and result["queries_per_s_training"] > 0 and "chunks with any" in lines
