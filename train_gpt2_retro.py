@@ -250,9 +250,25 @@ class RetroGPT(GPT):
         self.encoder = NeighbourEncoder(config, encoder_layers, index.neighbour_len)
         for module in (*(self.h[i] for i in retro_layers), self.encoder):
             module.apply(self._init_weights)
+        self.prefetched = None  # (the batch's device tensor: address, shape; training?; its neighbours on the device)
+        self.retrievals = {"prefetched": 0, "in_forward": 0}
+
+    def prefetch(self, idx_cpu: torch.Tensor, idx: torch.Tensor) -> None:
+        """Search a batch's neighbours from its CPU copy as it is moved to the device (RetroTrainer.to_device), while
+        the GPU still works on the steps queued before it; retrieve() hands them over. Searching in the forward
+        pass instead first waits for the GPU (the tokens' copy to the CPU), then leaves it idle for the search."""
+        tokens = self.index.neighbours(idx_cpu, self.k, exclude_own_document=self.training)
+        if idx.is_cuda:
+            tokens = tokens.pin_memory()
+        self.prefetched = (idx.data_ptr(), tuple(idx.shape), self.training, tokens.to(idx.device, non_blocking=True))
 
     @torch.compiler.disable  # a CPU search: outside the compiled graph
     def retrieve(self, idx):
+        ready, self.prefetched = self.prefetched, None
+        if ready is not None and ready[:3] == (idx.data_ptr(), tuple(idx.shape), self.training):  # this very batch, in this mode
+            self.retrievals["prefetched"] += 1
+            return ready[3]
+        self.retrievals["in_forward"] += 1
         tokens = self.index.neighbours(idx, self.k, exclude_own_document=self.training)
         return tokens.to(idx.device, non_blocking=True)
 
@@ -358,11 +374,18 @@ def build_index(cfg: Hyperparameters) -> ChunkIndex:
 
 
 class RetroTrainer(Trainer):
-    """The loop, with the index's build and query costs and the validation contamination in the run's report."""
+    """The loop, searching each batch's neighbours as the batch goes to the device, and with the index's build and
+    query costs and the validation contamination in the run's report."""
+
+    def to_device(self, batch):
+        x, y = super().to_device(batch)
+        self.model.prefetch(batch[0], x)
+        return x, y
 
     def run_report(self) -> dict:
         index = self.model.index
-        report = {"index": dict(index.stats, queries_per_s=index.stats["queries"] / max(index.stats["query_s"], 1e-9))}
+        report = {"index": dict(index.stats, queries_per_s=index.stats["queries"] / max(index.stats["query_s"], 1e-9)),
+                  "retrievals": dict(self.model.retrievals)}
         report["contamination"] = contamination(index, self.files.val, self.cfg.seq_len, self.model.k)
         return report
 

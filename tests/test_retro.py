@@ -129,6 +129,9 @@ def test_retro_script_trains_reports_its_index_and_refuses_what_it_cannot_do(tmp
     assert len(read_metrics(tmp_path)) == 2 and read_metrics(tmp_path, "val")[-1]["val_loss"] < 11
     report = json.loads((tmp_path / "summary.json").read_text())["run_report"]
     assert report["index"]["chunks"] > 1000 and report["index"]["queries"] > 0 and report["index"]["build_s"] >= 0
+    # searched as they went to the device: the 2 steps' batches, the 2 validations' and the warm-up's; in the forward
+    # pass only the warm-up's evaluation pass, which reuses the warm-up's batch
+    assert report["retrievals"] == {"prefetched": 5, "in_forward": 1}
     assert 0 <= report["contamination"]["val_13gram_share_in_neighbours"] <= 1
     cfg, _ = parse_config(script.Hyperparameters, flags)
     model = script.build_model(cfg)
@@ -161,3 +164,17 @@ def test_the_retrieval_benchmark_measures_the_index_and_what_its_neighbours_hold
     result = json.loads((tmp_path / "b" / "retrieval.json").read_text())
     assert result["validation"]["chunks"] == 4 * 1 and result["training_own_documents_excluded"]["chunks"] == 4
     assert result["index"]["chunks"] > 1000 and result["queries_per_s_training"] > 0 and "chunks with any" in lines
+
+
+def test_neighbours_searched_as_a_batch_goes_to_the_device_train_exactly_like_those_searched_in_the_forward_pass(tmp_path, monkeypatch):
+    import train_gpt2_retro as script
+    from conftest import FAST, read_metrics
+    from kit.loop.train import Trainer, main
+
+    flags = [*FAST, "--seq-len", "128", "--batch-tokens", "512", "--data", "synthetic", "--max-steps", "3", "--val-every", "3"]
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path / "prefetched")]) == 0
+    monkeypatch.setattr(script.RetroTrainer, "to_device", Trainer.to_device)  # no prefetch: every search in the forward pass
+    assert main(script.RECIPE, [*flags, "--out-dir", str(tmp_path / "in_forward")]) == 0
+    for kind in ("train", "val"):
+        assert [e.get("loss", e.get("val_loss")) for e in read_metrics(tmp_path / "prefetched", kind)] == \
+               [e.get("loss", e.get("val_loss")) for e in read_metrics(tmp_path / "in_forward", kind)]
