@@ -648,6 +648,32 @@ def test_training_time_excludes_evaluation_and_warm_up(tmp_path, monkeypatch):
     assert sum(parts.values()) <= summary["warmup_s"] - 0.5 + 0.05 and 0 < summary["startup_s"] < summary["wall_time_s"]
 
 
+def test_the_warm_up_says_what_it_found_in_the_compile_caches(tmp_path, monkeypatch):
+    """Each warm-up part's hits and misses in Inductor's and AOTAutograd's caches (torch's own counters) reach the
+    log and summary.json; a part that met neither cache says nothing (an uncompiled run here: the counters are
+    moved by hand in the evaluation pass)."""
+    from torch._dynamo.utils import counters
+
+    from kit.loop import train as loop
+
+    real = loop.compile_cache_counts
+    calls = []
+
+    def counting():  # the fourth reading, at the end of the evaluation graph's part: as though it loaded 2 graphs and compiled 1
+        calls.append(1)
+        if len(calls) == 4:
+            counters["inductor"]["fxgraph_cache_hit"] += 2
+            counters["inductor"]["fxgraph_cache_miss"] += 1
+        return real()
+
+    monkeypatch.setattr(loop, "compile_cache_counts", counting)
+    assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "1", "--val-every", "0", "--out-dir", tmp_path])[0] == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["warmup_compile_cache"] == {"evaluation graph": {"fxgraph_cache_hit": 2, "fxgraph_cache_miss": 1}}
+    assert "evaluation graph" in (tmp_path / "log.txt").read_text().split("[Inductor cache 2 hit 1 missed]")[0].splitlines()[-1]
+    assert loop.cache_note({}) == "" and loop.cache_note({"autograd_cache_hit": 3}) == " [AOTAutograd cache 3 hit 0 missed]"
+
+
 def test_a_step_line_says_the_time_left_to_the_last_step():
     from kit.loop.runlog import time_left
 

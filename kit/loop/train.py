@@ -232,6 +232,29 @@ class StepClock:
         return wall_ms, shares
 
 
+COMPILE_CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
+                          ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"))
+
+
+def compile_cache_counts() -> dict:
+    """This process's hits and misses so far in Inductor's FX-graph cache and AOTAutograd's cache (torch's counters):
+    a warm-up part with hits only loaded its graphs; with misses it compiled them."""
+    from torch._dynamo.utils import counters
+
+    return {name: counters[group][name] for group, name in COMPILE_CACHE_COUNTERS}
+
+
+def cache_note(counts: dict) -> str:
+    """' [Inductor cache 2 hit 1 missed, AOTAutograd cache 1 hit 0 missed]' from a part's counts; '' where it met neither cache
+    (the caches are separate: a graph AOTAutograd's cache serves can count in Inductor's too)."""
+    if not counts:
+        return ""
+    caches = (("Inductor", "fxgraph_cache"), ("AOTAutograd", "autograd_cache"))
+    notes = [f"{label} cache {counts.get(key + '_hit', 0)} hit {counts.get(key + '_miss', 0)} missed" for label, key in caches
+             if counts.get(key + "_hit") or counts.get(key + "_miss")]
+    return f" [{', '.join(notes)}]"
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, argv=None):
         self.started = time.perf_counter()
@@ -323,7 +346,7 @@ class Trainer:
             self.earlier["resumed_at"] = [*self.earlier["resumed_at"], self.step]
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
-        self.startup_s, self.warmup_parts = None, {}
+        self.startup_s, self.warmup_parts, self.warmup_cache = None, {}, {}
         self.last_val, self.reached_at = None, None
         self.last_screen, self.next_screen_step = None, 0  # (step, loss) of the latest screen; checks before next_screen_step skipped
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
@@ -539,12 +562,16 @@ class Trainer:
         on zeros, leaving weights and optimizer state untouched.
         """
         t0 = time.perf_counter()
-        parts, mark = {}, [t0]
+        parts, mark, cached = {}, [t0], [compile_cache_counts()]
 
-        def part_done(name: str) -> None:  # where the warm-up's seconds go, for the log and the summary
+        def part_done(name: str) -> None:  # where the warm-up's seconds go, and what it loaded from the compile cache
             hw.synchronize(self.device)
             mark.append(time.perf_counter())
+            cached.append(compile_cache_counts())
             parts[name] = mark[-1] - mark[-2]
+            counts = {k: cached[-1][k] - cached[-2][k] for k in cached[-1] if cached[-1][k] > cached[-2][k]}
+            if counts:
+                self.warmup_cache[name] = counts
 
         position = self.stream.state_dict()
         batch = self.to_device(self.stream.next_batch())
@@ -692,7 +719,7 @@ class Trainer:
         cfg = self.cfg
         self.startup_s = time.perf_counter() - self.started  # process start to the warm-up: model, data, micro-batch probe
         self.warmup_s = self.warm_up()
-        split = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in self.warmup_parts.items())
+        split = ", ".join(f"{name} {seconds:.1f}s{cache_note(self.warmup_cache.get(name))}" for name, seconds in self.warmup_parts.items())
         self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s ({split}; start-up before it {self.startup_s:.1f}s)")
         self.audit_inductor_kernels()  # what the warm-up compiled; untimed
         self.clock.start()
@@ -840,7 +867,8 @@ class Trainer:
             "train_time_s": self.train_time_ms / 1000,
             **{name: value for name, value in self.times_so_far().items() if name != "resumed_at"},  # over every part of the run
             "resumed_at_steps": self.earlier["resumed_at"],
-            "startup_s": self.startup_s, "warmup_parts_s": self.warmup_parts,  # this part of the run: where its warm-up went
+            "startup_s": self.startup_s, "warmup_parts_s": self.warmup_parts,  # this part of the run: where its warm-up went,
+            "warmup_compile_cache": self.warmup_cache,  # and what each part found in the compile caches
             "final_val_loss": self.last_val["val_loss"] if self.last_val else None,
             **{f"final_{k}": v for k, v in (self.last_val or {}).items() if k.startswith("val_loss_")},
             "final_val": self.last_val,
