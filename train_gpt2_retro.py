@@ -175,11 +175,15 @@ class ChunkIndex:
         B, T = idx.shape
         n = T // CHUNK
         chunks = idx[:, : n * CHUNK].reshape(B * n, CHUNK).cpu().numpy()
-        ids = self.search(chunks, k, exclude_own_document).reshape(-1)
-        tokens = np.full((len(ids), self.neighbour_len), EOT, dtype=np.int64)
-        hit = ids >= 0
-        tokens[hit] = self.tokens_at(self.shard_of[ids[hit]], self.start_of[ids[hit]], self.neighbour_len)
-        return torch.from_numpy(tokens).view(B, n, k, self.neighbour_len)
+        return torch.from_numpy(self.neighbour_tokens(self.search(chunks, k, exclude_own_document))).view(B, n, k, self.neighbour_len)
+
+    def neighbour_tokens(self, ids: np.ndarray) -> np.ndarray:
+        """(*ids.shape, neighbour_len) int64: each found chunk with its continuation; EOT tokens where the id is -1."""
+        flat = ids.reshape(-1)
+        tokens = np.full((len(flat), self.neighbour_len), EOT, dtype=np.int64)
+        hit = flat >= 0
+        tokens[hit] = self.tokens_at(self.shard_of[flat[hit]], self.start_of[flat[hit]], self.neighbour_len)
+        return tokens.reshape(*ids.shape, self.neighbour_len)
 
 
 class NeighbourEncoder(nn.Module):
@@ -314,20 +318,35 @@ def shared_ngrams(text: np.ndarray, reference: np.ndarray, n: int = 13):
     return int(np.isin(ours, np.unique(np.concatenate(rows))).sum()), len(ours)
 
 
-def contamination(index: ChunkIndex, val_path, seq_len: int, k: int, sequences: int = 64) -> dict:
-    """How much of the validation text its chunks' neighbours contain: for each whole chunk of the first `sequences`
-    validation sequences, the share of the next chunk's 13-grams (what a copy would hand the model) found in the
-    chunk's retrieved neighbours (with continuations), and the share of chunks with any."""
-    found = total = chunks_with_any = chunks = 0
+def validation_chunk_pairs(val_path, seq_len: int, sequences: int) -> tuple:
+    """(query chunks, the chunk after each), both (N, CHUNK), from the whole chunks of the first `sequences` validation sequences."""
+    queries, following = [], []
     for x, _ in validation_batches(val_path, sequences * seq_len, seq_len, sequences, strict=False):
-        tokens = index.neighbours(x, k, exclude_own_document=False).numpy()
-        for b in range(x.size(0)):
-            for u in range(tokens.shape[1] - 1):
-                hit, count = shared_ngrams(x[b, (u + 1) * CHUNK : (u + 2) * CHUNK].numpy(), tokens[b, u])
-                found, total = found + hit, total + count
-                chunks_with_any, chunks = chunks_with_any + (hit > 0), chunks + 1
-    return {"val_13gram_share_in_neighbours": found / max(1, total), "val_chunks_with_a_shared_13gram": chunks_with_any / max(1, chunks),
-            "val_chunks_checked": chunks}
+        n = x.size(1) // CHUNK
+        chunks = x[:, : n * CHUNK].reshape(x.size(0), n, CHUNK).numpy()
+        queries.append(chunks[:, :-1].reshape(-1, CHUNK))
+        following.append(chunks[:, 1:].reshape(-1, CHUNK))
+    return np.concatenate(queries), np.concatenate(following)
+
+
+def next_chunk_overlap(following: np.ndarray, neighbour_tokens: np.ndarray) -> dict:
+    """What each query's neighbours (neighbour_tokens[i]: its k neighbours with their continuations) hand the model of
+    the text after it (following[i]): the share of those 13-grams found in them, and the share of queries with any."""
+    found = total = with_any = 0
+    for text, reference in zip(following, neighbour_tokens):
+        hit, count = shared_ngrams(text, reference)
+        found, total, with_any = found + hit, total + count, with_any + (hit > 0)
+    return {"next_chunk_13gram_share": found / max(1, total), "chunks_with_a_shared_13gram": with_any / max(1, len(following)),
+            "chunks": len(following)}
+
+
+def contamination(index: ChunkIndex, val_path, seq_len: int, k: int, sequences: int = 64) -> dict:
+    """How much of the validation text its chunks' neighbours contain (next_chunk_overlap of each whole chunk of the
+    first `sequences` validation sequences, retrieved with nothing excluded): what a leaked copy would hand the model."""
+    queries, following = validation_chunk_pairs(val_path, seq_len, sequences)
+    overlap = next_chunk_overlap(following, index.neighbour_tokens(index.search(queries, k, exclude_own_document=False)))
+    return {"val_13gram_share_in_neighbours": overlap["next_chunk_13gram_share"],
+            "val_chunks_with_a_shared_13gram": overlap["chunks_with_a_shared_13gram"], "val_chunks_checked": overlap["chunks"]}
 
 
 @dataclass

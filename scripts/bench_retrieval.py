@@ -16,6 +16,7 @@ Prints the figures and writes retrieval.json into --out. FAISS uses every core u
 says otherwise; the build and query times are this machine's.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -31,7 +32,6 @@ sys.path.insert(0, str(REPO))
 from kit.core.config import parse_config  # noqa: E402
 from kit.core.errors import run_cli  # noqa: E402
 from kit.data.datasets import resolve  # noqa: E402
-from kit.data.loader import validation_batches  # noqa: E402
 from kit.tools.runs import load_script  # noqa: E402
 
 STEP_CHUNKS = 524_288 // 64  # the chunks of one baseline step of 524,288 tokens
@@ -45,29 +45,6 @@ def timed_queries(index, chunks: np.ndarray, k: int, exclude_own_document: bool)
     return np.concatenate(ids), len(chunks) / (time.perf_counter() - t0)
 
 
-def next_chunk_share(retro, index, following: np.ndarray, ids: np.ndarray) -> dict:
-    """For each query: the share of its next chunk's 13-grams found in its neighbours (with continuations);
-    the mean share over all 13-grams and the share of queries with any."""
-    found = total = with_any = 0
-    for row, neighbour_ids in zip(following, ids):
-        hits = neighbour_ids[neighbour_ids >= 0]
-        tokens = index.tokens_at(index.shard_of[hits], index.start_of[hits], index.neighbour_len) if len(hits) else np.empty((0, 0), np.int64)
-        hit, count = retro.shared_ngrams(row, tokens)
-        found, total, with_any = found + hit, total + count, with_any + (hit > 0)
-    return {"next_chunk_13gram_share": found / max(1, total), "chunks_with_a_shared_13gram": with_any / max(1, len(following))}
-
-
-def validation_chunks(retro, path, seq_len: int, sequences: int) -> tuple:
-    """(query chunks, the chunk after each) from the first `sequences` validation sequences."""
-    queries, following = [], []
-    for x, _ in validation_batches(path, sequences * seq_len, seq_len, sequences, strict=False):
-        n = x.size(1) // retro.CHUNK
-        chunks = x[:, : n * retro.CHUNK].reshape(x.size(0), n, retro.CHUNK).numpy()
-        queries.append(chunks[:, :-1].reshape(-1, retro.CHUNK))
-        following.append(chunks[:, 1:].reshape(-1, retro.CHUNK))
-    return np.concatenate(queries), np.concatenate(following)
-
-
 def training_chunks(index, count: int, seed: int) -> tuple:
     """(query chunks, the chunk after each) at `count` random places of the index."""
     pick = np.random.default_rng(seed).choice(len(index.start_of), min(count, len(index.start_of)), replace=False)
@@ -76,19 +53,14 @@ def training_chunks(index, count: int, seed: int) -> tuple:
 
 
 def main(argv=None) -> str:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    out = None
-    if "--out" in argv:
-        i = argv.index("--out")
-        out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
-    sequences = 256
-    if "--sequences" in argv:
-        i = argv.index("--sequences")
-        sequences, argv = int(argv[i + 1]), argv[:i] + argv[i + 2:]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="other flags: train_gpt2_retro.py's (--data, --neighbours, --nprobe, ...)")
+    parser.add_argument("--sequences", type=int, default=256, help="validation sequences whose chunks are queried")
+    parser.add_argument("--out", help="folder for retrieval.json")
+    args, script_flags = parser.parse_known_args(argv)
     retro = load_script("train_gpt2_retro.py")
-    cfg, _ = parse_config(retro.Hyperparameters, argv)
+    cfg, _ = parse_config(retro.Hyperparameters, script_flags)
     index = retro.build_index(cfg)
-    val_queries, val_following = validation_chunks(retro, resolve(cfg).val, cfg.seq_len, sequences)
+    val_queries, val_following = retro.validation_chunk_pairs(resolve(cfg).val, cfg.seq_len, args.sequences)
     train_queries, train_following = training_chunks(index, len(val_queries), cfg.seed)
     train_ids, train_qps = timed_queries(index, train_queries, cfg.neighbours, exclude_own_document=True)
     val_ids, val_qps = timed_queries(index, val_queries, cfg.neighbours, exclude_own_document=False)
@@ -97,8 +69,8 @@ def main(argv=None) -> str:
         "neighbours": cfg.neighbours, "nprobe": cfg.nprobe, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "queries_per_s_training": train_qps, "queries_per_s_validation": val_qps,
         "retrieval_s_per_baseline_step": STEP_CHUNKS / train_qps,
-        "validation": {"chunks": len(val_queries), **next_chunk_share(retro, index, val_following, val_ids)},
-        "training_own_documents_excluded": {"chunks": len(train_queries), **next_chunk_share(retro, index, train_following, train_ids)},
+        "validation": retro.next_chunk_overlap(val_following, index.neighbour_tokens(val_ids)),
+        "training_own_documents_excluded": retro.next_chunk_overlap(train_following, index.neighbour_tokens(train_ids)),
     }
     lines = [f"index: {result['index']['chunks']:,} chunks, {result['index']['kind']}, {result['index']['index_bytes'] / 2**20:.0f} MiB, "
              f"built in {result['index']['build_s']:.1f} s ({os.cpu_count()} cores)",
@@ -107,9 +79,9 @@ def main(argv=None) -> str:
              *(f"{name}: {r['chunks']:,} chunks, {r['next_chunk_13gram_share']:.2%} of next-chunk 13-grams in the neighbours, "
                f"{r['chunks_with_a_shared_13gram']:.2%} of chunks with any"
                for name, r in (("validation", result["validation"]), ("training, own documents excluded", result["training_own_documents_excluded"])))]
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "retrieval.json").write_text(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "retrieval.json").write_text(json.dumps(result, indent=1))
     return "\n".join(lines)
 
 

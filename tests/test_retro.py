@@ -142,7 +142,7 @@ def test_retro_script_trains_reports_its_index_and_refuses_what_it_cannot_do(tmp
 
 
 def test_the_retrieval_benchmark_measures_the_index_and_what_its_neighbours_hold(corpus, tmp_path, isolated_data_dir):
-    """scripts/bench_retrieval.py: a chunk whose document was copied into another hands the model its next chunk
+    """scripts/bench_retrieval.py with train_gpt2_retro.py's next_chunk_overlap: a chunk whose document was copied into another hands the model its next chunk
     (every 13-gram of it) through the copy's continuation, even with its own document excluded; a chunk of a
     document found nowhere else hands it nothing; and the whole benchmark runs on a tiny synthetic split."""
     import json
@@ -158,8 +158,9 @@ def test_the_retrieval_benchmark_measures_the_index_and_what_its_neighbours_hold
     following = np.stack([first[384:384 + CHUNK], first[1024:1024 + CHUNK]])
     ids, queries_per_s = bench.timed_queries(index, queries, 1, exclude_own_document=True)
     assert queries_per_s > 0
-    assert bench.next_chunk_share(retro, index, following[:1], ids[:1]) == {"next_chunk_13gram_share": 1.0, "chunks_with_a_shared_13gram": 1.0}
-    assert bench.next_chunk_share(retro, index, following[1:], ids[1:]) == {"next_chunk_13gram_share": 0.0, "chunks_with_a_shared_13gram": 0.0}
+    tokens = index.neighbour_tokens(ids)
+    assert retro.next_chunk_overlap(following[:1], tokens[:1]) == {"next_chunk_13gram_share": 1.0, "chunks_with_a_shared_13gram": 1.0, "chunks": 1}
+    assert retro.next_chunk_overlap(following[1:], tokens[1:]) == {"next_chunk_13gram_share": 0.0, "chunks_with_a_shared_13gram": 0.0, "chunks": 1}
     lines = bench.main(["--model-size", "tiny", "--data", "synthetic", "--seq-len", "128", "--sequences", "4", "--out", str(tmp_path / "b")])
     result = json.loads((tmp_path / "b" / "retrieval.json").read_text())
     assert result["validation"]["chunks"] == 4 * 1 and result["training_own_documents_excluded"]["chunks"] == 4
