@@ -63,10 +63,15 @@ def run_one(script: str, card: str, args) -> dict:
     return row
 
 
+def run_lines(log: str) -> str:
+    """log.txt without the sources it quotes (they hold the very prefixes the table looks for, in print calls)."""
+    return re.sub(r"^----- source of .*?^----- end of source -----\n", "", log, flags=re.M | re.S)
+
+
 def read_run(out_dir: Path, console: Path) -> dict:
     """status, peak memory, the log's path lines and the largest shared-memory needs of one run."""
     summary = json.loads((out_dir / "summary.json").read_text()) if (out_dir / "summary.json").exists() else {}
-    log = (out_dir / "log.txt").read_text() if (out_dir / "log.txt").exists() else ""
+    log = run_lines((out_dir / "log.txt").read_text()) if (out_dir / "log.txt").exists() else ""
     lines = {prefix: next((line.split("] ", 1)[-1] for line in log.splitlines() if prefix in line), "") for prefix in LOG_LINES}
     tail = console.read_text().strip().splitlines()[-1:] if console.exists() else []
     own = re.search(r"the largest needs ([\d,]+) of", lines["shared-memory audit"])

@@ -213,11 +213,15 @@ def test_the_desktop_fit_check_runs_each_script_as_each_card_and_tabulates_its_r
     (run / "summary.json").write_text('{"status": "completed", "peak_mem_gib": 12.345, "steps": 20, "micro_batch": 8, '
                                       '"inductor_kernel_audit": {"kernels": 40, "largest": {"name": "k", "kind": "template", "card_bytes": 65536, "host_bytes": 98304}, '
                                       '"retuned": [], "not_compilable": []}}')
-    (run / "log.txt").write_text("[0.1s] device: NVIDIA H200 (sm90) | dtype: bf16 autocast | attention: flex (FlexAttention)\n"
+    (run / "log.txt").write_text("[0.0s] command: train_gpt2.py\n----- source of kit/loop/train.py -----\n"
+                                 '        self.log.print(f"kernel paths: {paths}")\n        self.log.print(f"device: {name}")\n'
+                                 "----- end of source -----\n"  # a run's log quotes its sources, print calls and all: not its lines
+                                 "[0.1s] device: NVIDIA H200 (sm90) | dtype: bf16 autocast | attention: flex (FlexAttention)\n"
+                                 "[0.15s] kernel paths: attention: flex | head: fp8 (torch._scaled_mm)\n"
                                  "[0.2s] shared-memory audit (rtx3090, compiled for sm86): 10 kernel builds fit, the largest needs 8,192 of 101,376 bytes per block\n")
     row = {"script": "train_gpt2.py", "card": "rtx3090", "rc": 0, "wall_s": 61.0, **fit.read_run(run, tmp_path / "absent.txt")}
     assert (row["status"], row["peak_mem_gib"], row["own_kernels_largest_bytes"]) == ("completed", 12.35, 8192)
-    assert fit.table([row]).splitlines()[-1] == ("| train_gpt2.py | rtx3090 | completed | 12.35 GiB | 8 | flex (FlexAttention) | "
+    assert fit.table([row]).splitlines()[-1] == ("| train_gpt2.py | rtx3090 | completed | 12.35 GiB | 8 | flex (FlexAttention); head: fp8 (torch._scaled_mm) | "
                                                  "65,536 B Inductor (template) of 40 kernels; 8,192 B own Triton | 61 s |")
     args = type("Args", (), {"out": str(tmp_path), "steps": 20, "common": "--data webmix"})()
     kept = fit.run_one("train_gpt2.py", "rtx3090", args)  # called again: the finished run is read, not repeated (no GPU here to repeat it)
