@@ -5,6 +5,7 @@ import math
 import re
 import subprocess
 import sys
+import time
 
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,10 +24,14 @@ SUMMARY_KEYS = {"script", "git_commit", "device_name", "target_loss", "reached_t
 def test_smoke_command_trains_and_writes_a_valid_summary(tmp_path, isolated_data_dir):
     out = tmp_path / "run"
     cmd = [sys.executable, "train_gpt2.py", "--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--max-steps", "20", "--out-dir", str(out)]
+    launched = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO, env=subprocess_env(KIT_DATA_DIR=isolated_data_dir), capture_output=True, text=True, timeout=300)
+    elapsed = time.perf_counter() - launched
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary)
+    # the run's wall clock starts with its process: Python and the imports (torch's alone takes a while) are in it
+    assert 0.2 < summary["imports_s"] < summary["startup_s"] < summary["wall_time_s"] <= elapsed
     assert summary["steps"] == 20 and summary["status"] == "completed" and summary["script"] == "train_gpt2.py"
     train = read_metrics(out)
     assert [e["step"] for e in train] == list(range(1, 21))
@@ -646,6 +651,7 @@ def test_training_time_excludes_evaluation_and_warm_up(tmp_path, monkeypatch):
     parts = summary["warmup_parts_s"]
     assert set(parts) == {"training graph", "optimizers", "evaluation graph"}
     assert sum(parts.values()) <= summary["warmup_s"] - 0.5 + 0.05 and 0 < summary["startup_s"] < summary["wall_time_s"]
+    assert summary["imports_s"] == 0.0  # called in-process: the clock starts with the trainer, not with the test process
 
 
 def test_the_warm_up_says_what_it_found_in_the_compile_caches(tmp_path, monkeypatch):
@@ -672,6 +678,26 @@ def test_the_warm_up_says_what_it_found_in_the_compile_caches(tmp_path, monkeypa
     assert summary["warmup_compile_cache"] == {"evaluation graph": {"fxgraph_cache_hit": 2, "fxgraph_cache_miss": 1}}
     assert "evaluation graph" in (tmp_path / "log.txt").read_text().split("[Inductor cache 2 hit 1 missed]")[0].splitlines()[-1]
     assert loop.cache_note({}) == "" and loop.cache_note({"autograd_cache_hit": 3}) == " [AOTAutograd cache 3 hit 0 missed]"
+    assert loop.cache_note({"autograd_cache_bypass": 1}) == " [AOTAutograd cache 0 hit 0 missed 1 bypassed]"
+
+
+def test_the_warm_up_collects_why_a_graph_bypassed_a_compile_cache():
+    """torch says why a graph cannot be cached at INFO, which nobody sees; during the warm-up those lines go to a list
+    (once each, nothing else), and the loggers are as they were afterwards."""
+    import logging
+
+    from kit.loop import train as loop
+
+    aot = logging.getLogger("torch._functorch._aot_autograd.autograd_cache")
+    level, propagate, handlers = aot.level, aot.propagate, list(aot.handlers)
+    with loop.compile_cache_bypass_reasons() as reasons:
+        for _ in range(2):
+            aot.info("Bypassing autograd cache due to: %s", "Unsupported call_function target flex_attention")
+        aot.info("Autograd cache hit for key %s", "abc")
+        logging.getLogger("torch._inductor.codecache").info("Bypassing FX Graph Cache because '%s'", "user-defined triton kernel")
+    assert reasons == ["Bypassing autograd cache due to: Unsupported call_function target flex_attention",
+                       "Bypassing FX Graph Cache because 'user-defined triton kernel'"]
+    assert (aot.level, aot.propagate, aot.handlers) == (level, propagate, handlers)
 
 
 def test_a_step_line_says_the_time_left_to_the_last_step():

@@ -99,6 +99,17 @@ def set_aside(run_dir) -> Path:
     return target
 
 
+def process_age_s() -> float:
+    """Seconds since this process started (Linux, from /proc; 0 elsewhere): the interpreter and the imports
+    before any of the kit's code runs are part of the user's wall clock too."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started_ticks = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, after the command name
+            return max(0.0, float(uptime.read().split()[0]) - started_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
+
+
 def versions() -> str:
     cuda = torch.version.cuda or "none"
     return f"python {platform.python_version()} | torch {torch.__version__} (cuda {cuda}) | numpy {np.__version__}"

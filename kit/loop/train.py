@@ -37,7 +37,7 @@ from kit.core.errors import Interrupted, OutOfMemory, TrainingDiverged, UserErro
 from kit.data.loader import TrainStream, validation_batches
 from kit.modeling.model import count_parameters
 from kit.modeling.optim import set_learning_rates, warmup_cosine
-from kit.loop.runlog import FINISHED, RunLog, default_run_dir, git_commit, holds_run, read_summary
+from kit.loop.runlog import FINISHED, RunLog, default_run_dir, git_commit, holds_run, process_age_s, read_summary
 
 MAX_AUTO_MICRO_BATCH = 128
 CPU_AUTO_MICRO_BATCH = 16
@@ -232,8 +232,47 @@ class StepClock:
         return wall_ms, shares
 
 
-COMPILE_CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"),
-                          ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"))
+COMPILE_CACHE_COUNTERS = (("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"), ("inductor", "fxgraph_cache_bypass"),
+                          ("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"),
+                          ("aot_autograd", "autograd_cache_bypass"))
+# where torch says why a graph could not use a compile cache (at INFO, which the console does not show)
+CACHE_BYPASS_LOGGERS = ("torch._inductor.codecache", "torch._functorch._aot_autograd.autograd_cache")
+
+
+@contextlib.contextmanager
+def compile_cache_bypass_reasons():
+    """Collects torch's reasons for bypassing Inductor's or AOTAutograd's cache while the block runs: a graph that
+    bypasses is traced and compiled again by every run, however warm the cache (yields the list of reasons)."""
+    import logging
+
+    reasons = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            message = record.getMessage()
+            if "ypass" in message and message[:300] not in reasons:
+                reasons.append(message[:300])
+
+    handler, saved = Collect(logging.INFO), []
+    for name in CACHE_BYPASS_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate))
+        logger.setLevel(logging.INFO)
+        logger.propagate = False  # the INFO lines go to the list only, not to torch's console handlers
+        logger.addHandler(handler)
+    try:
+        yield reasons
+    finally:
+        for logger, level, propagate in saved:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+            logger.propagate = propagate
+
+
+def runs_as_program(script: str) -> bool:
+    """Whether this process is `python script` (or one rank of torchrun's), not other code calling the script's main."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return bool(main_file) and Path(main_file).resolve() == Path(script).resolve()
 
 
 def compile_cache_counts() -> dict:
@@ -250,14 +289,18 @@ def cache_note(counts: dict) -> str:
     if not counts:
         return ""
     caches = (("Inductor", "fxgraph_cache"), ("AOTAutograd", "autograd_cache"))
-    notes = [f"{label} cache {counts.get(key + '_hit', 0)} hit {counts.get(key + '_miss', 0)} missed" for label, key in caches
-             if counts.get(key + "_hit") or counts.get(key + "_miss")]
+    notes = [f"{label} cache {counts.get(key + '_hit', 0)} hit {counts.get(key + '_miss', 0)} missed"
+             + (f" {counts[key + '_bypass']} bypassed" if counts.get(key + "_bypass") else "") for label, key in caches
+             if counts.get(key + "_hit") or counts.get(key + "_miss") or counts.get(key + "_bypass")]
     return f" [{', '.join(notes)}]"
 
 
 class Trainer:
     def __init__(self, recipe: Recipe, argv=None):
-        self.started = time.perf_counter()
+        # a script run as a program: its clock starts with the process (the interpreter, torch and the kit loading);
+        # called from other code (a test, a notebook), with the trainer
+        self.imports_s = process_age_s() if runs_as_program(recipe.script) else 0.0
+        self.started = time.perf_counter() - self.imports_s  # the wall clock starts with the process
         self.recipe = recipe
         self.ddp = hw.dist_from_env()
         self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description)
@@ -346,7 +389,7 @@ class Trainer:
             self.earlier["resumed_at"] = [*self.earlier["resumed_at"], self.step]
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
-        self.startup_s, self.warmup_parts, self.warmup_cache = None, {}, {}
+        self.startup_s, self.warmup_parts, self.warmup_cache, self.warmup_bypass_reasons = None, {}, {}, []
         self.last_val, self.reached_at = None, None
         self.last_screen, self.next_screen_step = None, 0  # (step, loss) of the latest screen; checks before next_screen_step skipped
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
@@ -717,10 +760,14 @@ class Trainer:
 
     def loop(self) -> str:
         cfg = self.cfg
-        self.startup_s = time.perf_counter() - self.started  # process start to the warm-up: model, data, micro-batch probe
-        self.warmup_s = self.warm_up()
+        self.startup_s = time.perf_counter() - self.started  # process start to the warm-up: imports, model, data, micro-batch probe
+        with compile_cache_bypass_reasons() as self.warmup_bypass_reasons:
+            self.warmup_s = self.warm_up()
         split = ", ".join(f"{name} {seconds:.1f}s{cache_note(self.warmup_cache.get(name))}" for name, seconds in self.warmup_parts.items())
-        self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s ({split}; start-up before it {self.startup_s:.1f}s)")
+        self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s ({split}; start-up before it {self.startup_s:.1f}s, "
+                       f"{self.imports_s:.1f}s of it Python and imports)")
+        for reason in self.warmup_bypass_reasons:
+            self.log.print(f"compile cache bypassed: {reason}")
         self.audit_inductor_kernels()  # what the warm-up compiled; untimed
         self.clock.start()
         while True:
@@ -867,8 +914,10 @@ class Trainer:
             "train_time_s": self.train_time_ms / 1000,
             **{name: value for name, value in self.times_so_far().items() if name != "resumed_at"},  # over every part of the run
             "resumed_at_steps": self.earlier["resumed_at"],
-            "startup_s": self.startup_s, "warmup_parts_s": self.warmup_parts,  # this part of the run: where its warm-up went,
-            "warmup_compile_cache": self.warmup_cache,  # and what each part found in the compile caches
+            "startup_s": self.startup_s, "imports_s": self.imports_s,  # this part of the run: its start-up (imports included),
+            "warmup_parts_s": self.warmup_parts,  # where its warm-up went,
+            "warmup_compile_cache": self.warmup_cache,  # and what each part found in the compile caches,
+            "warmup_cache_bypass_reasons": self.warmup_bypass_reasons,  # or why it could not use them
             "final_val_loss": self.last_val["val_loss"] if self.last_val else None,
             **{f"final_{k}": v for k, v in (self.last_val or {}).items() if k.startswith("val_loss_")},
             "final_val": self.last_val,
