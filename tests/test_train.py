@@ -700,6 +700,39 @@ def test_the_warm_up_collects_why_a_graph_bypassed_a_compile_cache():
     assert (aot.level, aot.propagate, aot.handlers) == (level, propagate, handlers)
 
 
+def test_a_graph_with_the_kits_autograd_functions_can_use_aotautograds_compile_cache():
+    """torch bypasses AOTAutograd's cache for any graph that calls a custom autograd Function (the record script's FP8
+    head and fused loss are ones), so such a training graph was traced again by every run; the trainer lets these be
+    cached before it compiles. Judged by torch's own cacheability check on the graph Dynamo captures."""
+    import torch._functorch.config as functorch_config
+    from torch._functorch._aot_autograd.autograd_cache import BypassAOTAutogradCache, check_cacheable
+
+    from kit.modeling.losses import softcapped_cross_entropy
+    from kit.modeling.model import cache_custom_autograd_graphs
+
+    verdicts = []
+
+    def judging_backend(graph, example_inputs):
+        try:
+            check_cacheable(graph)
+            verdicts.append("cacheable")
+        except BypassAOTAutogradCache as why:
+            verdicts.append(f"bypassed: {why}")
+        return graph.forward
+
+    def capture():
+        torch._dynamo.reset()
+        x, w, targets = torch.randn(16, 8), torch.randn(8, 32, requires_grad=True), torch.randint(0, 32, (16,))
+        torch.compile(lambda x, w, t: softcapped_cross_entropy(x @ w, t, 15.0), backend=judging_backend)(x, w, targets).backward()
+
+    with functorch_config.patch(autograd_cache_allow_custom_autograd_functions=False):  # torch's default, restored after
+        capture()
+        cache_custom_autograd_graphs()
+        capture()
+    torch._dynamo.reset()
+    assert verdicts[0].startswith("bypassed: Unsupported call_function target autograd_function_apply") and verdicts[1] == "cacheable"
+
+
 def test_a_step_line_says_the_time_left_to_the_last_step():
     from kit.loop.runlog import time_left
 

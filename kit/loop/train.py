@@ -35,7 +35,7 @@ from kit.modeling import flops
 from kit.core.config import config_dict, parse_config
 from kit.core.errors import Interrupted, OutOfMemory, TrainingDiverged, UserError
 from kit.data.loader import TrainStream, validation_batches
-from kit.modeling.model import count_parameters
+from kit.modeling.model import cache_custom_autograd_graphs, count_parameters
 from kit.modeling.optim import set_learning_rates, warmup_cosine
 from kit.loop.runlog import FINISHED, RunLog, default_run_dir, git_commit, holds_run, process_age_s, read_summary
 
@@ -402,6 +402,8 @@ class Trainer:
         for note in (self.audit_note, self.probe_note, self.batch_note):
             if note:
                 self.log.print(note)
+        if cfg.compile:
+            cache_custom_autograd_graphs()
         self.train_model = self.recipe.compile_model(self.model) if cfg.compile else self.model
         self.eval_model = self.train_model
         if ddp.enabled:
