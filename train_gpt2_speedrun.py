@@ -146,6 +146,8 @@ class Hyperparameters(TrainConfig):
     paired_head_layers: str = field(default="", metadata={"help": "layers whose heads attend in pairs over one interleaved sequence (the public record of 2026-01-07; "
                                                                      "auto: 1,3,5,9 of the 12-layer model, short-window layers); empty: none"})
     sublayer_scales: bool = field(default=False, metadata={"help": "learned weights on the stream before each branch (from sqrt(1.1)) and on each branch's output (from 1)"})
+    tie_embed_until: float = field(default=0.0, metadata={"help": "the token embedding shares the output head's weight until this share of --max-steps, then starts from a "
+                                                                   "copy of it (weight and Adam state) and trains apart at the head's LR (the public records of 2025-12-19 and -22: 2/3); 0: apart from the start"})
     batch_ramp_start: float = field(default=1.0, metadata={"help": "share of --batch-tokens at step 0, growing linearly to 1 (1: no ramp)"})
     batch_ramp_frac: float = field(default=0.3, metadata={"help": "share of the run the batch ramp lasts"})
     # ablation switches: each turns one component of the recipe off
@@ -224,7 +226,8 @@ def build_model(cfg: Hyperparameters):
                                       softcap=23.0 if cfg.softcap_form == "sigmoid" else 15.0, logit_mtp_weights=float_list(cfg.logit_mtp, "--logit-mtp"),
                                       smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset,
                                       **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),
-                                      value_embed_gate=cfg.value_embed_gate, attn_out_init=cfg.attn_out_init, sublayer_scales=cfg.sublayer_scales))
+                                      value_embed_gate=cfg.value_embed_gate, attn_out_init=cfg.attn_out_init, sublayer_scales=cfg.sublayer_scales,
+                                      tie_embed=cfg.tie_embed_until > 0))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
 
@@ -300,11 +303,13 @@ def layers_without_attention(cfg: Hyperparameters, n_layer: int) -> tuple:
 def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     hidden = [p for p in [*model.blocks.parameters(), *model.mtp_adapters.parameters()] if p.dim() == 2]
     qkv = [block.attn.qkv.weight for block in model.blocks if block.attn is not None]
-    embeds = [model.embed.weight, *(e.weight for e in model.value_embeds)] + ([model.bigram_embed.weight] if model.bigram_embed is not None else [])
+    # a tied embedding trains with the head (its own group after untying would only change its LR; the public record keeps the head's)
+    tied = [model.embed.weight] if model.config.tie_embed else []
+    embeds = [*([] if tied else [model.embed.weight]), *(e.weight for e in model.value_embeds)] + ([model.bigram_embed.weight] if model.bigram_embed is not None else [])
     scalars = [p for p in model.parameters() if p.dim() < 2]
     smear = [model.smear_gate.weight] if model.smear_gate is not None else []
     adam_groups = [
-        {"params": [model.lm_head.weight], "lr": cfg.head_lr, "base_lr": cfg.head_lr},
+        {"params": [model.lm_head.weight, *tied], "lr": cfg.head_lr, "base_lr": cfg.head_lr},
         {"params": embeds, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr},
         {"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr},
     ]
@@ -396,7 +401,23 @@ def mtp_weight(step: int, cfg: Hyperparameters) -> float:
     return linear_to_zero(step, cfg.max_steps, cfg.mtp_weight, cfg.mtp_frac)
 
 
+def untie_step(cfg: Hyperparameters) -> int:
+    """Steps done when the embedding leaves the head's weight (--tie-embed-until of the run; 0 without tying)."""
+    return math.ceil(cfg.tie_embed_until * cfg.max_steps) if cfg.tie_embed_until > 0 else 0
+
+
+def tie_states(model: ModernGPT, cfg: Hyperparameters) -> list:
+    """The warm-up compiles the tied and the untied graph where the run will meet both (before_step then sets the real one)."""
+    if not model.config.tie_embed:
+        return [lambda: None]
+    return [lambda: setattr(model, "embed_tied", True), lambda: setattr(model, "embed_tied", False)]
+
+
 def before_step(step: int, model: ModernGPT, optimizers, cfg: Hyperparameters) -> None:
+    if model.config.tie_embed:
+        model.sync_embed_tie()  # the saved state (a resumed run's from its checkpoint), not what the warm-up left
+        if model.embed_tied and step >= untie_step(cfg):
+            model.untie_embed(optimizers)
     model.set_window(long_window_blocks(step, cfg))
     model.mtp_weight.fill_(mtp_weight(step, cfg))
     if cfg.logit_mtp:
@@ -440,7 +461,8 @@ class SpeedrunTrainer(Trainer):
 
 
 RECIPE = Recipe(Hyperparameters, build_model, build_optimizers, script=__file__, lr_schedule=constant_then_cooldown,
-                description=__doc__.splitlines()[0], before_step=before_step, compile_model=compile_model, trainer=SpeedrunTrainer)
+                description=__doc__.splitlines()[0], before_step=before_step, compile_model=compile_model, trainer=SpeedrunTrainer,
+                warm_up_states=tie_states, ddp_find_unused=lambda cfg: cfg.tie_embed_until > 0)  # a tied embedding has no gradient of its own
 
 if __name__ == "__main__":
     sys.exit(main(RECIPE))

@@ -50,6 +50,15 @@ def test_speedrun_on_cuda_uses_flex_and_does_not_recompile_after_warm_up(tmp_pat
     assert "FlexAttention (block-sparse, compiled)" in tiny_compiled_speedrun(tmp_path, isolated_data_dir)
 
 
+def test_speedrun_with_the_embedding_tied_then_apart_compiles_both_in_the_warm_up(tmp_path, isolated_data_dir):
+    """--tie-embed-until: the warm-up compiles the tied and the untied graph, training and evaluation alike, so
+    untying before step 6 and validating at steps 3 (tied) and 6 (untied) recompiles nothing (the FP8 head where the GPU has it)."""
+    from safetensors.torch import load_file
+
+    tiny_compiled_speedrun(tmp_path, isolated_data_dir, "--tie-embed-until", "0.67")
+    assert not bool(load_file(str(tmp_path / "model.safetensors"))["embed_is_tied"])
+
+
 def test_layerdrop_compiled_by_regions_never_recompiles_whatever_it_drops(tmp_path, isolated_data_dir):
     import json
 

@@ -141,7 +141,7 @@ def test_smear_and_backout_start_as_no_ops_and_act_once_trained():
     e = smeared.embed(idx)
     expected = e.clone()
     expected[:, 1:] += 0.5 * e[:, :-1]  # gate weights 0: sigmoid(0) = 0.5
-    torch.testing.assert_close(smeared.smeared(e, idx), expected)
+    torch.testing.assert_close(smeared.smeared(e, idx, smeared.token_table()), expected)
     backed = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense", backout_layer=0))
     layer0 = []
     out = backed.through_blocks(torch.randn(1, 4, 64), lambda i, block, x: layer0.append(x + 1) or x + 1 if i == 0 else 2 * x)
@@ -388,3 +388,76 @@ def test_flops_follow_the_windows_and_the_fp8_head_is_counted_apart():
     assert total == linear + per_layer * 2 * 3 * BLOCK and fp8 == 6 * 64 * model.config.vocab_size
     assert utilisation(10.0, 4.0, 2.0, peak_flops=1.0, fp8_peak_flops=2.0) == pytest.approx((6.0 + 2.0) / 2.0)
     assert utilisation(10.0, 4.0, 2.0, peak_flops=1.0, fp8_peak_flops=None) is None
+
+
+# ----- the embedding tied to the head, then apart -----
+
+def test_a_tied_embedding_reads_the_head_and_untying_copies_weight_and_adam_state():
+    """While tied the embedding lookups read the head's weight (the embedding's own gets no gradient and changes
+    nothing); untying copies the head's weight and Adam moments to it, so the model's output is unchanged at that
+    moment and the two then train apart. The tie is saved with the weights."""
+    from kit.tools.inference import generate
+
+    model = v2_model(**dict(V2_PARTS, tie_embed=True))
+    with torch.no_grad():  # a random tied model echoes its last token (its logits are its input's embedding); blocks that matter do not
+        for p in model.blocks.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    prompts = [[EOT, *range(5, 40)], [EOT, 7, 8, EOT, 9]]
+    reference = generate(model, prompts, max_new_tokens=12, cache="none")
+    assert generate(model, prompts, max_new_tokens=12, cache="paged", block_size=16) == reference and len(set(reference[0])) > 3
+    idx = torch.randint(0, 500, (2, 2 * BLOCK))
+    before = model(idx)
+    with torch.no_grad():
+        model.embed.weight.mul_(-3)
+    torch.testing.assert_close(model(idx), before)  # the embedding's own table is not read
+    model.train()
+    adam = torch.optim.Adam([{"params": [model.lm_head.weight, model.embed.weight]},
+                             {"params": [p for n, p in model.named_parameters() if n not in ("lm_head.weight", "embed.weight")]}], lr=1e-3)
+    model(idx, idx).backward()
+    assert model.embed.weight.grad is None and model.lm_head.weight.grad is not None
+    adam.step()
+    assert model.embed.weight not in adam.state  # Adam skips a parameter without a gradient
+    reference = model.eval()(idx)
+    model.untie_embed([adam])
+    torch.testing.assert_close(model(idx), reference)
+    assert model.embed.weight.data_ptr() != model.lm_head.weight.data_ptr()
+    head_state, embed_state = adam.state[model.lm_head.weight], adam.state[model.embed.weight]
+    for key in ("step", "exp_avg", "exp_avg_sq"):
+        torch.testing.assert_close(embed_state[key], head_state[key])
+    assert embed_state["exp_avg"].data_ptr() != head_state["exp_avg"].data_ptr()
+    model.train()
+    adam.zero_grad()
+    model(idx, idx).backward()
+    assert model.embed.weight.grad is not None  # now its own
+    # a model built tied and loaded with the untied weights reads its own table
+    loaded = ModernGPT(model.config)
+    loaded.load_state_dict(model.state_dict())
+    loaded.set_window(2)  # the window is the schedule's, not saved
+    assert not loaded.embed_tied
+    torch.testing.assert_close(loaded.eval()(idx), model.eval()(idx))
+
+
+def test_the_record_script_unties_at_its_step_and_a_resumed_run_follows_the_same_losses(tmp_path):
+    """--tie-embed-until 0.5 on 6 steps: the embedding trains with the head for 3 steps, then apart at the head's LR;
+    a run resumed from step 2 (tied) and one from step 4 (untied) continue the uninterrupted run's losses."""
+    import train_gpt2_speedrun as sr
+    from kit.loop.train import main
+
+    cfg = parsed("--tie-embed-until", "0.5", "--max-steps", "6")
+    model = sr.build_model(cfg)
+    groups = sr.build_optimizers(model, cfg)[0].param_groups
+    assert any(p is model.embed.weight for p in groups[0]["params"]) and groups[0]["lr"] == cfg.head_lr and sr.untie_step(cfg) == 3
+    assert sr.RECIPE.ddp_find_unused(cfg) and not sr.RECIPE.ddp_find_unused(parsed())
+    flags = ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "256", "--val-tokens", "512",
+             "--max-steps", "6", "--val-every", "0", "--export", "0", "--tie-embed-until", "0.5"]
+    assert main(sr.RECIPE, [*flags, "--save-every", "2", "--keep-checkpoints", "3", "--out-dir", str(tmp_path / "full")]) == 0
+    full = {m["step"]: m["loss"] for m in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
+    for at, tied in ((2, True), (4, False)):
+        ckpt = tmp_path / "full" / "checkpoints" / f"ckpt_step{at:06d}.pt"
+        saved = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+        assert bool(saved["embed_is_tied"]) is tied and torch.equal(saved["embed.weight"], saved["lm_head.weight"]) is False
+        assert main(sr.RECIPE, [*flags, "--resume", str(ckpt), "--out-dir", str(tmp_path / f"from{at}")]) == 0
+        resumed = {m["step"]: m["loss"] for m in map(json.loads, (tmp_path / f"from{at}" / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
+        assert sorted(resumed) == list(range(at + 1, 7))
+        for step, loss in resumed.items():
+            assert abs(loss - full[step]) <= 1e-6, (at, step, loss, full[step])

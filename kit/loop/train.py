@@ -56,7 +56,7 @@ class Recipe:
     description: str = ""
     before_step: Callable = None  # (step, model, optimizers, cfg): other schedules (windows, momentum), before each step and validation
     compile_model: Callable = torch.compile  # how --compile 1 compiles the model (e.g. block by block)
-    ddp_find_unused: bool = False  # True when steps may leave parameters without gradients (LayerDrop)
+    ddp_find_unused: object = False  # True, or a function of the config, where steps may leave parameters without gradients (LayerDrop)
     warm_up_states: Callable = None  # (model, cfg) -> functions, each putting the model in a state the run will meet: the warm-up compiles every one
     trainer: type = None  # a Trainer subclass, for a script that changes one of its methods marked "a script's own" (default: Trainer)
 
@@ -408,7 +408,7 @@ class Trainer:
         self.eval_model = self.train_model
         if ddp.enabled:
             self.train_model = DistributedDataParallel(self.train_model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                                       find_unused_parameters=self.recipe.ddp_find_unused)
+                                                       find_unused_parameters=self.ddp_find_unused())
 
     def claim_run_dir(self, resumed_from) -> Path:
         """The run directory: a resumed run's own, or a fresh one. A folder that holds another run (its
@@ -453,6 +453,10 @@ class Trainer:
                 raise UserError(f"--max-steps {self.cfg.max_steps}: at step {self.step} the {old_steps}-step schedule gives x{was:.4g}, "
                                 f"the {self.cfg.max_steps}-step one x{now:.4g}; the run would jump, so its length stays {old_steps} "
                                 f"(start a new run with --max-steps {self.cfg.max_steps})")
+
+    def ddp_find_unused(self) -> bool:
+        unused = self.recipe.ddp_find_unused
+        return bool(unused(self.cfg) if callable(unused) else unused)
 
     def times_so_far(self) -> dict:
         """The run's clocks over all its parts, this one up to now: for checkpoints and the summary."""
@@ -633,7 +637,9 @@ class Trainer:
         part_done("optimizers")
         with torch.no_grad(), hw.autocast(self.device, self.dtype):
             self.eval_model.eval()
-            self.eval_model(*(t[: self.eval_micro_batch] for t in batch))  # the evaluation batch shape
+            for enter_state in states:  # a state that changes the model's graph (a tied embedding) changes the evaluation's too
+                enter_state()
+                self.eval_model(*(t[: self.eval_micro_batch] for t in batch))  # the evaluation batch shape
             self.eval_model.train()
         part_done("evaluation graph")
         self.warmup_parts = {name: round(seconds, 2) for name, seconds in parts.items()}

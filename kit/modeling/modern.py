@@ -71,6 +71,7 @@ class ModernConfig:
     xsa_layers: tuple = ()  # layers whose heads remove a learned share tanh(a) of their output along their own value (gated XSA)
     paired_head_layers: tuple = ()  # layers whose heads attend in pairs: both heads' keys of a pair interleaved into one sequence
     sublayer_scales: bool = False  # learned weights on the stream and each branch of every block, the stream's from sqrt(1.1)
+    tie_embed: bool = False  # the token embedding starts as the output head's weight (shared until untie_embed; the head then starts normal(0, 0.005))
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -433,6 +434,7 @@ class ModernGPT(nn.Module):
             nn.init.zeros_(self.bigram_embed.weight)
         self.lm_head = FP8Head(cfg.n_embd, cfg.vocab_size, fp8=cfg.fp8_head)
         nn.init.zeros_(self.lm_head.weight)
+        self.init_tied_embedding(cfg)
         # one small residual adapter per extra offset, sharing the output head
         self.mtp_adapters = nn.ModuleList(hidden_linear(cfg.n_embd, cfg.n_embd, zero=True) for _ in range(cfg.mtp_offsets))
         self.register_buffer("mtp_weight", torch.tensor(0.0), persistent=False)
@@ -453,6 +455,37 @@ class ModernGPT(nn.Module):
         self.backout_lambda = nn.Parameter(torch.tensor(0.5)) if cfg.backout_layer >= 0 else None
         # weights of targets t+1, t+2, ... for the loss from the same logits (set each step by the script's schedule)
         self.register_buffer("logit_mtp_now", torch.tensor([1.0, *cfg.logit_mtp_weights]), persistent=False)
+
+    def init_tied_embedding(self, cfg: ModernConfig) -> None:
+        """With tie_embed the embedding lookups read the head's weight (the public records of 2025-12-19 and -22: tied, then
+        apart from 2/3 of the run); a zero head cannot serve as an embedding, so it starts as theirs, normal(0, 0.005).
+        embed_is_tied is saved with the weights (checkpoints, model.safetensors), so a loaded model reads the right table;
+        embed_tied, its copy on the host, is what the forward pass branches on (a compiled graph for each)."""
+        self.embed_tied = cfg.tie_embed
+        if cfg.tie_embed:
+            nn.init.normal_(self.lm_head.weight, std=0.005)
+            self.register_buffer("embed_is_tied", torch.tensor(True))
+            self.register_load_state_dict_post_hook(lambda module, keys: module.sync_embed_tie())
+
+    def sync_embed_tie(self) -> None:
+        if hasattr(self, "embed_is_tied"):
+            self.embed_tied = bool(self.embed_is_tied)
+
+    def token_table(self) -> torch.Tensor:
+        """The weight the token embedding reads: the head's while tied, its own after."""
+        return self.lm_head.weight if self.embed_tied else self.embed.weight
+
+    @torch.no_grad()
+    def untie_embed(self, optimizers=()) -> None:
+        """From now on the embedding trains apart from the head, starting from a copy of the head's weight and of its state in
+        every optimizer that holds both (Adam's moments and step count), as the public record of 2025-12-22 does."""
+        self.embed.weight.copy_(self.lm_head.weight)
+        for opt in optimizers:
+            state = getattr(opt, "state", {})
+            if self.lm_head.weight in state and any(self.embed.weight is p for group in opt.param_groups for p in group["params"]):
+                state[self.embed.weight] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state[self.lm_head.weight].items()}
+        self.embed_is_tied.fill_(False)
+        self.embed_tied = False
 
     def set_logit_mtp_weights(self, weights) -> None:
         """The extra targets' weights for the coming steps (t+2, t+3, ...); t+1 keeps 1. The weights are
@@ -495,15 +528,16 @@ class ModernGPT(nn.Module):
             if previous_first is None:
                 previous_first = torch.full((idx.size(0),), -1, dtype=torch.long, device=idx.device)
             bigram = self.bigram_embed(bigram_ids(idx, previous_first, self.config.bigram_buckets)).to(dtype)
-        return rms_norm(self.smeared(self.embed(idx), idx, previous_first)).to(dtype), self.layer_value_embeds(idx, dtype), bigram
+        table = self.token_table()
+        return rms_norm(self.smeared(F.embedding(idx, table), idx, table, previous_first)).to(dtype), self.layer_value_embeds(idx, dtype), bigram
 
-    def smeared(self, e, idx, previous_first=None):
+    def smeared(self, e, idx, table, previous_first=None):
         """e (B, T, width) with a gated share of the previous token's embedding added (the public record
         of 2025-09-18: a one-token look-back before any attention). Not at a document's first token, nor
         at a row's first one unless previous_first gives the token before it (a cached decode)."""
         if self.smear_gate is None:
             return e
-        first = self.embed(previous_first.clamp(min=0))[:, None] if previous_first is not None else torch.zeros_like(e[:, :1])
+        first = F.embedding(previous_first.clamp(min=0), table)[:, None] if previous_first is not None else torch.zeros_like(e[:, :1])
         previous = torch.cat([first, e[:, :-1]], dim=1)
         has_previous = torch.ones_like(idx, dtype=torch.bool)
         has_previous[:, 0] = previous_first >= 0 if previous_first is not None else False
