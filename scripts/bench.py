@@ -13,6 +13,8 @@ their loss at an equal token budget. Same model size and batch across rows unles
 With --equal-time BENCH_JSON (an earlier bench of the same rows), each row instead trains for the
 steps that fit in the base row's training time of that bench at the row's own mean step time,
 its schedule scaled to them: the rows' losses then compare at an equal time budget.
+With --charge-setup too, a row's one-time setup that the base row lacks (summary.json's setup_s: RETRO's index
+build) comes out of its budget, so the rows compare at equal wall time of training plus setup.
 With --seeds N each row also runs with --seed 1..N-1 (labelled ROW_seed1, ...; the plain row keeps
 its script's default seed), and the table ends with each row's spread of losses over its seeds: at short budgets a
 single seed's gap of a few hundredths can be noise or one training-loss spike.
@@ -109,11 +111,12 @@ def finished(run_dir: Path, steps: int) -> bool:
     return summary.get("status") == "completed" and summary.get("steps") == steps
 
 
-def equal_time_steps(reference: dict, base_label: str = None) -> dict:
+def equal_time_steps(reference: dict, base_label: str = None, charge_setup: bool = False) -> dict:
     """{label: optimizer steps} that fit each row of an earlier bench.json into its base row's
     training time (the first row's unless base_label), at the row's own mean step time over its
     run (the median step where the row has no training time): a row whose steps get cheaper as it
-    trains (MTP's annealed heads) would overrun the budget at its median."""
+    trains (MTP's annealed heads) would overrun the budget at its median. With charge_setup, a row's
+    setup_s beyond the base row's is spent from its budget first (at least one step is left)."""
     if reference.get("parallel", 1) > 1:
         raise SystemExit("bench: --equal-time: the reference bench ran rows in parallel, so its step times are not measurements")
     rows = {r["label"]: r for r in reference["rows"] if r.get("ms_per_step")}
@@ -121,7 +124,10 @@ def equal_time_steps(reference: dict, base_label: str = None) -> dict:
         raise SystemExit("bench: --equal-time: the reference bench has no measured rows")
     base = rows[base_label] if base_label else next(iter(rows.values()))
     budget_ms = base["train_s"] * 1000 if base.get("train_s") else base["ms_per_step"] * (reference["steps"] + reference["warmup_steps"])
-    return {label: max(1, round(budget_ms / mean_step_ms(r))) for label, r in rows.items()}
+    def setup_ms(row: dict) -> float:
+        return 1000 * (row.get("setup_s") or 0.0) if charge_setup else 0.0
+
+    return {label: max(1, round((budget_ms - max(0.0, setup_ms(r) - setup_ms(base))) / mean_step_ms(r))) for label, r in rows.items()}
 
 
 def mean_step_ms(row: dict) -> float:
@@ -188,7 +194,8 @@ class RowProcess:
                       micro_batch=s["micro_batch"], peak_mem_gib=s["peak_mem_gib"], flops_per_token=s["flops_per_token"],
                       device_name=s["device_name"], batch_tokens=s["tokens"] // s["steps"], attn=s["attn"], dtype=s["dtype"],
                       compile=s["compile"], tokens=s["tokens"], val_loss=s.get("final_val_loss"),
-                      val_loss_fineweb_sample=s.get("final_val_loss_fineweb_sample"), alloc_retries=s.get("alloc_retries"))
+                      val_loss_fineweb_sample=s.get("final_val_loss_fineweb_sample"), alloc_retries=s.get("alloc_retries"),
+                      setup_s=s.get("setup_s"))
         return result
 
 
@@ -261,6 +268,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="also run each row with --seed 1..N-1 (labelled ROW_seedK) and show each row's spread of losses")
     parser.add_argument("--equal-time", help="an earlier bench.json of these rows: train each row for the steps that fit in its base row's time")
     parser.add_argument("--equal-time-base", help="the reference's base row (default: its first measured row)")
+    parser.add_argument("--charge-setup", action="store_true", help="with --equal-time: a row's one-time setup beyond the base row's (RETRO's index) "
+                                                                    "comes out of its training budget (equal wall time)")
     parser.add_argument("--parallel", type=int, default=1,
                         help="rows run at once on one GPU: for passes that compare losses only (an LR check, equal time); speed is not measured then")
     parser.add_argument("--memory-cap-gib", type=float, help="with --parallel: each row's GPU memory cap (e.g. 42 for 3 rows on an H200)")
@@ -274,7 +283,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.equal_time:
-        steps = equal_time_steps(json.loads(Path(args.equal_time).read_text()), args.equal_time_base)
+        steps = equal_time_steps(json.loads(Path(args.equal_time).read_text()), args.equal_time_base, args.charge_setup)
         steps_of = lambda r: steps.get(r["label"], steps.get(r.get("seed_of")))  # a seed copy: its row's step count
         missing = [r["label"] for r in rows if steps_of(r) is None]
         if missing:

@@ -359,6 +359,11 @@ def test_equal_time_gives_each_row_the_steps_that_fit_in_the_base_rows_time(tmp_
     assert bench.equal_time_steps({**reference, "rows": reference["rows"] + [annealed]})["annealed"] == 20
     assert bench.equal_time_steps({**reference, "rows": [dict(reference["rows"][0], train_s=None), reference["rows"][1]]}) == {"base": 10, "fast": 25}
     assert bench.equal_time_steps(reference, "fast") == {"base": 4, "fast": 10}  # fast's budget: 40 ms x (8 + 2) steps
+    # a row with a one-time setup (RETRO's index, 0.6 s) spends it from the base row's 1 s when asked: equal wall time
+    indexed = {**reference, "rows": [dict(reference["rows"][0], setup_s=0.0), dict(reference["rows"][1], setup_s=0.6)]}
+    assert bench.equal_time_steps(indexed) == {"base": 10, "fast": 25}
+    assert bench.equal_time_steps(indexed, charge_setup=True) == {"base": 10, "fast": 10}
+    assert bench.equal_time_steps({**indexed, "rows": [indexed["rows"][0], dict(indexed["rows"][1], setup_s=5.0)]}, charge_setup=True)["fast"] == 1
     (tmp_path / "reference.json").write_text(json.dumps(reference))
     common = " ".join(FAST[:-4]) + " --data synthetic"
     assert bench.main(["--row", "base=train_gpt2.py", "--row", "fast=train_gpt2.py --attn sdpa", "--common", common, "--steps", "3",

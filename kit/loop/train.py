@@ -333,6 +333,11 @@ class Trainer:
         last step are validated in any case. Default: every --val-every steps."""
         return self.on_val_every(step)
 
+    def setup_seconds(self) -> float:
+        """Seconds of one-time work this variant needs before training that the baseline does not (RETRO's index),
+        for comparisons at equal wall time (summary.json's setup_s; scripts/bench.py --charge-setup). Default: 0."""
+        return 0.0
+
     def micro_batch_rule(self, usable_bytes: int):
         """Sequences per micro-batch on a GPU with this much usable memory, or None to probe for it."""
         return None
@@ -923,6 +928,7 @@ class Trainer:
             **{name: value for name, value in self.times_so_far().items() if name != "resumed_at"},  # over every part of the run
             "resumed_at_steps": self.earlier["resumed_at"],
             "startup_s": self.startup_s, "imports_s": self.imports_s,  # this part of the run: its start-up (imports included),
+            "setup_s": self.setup_seconds(),  # of which the variant's own one-time work
             "warmup_parts_s": self.warmup_parts,  # where its warm-up went,
             "warmup_compile_cache": self.warmup_cache,  # and what each part found in the compile caches,
             "warmup_cache_bypass_reasons": self.warmup_bypass_reasons,  # or why it could not use them
