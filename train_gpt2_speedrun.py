@@ -146,6 +146,8 @@ class Hyperparameters(TrainConfig):
     paired_head_layers: str = field(default="", metadata={"help": "layers whose heads attend in pairs over one interleaved sequence (the public record of 2026-01-07; "
                                                                      "auto: 1,3,5,9 of the 12-layer model, short-window layers); empty: none"})
     sublayer_scales: bool = field(default=False, metadata={"help": "learned weights on the stream before each branch (from sqrt(1.1)) and on each branch's output (from 1)"})
+    prefix_target: float = field(default=0.0, metadata={"help": "the logits also score the next token's prefix token (its bytes' longest proper prefix that is a token) at this weight "
+                                                               "over the first third of the run, falling to 0 over the second (the public record of 2026-07-13: 0.25); 0: off"})
     tie_embed_until: float = field(default=0.0, metadata={"help": "the token embedding shares the output head's weight until this share of --max-steps, then starts from a "
                                                                    "copy of it (weight and Adam state) and trains apart at the head's LR (the public records of 2025-12-19 and -22: 2/3); 0: apart from the start"})
     batch_ramp_start: float = field(default=1.0, metadata={"help": "share of --batch-tokens at step 0, growing linearly to 1 (1: no ramp)"})
@@ -227,7 +229,7 @@ def build_model(cfg: Hyperparameters):
                                       smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset,
                                       **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),
                                       value_embed_gate=cfg.value_embed_gate, attn_out_init=cfg.attn_out_init, sublayer_scales=cfg.sublayer_scales,
-                                      tie_embed=cfg.tie_embed_until > 0))
+                                      tie_embed=cfg.tie_embed_until > 0, prefix_target_weight=cfg.prefix_target))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
 
@@ -396,6 +398,12 @@ def logit_mtp_weights(step: int, cfg: Hyperparameters) -> list:
     return [w * min(1.0, max(0.0, ((len(starts) - j + 1) * part - progress) / part)) for j, w in enumerate(starts, start=1)]
 
 
+def prefix_target_weight(step: int, cfg: Hyperparameters) -> float:
+    """--prefix-target over the first third of the run, then falling linearly to 0 at two thirds (the public record's stages)."""
+    progress = step / cfg.max_steps
+    return cfg.prefix_target * min(1.0, max(0.0, (2 / 3 - progress) * 3))
+
+
 def mtp_weight(step: int, cfg: Hyperparameters) -> float:
     """cfg.mtp_weight at step 0, falling linearly to 0 at mtp_frac of the run (MTP helps early, if at all)."""
     return linear_to_zero(step, cfg.max_steps, cfg.mtp_weight, cfg.mtp_frac)
@@ -422,6 +430,8 @@ def before_step(step: int, model: ModernGPT, optimizers, cfg: Hyperparameters) -
     model.mtp_weight.fill_(mtp_weight(step, cfg))
     if cfg.logit_mtp:
         model.set_logit_mtp_weights(logit_mtp_weights(step, cfg))
+    if cfg.prefix_target:
+        model.set_prefix_target_weight(prefix_target_weight(step, cfg))
     for opt in optimizers:
         if isinstance(opt, Muon):
             for group in opt.param_groups:
@@ -445,7 +455,8 @@ class SpeedrunTrainer(Trainer):
 
         if loss_kernel(self.cfg) != "triton":
             return []
-        return list(triton_loss.kernel_builds(gpus.fp8_capable(gpus.capability(self.device))))
+        targets = 1 + len(float_list(self.cfg.logit_mtp, "--logit-mtp")) + (1 if self.cfg.prefix_target else 0)  # the loss's columns
+        return list(triton_loss.kernel_builds(gpus.fp8_capable(gpus.capability(self.device)), targets))
 
     def validate_at(self, step: int) -> bool:
         return validate_at(step, self.cfg)

@@ -150,6 +150,9 @@ def test_the_record_script_audits_its_loss_kernels_where_it_takes_them(monkeypat
     monkeypatch.setattr(sr, "loss_kernel", lambda cfg: "triton")
     names = [build[0] for build in trainer.own_kernel_builds()]
     assert len(names) == 10 and all(name.startswith("loss ") for name in names)
+    assert {build[3]["K"] for build in trainer.own_kernel_builds()} == {3}  # the next token and two ahead (--v2's multi-token prediction)
+    with_prefix = sr.SpeedrunTrainer(sr.RECIPE, [*FAST, "--data", "synthetic", "--prefix-target", "0.25"])
+    assert {build[3]["K"] for build in with_prefix.own_kernel_builds()} == {4}  # and the prefix token: the kernels audited as they run
 
 
 def _inductor_kernel(launched: dict, candidates: list, host_shared: int):

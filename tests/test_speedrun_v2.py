@@ -439,7 +439,8 @@ def test_a_tied_embedding_reads_the_head_and_untying_copies_weight_and_adam_stat
 
 def test_the_record_script_unties_at_its_step_and_a_resumed_run_follows_the_same_losses(tmp_path):
     """--tie-embed-until 0.5 on 6 steps: the embedding trains with the head for 3 steps, then apart at the head's LR;
-    a run resumed from step 2 (tied) and one from step 4 (untied) continue the uninterrupted run's losses."""
+    a run resumed from step 2 (tied) and one from step 4 (untied) continue the uninterrupted run's losses (with the
+    prefix target on too, whose weight falls by step)."""
     import train_gpt2_speedrun as sr
     from kit.loop.train import main
 
@@ -449,7 +450,7 @@ def test_the_record_script_unties_at_its_step_and_a_resumed_run_follows_the_same
     assert any(p is model.embed.weight for p in groups[0]["params"]) and groups[0]["lr"] == cfg.head_lr and sr.untie_step(cfg) == 3
     assert sr.RECIPE.ddp_find_unused(cfg) and not sr.RECIPE.ddp_find_unused(parsed())
     flags = ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "256", "--val-tokens", "512",
-             "--max-steps", "6", "--val-every", "0", "--export", "0", "--tie-embed-until", "0.5"]
+             "--max-steps", "6", "--val-every", "0", "--export", "0", "--tie-embed-until", "0.5", "--prefix-target", "0.25"]
     assert main(sr.RECIPE, [*flags, "--save-every", "2", "--keep-checkpoints", "3", "--out-dir", str(tmp_path / "full")]) == 0
     full = {m["step"]: m["loss"] for m in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
     for at, tied in ((2, True), (4, False)):
@@ -461,3 +462,54 @@ def test_the_record_script_unties_at_its_step_and_a_resumed_run_follows_the_same
         assert sorted(resumed) == list(range(at + 1, 7))
         for step, loss in resumed.items():
             assert abs(loss - full[step]) <= 1e-6, (at, step, loss, full[step])
+
+
+# ----- the prefix token as an extra target -----
+
+def test_prefix_tokens_are_the_longest_proper_prefixes_that_are_tokens():
+    from kit.data.tokenizer import gpt2_encoding, gpt2_ranks, prefix_tokens
+
+    enc, table = gpt2_encoding(), prefix_tokens(50304)
+    assert len(table) == 50304 and table[EOT] == -1 and table[50300] == -1  # the end of text and the padding have none
+    assert enc.decode([table[enc.encode_ordinary(" prediction")[0]]]) == " predict" and table[enc.encode_ordinary("a")[0]] == -1
+    by_id = {token: token_bytes for token_bytes, token in gpt2_ranks().items()}
+    for token in range(0, 50256, 97):  # every 97th: the prefix is a proper prefix, and no longer one is a token
+        if table[token] >= 0:
+            whole, prefix = by_id[token], by_id[table[token]]
+            assert whole.startswith(prefix) and len(prefix) < len(whole)
+            assert not any(whole[:n] in gpt2_ranks() for n in range(len(prefix) + 1, len(whole)))
+        else:
+            assert not any(by_id[token][:n] in gpt2_ranks() for n in range(1, len(by_id[token])))
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_prefix_target_adds_its_weighted_cross_entropy_in_either_loss_path(fused):
+    """With extra targets ahead and the prefix target: the loss is the weighted sum of each column's cross-entropy over
+    the same logits, the prefix column holding the next token's prefix token (-1, no term, where it has none)."""
+    from kit.data.tokenizer import prefix_tokens
+
+    torch.manual_seed(0)
+    model = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense", logit_mtp_weights=(0.5,),
+                                   prefix_target_weight=0.25, fused_loss=fused)).train()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    idx, targets = torch.randint(0, 1000, (2, BLOCK)), torch.randint(0, 1000, (2, BLOCK))
+    targets[0, 5] = EOT
+    model.set_prefix_target_weight(0.1)
+    loss = model(idx, targets)
+    with torch.no_grad():
+        logits = model.eval()(idx).view(-1, model.config.vocab_size)
+    table = torch.tensor(prefix_tokens(model.config.vocab_size))
+    columns = [targets.view(-1), idx_targets_with_future(targets, (0.5,))[..., 1].reshape(-1), table[targets.view(-1)]]
+    assert (columns[2] == -1).any() and columns[2][5] == -1  # 50256 has no prefix
+    by_hand = sum(w * F.cross_entropy(logits, c, ignore_index=-1, reduction="sum") for c, w in zip(columns, (1.0, 0.5, 0.1))) / logits.size(0)
+    torch.testing.assert_close(loss, by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_target_weight_holds_for_a_third_then_falls_to_zero():
+    import train_gpt2_speedrun as sr
+
+    cfg = parsed("--prefix-target", "0.25", "--max-steps", "300")
+    assert [sr.prefix_target_weight(s, cfg) for s in (0, 100, 150, 200, 300)] == pytest.approx([0.25, 0.25, 0.125, 0.0, 0.0])
+    assert sr.build_model(cfg).config.prefix_target_weight == 0.25 and not sr.build_model(parsed()).config.prefix_target_weight

@@ -19,11 +19,34 @@ EOT = 50256
 
 
 @functools.lru_cache(maxsize=1)
-def gpt2_encoding() -> tiktoken.Encoding:
-    ranks = data_gym_to_mergeable_bpe_ranks(
+def gpt2_ranks() -> dict:
+    """{token's bytes: token id} of GPT-2's 50,256 ordinary tokens."""
+    return data_gym_to_mergeable_bpe_ranks(
         str(BPE_DIR / "vocab.bpe"), str(BPE_DIR / "encoder.json"), vocab_bpe_hash=VOCAB_BPE_SHA256, encoder_json_hash=ENCODER_JSON_SHA256
     )
-    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": EOT})
+
+
+@functools.lru_cache(maxsize=1)
+def gpt2_encoding() -> tiktoken.Encoding:
+    return tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=gpt2_ranks(), special_tokens={"<|endoftext|>": EOT})
+
+
+@functools.lru_cache(maxsize=4)
+def prefix_tokens(vocab_size: int) -> tuple:
+    """For each token id below vocab_size, the token whose bytes are the longest proper prefix of its bytes
+    (" prediction" -> " predict"), or -1 where no shorter prefix is a token (single bytes, <|endoftext|>, padding):
+    the targets of the public record's prefix-token prediction (2026-07-13)."""
+    ranks = gpt2_ranks()
+    table = [-1] * vocab_size
+    for token_bytes, token in ranks.items():
+        if token >= vocab_size:
+            continue
+        for length in range(len(token_bytes) - 1, 0, -1):
+            prefix = ranks.get(token_bytes[:length])
+            if prefix is not None:
+                table[token] = prefix
+                break
+    return tuple(table)
 
 
 def encode_document(text: str) -> list[int]:

@@ -72,6 +72,7 @@ class ModernConfig:
     paired_head_layers: tuple = ()  # layers whose heads attend in pairs: both heads' keys of a pair interleaved into one sequence
     sublayer_scales: bool = False  # learned weights on the stream and each branch of every block, the stream's from sqrt(1.1)
     tie_embed: bool = False  # the token embedding starts as the output head's weight (shared until untie_embed; the head then starts normal(0, 0.005))
+    prefix_target_weight: float = 0.0  # >0: the logits also score the next token's prefix token (kit.data.tokenizer.prefix_tokens) at this starting weight
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -453,8 +454,13 @@ class ModernGPT(nn.Module):
         if not -1 <= cfg.backout_layer < cfg.n_layer:
             raise ValueError(f"backout_layer {cfg.backout_layer}: the model has layers 0..{cfg.n_layer - 1} (-1: off)")
         self.backout_lambda = nn.Parameter(torch.tensor(0.5)) if cfg.backout_layer >= 0 else None
-        # weights of targets t+1, t+2, ... for the loss from the same logits (set each step by the script's schedule)
-        self.register_buffer("logit_mtp_now", torch.tensor([1.0, *cfg.logit_mtp_weights]), persistent=False)
+        # weights of targets t+1, t+2, ... and of the prefix target, for the loss from the same logits (set each step by the script's schedule)
+        prefix = (cfg.prefix_target_weight,) if cfg.prefix_target_weight else ()
+        self.register_buffer("logit_mtp_now", torch.tensor([1.0, *cfg.logit_mtp_weights, *prefix]), persistent=False)
+        if cfg.prefix_target_weight:
+            from kit.data.tokenizer import prefix_tokens
+
+            self.register_buffer("prefix_table", torch.tensor(prefix_tokens(cfg.vocab_size)), persistent=False)
 
     def init_tied_embedding(self, cfg: ModernConfig) -> None:
         """With tie_embed the embedding lookups read the head's weight (the public records of 2025-12-19 and -22: tied, then
@@ -492,6 +498,19 @@ class ModernGPT(nn.Module):
         filled on the device (a copy from a host tensor would wait for the GPU at every step)."""
         for j, weight in enumerate(weights, start=1):
             self.logit_mtp_now[j].fill_(float(weight))
+
+    def set_prefix_target_weight(self, weight: float) -> None:
+        """The prefix target's weight for the coming steps (filled on the device, as the extra targets' are)."""
+        self.logit_mtp_now[-1].fill_(float(weight))
+
+    def training_targets(self, targets):
+        """(B, T, K) targets of the loss from the same logits: the next token, the tokens further ahead, and the next
+        token's prefix token; -1 where there is none."""
+        columns = idx_targets_with_future(targets, self.config.logit_mtp_weights)
+        if not self.config.prefix_target_weight:
+            return columns
+        prefix = torch.where(targets >= 0, self.prefix_table[targets.clamp(min=0)], -1)
+        return torch.cat([columns, prefix[..., None]], dim=-1)
 
     def set_window(self, long_blocks: int) -> None:
         """Attention span of the long-window layers, in blocks of 128 tokens (the others get half)."""
@@ -596,8 +615,8 @@ class ModernGPT(nn.Module):
         """
         if targets is None:
             return self.logits(x)
-        if self.training and self.config.logit_mtp_weights:
-            loss = self.same_logits_mtp_loss(x, idx_targets_with_future(targets, self.config.logit_mtp_weights))
+        if self.training and (self.config.logit_mtp_weights or self.config.prefix_target_weight):
+            loss = self.same_logits_mtp_loss(x, self.training_targets(targets))
         elif self.training and self.config.fused_loss:
             loss = self.fused_next_token_loss(x, targets)
         else:
@@ -618,7 +637,7 @@ class ModernGPT(nn.Module):
         h = rms_norm(x).reshape(-1, x.size(-1))
         flat = targets.reshape(h.size(0), -1) if weights is not None else targets.reshape(-1)
         if self.lm_head.fp8:
-            bound = 1.0 + sum(cfg.logit_mtp_weights)  # the weights only fall from their starting values
+            bound = 1.0 + sum(cfg.logit_mtp_weights) + cfg.prefix_target_weight  # the weights only fall from their starting values
             return FP8SoftcappedHeadLoss.apply(h, self.lm_head.weight, flat, cfg.softcap, cfg.loss_kernel, cfg.softcap_form, weights, bound)
         return softcapped_cross_entropy(self.lm_head(h), flat, cfg.softcap, cfg.loss_kernel, cfg.softcap_form, weights)
 
@@ -657,6 +676,8 @@ class ModernGPT(nn.Module):
         loss += f", cap {cap}"
         if self.config.logit_mtp_weights:
             loss += f", tokens 2..{1 + len(self.config.logit_mtp_weights)} ahead from the same logits while training"
+        if self.config.prefix_target_weight:
+            loss += f", the next token's prefix token from the same logits while training (weight from {self.config.prefix_target_weight:g})"
         return f"attention: {attention} | head: {head} | loss: {loss}"
 
     def flops_per_token(self, seq_len: int, window_blocks: int = MAX_WINDOW_BLOCKS) -> int:

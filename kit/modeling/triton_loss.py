@@ -125,15 +125,15 @@ if triton is not None:
                                   key=["N", "V", "K", "E5M2"])(_grad_kernel)
 
 
-def kernel_builds(fp8: bool = True):
+def kernel_builds(fp8: bool = True, targets: int = 3):
     """(name, kernel, signature, constexprs, num_warps) for every configuration the GPU's autotuning may
-    pick, with the record's types (bf16 logits, three targets, weighted, sigmoid cap; the gradient in
-    e5m2 where the GPU has FP8, else bf16): what a shared-memory audit compiles for a smaller card
-    (scripts/audit_shared_memory.py)."""
+    pick, with the record's types (bf16 logits, `targets` targets per position (three by default), weighted,
+    sigmoid cap; the gradient in e5m2 where the GPU has FP8, else bf16): what a shared-memory audit compiles
+    for a smaller card (scripts/audit_shared_memory.py)."""
     types = {"z_ptr": "*bf16", "targets_ptr": "*i64", "weights_ptr": "*fp32", "lse_ptr": "*fp32", "loss_ptr": "*fp32", "scale_ptr": "*fp32",
              "g_ptr": "*fp8e5" if fp8 else "*bf16", "N": "i32", "V": "i32", "stride_z": "i32", "cap": "fp32"}
     stats, grad = ({name: types.get(name, "constexpr") for name in kernel.arg_names} for kernel in (_stats_kernel, _grad_kernel))
-    flags = {"K": 3, "WEIGHTED": True, "SIGMOID": True}
+    flags = {"K": targets, "WEIGHTED": True, "SIGMOID": True}
     for block_v, warps in STATS_CONFIGS:
         yield f"loss stats (BLOCK_V {block_v}, {warps} warps)", _stats_kernel, stats, {**flags, "BLOCK_V": block_v}, warps
     for block_n, block_v, warps in GRAD_CONFIGS:
