@@ -146,6 +146,8 @@ class Hyperparameters(TrainConfig):
     paired_head_layers: str = field(default="", metadata={"help": "layers whose heads attend in pairs over one interleaved sequence (the public record of 2026-01-07; "
                                                                      "auto: 1,3,5,9 of the 12-layer model, short-window layers); empty: none"})
     sublayer_scales: bool = field(default=False, metadata={"help": "learned weights on the stream before each branch (from sqrt(1.1)) and on each branch's output (from 1)"})
+    mlp_out_lr: float = field(default=1.0, metadata={"help": "Muon's steps on the MLPs' output matrices are this many times as long, their weight decay unchanged "
+                                                           "(the public record line's 2 since 2026-01-18); 1: as the other matrices"})
     prefix_target: float = field(default=0.0, metadata={"help": "the logits also score the next token's prefix token (its bytes' longest proper prefix that is a token) at this weight "
                                                                "over the first third of the run, falling to 0 over the second (the public record of 2026-07-13: 0.25); 0: off"})
     tie_embed_until: float = field(default=0.0, metadata={"help": "the token embedding shares the output head's weight until this share of --max-steps, then starts from a "
@@ -323,12 +325,12 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
                             fused=(cfg.fused_adamw and on_gpu(cfg)) or None)
     if not cfg.muon:
         return [adam]
-    if cfg.muon_split_qkv:  # Q, K and V each orthogonalised as their own matrix
-        qkv_ids = {id(p) for p in qkv}
-        others = [p for p in hidden if id(p) not in qkv_ids]
-        groups = [g for g in ({"params": qkv, "split": 3}, {"params": others}) if g["params"]]
-    else:
-        groups = [{"params": hidden}]
+    split_qkv = qkv if cfg.muon_split_qkv else []  # Q, K and V each orthogonalised as their own matrix
+    mlp_out = [block.mlp.down.weight for block in model.blocks] if cfg.mlp_out_lr != 1 else []
+    apart = {id(p) for p in split_qkv + mlp_out}
+    groups = [{"params": split_qkv, "split": 3}, {"params": mlp_out, "update_scale": cfg.mlp_out_lr},
+              {"params": [p for p in hidden if id(p) not in apart]}]
+    groups = [g for g in groups if g["params"]]
     muon = Muon(groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, coefficients=cfg.muon_coefficients, tall_scale=cfg.muon_tall_scale,
                 row_beta=0.95 if cfg.normuon else 0.0, cautious_wd=cfg.muon_cwd)
     for group in muon.param_groups:

@@ -255,6 +255,24 @@ def test_muon_cautious_weight_decay_only_where_the_update_agrees_in_sign():
     agree = (update * before >= 0).float()
     torch.testing.assert_close(p.detach(), before - 0.1 * update - 0.1 * 0.1 * 2.0 * before * agree, rtol=1e-5, atol=1e-6)
     assert 0 < agree.mean() < 1
+    # a group with update_scale 2 (the MLPs' output matrices of --mlp-out-lr 2): twice the step, the same decay
+    q = torch.nn.Parameter(before.clone())
+    q.grad = p.grad.clone()
+    Muon([{"params": [q], "update_scale": 2.0}], lr=0.1, momentum=0.0, nesterov=False, cautious_wd=2.0).step()
+    torch.testing.assert_close(q.detach(), before - 2 * 0.1 * update - 0.1 * 0.1 * 2.0 * before * agree, rtol=1e-5, atol=1e-6)
+
+
+def test_mlp_output_matrices_get_their_own_muon_group_only_when_their_lr_differs():
+    import train_gpt2_speedrun as sr
+
+    for flags, scales in (([], [1.0, 1.0]), (["--mlp-out-lr", "2"], [1.0, 2.0, 1.0])):
+        cfg = parsed(*flags)
+        model = sr.build_model(cfg)
+        muon = sr.build_optimizers(model, cfg)[1]
+        assert [g["update_scale"] for g in muon.param_groups] == scales  # split Q/K/V, [the MLPs' outputs,] the rest
+        scaled = [p for g in muon.param_groups if g["update_scale"] == 2.0 for p in g["params"]]
+        assert {id(p) for p in scaled} == ({id(b.mlp.down.weight) for b in model.blocks} if flags else set())
+        assert sum(len(g["params"]) for g in muon.param_groups) == len([p for p in model.blocks.parameters() if p.dim() == 2])
 
 
 def test_normuon_normalises_the_columns_of_a_wide_matrix():

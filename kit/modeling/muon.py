@@ -70,6 +70,9 @@ class Muon(torch.optim.Optimizer):
     so tall matrices, whose orthogonalised rows are shorter, take comparable steps; a group with
     tall_scale=False drops that factor (lr * orthogonalise(m) for every shape).
 
+    A param group may set update_scale=c: its steps are c times as long, its weight decay as the group lr
+    alone gives (the public record line steps the MLP's output matrices at 2x, their decay unchanged).
+
     A param group may set split=k: its matrices are k matrices stacked along the rows (a fused
     QKV projection: k=3), each orthogonalised and scaled on its own, as if they were separate
     parameters. Matrices of one shape step together: momentum, orthogonalisation, NorMuon and the
@@ -78,14 +81,14 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr=0.05, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0, split=1, coefficients="quintic",
-                 tall_scale=True, row_beta=0.0, cautious_wd=0.0):
+                 tall_scale=True, row_beta=0.0, cautious_wd=0.0, update_scale=1.0):
         if coefficients not in ("quintic", "polar"):
             raise ValueError(f"coefficients must be quintic or polar, not {coefficients!r}")
         self.coefficients = coefficients
         if not 0.0 <= row_beta < 1.0:
             raise ValueError(f"row_beta must be in [0, 1), not {row_beta}")
         super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay, split=split,
-                                         tall_scale=tall_scale, row_beta=row_beta, cautious_wd=cautious_wd))
+                                         tall_scale=tall_scale, row_beta=row_beta, cautious_wd=cautious_wd, update_scale=update_scale))
         for group in self.param_groups:
             if any(p.dim() != 2 for p in group["params"]):
                 raise ValueError("Muon takes 2-D parameters only; give embeddings, heads and scalars to Adam")
@@ -170,7 +173,7 @@ class Muon(torch.optim.Optimizer):
             weights.mul_(1 - lr * group["weight_decay"])
         if group["cautious_wd"]:  # where a weight and its update agree in sign, w -= step_size * w * lr * cautious_wd
             weights.sub_(weights * (updates * weights >= 0), alpha=step_size * lr * group["cautious_wd"])
-        weights.add_(updates, alpha=-step_size)
+        weights.add_(updates, alpha=-step_size * group["update_scale"])
         torch._foreach_copy_(params, list(weights.unbind(0)))
 
     def row_normalised(self, params, update, beta):
