@@ -146,6 +146,8 @@ class Hyperparameters(TrainConfig):
     paired_head_layers: str = field(default="", metadata={"help": "layers whose heads attend in pairs over one interleaved sequence (the public record of 2026-01-07; "
                                                                      "auto: 1,3,5,9 of the 12-layer model, short-window layers); empty: none"})
     sublayer_scales: bool = field(default=False, metadata={"help": "learned weights on the stream before each branch (from sqrt(1.1)) and on each branch's output (from 1)"})
+    mudd: bool = field(default=False, metadata={"help": "dynamic dense connections into the last two layers: per-position weights over a few earlier states, "
+                                                      "into the stream and the last layer's values (MUDD, the public record of 2026-04-22, 65 fewer steps there); 0: off"})
     mlp_out_lr: float = field(default=1.0, metadata={"help": "Muon's steps on the MLPs' output matrices are this many times as long, their weight decay unchanged "
                                                            "(the public record line's 2 since 2026-01-18); 1: as the other matrices"})
     prefix_target: float = field(default=0.0, metadata={"help": "the logits also score the next token's prefix token (its bytes' longest proper prefix that is a token) at this weight "
@@ -231,7 +233,7 @@ def build_model(cfg: Hyperparameters):
                                       smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset,
                                       **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),
                                       value_embed_gate=cfg.value_embed_gate, attn_out_init=cfg.attn_out_init, sublayer_scales=cfg.sublayer_scales,
-                                      tie_embed=cfg.tie_embed_until > 0, prefix_target_weight=cfg.prefix_target))
+                                      tie_embed=cfg.tie_embed_until > 0, prefix_target_weight=cfg.prefix_target, mudd=cfg.mudd))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
 
@@ -319,6 +321,9 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     ]
     if smear:  # the public record's smear gate steps at 1% of its Adam base lr (0.008): a gate of 12 weights that every token uses
         adam_groups.append({"params": smear, "lr": cfg.head_lr * 0.01, "base_lr": cfg.head_lr * 0.01})
+    if model.config.mudd:  # the public record's: a quarter of its Adam base lr (0.008), betas (0.9, 0.99)
+        mudd = [model.mudd_w1, model.mudd_w2, model.mudd_bias]
+        adam_groups.append({"params": mudd, "lr": cfg.head_lr * 0.25, "base_lr": cfg.head_lr * 0.25, "betas": (0.9, 0.99)})
     if not cfg.muon:  # ablation: everything on Adam
         adam_groups.append({"params": hidden, "lr": cfg.adam_hidden_lr, "base_lr": cfg.adam_hidden_lr})
     adam = torch.optim.Adam(adam_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps / cfg.batch_tokens,

@@ -92,7 +92,10 @@ def v2_model(seed=0, **parts):
     return model
 
 
-@pytest.mark.parametrize("parts", [V2_PARTS, LATER_PARTS], ids=["v2", "later"])
+MUDD_PARTS = dict(V2_PARTS, n_layer=4, mudd=True, backout_layer=1)
+
+
+@pytest.mark.parametrize("parts", [V2_PARTS, LATER_PARTS, MUDD_PARTS], ids=["v2", "later", "mudd"])
 def test_model_with_the_new_parts_is_causal_and_keeps_documents_apart(parts):
     model = v2_model(**parts)
     g = torch.Generator().manual_seed(0)
@@ -151,8 +154,8 @@ def test_smear_and_backout_start_as_no_ops_and_act_once_trained():
         ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], backout_layer=2))
 
 
-@pytest.mark.parametrize("cache, parts", [("paged", V2_PARTS), ("contiguous", V2_PARTS), ("paged", dict(LATER_PARTS, paired_head_layers=()))],
-                         ids=["paged", "contiguous", "paged-later-parts"])
+@pytest.mark.parametrize("cache, parts", [("paged", V2_PARTS), ("contiguous", V2_PARTS), ("paged", dict(LATER_PARTS, paired_head_layers=())),
+                                          ("paged", MUDD_PARTS)], ids=["paged", "contiguous", "paged-later-parts", "paged-mudd"])
 def test_cached_decoding_with_the_new_parts_generates_what_recomputation_does(cache, parts):
     from kit.tools.inference import generate
 
@@ -405,6 +408,9 @@ def test_flops_follow_the_windows_and_the_fp8_head_is_counted_apart():
     total, fp8 = model.flops_now(8 * BLOCK)
     assert total == linear + per_layer * 2 * 3 * BLOCK and fp8 == 6 * 64 * model.config.vocab_size
     assert utilisation(10.0, 4.0, 2.0, peak_flops=1.0, fp8_peak_flops=2.0) == pytest.approx((6.0 + 2.0) / 2.0)
+    mudd = ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}, max_seq_len=8 * BLOCK, attn="dense", mudd=True))
+    attention = 12 * 2 * 32 * (4 + 2 + 2 + 4) * BLOCK  # layers 0 and 3 long (4 blocks), 1 and 2 short (2)
+    assert mudd.flops_per_token(8 * BLOCK, 4) - 6 * linear_weight_count(mudd) - attention == 6 * 2 * 64 * 64  # MUDD's W1 counted
     assert utilisation(10.0, 4.0, 2.0, peak_flops=1.0, fp8_peak_flops=None) is None
 
 
@@ -531,3 +537,33 @@ def test_prefix_target_weight_holds_for_a_third_then_falls_to_zero():
     cfg = parsed("--prefix-target", "0.25", "--max-steps", "300")
     assert [sr.prefix_target_weight(s, cfg) for s in (0, 100, 150, 200, 300)] == pytest.approx([0.25, 0.25, 0.125, 0.0, 0.0])
     assert sr.build_model(cfg).config.prefix_target_weight == 0.25 and not sr.build_model(parsed()).config.prefix_target_weight
+
+
+# ----- MUDD: dynamic dense connections into the last two layers -----
+
+def test_mudd_starts_as_a_no_op_and_its_mix_is_the_weighted_sum_of_its_sources():
+    """At its start (W2 and biases zero) the model computes what it computes without MUDD; once trained, each
+    position's weights come from its own state: 0.2/sqrt(L) (gelu(x W1) W2 + b), the value channel times 1.15."""
+    torch.manual_seed(0)
+    plain = v2_model(**dict(MUDD_PARTS, mudd=False))
+    fresh = ModernGPT(plain.config.__class__(**{**plain.config.__dict__, "mudd": True})).eval()
+    fresh.load_state_dict(plain.state_dict(), strict=False)
+    fresh.set_window(2)
+    idx = torch.randint(0, 500, (2, 2 * BLOCK))
+    torch.testing.assert_close(fresh(idx), plain(idx))
+    model = v2_model(**MUDD_PARTS)
+    x, sources = torch.randn(2, 5, 64), [torch.randn(2, 5, 64) for _ in range(3)]
+    values, residual = model.mudd_mix(0, x, sources)
+    for b, t in ((0, 0), (1, 4)):
+        hidden = F.gelu(model.mudd_w1[0] @ x[b, t])
+        w = (torch.einsum("d,dcl->cl", hidden, model.mudd_w2[0]) + model.mudd_bias[0]) * 0.2 / 3 ** 0.5
+        torch.testing.assert_close(residual[b, t], sum(w[1, l] * sources[l][b, t] for l in range(3)), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(values[b, t], 1.15 * sum(w[0, l] * sources[l][b, t] for l in range(3)), rtol=1e-5, atol=1e-6)
+    assert model.mudd_layers == (2, 3) and model.mudd_ref_layer == 1
+    import train_gpt2_speedrun as sr
+
+    groups = [g for opt in sr.build_optimizers(model, parsed()) for g in opt.param_groups]
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(id(p) for p in model.parameters())  # each once
+    assert next(g for g in groups if any(p is model.mudd_w2 for p in g["params"]))["betas"] == (0.9, 0.99)
+    with pytest.raises(ValueError, match="mudd needs"):
+        ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], mudd=True))

@@ -73,6 +73,7 @@ class ModernConfig:
     sublayer_scales: bool = False  # learned weights on the stream and each branch of every block, the stream's from sqrt(1.1)
     tie_embed: bool = False  # the token embedding starts as the output head's weight (shared until untie_embed; the head then starts normal(0, 0.005))
     prefix_target_weight: float = 0.0  # >0: the logits also score the next token's prefix token (kit.data.tokenizer.prefix_tokens) at this starting weight
+    mudd: bool = False  # dynamic dense connections into the last two layers (MUDD, the public record of 2026-04-22; ModernGPT.mudd_mix)
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -274,9 +275,10 @@ class ModernAttention(nn.Module):
         second = torch.arange(self.cfg.n_head, device=device) % 2
         return 2 * positions[..., None] + second
 
-    def project(self, x, value_embed, positions=None):
+    def project(self, x, value_embed, positions=None, v_extra=None):
         """(q, k, v), each (B, heads, T, head_dim) in the projection's dtype (bf16 under autocast,
-        where the norms would otherwise hand fp32 to the attention kernel)."""
+        where the norms would otherwise hand fp32 to the attention kernel); v_extra (B, T, width) is
+        added to the values (MUDD's value channel)."""
         B, T, _ = x.shape
         qkv = self.qkv(x)
         q, k, v = qkv.view(B, T, 3, self.cfg.n_head, self.cfg.head_dim).unbind(2)
@@ -286,6 +288,8 @@ class ModernAttention(nn.Module):
         if value_embed is not None:
             value_embed = value_embed.view_as(v).to(v.dtype)
             v = v + self.value_embed_weight(x, value_embed) * value_embed
+        if v_extra is not None:
+            v = v + v_extra.view_as(v).to(v.dtype)
         return tuple(t.transpose(1, 2) for t in (q, k, v))
 
     def value_embed_weight(self, x, value_embed):
@@ -307,8 +311,8 @@ class ModernAttention(nn.Module):
             y = y * torch.sigmoid(self.gate(x[..., : self.cfg.attn_gate_dims])).unsqueeze(-1).to(y.dtype)
         return self.proj(y.reshape(B, T, -1))
 
-    def forward(self, x, value_embed, mask, doc_starts=None):
-        q, k, v = self.project(x, value_embed)
+    def forward(self, x, value_embed, mask, doc_starts=None, v_extra=None):
+        q, k, v = self.project(x, value_embed, v_extra=v_extra)
         if self.key_offset:
             k = offset_keys(k, self.position_free_dims, doc_starts)
         if self.paired:
@@ -392,8 +396,8 @@ class ModernBlock(nn.Module):
             x = x + self.bigram_mix * bigram
         return x
 
-    def forward(self, x, x0, value_embed, mask, bigram=None, doc_starts=None):
-        return self.run(x, x0, bigram, lambda h: self.attn(h, value_embed, mask, doc_starts))
+    def forward(self, x, x0, value_embed, mask, bigram=None, doc_starts=None, v_extra=None):
+        return self.run(x, x0, bigram, lambda h: self.attn(h, value_embed, mask, doc_starts, v_extra))
 
     def run(self, x, x0, bigram, attend):
         """The block around attend(normed input) -> the attention's output (kit.tools.inference passes a cached one)."""
@@ -436,6 +440,7 @@ class ModernGPT(nn.Module):
         self.lm_head = FP8Head(cfg.n_embd, cfg.vocab_size, fp8=cfg.fp8_head)
         nn.init.zeros_(self.lm_head.weight)
         self.init_tied_embedding(cfg)
+        self.init_mudd(cfg)
         # one small residual adapter per extra offset, sharing the output head
         self.mtp_adapters = nn.ModuleList(hidden_linear(cfg.n_embd, cfg.n_embd, zero=True) for _ in range(cfg.mtp_offsets))
         self.register_buffer("mtp_weight", torch.tensor(0.0), persistent=False)
@@ -472,6 +477,36 @@ class ModernGPT(nn.Module):
             nn.init.normal_(self.lm_head.weight, std=0.005)
             self.register_buffer("embed_is_tied", torch.tensor(True))
             self.register_load_state_dict_post_hook(lambda module, keys: module.sync_embed_tie())
+
+    MUDD_HIDDEN = 64  # width of the small MLP that reads each position's weights
+
+    def init_mudd(self, cfg: ModernConfig) -> None:
+        """MUDD (Xiao et al. 2025, "MUDDFormer", arXiv 2502.12170) as the public record of 2026-04-22 trimmed it: after
+        layer N-2 and after layer N-1, a small MLP of the block's output gives each position weights over a few earlier
+        states of that position (N-2: the first block's input, the output of layer mudd_ref_layer and its own output;
+        N-1: the first block's input and layer N-2's output). Weighted sums of them go into the residual stream
+        and, from layer N-2, into layer N-1's attention values. W2 and the biases start at zero, so MUDD starts as a no-op."""
+        self.mudd_layers = (cfg.n_layer - 2, cfg.n_layer - 1) if cfg.mudd else ()
+        if not cfg.mudd:
+            return
+        if cfg.n_layer < 3 or cfg.n_layer - 1 in cfg.no_attn_layers:
+            raise ValueError("mudd needs 3 layers or more and attention in the last layer (its value channel feeds it)")
+        # the middle source: the backout layer's output, as the public record's (its layer 7 of 11), or two thirds in
+        self.mudd_ref_layer = cfg.backout_layer if 0 <= cfg.backout_layer < cfg.n_layer - 2 else min((2 * cfg.n_layer) // 3, cfg.n_layer - 3)
+        self.mudd_w1 = nn.Parameter(torch.empty(2, self.MUDD_HIDDEN, cfg.n_embd))
+        for w in self.mudd_w1:
+            nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        self.mudd_w2 = nn.Parameter(torch.zeros(2, self.MUDD_HIDDEN, 2, 3))  # (layer, hidden, channel: values | residual, source)
+        self.mudd_bias = nn.Parameter(torch.zeros(2, 2, 3))
+
+    def mudd_mix(self, j: int, x, sources):
+        """(value term, residual term), each sum_l w[channel, l] * sources[l] with per-position weights
+        w = (gelu(x W1) W2 + b) * 0.2 / sqrt(L) read from x, the block's output (the public record's scale)."""
+        L = len(sources)
+        hidden = F.gelu(F.linear(x, self.mudd_w1[j].to(x.dtype)))
+        w = (torch.einsum("btd,dcl->btcl", hidden, self.mudd_w2[j, :, :, :L].to(x.dtype)) + self.mudd_bias[j, :, :L].to(x.dtype)) * (0.2 / math.sqrt(L))
+        mixed = [sum(w[..., c, l, None] * h for l, h in enumerate(sources)) for c in range(2)]
+        return 1.15 * mixed[0], mixed[1]  # the value channel's 1.15: the public record's
 
     def sync_embed_tie(self) -> None:
         if hasattr(self, "embed_is_tied"):
@@ -582,7 +617,8 @@ class ModernGPT(nn.Module):
         masks = self.masks(idx)
         x0, value_embeds, bigram = self.embed_tokens(idx)
         doc_starts = idx == EOT if self.config.key_offset else None
-        x = self.through_blocks(x0, lambda i, block, x: block(x, x0, value_embeds[i], masks[self.long_window[i], self.paired[i]], bigram, doc_starts))
+        x = self.through_blocks(x0, lambda i, block, x, v_extra=None: block(x, x0, value_embeds[i], masks[self.long_window[i], self.paired[i]],
+                                                                             bigram, doc_starts, v_extra))
         return self.head(x, targets)
 
     def through_blocks(self, x, apply_block):
@@ -590,14 +626,23 @@ class ModernGPT(nn.Module):
         added (weighted) to the inputs of the second half. apply_block(i, block, x) -> x runs one
         block (kit.tools.inference passes one that attends through a KV cache)."""
         skips, half, backout = [], self.config.n_layer // 2, None
+        first_input, reference, v_extra = x, None, None
         for i, block in enumerate(self.blocks):
             if i >= half and skips and self.skip_weights is not None:
                 x = x + self.skip_weights[i - half] * skips.pop()
-            x = apply_block(i, block, x)
+            x = apply_block(i, block, x) if v_extra is None else apply_block(i, block, x, v_extra)
             if i < half:
                 skips.append(x)
             if i == self.config.backout_layer:
                 backout = x
+            if self.mudd_layers:
+                if i == self.mudd_ref_layer:
+                    reference = x
+                if i == self.mudd_layers[0]:  # layer N-2: values for layer N-1, and its share of the stream
+                    v_extra, residual = self.mudd_mix(0, x, [first_input, reference, x])
+                    own_output, x = x, x + residual
+                elif i == self.mudd_layers[1]:
+                    x = x + self.mudd_mix(1, x, [first_input, own_output])[1]
         if backout is not None:  # "backout" (the public record of 2025-10-04): take back part of what the first layers wrote, which later layers needed as context but the prediction does not
             x = x - self.backout_lambda * backout
         return x
@@ -686,8 +731,8 @@ class ModernGPT(nn.Module):
         kernel runs, documents not subtracted. The default is the run's final windows."""
         from kit.modeling.flops import linear_weight_count
 
-        if self._linear_weights is None:  # counted once: the trainer asks every step
-            self._linear_weights = linear_weight_count(self)
+        if self._linear_weights is None:  # counted once: the trainer asks every step (MUDD's first matrices are products too)
+            self._linear_weights = linear_weight_count(self) + (self.mudd_w1.numel() if self.mudd_layers else 0)
         spans = [min(seq_len, (window_blocks if long else max(1, window_blocks // 2)) * BLOCK)
                  for block, long in zip(self.blocks, self.long_window) if block.attn is not None]
         return 6 * self._linear_weights + 12 * self.config.n_head * self.config.head_dim * sum(spans)

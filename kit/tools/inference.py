@@ -298,7 +298,7 @@ def offset_cached_keys(attn, k, cache, layer: int, sids, doc_starts):
 
 
 def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: CacheSlots, positions, window_blocks: int, docs,
-                            sids=(), doc_starts=None):
+                            sids=(), doc_starts=None, v_extra=None):
     """kit.modeling.modern.ModernAttention's math for the new tokens, against the cache: rotary at each
     token's own position, value embeddings mixed in, the key offset where the layer has it,
     attention within the token's document and its window (in blocks of 128), as
@@ -306,7 +306,7 @@ def cached_modern_attention(attn, x, value_embed, cache, layer: int, slots: Cach
     from kit.modeling.modern import BLOCK
 
     cfg = attn.cfg
-    q, k, v = attn.project(x, value_embed, positions)
+    q, k, v = attn.project(x, value_embed, positions, v_extra)
     if attn.key_offset:
         k = offset_cached_keys(attn, k, cache, layer, sids, doc_starts)
     cache.write(layer, slots, k, v)
@@ -341,10 +341,10 @@ def forward_cached_modern(model, idx, cache, sids):
     short_window = max(1, long_window // 2)
     x0, value_embeds, bigram = model.embed_tokens(idx, previous_first)
 
-    def cached_block(i, block, x):  # ModernBlock.forward with the cached attention
+    def cached_block(i, block, x, v_extra=None):  # ModernBlock.forward with the cached attention
         window = long_window if model.long_window[i] else short_window
         return block.run(x, x0, bigram, lambda h: cached_modern_attention(block.attn, h, value_embeds[i], cache, i, slots, positions,
-                                                                           window, docs, sids, idx == EOT))
+                                                                           window, docs, sids, idx == EOT, v_extra))
 
     x = model.through_blocks(x0, cached_block)
     cache.advance(sids, idx.size(1))
