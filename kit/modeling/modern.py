@@ -623,8 +623,9 @@ class ModernGPT(nn.Module):
 
     def through_blocks(self, x, apply_block):
         """The blocks in order, with the U-net skips: the outputs of the first half, last first, are
-        added (weighted) to the inputs of the second half. apply_block(i, block, x) -> x runs one
-        block (kit.tools.inference passes one that attends through a KV cache)."""
+        added (weighted) to the inputs of the second half; with MUDD, its mixes after the last two (init_mudd).
+        apply_block(i, block, x) -> x runs one block, and takes a fourth argument, MUDD's value term, for the
+        last one (kit.tools.inference passes one that attends through a KV cache)."""
         skips, half, backout = [], self.config.n_layer // 2, None
         first_input, reference, v_extra = x, None, None
         for i, block in enumerate(self.blocks):
