@@ -146,6 +146,8 @@ class Hyperparameters(TrainConfig):
     paired_head_layers: str = field(default="", metadata={"help": "layers whose heads attend in pairs over one interleaved sequence (the public record of 2026-01-07; "
                                                                      "auto: 1,3,5,9 of the 12-layer model, short-window layers); empty: none"})
     sublayer_scales: bool = field(default=False, metadata={"help": "learned weights on the stream before each branch (from sqrt(1.1)) and on each branch's output (from 1)"})
+    scalar_betas: str = field(default="", metadata={"help": "Adam's betas for the scalar weights alone, e.g. 0.9,0.99: their noisy paths smoothed (the public record of "
+                                                              "2025-12-21); empty: --adam-beta1/2 as every Adam group"})
     mudd: bool = field(default=False, metadata={"help": "dynamic dense connections into the last two layers: per-position weights over a few earlier states, "
                                                       "into the stream and the last layer's values (MUDD, the public record of 2026-04-22, 65 fewer steps there); 0: off"})
     mlp_out_lr: float = field(default=1.0, metadata={"help": "Muon's steps on the MLPs' output matrices are this many times as long, their weight decay unchanged "
@@ -317,7 +319,7 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     adam_groups = [
         {"params": [model.lm_head.weight, *tied], "lr": cfg.head_lr, "base_lr": cfg.head_lr},
         {"params": embeds, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr},
-        {"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr},
+        {"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr, **scalar_betas(cfg)},
     ]
     if smear:  # the public record's smear gate steps at 1% of its Adam base lr (0.008): a gate of 12 weights that every token uses
         adam_groups.append({"params": smear, "lr": cfg.head_lr * 0.01, "base_lr": cfg.head_lr * 0.01})
@@ -341,6 +343,16 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     for group in muon.param_groups:
         group["base_lr"] = cfg.muon_lr
     return [adam, muon]
+
+
+def scalar_betas(cfg: Hyperparameters) -> dict:
+    """{"betas": (b1, b2)} from --scalar-betas for the scalars' Adam group, or {} (the optimizer's own)."""
+    if not cfg.scalar_betas:
+        return {}
+    betas = float_list(cfg.scalar_betas, "--scalar-betas")
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        raise UserError(f"--scalar-betas {cfg.scalar_betas}: two numbers in [0, 1), e.g. 0.9,0.99")
+    return {"betas": betas}
 
 
 def micro_batch_for_memory(cfg: Hyperparameters, usable_bytes: int) -> int:

@@ -567,3 +567,16 @@ def test_mudd_starts_as_a_no_op_and_its_mix_is_the_weighted_sum_of_its_sources()
     assert next(g for g in groups if any(p is model.mudd_w2 for p in g["params"]))["betas"] == (0.9, 0.99)
     with pytest.raises(ValueError, match="mudd needs"):
         ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], mudd=True))
+
+
+def test_scalar_betas_apply_to_the_scalars_group_alone():
+    import train_gpt2_speedrun as sr
+    from kit.core.errors import UserError
+
+    cfg = parsed("--scalar-betas", "0.9,0.99")
+    model = sr.build_model(cfg)
+    adam = sr.build_optimizers(model, cfg)[0]
+    scalars = next(g for g in adam.param_groups if any(p is model.blocks[0].residual_mix for p in g["params"]))
+    assert scalars["betas"] == (0.9, 0.99) and all(g["betas"] == (cfg.adam_beta1, cfg.adam_beta2) for g in adam.param_groups if g is not scalars)
+    with pytest.raises(UserError, match="--scalar-betas 0.9"):
+        sr.build_optimizers(model, parsed("--scalar-betas", "0.9"))
