@@ -312,8 +312,8 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     hidden = [p for p in [*model.blocks.parameters(), *model.mtp_adapters.parameters()] if p.dim() == 2]
     qkv = [block.attn.qkv.weight for block in model.blocks if block.attn is not None]
     # a tied embedding trains with the head (its own group after untying would only change its LR; the public record keeps the head's)
-    tied = [model.embed.weight] if model.config.tie_embed else []
-    embeds = [*([] if tied else [model.embed.weight]), *(e.weight for e in model.value_embeds)] + ([model.bigram_embed.weight] if model.bigram_embed is not None else [])
+    tied, own_embed = ([model.embed.weight], []) if model.config.tie_embed else ([], [model.embed.weight])
+    embeds = [*own_embed, *(e.weight for e in model.value_embeds)] + ([model.bigram_embed.weight] if model.bigram_embed is not None else [])
     scalars = [p for p in model.parameters() if p.dim() < 2]
     smear = [model.smear_gate.weight] if model.smear_gate is not None else []
     adam_groups = [
@@ -434,17 +434,18 @@ def untie_step(cfg: Hyperparameters) -> int:
 
 
 def tie_states(model: ModernGPT, cfg: Hyperparameters) -> list:
-    """The warm-up compiles the tied and the untied graph where the run will meet both (before_step then sets the real one)."""
+    """The warm-up compiles the tied and the untied graph where the run will meet both, the model's own state
+    (a resumed run's, from its checkpoint) last, so that the warm-up leaves it as it found it."""
     if not model.config.tie_embed:
         return [lambda: None]
-    return [lambda: setattr(model, "embed_tied", True), lambda: setattr(model, "embed_tied", False)]
+    own = model.embed_tied
+    return [lambda: setattr(model, "embed_tied", not own), lambda: setattr(model, "embed_tied", own)]
 
 
 def before_step(step: int, model: ModernGPT, optimizers, cfg: Hyperparameters) -> None:
-    if model.config.tie_embed:
-        model.sync_embed_tie()  # the saved state (a resumed run's from its checkpoint), not what the warm-up left
-        if model.embed_tied and step >= untie_step(cfg):
-            model.untie_embed(optimizers)
+    # the host's copy of the tie, not the saved flag on the device: reading that would wait for the GPU every step
+    if model.config.tie_embed and model.embed_tied and step >= untie_step(cfg):
+        model.untie_embed(optimizers)
     model.set_window(long_window_blocks(step, cfg))
     model.mtp_weight.fill_(mtp_weight(step, cfg))
     if cfg.logit_mtp:

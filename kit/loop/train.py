@@ -250,7 +250,7 @@ def compile_cache_bypass_reasons():
     class Collect(logging.Handler):
         def emit(self, record):
             message = record.getMessage()
-            if "ypass" in message and message[:300] not in reasons:
+            if message.startswith("Bypassing") and message[:300] not in reasons:  # torch's words for both caches
                 reasons.append(message[:300])
 
     handler, saved = Collect(logging.INFO), []

@@ -476,7 +476,7 @@ class ModernGPT(nn.Module):
         if cfg.tie_embed:
             nn.init.normal_(self.lm_head.weight, std=0.005)
             self.register_buffer("embed_is_tied", torch.tensor(True))
-            self.register_load_state_dict_post_hook(lambda module, keys: module.sync_embed_tie())
+            self.register_load_state_dict_post_hook(lambda module, keys: setattr(module, "embed_tied", bool(module.embed_is_tied)))
 
     MUDD_HIDDEN = 64  # width of the small MLP that reads each position's weights
 
@@ -507,10 +507,6 @@ class ModernGPT(nn.Module):
         w = (torch.einsum("btd,dcl->btcl", hidden, self.mudd_w2[j, :, :, :L].to(x.dtype)) + self.mudd_bias[j, :, :L].to(x.dtype)) * (0.2 / math.sqrt(L))
         mixed = [sum(w[..., c, l, None] * h for l, h in enumerate(sources)) for c in range(2)]
         return 1.15 * mixed[0], mixed[1]  # the value channel's 1.15: the public record's
-
-    def sync_embed_tie(self) -> None:
-        if hasattr(self, "embed_is_tied"):
-            self.embed_tied = bool(self.embed_is_tied)
 
     def token_table(self) -> torch.Tensor:
         """The weight the token embedding reads: the head's while tied, its own after."""
