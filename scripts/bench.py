@@ -194,7 +194,7 @@ class RowProcess:
                       micro_batch=s["micro_batch"], peak_mem_gib=s["peak_mem_gib"], flops_per_token=s["flops_per_token"],
                       device_name=s["device_name"], batch_tokens=s["tokens"] // s["steps"], attn=s["attn"], dtype=s["dtype"],
                       compile=s["compile"], tokens=s["tokens"], val_loss=s.get("final_val_loss"),
-                      val_loss_fineweb_sample=s.get("final_val_loss_fineweb_sample"), alloc_retries=s.get("alloc_retries"),
+                      val_loss_fineweb_sample=s.get("final_val_loss_fineweb_sample"), alloc_retries=s.get("alloc_retries_in_loop", s.get("alloc_retries")),
                       setup_s=s.get("setup_s"))
         return result
 

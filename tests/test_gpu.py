@@ -65,6 +65,7 @@ def test_layerdrop_compiled_by_regions_never_recompiles_whatever_it_drops(tmp_pa
     tiny_compiled_run("train_gpt2_layerdrop.py", tmp_path, isolated_data_dir, "--layerdrop", "0.5")
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert isinstance(summary["alloc_retries"], int)  # the allocator's retries, read on CUDA
+    assert 0 <= summary["alloc_retries_in_loop"] <= summary["alloc_retries"]  # and those of the training loop
 
 
 def test_fused_norm_model_compiled_by_inductor_equals_the_baseline_on_cuda():

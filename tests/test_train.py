@@ -772,3 +772,57 @@ def test_tensorboard_gets_every_metric_as_scalars_and_its_absence_is_one_line(tm
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as where the package is missing
     with pytest.raises(UserError, match="TensorBoard is not installed \\(pip install tensorboard\\)"):
         RunLog(tmp_path / "run2", tensorboard=str(tmp_path / "tb2"))
+
+
+def test_the_warm_up_splits_compiling_by_torchs_own_timers(tmp_path, monkeypatch):
+    """What a compiled part spent in Dynamo's trace, guards, the backend (loading compiled code within it) and the backward,
+    read from torch's compile timers, and the rest as running; a part that compiled nothing says nothing. The timers are
+    moved through torch's own dynamo_timed in the evaluation pass of an uncompiled run, as though it traced and loaded."""
+    import time
+
+    from torch._dynamo.utils import dynamo_timed
+
+    from kit.loop import train as loop
+
+    before = loop.compile_phase_seconds()
+    with dynamo_timed("_compile.compile_inner"), dynamo_timed("bytecode_tracing"):
+        time.sleep(0.03)
+    after = loop.compile_phase_seconds()
+    assert after["bytecode_tracing"] - before.get("bytecode_tracing", 0.0) >= 0.03  # the reading follows torch's timers
+    phases = loop.compile_phases({"_compile.compile_inner": 1.0, "bytecode_tracing": 0.5},
+                                 {"_compile.compile_inner": 4.0, "bytecode_tracing": 2.5, "OutputGraph.call_user_compiler": 1.0,
+                                  "PyCodeCache.load_by_key_path": 0.75, "backward._backward_impl": 0.5}, part_s=5.0)
+    assert phases == {"Dynamo's trace": 2.0, "guards": 0.0, "backend": 1.0, "loading compiled code": 0.75, "backward": 0.5, "running": 1.5}
+    assert loop.phase_note(phases) == ("Dynamo's trace 2.0s, guards 0.0s, backend 1.0s (loading compiled code 0.8s), "
+                                       "backward 0.5s, running 1.5s")
+    assert loop.compile_phases(after, after, part_s=2.0) == {}
+
+    real, calls = loop.compile_phase_seconds, []
+
+    def timed():  # the fourth reading closes the evaluation graph's part
+        calls.append(1)
+        if len(calls) == 4:
+            with dynamo_timed("_compile.compile_inner"), dynamo_timed("bytecode_tracing"):
+                time.sleep(0.02)
+        return real()
+
+    monkeypatch.setattr(loop, "compile_phase_seconds", timed)
+    assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "1", "--val-every", "0", "--out-dir", tmp_path])[0] == 0
+    phases = json.loads((tmp_path / "summary.json").read_text())["warmup_compile_phases_s"]
+    assert list(phases) == ["evaluation graph"] and phases["evaluation graph"]["Dynamo's trace"] >= 0.02
+    assert "warm-up by phase: evaluation graph: Dynamo's trace" in (tmp_path / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("at_loop, at_end, says", [(3, 3, "retried 3 times before training"), (3, 5, "warning: the CUDA allocator ran out and retried 2 times in the training loop")])
+def test_allocator_retries_warn_only_where_the_training_loop_met_them(tmp_path, monkeypatch, at_loop, at_end, says):
+    """A capped card's allocator may retry while compiling, which slows no step: the warning speaks of the loop's retries
+    only, and summary.json keeps both counts (the CUDA counter stood in for by readings 3 at the loop's start, then at_end)."""
+    from kit.loop.train import Trainer
+
+    readings = iter([at_loop])
+    monkeypatch.setattr(Trainer, "alloc_retries", lambda self: next(readings, at_end))
+    assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "1", "--val-every", "0", "--out-dir", tmp_path])[0] == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["alloc_retries"], summary["alloc_retries_in_loop"]) == (at_end, at_end - at_loop)
+    lines = [line for line in (tmp_path / "log.txt").read_text().splitlines() if line.startswith(("the CUDA allocator", "warning: the CUDA allocator"))]
+    assert len(lines) == 1 and says in lines[0]

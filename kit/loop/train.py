@@ -283,6 +283,42 @@ def compile_cache_counts() -> dict:
     return {name: counters[group][name] for group, name in COMPILE_CACHE_COUNTERS}
 
 
+# torch's own compile timers (torch._dynamo.utils.compile_times) that say where a compiled warm-up part's seconds went:
+# (label, timer); "loading compiled code" is part of the backend's time, the backward's is compiled at the first backward
+COMPILE_PHASES = (("Dynamo's trace", "bytecode_tracing"), ("guards", "build_guards"), ("backend", "OutputGraph.call_user_compiler"),
+                  ("loading compiled code", "PyCodeCache.load_by_key_path"), ("backward", "backward._backward_impl"))
+COMPILE_TOTALS = ("_compile.compile_inner", "backward._backward_impl")  # all of compiling; the rest of a part ran the passes
+
+
+def compile_phase_seconds() -> dict:
+    """torch's compile timers of this process so far, seconds by timer name ({} where this torch has none)."""
+    try:
+        from torch._dynamo.utils import compile_times
+
+        names, seconds = compile_times(repr="csv", aggregate=True)
+        return {name: float(value) for name, value in zip(names, seconds)}
+    except Exception:  # a private API: a torch without it must not stop a run
+        return {}
+
+
+def compile_phases(before: dict, after: dict, part_s: float) -> dict:
+    """Seconds of each COMPILE_PHASES label between two readings of compile_phase_seconds, and "running": the rest of the
+    part's part_s seconds, its passes' first run with the kernels ({} where the part compiled nothing)."""
+    spent = {name: after[name] - before.get(name, 0.0) for name in after}
+    if sum(spent.get(name, 0.0) for name in COMPILE_TOTALS) < 0.005:
+        return {}
+    phases = {label: round(spent.get(name, 0.0), 2) for label, name in COMPILE_PHASES}
+    phases["running"] = round(max(0.0, part_s - sum(spent.get(name, 0.0) for name in COMPILE_TOTALS)), 2)
+    return phases
+
+
+def phase_note(phases: dict) -> str:
+    """'Dynamo's trace 4.1s, guards 0.9s, backend 3.3s (loading compiled code 2.4s), backward 0.2s, running 4.6s'."""
+    notes = [f"{label} {seconds:.1f}s" for label, seconds in phases.items() if label != "loading compiled code"]
+    loading = phases.get("loading compiled code")
+    return ", ".join(note + (f" (loading compiled code {loading:.1f}s)" if loading and note.startswith("backend") else "") for note in notes)
+
+
 def cache_note(counts: dict) -> str:
     """' [Inductor cache 2 hit 1 missed, AOTAutograd cache 1 hit 0 missed]' from a part's counts; '' where it met neither cache
     (the caches are separate: a graph AOTAutograd's cache serves can count in Inductor's too)."""
@@ -394,7 +430,8 @@ class Trainer:
             self.earlier["resumed_at"] = [*self.earlier["resumed_at"], self.step]
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
-        self.startup_s, self.warmup_parts, self.warmup_cache, self.warmup_bypass_reasons = None, {}, {}, []
+        self.startup_s, self.warmup_parts, self.warmup_cache, self.warmup_bypass_reasons, self.warmup_phases = None, {}, {}, [], {}
+        self.retries_before_loop = None  # the CUDA allocator's retries when the training loop began
         self.last_val, self.reached_at = None, None
         self.last_screen, self.next_screen_step = None, 0  # (step, loss) of the latest screen; checks before next_screen_step skipped
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
@@ -458,6 +495,15 @@ class Trainer:
                 raise UserError(f"--max-steps {self.cfg.max_steps}: at step {self.step} the {old_steps}-step schedule gives x{was:.4g}, "
                                 f"the {self.cfg.max_steps}-step one x{now:.4g}; the run would jump, so its length stays {old_steps} "
                                 f"(start a new run with --max-steps {self.cfg.max_steps})")
+
+    def alloc_retries(self):
+        """Times the CUDA allocator found no free memory, emptied its cache and tried again, so far (None off CUDA)."""
+        return torch.cuda.memory_stats(self.device).get("num_alloc_retries", 0) if self.device.type == "cuda" else None
+
+    def retries_in_loop(self):
+        """The allocator's retries since the training loop began (None off CUDA or before the loop)."""
+        now, before = self.alloc_retries(), self.retries_before_loop
+        return None if now is None or before is None else now - before
 
     def ddp_find_unused(self) -> bool:
         unused = self.recipe.ddp_find_unused
@@ -616,16 +662,20 @@ class Trainer:
         on zeros, leaving weights and optimizer state untouched.
         """
         t0 = time.perf_counter()
-        parts, mark, cached = {}, [t0], [compile_cache_counts()]
+        parts, mark, cached, timers = {}, [t0], [compile_cache_counts()], [compile_phase_seconds()]
 
         def part_done(name: str) -> None:  # where the warm-up's seconds go, and what it loaded from the compile cache
             hw.synchronize(self.device)
             mark.append(time.perf_counter())
             cached.append(compile_cache_counts())
+            timers.append(compile_phase_seconds())
             parts[name] = mark[-1] - mark[-2]
             counts = {k: cached[-1][k] - cached[-2][k] for k in cached[-1] if cached[-1][k] > cached[-2][k]}
             if counts:
                 self.warmup_cache[name] = counts
+            phases = compile_phases(timers[-2], timers[-1], parts[name])
+            if phases:
+                self.warmup_phases[name] = phases
 
         position = self.stream.state_dict()
         batch = self.to_device(self.stream.next_batch())
@@ -779,9 +829,12 @@ class Trainer:
         split = ", ".join(f"{name} {seconds:.1f}s{cache_note(self.warmup_cache.get(name))}" for name, seconds in self.warmup_parts.items())
         self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s ({split}; start-up before it {self.startup_s:.1f}s, "
                        f"{self.imports_s:.1f}s of it Python and imports)")
+        if self.warmup_phases:  # what compiling took in each part, by torch's own timers, and what running the passes took
+            self.log.print("warm-up by phase: " + "; ".join(f"{name}: {phase_note(phases)}" for name, phases in self.warmup_phases.items()))
         for reason in self.warmup_bypass_reasons:
             self.log.print(f"compile cache bypassed: {reason}")
         self.audit_inductor_kernels()  # what the warm-up compiled; untimed
+        self.retries_before_loop = self.alloc_retries()  # a capped card's allocator may retry while compiling; what counts is the loop's
         self.clock.start()
         while True:
             if self.recipe.before_step is not None:  # part of the training time: it runs inside the clock's stretch
@@ -932,6 +985,7 @@ class Trainer:
             "warmup_parts_s": self.warmup_parts,  # where its warm-up went,
             "warmup_compile_cache": self.warmup_cache,  # and what each part found in the compile caches,
             "warmup_cache_bypass_reasons": self.warmup_bypass_reasons,  # or why it could not use them
+            "warmup_compile_phases_s": self.warmup_phases,  # and, by torch's compile timers, what compiling and running took
             "final_val_loss": self.last_val["val_loss"] if self.last_val else None,
             **{f"final_{k}": v for k, v in (self.last_val or {}).items() if k.startswith("val_loss_")},
             "final_val": self.last_val,
@@ -942,7 +996,8 @@ class Trainer:
             "steady_tokens_per_s": steady_tokens_per_s,
             **self.flops_summary(steady),
             "peak_mem_gib": torch.cuda.max_memory_allocated(self.device) / 2**30 if self.device.type == "cuda" else None,
-            "alloc_retries": torch.cuda.memory_stats(self.device).get("num_alloc_retries", 0) if self.device.type == "cuda" else None,
+            "alloc_retries": self.alloc_retries(),  # the CUDA allocator's, over the process,
+            "alloc_retries_in_loop": self.retries_in_loop(),  # and in the training loop (steps and validations)
             "n_params": self.n_params,
             "micro_batch": self.micro_batch,
             "accum_steps": self.accum_steps,
@@ -966,8 +1021,11 @@ class Trainer:
         elif status == "completed":
             self.log.print(f"finished {self.step} steps: final val loss {summary['final_val_loss']:.4f} (target {self.target}), "
                            f"train time {summary['train_time_s']:.1f}s, wall time {summary['wall_time_s']:.1f}s")
-        if summary["alloc_retries"]:  # each one frees the allocator's cache and synchronises: steps slow down
-            self.log.print(f"warning: the CUDA allocator ran out and retried {summary['alloc_retries']} times (a memory-bound run); "
-                           "a smaller --micro-batch or --memory-cap-gib may be faster")
+        if summary["alloc_retries_in_loop"]:  # each one frees the allocator's cache and synchronises: steps slow down
+            self.log.print(f"warning: the CUDA allocator ran out and retried {summary['alloc_retries_in_loop']} times in the training loop "
+                           "(a memory-bound run); a smaller --micro-batch or --memory-cap-gib may be faster")
+        elif summary["alloc_retries"]:
+            self.log.print(f"the CUDA allocator retried {summary['alloc_retries']} times before training (compiling, the warm-up) "
+                           "and never in the training loop: the steps did not wait for it")
         self.log.print(f"run directory: {self.log.dir}")
         self.log.close()
