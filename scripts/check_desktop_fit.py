@@ -12,7 +12,9 @@ the baseline-family scripts take --batch-tokens 131072 (their micro-batch, and s
 does not depend on it). Writes desktop_fit.json and desktop_fit.md (a table: status, peak memory,
 the paths the log names, the largest shared-memory need) into --out; exits 1 where a run failed.
 Called again with the same --out, it keeps the runs that finished (their folders hold summary.json)
-and runs the rest.
+and runs the rest. With --merge FOLDER... it runs nothing and writes one table, every script by every
+card, from earlier --out folders or records (the latest audited run of each), exiting 1 while a
+cell failed or is not run.
 """
 
 import argparse
@@ -105,8 +107,44 @@ def table(rows: list) -> str:
     return "\n".join(head + body)
 
 
+def merged_rows(folders: list) -> dict:
+    """{(script, card): (row, folder)} from the desktop_fit.json of each folder; a later folder's row (in the order given)
+    replaces an earlier one's, except that a run without the Inductor audit never replaces one with it."""
+    merged = {}
+    for folder in folders:
+        rows = json.loads((Path(folder) / "desktop_fit.json").read_text())
+        for row in [r for card_rows in rows.values() for r in card_rows] if isinstance(rows, dict) else rows:  # or {card: rows}
+            key, earlier = (row["script"], row["card"]), merged.get((row["script"], row["card"]))
+            if earlier is None or row.get("inductor_kernels") or not earlier[0].get("inductor_kernels"):
+                merged[key] = (row, Path(folder))
+    return merged
+
+
+def fit_cell(row: dict, folder: Path) -> str:
+    """One script as one card, in a few words: status, peak memory, the largest shared-memory need, and where it was measured."""
+    link = f"[{folder.name}]({folder.as_posix()}/)"
+    if row["rc"] != 0:
+        return f"**{row['status']}** ({link})"
+    largest = row.get("inductor_largest")
+    need = f"{largest['card_bytes']:,} B" if largest else "no Inductor audit"
+    return f"{row['status']}, {row['peak_mem_gib']} GiB, {need} ({link})"
+
+
+def merged_table(folders: list, scripts: list, cards: list) -> str:
+    """Every script by every card from several runs of this tool (their --out folders, oldest first): what the latest
+    run with the audit found, or "not run"."""
+    merged = merged_rows(folders)
+    lines = ["| script | " + " | ".join(f"as {card}" for card in cards) + " |", "|---|" + "---|" * len(cards)]
+    for script in scripts:
+        cells = [fit_cell(*merged[(script, card)]) if (script, card) in merged else "not run" for card in cards]
+        lines.append(f"| {script} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--merge", nargs="+", metavar="FOLDER", help="no runs: one table of every script by every card from these "
+                        "earlier --out folders (or records), oldest first, written to --out/desktop_fit_all.md")
     parser.add_argument("--out", required=True)
     parser.add_argument("--cards", default="rtx3090,rtx4090")
     parser.add_argument("--scripts", default="", help="comma-separated; default every train_gpt2*.py")
@@ -117,6 +155,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     scripts = [s for s in args.scripts.split(",") if s] or training_scripts()
     Path(args.out).mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merged = merged_table(args.merge, scripts, args.cards.split(","))
+        (Path(args.out) / "desktop_fit_all.md").write_text(merged + "\n")
+        print(merged)
+        return 0 if "not run" not in merged and "**" not in merged else 1
     # card by card: the second card's runs of a script find its graphs in the compile cache
     runs = [(script, card) for card in args.cards.split(",") for script in scripts]
     with ThreadPoolExecutor(args.jobs) as pool:

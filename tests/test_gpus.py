@@ -265,3 +265,31 @@ def test_a_step_profile_projects_each_part_by_the_rate_that_bounds_it(tmp_path):
     (tmp_path / "p" / "profile.json").write_text(json.dumps(record))
     profile.main(["--table", str(tmp_path / "p" / "profile.json")])  # the projection again from the saved parts
     assert table in (tmp_path / "p" / "profile.md").read_text() and "as rtx4090" in (tmp_path / "p" / "profile.md").read_text()
+
+
+def test_the_desktop_fit_check_merges_earlier_runs_into_one_table_of_scripts_by_cards(tmp_path):
+    """--merge: the latest audited run of each script as each card across folders, oldest first; a later run without the
+    Inductor audit does not replace an audited one; a failure is marked and a missing pair says "not run" (exit 1)."""
+    from conftest import load_module
+
+    fit = load_module("scripts/check_desktop_fit.py", "check_desktop_fit")
+
+    def row(script, card, peak, largest=None, rc=0):
+        audit = {"card_bytes": largest, "kind": "reduction"} if largest else None
+        return {"script": script, "card": card, "rc": rc, "status": "completed" if rc == 0 else "failed", "peak_mem_gib": peak,
+                "inductor_kernels": 50 if largest else None, "inductor_largest": audit}
+
+    old, new = tmp_path / "2026-01-01_fit", tmp_path / "2026-01-02_fit"
+    for folder, rows in ((old, [row("a.py", "rtx3090", 10.0, 16384), row("b.py", "rtx3090", 11.0, 8192), row("a.py", "rtx4090", 9.0)]),
+                         (new, [row("a.py", "rtx3090", 12.0, 32768), row("b.py", "rtx3090", 13.0), row("a.py", "rtx4090", 9.5, 4096, rc=1)])):
+        folder.mkdir()
+        (folder / "desktop_fit.json").write_text(json.dumps(rows))
+    merged = fit.merged_rows([old, new])
+    assert merged[("a.py", "rtx3090")][0]["peak_mem_gib"] == 12.0 and merged[("a.py", "rtx3090")][1] == new  # the later audited run
+    assert merged[("b.py", "rtx3090")][0]["peak_mem_gib"] == 11.0  # the later one had no audit: the earlier stays
+    table = fit.merged_table([old, new], ["a.py", "b.py"], ["rtx3090", "rtx4090"]).splitlines()
+    assert table[0] == "| script | as rtx3090 | as rtx4090 |"
+    assert table[2].startswith(f"| a.py | completed, 12.0 GiB, 32,768 B ([2026-01-02_fit]({new.as_posix()}/)) | **failed**")
+    assert table[3].endswith("| not run |")
+    assert fit.main(["--merge", str(old), str(new), "--scripts", "a.py,b.py", "--out", str(tmp_path / "out")]) == 1
+    assert (tmp_path / "out" / "desktop_fit_all.md").read_text().splitlines()[2] == table[2]
