@@ -364,13 +364,15 @@ def test_equal_time_gives_each_row_the_steps_that_fit_in_the_base_rows_time(tmp_
     assert bench.equal_time_steps(indexed) == {"base": 10, "fast": 25}
     assert bench.equal_time_steps(indexed, charge_setup=True) == {"base": 10, "fast": 10}
     assert bench.equal_time_steps({**indexed, "rows": [indexed["rows"][0], dict(indexed["rows"][1], setup_s=5.0)]}, charge_setup=True)["fast"] == 1
-    (tmp_path / "reference.json").write_text(json.dumps(reference))
+    # end to end, on a smaller budget (0.5 s: 5 and 10 steps)
+    small = {**reference, "rows": [dict(reference["rows"][0], train_s=0.5), dict(reference["rows"][1], ms_per_step=50.0)]}
+    (tmp_path / "reference.json").write_text(json.dumps(small))
     common = " ".join(FAST[:-4]) + " --data synthetic"
     assert bench.main(["--row", "base=train_gpt2.py", "--row", "fast=train_gpt2.py --attn sdpa", "--common", common, "--steps", "3",
                        "--warmup-steps", "1", "--val-tokens", "512", "--equal-time", str(tmp_path / "reference.json"), "--out", str(tmp_path / "b")]) == 0
     rows = {r["label"]: r for r in json.loads((tmp_path / "b" / "bench.json").read_text())["rows"]}
-    assert (rows["base"]["steps"], rows["fast"]["steps"]) == (10, 25)
-    assert rows["fast"]["tokens"] == 25 * 256 and rows["fast"]["train_s"] > 0
+    assert (rows["base"]["steps"], rows["fast"]["steps"]) == (5, 10)
+    assert rows["fast"]["tokens"] == 10 * 256 and rows["fast"]["train_s"] > 0
     with pytest.raises(SystemExit, match="no measured ms/step for other"):
         bench.main(["--row", "other=train_gpt2.py", "--equal-time", str(tmp_path / "reference.json"), "--out", str(tmp_path / "c")])
 

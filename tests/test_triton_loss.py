@@ -134,18 +134,14 @@ def interpreted():
     return run_interpreted(KERNEL_CHECKS + ROUND_TO_E5M2_CHECK, INTERPRETED_CHECKS)
 
 
-def test_kernels_equal_the_pytorch_reference_in_the_interpreter(interpreted):
-    """One target with the tanh cap, then several weighted targets with both caps."""
+def test_kernels_equal_the_pytorch_reference_and_train_alike_in_the_interpreter(interpreted):
+    """The kernels against the PyTorch reference (one target with the tanh cap, then several weighted targets with both
+    caps), the fused losses through autograd with either kernel, and e5m2 rounding; one test, so the interpreter's child
+    process runs once."""
     assert interpreted["kernels"] == "ok", interpreted["kernels"]
-
-
-def test_fused_losses_train_alike_with_either_kernel_in_the_interpreter(interpreted):
     assert interpreted["losses_through_autograd"] == "ok", interpreted["losses_through_autograd"]
-
-
-def test_round_to_e5m2_precision_matches_torch_for_normal_values(interpreted):
-    """The kernel rounds at e5m2's precision before converting (Triton's interpreter mis-rounds
-    carries into the exponent, e.g. 1.9 -> 1.0): nearest-even, ties included."""
+    # the kernel rounds at e5m2's precision before converting (Triton's interpreter mis-rounds carries into the
+    # exponent, e.g. 1.9 -> 1.0): nearest-even, ties included, as torch does for normal values
     assert interpreted["round_to_e5m2"] == "ok", interpreted["round_to_e5m2"]
 
 
