@@ -826,3 +826,13 @@ def test_allocator_retries_warn_only_where_the_training_loop_met_them(tmp_path, 
     assert (summary["alloc_retries"], summary["alloc_retries_in_loop"]) == (at_end, at_end - at_loop)
     lines = [line for line in (tmp_path / "log.txt").read_text().splitlines() if line.startswith(("the CUDA allocator", "warning: the CUDA allocator"))]
     assert len(lines) == 1 and says in lines[0]
+
+
+def test_a_script_run_as_a_program_ends_its_process_with_mains_code_and_its_message(tmp_path):
+    """main() ends a script's own process at once (os._exit, no interpreter teardown), so what it prints first must
+    reach the streams and the exit code must be the error's (here a UserError: 2); a completed run's files are checked
+    by the smoke test above, which takes the same road."""
+    result = subprocess.run([sys.executable, "train_gpt2.py", "--model-size", "tiny", "--device", "cpu", "--data", "synthetic",
+                             "--resume", str(tmp_path / "absent.pt"), "--out-dir", str(tmp_path / "run")],
+                            cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "error: --resume" in result.stderr and "no such checkpoint" in result.stderr
