@@ -3,11 +3,15 @@
     python scripts/compare.py logs/base logs/variant [--baseline logs/base] [--out reports/x]
     python scripts/compare.py logs/a logs/b --throughput        # speed columns instead of time-to-target
     python scripts/compare.py --records                         # rewrite records/RESULTS.md and README's results
+    python scripts/compare.py --paired logs/base logs/a logs/b [--windows 300-399,400-499]   # same seed and data order
 
 The table has, per run: script, flags, target, whether it was reached, time to target (training
 and wall), tokens to target, final validation loss (main set and fineweb_sample), steady tokens/s,
 MFU, peak memory, and ratios to the baseline row (speed, and time to target when both reached).
 With --out, the table goes to compare.md and the curves to loss_vs_time.png / loss_vs_tokens.png.
+--paired compares runs that took the same batches as the first at every step (an ablation at one
+seed and data order): the mean per-step difference of the training loss over windows of steps, and
+the validation screens they share; it reads metrics.jsonl alone, so runs cut short count too.
 """
 
 import argparse
@@ -30,10 +34,16 @@ def main(argv=None) -> int:
     parser.add_argument("--records", action="store_true", help="regenerate records/RESULTS.md and the README results section")
     parser.add_argument("--records-dir", default=str(REPO / "records"))
     parser.add_argument("--readme", default=str(REPO / "README.md"))
+    parser.add_argument("--paired", action="store_true", help="the runs took the first one's batches at every step: "
+                        "their training-loss differences over --windows and the validation screens they share")
+    parser.add_argument("--windows", default="", help="for --paired: steps FIRST-LAST, comma-separated (default: "
+                        "five equal windows over the first run's steps)")
     args = parser.parse_args(argv)
     if args.records:
         print(f"wrote {report.write_results(args.records_dir, args.readme)}")
         return 0
+    if args.paired:
+        return paired(args)
     missing = [r for r in args.runs if not (Path(r) / "summary.json").exists()]
     if missing:  # a typo in one folder name should not quietly drop that run from the table
         print(f"compare.py: error: {missing[0]}: no summary.json there (not a run directory, or a run still starting)", file=sys.stderr)
@@ -54,6 +64,41 @@ def main(argv=None) -> int:
         for path in report.plot_curves(runs, out, args.target, training=True):
             print(f"wrote {path}")
     return 0
+
+
+def paired(args) -> int:
+    missing = [r for r in args.runs if not (Path(r) / "metrics.jsonl").exists()]
+    if len(args.runs) < 2 or missing:
+        print(f"compare.py: error: --paired takes a base run and one or more runs, each with a metrics.jsonl"
+              f"{f' ({missing[0]} has none)' if missing else ''}", file=sys.stderr)
+        return 2
+    base, *runs = [report.load_partial_run(r) for r in args.runs]
+    windows = parse_windows(args.windows) if args.windows else even_windows(max(e["step"] for e in base.train))
+    text = report.paired_table(base, runs, windows)
+    checks = report.paired_checks_table(base, runs)
+    text += f"\n\nValidation screens at the steps all runs checked:\n\n{checks}" if checks else "\n\nNo validation screen at a step all runs checked."
+    print(text)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "paired.md").write_text(text + "\n")
+    return 0
+
+
+def parse_windows(text: str) -> list:
+    """'300-399,400-499' -> [(300, 399), (400, 499)]."""
+    try:
+        windows = [tuple(int(n) for n in part.split("-")) for part in text.split(",")]
+    except ValueError:
+        windows = []
+    if not windows or any(len(w) != 2 or w[0] > w[1] for w in windows):
+        raise SystemExit(f"compare.py: error: --windows {text}: steps FIRST-LAST, comma-separated, e.g. 300-399,400-499")
+    return windows
+
+
+def even_windows(last_step: int, count: int = 5) -> list:
+    """count windows of equal length covering steps 1..last_step."""
+    edges = [1 + round(i * last_step / count) for i in range(count + 1)]
+    return [(edges[i], edges[i + 1] - 1) for i in range(count) if edges[i + 1] > edges[i]]
 
 
 if __name__ == "__main__":

@@ -123,6 +123,32 @@ def test_compare_writes_table_and_plots(two_runs, tmp_path, capsys):
     assert len(err) == 1 and "typo: no summary.json there" in err[0]
 
 
+def test_compare_paired_averages_the_step_differences_and_lines_up_the_shared_screens(tmp_path, capsys):
+    """--paired: runs on the base run's batches (a cut-short one without summary.json too): the mean per-step
+    training-loss difference in each window, and the validation screens at the steps every run checked."""
+    compare = load_script("compare")
+
+    def write_run(name, loss, screens, last=10):
+        run = tmp_path / name
+        run.mkdir()
+        events = [{"type": "train", "step": i, "loss": loss(i)} for i in range(1, last + 1)]
+        events += [{"type": "val_screen", "step": step, "screen_loss": value} for step, value in screens.items()]
+        events.append({"type": "val", "step": last, "val_loss": 3.0, "screen_loss": screens.get(last, 3.1)})
+        (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        return str(run)
+
+    base = write_run("base", lambda i: 10.0 - 0.5 * i, {4: 4.0, 8: 3.5})
+    lower = write_run("lower", lambda i: 10.0 - 0.5 * i - (0.01 if i > 5 else 0.0), {4: 4.0, 8: 3.49}, last=8)  # cut short at step 8
+    assert compare.main(["--paired", base, lower, "--windows", "1-5,6-10"]) == 0
+    out = capsys.readouterr().out
+    assert "| lower | 8 | +0.0000 (5) | -0.0100 (3) |" in out  # steps 6-8: the only ones both logged
+    assert "| 4 | 4.0000 | 4.0000 (+0.0000) |" in out and "| 8 | 3.5000 | 3.4900 (-0.0100) |" in out
+    assert compare.even_windows(10) == [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10)]
+    assert compare.main(["--paired", base]) == 2
+    with pytest.raises(SystemExit, match="FIRST-LAST"):
+        compare.parse_windows("5-1")
+
+
 def test_training_loss_plot_only_for_runs_with_training_steps(two_runs, tmp_path):
     runs = [report.load_run(p) for p in two_runs]
     assert all(not r.train for r in runs) and len(report.plot_curves(runs, tmp_path / "val_only", training=True)) == 2

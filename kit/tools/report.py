@@ -121,6 +121,56 @@ def load_run_events(path) -> tuple:
     return [e for e in events if e["type"] == "val"], [e for e in events if e["type"] == "train"]
 
 
+def mean_train_loss_difference(run: Run, base: Run, first: int, last: int):
+    """(mean of run's minus base's training loss over the steps first..last both logged, how many steps), or (None, 0)."""
+    base_loss = {e["step"]: e["loss"] for e in base.train}
+    differences = [e["loss"] - base_loss[e["step"]] for e in run.train if first <= e["step"] <= last and e["step"] in base_loss]
+    return (sum(differences) / len(differences), len(differences)) if differences else (None, 0)
+
+
+def paired_table(base: Run, runs: list[Run], windows: list) -> str:
+    """Runs that took the same batches as base at every step (same seed and data order): the mean per-step difference of
+    their training loss in each window of steps (first, last), far less noisy than one step's; (n) = steps averaged.
+    Partial runs count: only metrics.jsonl is read."""
+    head = ["| run | last step | " + " | ".join(f"steps {a}-{b}" for a, b in windows) + " |", "|---|---|" + "---|" * len(windows)]
+    body = []
+    for run in runs:
+        cells = []
+        for first, last in windows:
+            mean, count = mean_train_loss_difference(run, base, first, last)
+            cells.append(f"{mean:+.4f} ({count})" if count else "-")
+        body.append(f"| {run.label} | {max((e['step'] for e in run.train), default='-')} | " + " | ".join(cells) + " |")
+    return "\n".join(head + body)
+
+
+def screen_losses(run: Run) -> dict:
+    """{step: loss on the validation screen} (the first tokens of the validation shard, the same in every run: a screen
+    alone, or the screen a full validation reports beside its own loss) from the run's metrics.jsonl."""
+    path = Path(run.path) / "metrics.jsonl"
+    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return {e["step"]: e["screen_loss"] for e in events if e["type"] in ("val", "val_screen") and e.get("screen_loss") is not None}
+
+
+def paired_checks_table(base: Run, runs: list[Run]) -> str:
+    """The validation screens at the steps base and every run checked, with each run's difference to base; '' where
+    they share none."""
+    base_checks, run_checks = screen_losses(base), [screen_losses(run) for run in runs]
+    shared = sorted(set(base_checks).intersection(*run_checks))
+    if not shared:
+        return ""
+    head = ["| step | " + " | ".join([base.label] + [run.label for run in runs]) + " |", "|---|" + "---|" * (len(runs) + 1)]
+    body = [f"| {step} | {base_checks[step]:.4f} | " + " | ".join(f"{c[step]:.4f} ({c[step] - base_checks[step]:+.4f})" for c in run_checks) + " |"
+            for step in shared]
+    return "\n".join(head + body)
+
+
+def load_partial_run(path, label: str = None) -> Run:
+    """A run directory read from its metrics.jsonl alone (summary.json may be missing: a run cut short)."""
+    path = Path(path)
+    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
+    return Run(label or path.name, path, summary, *load_run_events(path))
+
+
 def training_table(runs: list[Run], baseline: Run = None) -> str:
     """Time-to-target comparison: one row per run, ratios against the baseline row."""
     baseline = baseline or (runs[0] if runs else None)
