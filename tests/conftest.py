@@ -283,3 +283,18 @@ def run_interpreted(definitions: str, checks: dict) -> dict:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert result.returncode == 0 and "OUTCOMES " in result.stdout, result.stdout[-3000:]
     return json.loads(result.stdout.split("OUTCOMES ", 1)[1])
+
+
+# The longest tests (7-30 s each on two cores) start first: with one worker per core, a long test that starts last keeps
+# one worker busy while the other has nothing left to do. The rest keep their order.
+LONG_TESTS = ("test_smoke_command_trains_and_writes_a_valid_summary", "test_equal_time_gives_each_row_the_steps",
+              "test_the_record_script_unties_at_its_step", "test_every_flattened_script_runs", "test_ddp_two_processes",
+              "test_record_bench_turns_a_sweep", "test_kernels_equal_the_pytorch_reference_and_train_alike",
+              "test_bench_seeds_run_at_their_rows", "test_sweep_survives_a_failing_configuration",
+              "test_kernel_equals_the_reference_in_the_interpreter", "test_muon_under_torchrun",
+              "test_a_rows_file_can_keep_a_rows_weights", "test_compiled_model_does_not_recompile",
+              "test_rdrop_script_is_the_baseline", "test_bench_mfu_is_the_hand_count", "test_resume_continues_the_same_loss_curve")
+
+
+def pytest_collection_modifyitems(items):
+    items.sort(key=lambda item: not item.name.startswith(LONG_TESTS))  # a stable sort: the same order on every worker

@@ -836,3 +836,20 @@ def test_a_script_run_as_a_program_ends_its_process_with_mains_code_and_its_mess
                              "--resume", str(tmp_path / "absent.pt"), "--out-dir", str(tmp_path / "run")],
                             cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "error: --resume" in result.stderr and "no such checkpoint" in result.stderr
+
+
+def test_only_a_process_started_for_the_script_is_ended_by_it(monkeypatch):
+    """end_process runs only where the interpreter was started with the script (python [-u] script.py), never where
+    other code runs the script as __main__ inside its own process (runpy from python -c: a harness that runs several)."""
+    from types import ModuleType
+
+    from kit.loop import train as loop
+
+    script = str(REPO / "train_gpt2.py")
+    main_module = ModuleType("__main__")
+    main_module.__file__ = script
+    monkeypatch.setitem(sys.modules, "__main__", main_module)
+    for orig_argv, started in ((["python", "-u", script, "--x"], True), (["python", "-X", "importtime", script], True),
+                               (["python", "-c", "import runpy", script], False), (["python", "other.py"], False)):
+        monkeypatch.setattr(sys, "orig_argv", orig_argv)
+        assert loop.started_as_program(script) is started, orig_argv

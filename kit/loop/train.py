@@ -74,7 +74,7 @@ def main(recipe: Recipe, argv=None) -> int:
     finally:
         gpus.stop_emulating()
         hw.shutdown_distributed()
-    if runs_as_program(recipe.script):
+    if started_as_program(recipe.script):
         end_process(code)
     return code
 
@@ -286,6 +286,20 @@ def runs_as_program(script: str) -> bool:
     """Whether this process is `python script` (or one rank of torchrun's), not other code calling the script's main."""
     main_file = getattr(sys.modules.get("__main__"), "__file__", None)
     return bool(main_file) and Path(main_file).resolve() == Path(script).resolve()
+
+
+def started_as_program(script: str) -> bool:
+    """Whether the interpreter was started to run this file (`python [options] script ...`, as torchrun starts each
+    rank), not code that runs it inside its own process (runpy in a harness, python -c): only such a process may be
+    ended by the script."""
+    if not runs_as_program(script):
+        return False
+    for arg in list(getattr(sys, "orig_argv", []))[1:]:
+        if arg in ("-c", "-m"):
+            return False
+        if not arg.startswith("-") and Path(arg).resolve() == Path(script).resolve():
+            return True
+    return False
 
 
 def compile_cache_counts() -> dict:
