@@ -156,7 +156,11 @@ def main(argv=None) -> int:
     scripts = [s for s in args.scripts.split(",") if s] or training_scripts()
     Path(args.out).mkdir(parents=True, exist_ok=True)
     if args.merge:
-        merged = merged_table(args.merge, scripts, args.cards.split(","))
+        folders = [f for f in args.merge if Path(f).is_dir()]  # a glob such as *desktop_fit* also names the merged table itself
+        lacking = [f for f in folders if not (Path(f) / "desktop_fit.json").exists()]
+        if lacking:
+            parser.error(f"--merge {lacking[0]}: no desktop_fit.json there (an --out folder of this tool, or a record of one)")
+        merged = merged_table(folders, scripts, args.cards.split(","))
         (Path(args.out) / "desktop_fit_all.md").write_text(merged + "\n")
         print(merged)
         return 0 if "not run" not in merged and "**" not in merged else 1

@@ -293,3 +293,7 @@ def test_the_desktop_fit_check_merges_earlier_runs_into_one_table_of_scripts_by_
     assert table[3].endswith("| not run |")
     assert fit.main(["--merge", str(old), str(new), "--scripts", "a.py,b.py", "--out", str(tmp_path / "out")]) == 1
     assert (tmp_path / "out" / "desktop_fit_all.md").read_text().splitlines()[2] == table[2]
+    # a file among the paths (the glob *desktop_fit* names the merged table too) is passed over; a folder without a table is an error
+    assert fit.main(["--merge", str(old), str(new), str(tmp_path / "out" / "desktop_fit_all.md"), "--scripts", "a.py,b.py", "--out", str(tmp_path / "out")]) == 1
+    with pytest.raises(SystemExit):
+        fit.main(["--merge", str(tmp_path / "out"), "--out", str(tmp_path / "out")])
