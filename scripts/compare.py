@@ -72,7 +72,7 @@ def paired(args) -> int:
         print(f"compare.py: error: --paired takes a base run and one or more runs, each with a metrics.jsonl"
               f"{f' ({missing[0]} has none)' if missing else ''}", file=sys.stderr)
         return 2
-    base, *runs = [report.load_partial_run(r) for r in args.runs]
+    base, *runs = [report.load_run(r, partial=True) for r in args.runs]
     windows = parse_windows(args.windows) if args.windows else even_windows(max(e["step"] for e in base.train))
     text = report.paired_table(base, runs, windows)
     checks = report.paired_checks_table(base, runs)

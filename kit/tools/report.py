@@ -51,9 +51,11 @@ class Run:
         return shlex.join(kept)
 
 
-def load_run(path, label: str = None) -> Run:
+def load_run(path, label: str = None, partial: bool = False) -> Run:
+    """A run directory; with partial, one without summary.json is read from its metrics.jsonl alone (a run cut short)."""
     path = Path(path)
-    summary = json.loads((path / "summary.json").read_text())
+    has_summary = (path / "summary.json").exists() or not partial  # a finished run's missing summary stays an error
+    summary = json.loads((path / "summary.json").read_text()) if has_summary else {}
     return Run(label or path.name, path, summary, *load_run_events(path))
 
 
@@ -114,10 +116,15 @@ def run_spikes(run_dir: Path):
     return loss_spikes(load_run_events(run_dir)[1])
 
 
+def metrics_events(path) -> list:
+    """Every event of a run directory's metrics.jsonl ([] where it has none)."""
+    path = Path(path) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
 def load_run_events(path) -> tuple:
     """(validation events, training events) of a run directory's metrics.jsonl."""
-    path = Path(path) / "metrics.jsonl"
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    events = metrics_events(path)
     return [e for e in events if e["type"] == "val"], [e for e in events if e["type"] == "train"]
 
 
@@ -146,9 +153,7 @@ def paired_table(base: Run, runs: list[Run], windows: list) -> str:
 def screen_losses(run: Run) -> dict:
     """{step: loss on the validation screen} (the first tokens of the validation shard, the same in every run: a screen
     alone, or the screen a full validation reports beside its own loss) from the run's metrics.jsonl."""
-    path = Path(run.path) / "metrics.jsonl"
-    events = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    return {e["step"]: e["screen_loss"] for e in events if e["type"] in ("val", "val_screen") and e.get("screen_loss") is not None}
+    return {e["step"]: e["screen_loss"] for e in metrics_events(run.path) if e["type"] in ("val", "val_screen") and e.get("screen_loss") is not None}
 
 
 def paired_checks_table(base: Run, runs: list[Run]) -> str:
@@ -162,13 +167,6 @@ def paired_checks_table(base: Run, runs: list[Run]) -> str:
     body = [f"| {step} | {base_checks[step]:.4f} | " + " | ".join(f"{c[step]:.4f} ({c[step] - base_checks[step]:+.4f})" for c in run_checks) + " |"
             for step in shared]
     return "\n".join(head + body)
-
-
-def load_partial_run(path, label: str = None) -> Run:
-    """A run directory read from its metrics.jsonl alone (summary.json may be missing: a run cut short)."""
-    path = Path(path)
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
-    return Run(label or path.name, path, summary, *load_run_events(path))
 
 
 def training_table(runs: list[Run], baseline: Run = None) -> str:
