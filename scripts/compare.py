@@ -4,6 +4,7 @@
     python scripts/compare.py logs/a logs/b --throughput        # speed columns instead of time-to-target
     python scripts/compare.py --records                         # rewrite records/RESULTS.md and README's results
     python scripts/compare.py --paired logs/base logs/a logs/b [--windows 300-399,400-499]   # same seed and data order
+    python scripts/compare.py --screen-margins records/*/*/ --target 3.64   # what each --val-screen-margin would skip
 
 The table has, per run: script, flags, target, whether it was reached, time to target (training
 and wall), tokens to target, final validation loss (main set and fineweb_sample), steady tokens/s,
@@ -12,6 +13,9 @@ With --out, the table goes to compare.md and the curves to loss_vs_time.png / lo
 --paired compares runs that took the same batches as the first at every step (an ablation at one
 seed and data order): the mean per-step difference of the training loss over windows of steps, and
 the validation screens they share; it reads metrics.jsonl alone, so runs cut short count too.
+--screen-margins reads every full validation that followed a screen (--val-screen-tokens) and shows
+how far the screen read above the full loss, and which full validations and crossings each margin
+would have skipped.
 """
 
 import argparse
@@ -38,7 +42,19 @@ def main(argv=None) -> int:
                         "their training-loss differences over --windows and the validation screens they share")
     parser.add_argument("--windows", default="", help="for --paired: steps FIRST-LAST, comma-separated (default: "
                         "five equal windows over the first run's steps)")
+    parser.add_argument("--screen-margins", action="store_true", help="the runs' screened validations against --margins "
+                        "(needs --target)")
+    parser.add_argument("--margins", default="0.002,0.0025,0.003,0.004", help="for --screen-margins: comma-separated")
     args = parser.parse_args(argv)
+    if args.screen_margins:
+        if args.target is None:
+            parser.error("--screen-margins needs --target (the loss the runs aimed at)")
+        try:
+            margins = [float(m) for m in args.margins.split(",")]
+        except ValueError:
+            parser.error(f"--margins {args.margins}: numbers, comma-separated, e.g. 0.003,0.004")
+        print(report.screen_margin_table(report.screened_validations(args.runs), args.target, margins))
+        return 0
     if args.records:
         print(f"wrote {report.write_results(args.records_dir, args.readme)}")
         return 0

@@ -149,6 +149,26 @@ def test_compare_paired_averages_the_step_differences_and_lines_up_the_shared_sc
         compare.parse_windows("5-1")
 
 
+def test_compare_screen_margins_counts_what_each_margin_would_skip(tmp_path, capsys):
+    """--screen-margins: the screen's excess over the full loss, and per margin the full validations it skips where
+    the loss was above the target (misses) and where it was not (crossings it would delay)."""
+    compare = load_script("compare")
+    run = tmp_path / "run"
+    run.mkdir()
+    checks = [(10, 3.6450, 3.6430), (14, 3.6425, 3.6395), (18, 3.6410, 3.6390)]  # (step, screen, full): +0.0020, +0.0030, +0.0020
+    events = [{"type": "val_screen", "step": s, "screen_loss": screen} for s, screen, _ in checks]
+    events += [{"type": "val", "step": s, "val_loss": full, "screen_loss": screen} for s, screen, full in checks]
+    events.append({"type": "val", "step": 20, "val_loss": 3.63})  # a regular validation, no screen: not counted
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert compare.main(["--screen-margins", "--target", "3.64", "--margins", "0.002,0.004", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "3 full validations after a screen in 1 runs: the screen read +0.0020 to +0.0030" in out
+    assert "| 0.002 | 1 | 1 |" in out  # step 10 (a miss) and step 14 (a crossing: 3.6395) read above 3.642
+    assert "| 0.004 | 1 | 0 |" in out  # only step 10's screen is above 3.644
+    with pytest.raises(SystemExit):
+        compare.main(["--screen-margins", str(run)])  # no target
+
+
 def test_training_loss_plot_only_for_runs_with_training_steps(two_runs, tmp_path):
     runs = [report.load_run(p) for p in two_runs]
     assert all(not r.train for r in runs) and len(report.plot_curves(runs, tmp_path / "val_only", training=True)) == 2

@@ -791,10 +791,13 @@ def test_the_warm_up_splits_compiling_by_torchs_own_timers(tmp_path, monkeypatch
     assert after["bytecode_tracing"] - before.get("bytecode_tracing", 0.0) >= 0.03  # the reading follows torch's timers
     phases = loop.compile_phases({"_compile.compile_inner": 1.0, "bytecode_tracing": 0.5},
                                  {"_compile.compile_inner": 4.0, "bytecode_tracing": 2.5, "OutputGraph.call_user_compiler": 1.0,
-                                  "PyCodeCache.load_by_key_path": 0.75, "backward._backward_impl": 0.5}, part_s=5.0)
-    assert phases == {"Dynamo's trace": 2.0, "guards": 0.0, "backend": 1.0, "loading or building code": 0.75, "backward": 0.5, "running": 1.5}
+                                  "PyCodeCache.load_by_key_path": 0.75, "backward._backward_impl": 0.5,
+                                  "CachingAutotuner.benchmark_all_configs": 0.25}, part_s=5.0)
+    assert phases == {"Dynamo's trace": 2.0, "guards": 0.0, "backend": 1.0, "loading or building code": 0.75, "backward": 0.5, "running": 1.5,
+                      "Inductor's autotuning": 0.25}  # a kernel timed its configurations at its first launch: part of running
     assert loop.phase_note(phases) == ("Dynamo's trace 2.0s, guards 0.0s, backend 1.0s (loading or building code 0.8s), "
-                                       "backward 0.5s, running 1.5s")
+                                       "backward 0.5s, running 1.5s (Inductor's autotuning 0.2s)")
+    assert "autotuning" not in loop.phase_note({**phases, "Inductor's autotuning": 0.0})
     assert loop.compile_phases(after, after, part_s=2.0) == {}
 
     real, calls = loop.compile_phase_seconds, []

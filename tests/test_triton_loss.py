@@ -156,3 +156,17 @@ def test_loss_kernel_choice_falls_back_or_says_why(capsys):
                            (["--loss-kernel", "triton", "--fused-loss", "0"], "--loss-kernel triton is the fused loss's kernel: it needs --fused-loss 1")):
         assert main(speedrun.RECIPE, tiny + extra) != 0
         assert message in capsys.readouterr().err
+
+
+def test_the_loss_kernels_keep_their_tuning_on_disk_where_triton_can():
+    """Timing the configurations takes about a second of each run's warm-up; Triton's cache keeps the winner per GPU,
+    kernel and configs, so a later run on the machine loads it (a Triton without the option times them each run)."""
+    import inspect
+
+    import triton
+
+    from kit.modeling import triton_loss
+
+    if "cache_results" not in inspect.signature(triton.autotune).parameters:
+        pytest.skip("this Triton's autotuner has no cache_results")
+    assert triton_loss._stats_tuned.cache_results and triton_loss._grad_tuned.cache_results

@@ -316,6 +316,10 @@ def compile_cache_counts() -> dict:
 COMPILE_PHASES = (("Dynamo's trace", "bytecode_tracing"), ("guards", "build_guards"), ("backend", "OutputGraph.call_user_compiler"),
                   ("loading or building code", "PyCodeCache.load_by_key_path"), ("backward", "backward._backward_impl"))
 COMPILE_TOTALS = ("_compile.compile_inner", "backward._backward_impl")  # all of compiling; the rest of a part ran the passes
+# Inductor's kernels with several configurations time each at their first launch, inside the running part, unless the
+# compile cache holds the winner
+RUNTIME_AUTOTUNING = ("CachingAutotuner.benchmark_all_configs", "CachingAutotuner.coordinate_descent_tuning",
+                      "CachingAutotuner.combo_sequential_autotune")
 
 
 def compile_phase_seconds() -> dict:
@@ -337,14 +341,21 @@ def compile_phases(before: dict, after: dict, part_s: float) -> dict:
         return {}
     phases = {label: round(spent.get(name, 0.0), 2) for label, name in COMPILE_PHASES}
     phases["running"] = round(max(0.0, part_s - sum(spent.get(name, 0.0) for name in COMPILE_TOTALS)), 2)
+    phases["Inductor's autotuning"] = round(sum(spent.get(name, 0.0) for name in RUNTIME_AUTOTUNING), 2)  # part of running
     return phases
 
 
 def phase_note(phases: dict) -> str:
-    """'Dynamo's trace 4.1s, guards 0.9s, backend 3.3s (loading or building code 2.4s), backward 0.2s, running 4.6s'."""
-    notes = [f"{label} {seconds:.1f}s" for label, seconds in phases.items() if label != "loading or building code"]
-    loading = phases.get("loading or building code")
-    return ", ".join(note + (f" (loading or building code {loading:.1f}s)" if loading and note.startswith("backend") else "") for note in notes)
+    """'Dynamo's trace 4.1s, guards 0.9s, backend 3.3s (loading or building code 2.4s), backward 0.2s, running 4.6s
+    (Inductor's autotuning 1.2s)': each sub-phase inside the phase it belongs to, where it took any time."""
+    inside = {"backend": "loading or building code", "running": "Inductor's autotuning"}
+    notes = []
+    for label, seconds in phases.items():
+        if label in inside.values():
+            continue
+        sub = phases.get(inside.get(label))
+        notes.append(f"{label} {seconds:.1f}s" + (f" ({inside[label]} {sub:.1f}s)" if sub else ""))
+    return ", ".join(notes)
 
 
 def cache_note(counts: dict) -> str:

@@ -156,6 +156,28 @@ def screen_losses(run: Run) -> dict:
     return {e["step"]: e["screen_loss"] for e in metrics_events(run.path) if e["type"] in ("val", "val_screen") and e.get("screen_loss") is not None}
 
 
+def screened_validations(run_dirs) -> list:
+    """(run directory, step, screen loss, full loss) of every full validation that followed a screen at its step."""
+    return [(str(d), e["step"], e["screen_loss"], e["val_loss"]) for d in run_dirs for e in metrics_events(d)
+            if e.get("type") == "val" and e.get("screen_loss") is not None and e.get("val_loss") is not None]
+
+
+def screen_margin_table(rows: list, target: float, margins: list) -> str:
+    """How far the screens read above the full validation, and what each --val-screen-margin would have done:
+    full validations it skips (each a miss, the loss above the target) and crossings it would have delayed."""
+    if not rows:
+        return "No full validation after a screen in these runs."
+    offsets = [screen - full for _, _, screen, full in rows]
+    lines = [f"{len(rows)} full validations after a screen in {len({r[0] for r in rows})} runs: the screen read "
+             f"{min(offsets):+.4f} to {max(offsets):+.4f} (mean {sum(offsets) / len(offsets):+.4f}) against the full loss.", "",
+             f"| margin | full validations skipped (misses) | crossings delayed (target {target}) |", "|---|---|---|"]
+    for margin in margins:
+        skipped = [(screen, full) for _, _, screen, full in rows if screen > target + margin]
+        lost = sum(full <= target for _, full in skipped)
+        lines.append(f"| {margin} | {len(skipped) - lost} | {lost} |")
+    return "\n".join(lines)
+
+
 def paired_checks_table(base: Run, runs: list[Run]) -> str:
     """The validation screens at the steps base and every run checked, with each run's difference to base; '' where
     they share none."""
