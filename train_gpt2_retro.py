@@ -23,17 +23,25 @@ chunks) are excluded, which needs each query's document: the index's chunks lie 
 stream's 64-token grid, so a training chunk is found in it by a hash of its tokens. Validation
 retrieves from the training index only, with nothing excluded; the end of the run reports how much
 of the validation text the neighbours contain (shared 13-grams), so a gain cannot be a leaked copy.
-Simplifications against RETRO: the encoder does not attend to the decoder's chunk, and the index is
-built (and timed, as part of the wall clock) at every start.
+Simplifications against RETRO: the encoder does not attend to the decoder's chunk. The index is built
+(and timed, as part of the wall clock: summary.json's setup_s) at every start, or with --index-cache DIR
+built once and loaded by later runs over the same shards and settings (the log says which; the stats keep
+the first build's time beside the load's).
 
     python train_gpt2_retro.py --data webmix                           # CCA in layers 5, 8, 11; 2 neighbours
     python train_gpt2_retro.py --data webmix --retro-layers 11 --neighbours 1
+    python train_gpt2_retro.py --data webmix --index-cache data/retro_index   # build once, load after
 """
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
+import shutil
 import sys
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -68,17 +76,70 @@ def load_faiss():
     return faiss
 
 
+INDEX_ARRAYS = ("shard_of", "start_of", "doc_first", "doc_last", "hash_order", "sorted_hashes")  # what a cached index keeps beside FAISS's
+
+
+def index_cache_key(files, grid_offset: int, neighbour_len: int, dim: int, max_chunks: int, seed: int, vocab_size: int) -> str:
+    """What an index depends on: its shards (path, size, modification time), the grid and its settings (nprobe is
+    a search setting, not part of the index)."""
+    shards = [(str(Path(f).resolve()), os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in files]
+    what = json.dumps({"version": 1, "chunk": CHUNK, "shards": shards, "grid_offset": grid_offset, "neighbour_len": neighbour_len,
+                       "dim": dim, "max_chunks": max_chunks, "seed": seed, "vocab_size": vocab_size})
+    return hashlib.sha256(what.encode()).hexdigest()[:24]
+
+
 class ChunkIndex:
     """The training split's CHUNK-token chunks (on the grid start = grid_offset + CHUNK * i of every shard, as the
-    training stream cuts them), their sketches in a FAISS index, and where each chunk and its document lie."""
+    training stream cuts them), their sketches in a FAISS index, and where each chunk and its document lie. With a
+    cache_dir, an index built once for these shards and settings is saved there and loaded by later runs."""
 
     def __init__(self, files, grid_offset: int, neighbour_len: int = 2 * CHUNK, dim: int = 64, nprobe: int = 16,
-                 max_chunks: int = 0, seed: int = 0, vocab_size: int = 50257):
+                 max_chunks: int = 0, seed: int = 0, vocab_size: int = 50257, cache_dir: str = ""):
         t0 = time.perf_counter()
         self.faiss = load_faiss()
         self.neighbour_len, self.nprobe = neighbour_len, nprobe
         self.shards = [open_shard(f) for f in files]
         self.document_ends = [np.flatnonzero(np.asarray(tokens) == EOT) for tokens in self.shards]
+        cache = Path(cache_dir) / index_cache_key(files, grid_offset, neighbour_len, dim, max_chunks, seed, vocab_size) if cache_dir else None
+        if cache is not None and (cache / "stats.json").exists():
+            self.load(cache)
+            self.stats.update(loaded_s=round(time.perf_counter() - t0, 2), cache=str(cache), queries=0, query_s=0.0)
+            return
+        self.build(grid_offset, neighbour_len, dim, max_chunks, seed, vocab_size)
+        self.stats["build_s"] = round(time.perf_counter() - t0, 2)
+        if cache is not None:
+            self.save(cache)
+            self.stats.update(saved_s=round(time.perf_counter() - t0 - self.stats["build_s"], 2), cache=str(cache))
+
+    def setup_s(self) -> float:
+        """What this run spent on its index: the load where it came from the cache, else the build (and its save)."""
+        return float(self.stats["loaded_s"] if "loaded_s" in self.stats else self.stats["build_s"] + self.stats.get("saved_s", 0.0))
+
+    def save(self, folder: Path) -> None:
+        """The arrays, the sketch weights and the FAISS index into folder, written beside it and renamed into place,
+        so that runs started together never read half a save (where one got there first, its copy stays)."""
+        partial = folder.with_name(f"{folder.name}.partial{os.getpid()}")
+        partial.mkdir(parents=True, exist_ok=True)
+        np.savez(partial / "arrays.npz", token_weight=self.token_weight.numpy(), projection=self.projection.numpy(),
+                 **{name: getattr(self, name) for name in INDEX_ARRAYS})
+        self.faiss.write_index(self.index, str(partial / "faiss.index"))
+        (partial / "stats.json").write_text(json.dumps(self.stats))
+        try:
+            os.rename(partial, folder)
+        except OSError:  # another run saved it first
+            shutil.rmtree(partial, ignore_errors=True)
+
+    def load(self, folder: Path) -> None:
+        arrays = np.load(folder / "arrays.npz")
+        for name in INDEX_ARRAYS:
+            setattr(self, name, arrays[name])
+        self.token_weight, self.projection = torch.from_numpy(arrays["token_weight"]), torch.from_numpy(arrays["projection"])
+        self.index = self.faiss.read_index(str(folder / "faiss.index"))
+        if hasattr(self.index, "nprobe"):
+            self.index.nprobe = self.nprobe
+        self.stats = json.loads((folder / "stats.json").read_text())
+
+    def build(self, grid_offset: int, neighbour_len: int, dim: int, max_chunks: int, seed: int, vocab_size: int) -> None:
         shard_ids, starts = [], []
         for s, tokens in enumerate(self.shards):
             begin = np.arange(grid_offset, len(tokens) - neighbour_len + 1, CHUNK, dtype=np.int64)
@@ -101,7 +162,7 @@ class ChunkIndex:
         self.projection = torch.randn(vocab_size, dim, generator=generator) / math.sqrt(dim)
         sketches = np.concatenate([self.sketch(chunks[i : i + 65536]) for i in range(0, len(chunks), 65536)])
         self.index = self.build_index(sketches, dim, seed)
-        self.stats = {"chunks": int(len(self.start_of)), "build_s": round(time.perf_counter() - t0, 2),
+        self.stats = {"chunks": int(len(self.start_of)),
                       "index_bytes": int(sketches.nbytes + sum(a.nbytes for a in (self.shard_of, self.start_of, self.doc_first, self.doc_last,
                                                                                    self.hash_order, self.sorted_hashes))),
                       "kind": type(self.index).__name__,
@@ -359,6 +420,8 @@ class Hyperparameters(baseline.Hyperparameters):
     sketch_dim: int = field(default=64, metadata={"help": "dimensions of the chunks' random-projection sketches"})
     nprobe: int = field(default=16, metadata={"help": "FAISS IVF lists searched per query (recall against speed)"})
     index_chunks: int = field(default=0, metadata={"help": "index only the first N chunks of the training split (0: all)"})
+    index_cache: str = field(default="", metadata={"help": "a folder: the index built for these shards and settings is saved there "
+                                                            "once and loaded by later runs (empty: built at every start)"})
 
 
 def retro_layers(cfg: Hyperparameters, n_layer: int) -> tuple:
@@ -386,9 +449,11 @@ def build_index(cfg: Hyperparameters) -> ChunkIndex:
     """The run's index over its training split, on the grid its training stream cuts (also scripts/bench_retrieval.py's)."""
     files = [str(f) for f in resolve(cfg).train]
     grid_offset = shuffled_order(files, cfg.data_order_seed, cfg.seq_len)[1] % CHUNK  # where the stream's sequences start
-    index = ChunkIndex(files, grid_offset, cfg.neighbour_len, cfg.sketch_dim, cfg.nprobe, cfg.index_chunks, cfg.seed)
+    index = ChunkIndex(files, grid_offset, cfg.neighbour_len, cfg.sketch_dim, cfg.nprobe, cfg.index_chunks, cfg.seed, cache_dir=cfg.index_cache)
+    made = (f"loaded in {index.stats['loaded_s']:.1f}s from {index.stats['cache']} (built in {index.stats['build_s']:.1f}s)"
+            if "loaded_s" in index.stats else f"built in {index.stats['build_s']:.1f}s" + (f", saved to {index.stats['cache']}" if "cache" in index.stats else ""))
     print(f"retrieval index: {index.stats['chunks']:,} chunks of {CHUNK} tokens ({index.stats['kind']}, {cfg.sketch_dim}-dim sketches, "
-          f"{index.stats['index_bytes'] / 2**20:.0f} MiB), built in {index.stats['build_s']:.1f}s", flush=True)
+          f"{index.stats['index_bytes'] / 2**20:.0f} MiB), {made}", flush=True)
     return index
 
 
@@ -402,7 +467,7 @@ class RetroTrainer(Trainer):
         return x, y
 
     def setup_seconds(self) -> float:
-        return float(self.model.index.stats["build_s"])  # the index: built once per run, part of the user's wall clock
+        return self.model.index.setup_s()  # the index, built or loaded: part of the user's wall clock
 
     def run_report(self) -> dict:
         index = self.model.index

@@ -52,6 +52,26 @@ def test_a_chunk_finds_itself_and_its_copy_but_while_training_only_the_copy_in_a
     np.testing.assert_array_equal(tokens[0, 0, 0].numpy(), second[copy_start:copy_start + 2 * CHUNK])
 
 
+def test_an_index_saved_once_is_loaded_for_the_same_shards_and_settings_and_finds_the_same_neighbours(corpus, tmp_path):
+    """--index-cache: the first run builds and saves, the next loads (its stats keep the build's time beside the load's)
+    and searches alike; other settings or a changed shard get an index of their own."""
+    files, first, _ = corpus
+    cache = tmp_path / "cache"
+    built = ChunkIndex(files, 0, max_chunks=0, seed=3, cache_dir=str(cache))
+    assert "loaded_s" not in built.stats and built.setup_s() == built.stats["build_s"] + built.stats["saved_s"]
+    loaded = ChunkIndex(files, 0, seed=3, cache_dir=str(cache))
+    assert loaded.stats["loaded_s"] >= 0 and loaded.stats["build_s"] == built.stats["build_s"] and loaded.setup_s() == loaded.stats["loaded_s"]
+    queries = first[: 8 * CHUNK].reshape(8, CHUNK)
+    for exclude in (False, True):
+        assert np.array_equal(loaded.search(queries, 3, exclude), built.search(queries, 3, exclude))
+    assert np.array_equal(loaded.neighbour_tokens(loaded.search(queries, 2, True)), built.neighbour_tokens(built.search(queries, 2, True)))
+    assert len(list(cache.iterdir())) == 1
+    ChunkIndex(files, 0, seed=4, cache_dir=str(cache))  # another sketch: another index
+    write_shard(files[1], np.concatenate([[EOT], np.arange(4000) % 1000]))  # the shard changed
+    assert "loaded_s" not in ChunkIndex(files, 0, seed=3, cache_dir=str(cache)).stats
+    assert len([p for p in cache.iterdir() if ".partial" not in p.name]) == 3 and not [p for p in cache.iterdir() if ".partial" in p.name]
+
+
 def test_sketches_are_unit_vectors_and_identical_chunks_match_exactly(corpus):
     files, first, _ = corpus
     index = ChunkIndex(files, grid_offset=0)
@@ -137,6 +157,8 @@ def test_retro_script_trains_reports_its_index_and_refuses_what_it_cannot_do(tmp
     assert 0 <= report["contamination"]["val_13gram_share_in_neighbours"] <= 1
     cfg, _ = parse_config(script.Hyperparameters, flags)
     model = script.build_model(cfg)
+    cached, _ = parse_config(script.Hyperparameters, [*flags, "--index-cache", str(tmp_path / "index_cache")])
+    assert "loaded_s" not in script.build_index(cached).stats and "loaded_s" in script.build_index(cached).stats
     assert [type(b).__name__ for b in model.h] == ["Block", "RetroBlock"]  # tiny: the top layer of two
     for bad, message in ((["--seq-len", "96", "--batch-tokens", "384"], "multiple of 64"), (["--retro-layers", "2"], "layers 0..1"), (["--neighbours", "0"], "--neighbours 0")):
         with pytest.raises(UserError, match=message):
