@@ -733,11 +733,42 @@ def test_a_graph_with_the_kits_autograd_functions_can_use_aotautograds_compile_c
     assert verdicts[0].startswith("bypassed: Unsupported call_function target autograd_function_apply") and verdicts[1] == "cacheable"
 
 
-def test_a_step_line_says_the_time_left_to_the_last_step():
-    from kit.loop.runlog import time_left
+def test_a_step_line_says_the_time_left_to_the_last_step_by_the_tokens_the_schedule_still_holds(tmp_path):
+    """A batch schedule's later steps are longer: the time left is the tokens still to train on at the step's
+    tokens/s, not the steps left at its step time (which, after step 2 of the record script, said 1m53s for 3m16s)."""
+    from kit.loop.runlog import RunLog, time_left, tokens_after_each_step
 
-    assert time_left(100, 1510.0) == " | ~2m31s to the last step" and time_left(3, 250.0) == " | ~1s to the last step"
-    assert time_left(0, 250.0) == ""
+    assert time_left(151.0) == " | ~2m31s to the last step" and time_left(0.6) == " | ~1s to the last step" and time_left(0) == ""
+    assert tokens_after_each_step([1, 1, 2, 3]) == [7, 6, 5, 3, 0]
+    event = {"step_ms": 100.0, "tokens_per_s": 1000.0}  # a 100-token first step
+    staged = RunLog(tmp_path / "staged", total_steps=4, step_tokens=[100, 100, 200, 300])
+    assert staged.seconds_left(1, event) == 0.6  # 600 tokens at 1000 a second
+    assert RunLog(tmp_path / "unknown", total_steps=4).seconds_left(1, event) == pytest.approx(0.3)  # 3 steps at 100 ms
+    staged.step(1, {**event, "loss": 5.0, "lr": 1e-3, "grad_norm": 1.0, "train_time_ms": 100.0})
+    staged.close()
+    assert (tmp_path / "staged" / "log.txt").read_text().rstrip().endswith("| ~1s to the last step")
+
+
+def test_the_trainer_gives_its_log_every_steps_tokens(tmp_path, monkeypatch):
+    """The schedule the time left is read from: each step's tokens as queue_step counts them, here in the record
+    script's batch stages (a third, two thirds, all of 768 tokens)."""
+    import train_gpt2_speedrun as speedrun
+    from kit.loop import runlog
+    from kit.loop.train import main
+
+    seen = {}
+    real = runlog.RunLog.__init__
+
+    def spy(self, *args, step_tokens=None, **kwargs):
+        seen["step_tokens"] = step_tokens
+        real(self, *args, step_tokens=step_tokens, **kwargs)
+
+    monkeypatch.setattr(runlog.RunLog, "__init__", spy)
+    flags = ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--compile", "0", "--batch-tokens", "768", "--val-tokens", "512",
+             "--max-steps", "3", "--micro-batch", "1", "--val-every", "0", "--export", "0", "--out-dir", str(tmp_path)]
+    assert main(speedrun.RECIPE, flags) == 0
+    tokens = [e["tokens"] for e in read_metrics(tmp_path)]
+    assert seen["step_tokens"] == [256, 512, 768] and [sum(seen["step_tokens"][:i + 1]) for i in range(3)] == tokens
 
 
 def test_tensorboard_gets_every_metric_as_scalars_and_its_absence_is_one_line(tmp_path, monkeypatch):

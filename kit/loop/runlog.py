@@ -124,13 +124,15 @@ def write_json_atomic(path: Path, obj) -> None:
 class RunLog:
     """Writes a run directory. With enabled=False (ranks > 0) every method does nothing."""
 
-    def __init__(self, run_dir, enabled: bool = True, progress: str = "auto", total_steps: int = 0, tensorboard: str = ""):
+    def __init__(self, run_dir, enabled: bool = True, progress: str = "auto", total_steps: int = 0, tensorboard: str = "",
+                 step_tokens: list = None):
         self.dir = Path(run_dir)
         self.enabled = enabled
         self.board = tensorboard_writer(tensorboard) if enabled and tensorboard else None
         self.use_bar = enabled and (progress == "bar" or (progress == "auto" and sys.stdout.isatty()))
         self.bar = None
         self.total_steps = total_steps
+        self.tokens_after = tokens_after_each_step(step_tokens) if step_tokens else None
         if enabled:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._log = open(self.dir / "log.txt", "a", buffering=1)
@@ -180,16 +182,25 @@ class RunLog:
         line = (
             f"step {step}/{self.total_steps} | loss {event['loss']:.4f} | lr {event['lr']:.3e} | grad_norm {event['grad_norm']:.3f} | "
             f"{event['step_ms']:.1f} ms | {event['tokens_per_s']:,.0f} tok/s | train_time {event['train_time_ms'] / 1000:.1f}s"
-            f"{time_left(self.total_steps - step, event['step_ms'])}"
+            f"{time_left(self.seconds_left(step, event))}"
         )
         self._log.write(line + "\n")
         if self.use_bar:
-            if self.bar is None:
-                self.bar = tqdm(total=self.total_steps, initial=step - 1, unit="step", dynamic_ncols=True)
+            if self.bar is None:  # tqdm's own estimate assumes equal steps, which a batch schedule's are not: ours instead
+                self.bar = tqdm(total=self.total_steps, initial=step - 1, unit="step", dynamic_ncols=True,
+                                bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
             self.bar.update(1)
-            self.bar.set_postfix_str(f"loss {event['loss']:.3f} | {event['tokens_per_s']:,.0f} tok/s")
+            self.bar.set_postfix_str(f"loss {event['loss']:.3f} | {event['tokens_per_s']:,.0f} tok/s{time_left(self.seconds_left(step, event))}")
         else:
             print(line, flush=True)
+
+    def seconds_left(self, step: int, event: dict) -> float:
+        """Training seconds to the last step: the tokens the schedule still holds at this step's tokens/s (a batch
+        schedule's later steps are longer), or, where the schedule's tokens are unknown, the steps left at this
+        step's time."""
+        if self.tokens_after is not None and step < len(self.tokens_after) and event.get("tokens_per_s"):
+            return self.tokens_after[step] / event["tokens_per_s"]
+        return (self.total_steps - step) * event["step_ms"] / 1000
 
     def summary(self, summary: dict) -> None:
         if self.enabled:
@@ -216,9 +227,17 @@ def tensorboard_writer(folder: str):
     return SummaryWriter(log_dir=folder)
 
 
-def time_left(steps_left: int, step_ms: float) -> str:
-    """' | ~2m31s to the last step' at the current step time (a batch schedule's later steps are no shorter), or ''."""
-    if steps_left <= 0:
+def tokens_after_each_step(step_tokens: list) -> list:
+    """[tokens the run still trains on after step s for s = 0..len(step_tokens)] from each step's tokens."""
+    after = [0] * (len(step_tokens) + 1)
+    for s in range(len(step_tokens) - 1, -1, -1):
+        after[s] = after[s + 1] + step_tokens[s]
+    return after
+
+
+def time_left(seconds: float) -> str:
+    """' | ~2m31s to the last step', or '' when nothing is left."""
+    if seconds is None or seconds <= 0:
         return ""
-    seconds = round(steps_left * step_ms / 1000)
+    seconds = round(seconds)
     return f" | ~{seconds // 60}m{seconds % 60:02d}s to the last step" if seconds >= 60 else f" | ~{seconds}s to the last step"

@@ -476,7 +476,8 @@ class Trainer:
         self.step_ms, self.step_tokens_per_s, self.tokens_this_run, self.time_this_run_ms = [], [], 0, 0.0
         self.flops_this_run, self.fp8_flops_this_run, self.step_mfu = 0.0, 0.0, []
         self.clock, self.queued = StepClock(self.device), []
-        self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps, cfg.tensorboard)
+        self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps, cfg.tensorboard,
+                          step_tokens=[self.step_tokens_at(s) for s in range(cfg.max_steps)])
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
         self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
         self.describe_run(resumed_from)
@@ -671,6 +672,10 @@ class Trainer:
     def accum_steps_at(self, step: int) -> int:
         """Micro-steps of this optimizer step: all of them, or the share a batch-size schedule gives it."""
         return max(1, round(self.accum_steps * self.batch_share(step, self.cfg)))
+
+    def step_tokens_at(self, step: int) -> int:
+        """Tokens of the optimizer step that follows step `step` (0-based), over all ranks."""
+        return self.accum_steps_at(step) * self.micro_batch * self.cfg.seq_len * self.ddp.world_size
 
     def train_step(self, accum_steps: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         """One optimizer step over accum_steps micro-batches, queued on the device; returns (loss, grad_norm, lr),
@@ -926,8 +931,7 @@ class Trainer:
 
     def queue_step(self) -> None:
         """One optimizer step, launched; its numbers are read at the next settle."""
-        accum_steps = self.accum_steps_at(self.step)
-        step_tokens = accum_steps * self.micro_batch * self.cfg.seq_len * self.ddp.world_size
+        accum_steps, step_tokens = self.accum_steps_at(self.step), self.step_tokens_at(self.step)
         now = getattr(self.model, "flops_now", None)  # before the step: the model's state during it
         per_token, fp8 = now(self.cfg.seq_len) if now else (self.flops_per_token, 0)
         loss, grad_norm, lr = self.train_step(accum_steps)
