@@ -42,6 +42,8 @@ def main(argv=None) -> int:
                         "their training-loss differences over --windows and the validation screens they share")
     parser.add_argument("--windows", default="", help="for --paired: steps FIRST-LAST, comma-separated (default: "
                         "five equal windows over the first run's steps)")
+    parser.add_argument("--wall", action="store_true", help="where each run's wall time went: imports, start-up, warm-up by part "
+                        "and phase, training, screens, full validations, the rest")
     parser.add_argument("--screen-margins", action="store_true", help="the runs' screened validations against --margins "
                         "(needs --target)")
     parser.add_argument("--margins", default="0.002,0.0025,0.003,0.004", help="for --screen-margins: comma-separated")
@@ -60,6 +62,12 @@ def main(argv=None) -> int:
         return 0
     if args.paired:
         return paired(args)
+    if args.wall:
+        missing = [r for r in args.runs if not (Path(r) / "summary.json").exists()]
+        if not args.runs or missing:
+            parser.error(f"--wall takes finished run directories (each with a summary.json){f'; {missing[0]} has none' if missing else ''}")
+        print(report.wall_table([report.load_run(r) for r in args.runs]))
+        return 0
     missing = [r for r in args.runs if not (Path(r) / "summary.json").exists()]
     if missing:  # a typo in one folder name should not quietly drop that run from the table
         print(f"compare.py: error: {missing[0]}: no summary.json there (not a run directory, or a run still starting)", file=sys.stderr)

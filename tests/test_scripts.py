@@ -169,6 +169,35 @@ def test_compare_screen_margins_counts_what_each_margin_would_skip(tmp_path, cap
         compare.main(["--screen-margins", str(run)])  # no target
 
 
+def test_compare_wall_splits_each_runs_wall_time_into_its_parts(tmp_path, capsys):
+    """--wall: imports, start-up, each warm-up part with its compile phases, training, the screens and full validations
+    from metrics.jsonl, and the rest, which adds up to wall_time_s; a part a run did not record is '-'."""
+    compare = load_script("compare")
+
+    def write_run(name, summary, events):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        return str(run)
+
+    new = write_run("new", {"imports_s": 6.0, "startup_s": 11.0, "warmup_s": 20.0, "warmup_parts_s": {"training graph": 15.0, "evaluation graph": 5.0},
+                            "warmup_compile_phases_s": {"training graph": {"Dynamo's trace": 2.5, "guards": 0.0, "running": 7.0}},
+                            "train_time_s": 200.0, "steps": 824, "eval_time_s": 25.0, "wall_time_s": 256.5},
+                    [{"type": "val_screen", "step": 820, "eval_s": 1.5}, {"type": "val_screen", "step": 824, "eval_s": 1.5},
+                     {"type": "val", "step": 824, "eval_s": 20.0}, {"type": "train", "step": 824, "loss": 3.0}])
+    old = write_run("old", {"startup_s": 5.0, "warmup_s": 19.0, "train_time_s": 197.0, "steps": 828, "eval_time_s": 24.0, "wall_time_s": 246.0}, [])
+    assert compare.main(["--wall", new, old]) == 0
+    out = capsys.readouterr().out
+    for row in ("| Python and imports | 6.0 | - |", "| start-up | 5.0 | 5.0 |", "| warm-up: training graph | 15.0 (Dynamo's trace 2.5, running 7.0) | - |",
+                "| warm-up | - | 19.0 |", "| training | 200.0 (824) | 197.0 (828) |", "| evaluation: screens | 3.0 (2) | 0.0 (0) |",
+                "| evaluation: full validations | 20.0 (1) | 0.0 (0) |", "| evaluation: other | 2.0 | 24.0 |",
+                "| the rest (the loop's own work, saving, the end) | 0.5 | 1.0 |", "| wall time: the process's start to summary.json | 256.5 | 246.0 |"):
+        assert row in out, row
+    with pytest.raises(SystemExit):
+        compare.main(["--wall", str(tmp_path / "nothing")])
+
+
 def test_training_loss_plot_only_for_runs_with_training_steps(two_runs, tmp_path):
     runs = [report.load_run(p) for p in two_runs]
     assert all(not r.train for r in runs) and len(report.plot_curves(runs, tmp_path / "val_only", training=True)) == 2

@@ -156,6 +156,41 @@ def screen_losses(run: Run) -> dict:
     return {e["step"]: e["screen_loss"] for e in metrics_events(run.path) if e["type"] in ("val", "val_screen") and e.get("screen_loss") is not None}
 
 
+def wall_parts(run: Run) -> list:
+    """(part, seconds, note) rows of where a finished run's wall time went, from summary.json and metrics.jsonl."""
+    s, events = run.summary, metrics_events(run.path)
+    screens = [e["eval_s"] for e in events if e.get("type") == "val_screen" and "eval_s" in e]
+    fulls = [e["eval_s"] for e in events if e.get("type") == "val" and "eval_s" in e]
+    imports, startup, setup = s.get("imports_s"), s.get("startup_s") or 0.0, s.get("setup_s") or 0.0
+    rows = [("Python and imports", imports, ""),  # None: a run older than this count (its start-up holds them)
+            ("start-up", startup - (imports or 0.0), f"{setup:.1f} s of it the variant's own set-up" if setup else "")]
+    for part, seconds in (s.get("warmup_parts_s") or {}).items():
+        phases = (s.get("warmup_compile_phases_s") or {}).get(part) or {}
+        rows.append((f"warm-up: {part}", seconds, ", ".join(f"{name} {value:.1f}" for name, value in phases.items() if value >= 0.05)))
+    if not s.get("warmup_parts_s"):
+        rows.append(("warm-up", s.get("warmup_s") or 0.0, ""))
+    rows.append(("training", s.get("train_time_s") or 0.0, f"{s.get('steps', 0)}"))
+    rows.append(("evaluation: screens", sum(screens), f"{len(screens)}"))
+    rows.append(("evaluation: full validations", sum(fulls), f"{len(fulls)}"))
+    rows.append(("evaluation: other", (s.get("eval_time_s") or 0.0) - sum(screens) - sum(fulls), ""))
+    accounted = startup + (s.get("warmup_s") or 0.0) + (s.get("train_time_s") or 0.0) + (s.get("eval_time_s") or 0.0)
+    rows.append(("the rest (the loop's own work, saving, the end)", (s.get("wall_time_s") or 0.0) - accounted, ""))
+    rows.append(("wall time: the process's start to summary.json", s.get("wall_time_s") or 0.0, ""))
+    return rows
+
+
+def wall_table(runs: list[Run]) -> str:
+    """Where each run's wall time went, a column per run: seconds, and in brackets the steps, the checks or the
+    compile phases of each part (a part one run lacks: -)."""
+    parts = [{name: (seconds, note) for name, seconds, note in wall_parts(run)} for run in runs]
+    names = list(dict.fromkeys(name for p in parts for name in p))
+    lines = ["| part | " + " | ".join(f"{run.label} (s)" for run in runs) + " |", "|---|" + "---|" * len(runs)]
+    for name in names:
+        cells = [f"{p[name][0]:.1f}" + (f" ({p[name][1]})" if p[name][1] else "") if p.get(name, (None,))[0] is not None else "-" for p in parts]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def screened_validations(run_dirs) -> list:
     """(run directory, step, screen loss, full loss) of every full validation that followed a screen at its step."""
     return [(str(d), e["step"], e["screen_loss"], e["val_loss"]) for d in run_dirs for e in metrics_events(d)
