@@ -47,15 +47,20 @@ def main(argv=None) -> int:
     parser.add_argument("--screen-margins", action="store_true", help="the runs' screened validations against --margins "
                         "(needs --target)")
     parser.add_argument("--margins", default="0.002,0.0025,0.003,0.004", help="for --screen-margins: comma-separated")
+    parser.add_argument("--skips", default="", help="for --screen-margins: also replay the runs' checks under each margin and "
+                        "these --val-screen-skip shares, e.g. 0.5,0.75,1")
     args = parser.parse_args(argv)
     if args.screen_margins:
         if args.target is None:
             parser.error("--screen-margins needs --target (the loss the runs aimed at)")
         try:
             margins = [float(m) for m in args.margins.split(",")]
+            skips = [float(s) for s in args.skips.split(",")] if args.skips else []
         except ValueError:
-            parser.error(f"--margins {args.margins}: numbers, comma-separated, e.g. 0.003,0.004")
+            parser.error(f"--margins {args.margins} / --skips {args.skips}: numbers, comma-separated, e.g. 0.003,0.004")
         print(report.screen_margin_table(report.screened_validations(args.runs), args.target, margins))
+        if skips:
+            print("\n" + report.screen_replay_table(args.runs, args.target, margins, skips))
         return 0
     if args.records:
         print(f"wrote {report.write_results(args.records_dir, args.readme)}")

@@ -198,6 +198,31 @@ def test_compare_wall_splits_each_runs_wall_time_into_its_parts(tmp_path, capsys
         compare.main(["--wall", str(tmp_path / "nothing")])
 
 
+def test_replayed_checks_skip_as_the_loop_does_and_show_a_crossing_a_longer_skip_would_measure_later(tmp_path, capsys):
+    """kit/loop/checks.py's replay: the loop's skips over interpolated screens (a loss falling faster late, so that
+    skipping all the steps the early fall rate asks for passes the crossing), and compare.py's table of it."""
+    from kit.loop.checks import interpolated, replay_checks
+
+    screens = {100: 3.70, 104: 3.69, 112: 3.66, 116: 3.645, 120: 3.630}
+    steps = [*range(100, 129, 4), 130]
+    assert interpolated(screens, 108) == pytest.approx(3.675) and interpolated(screens, 124) == pytest.approx(3.615)
+    # 0.5: from 104 (falling 0.0025 a step, 0.047 above 3.643) 9 steps pass; 116 is 0.002 above, 120 below: validated
+    assert replay_checks(screens, {}, steps, 3.64, 0.003, 0.5, 0.0017) == (4, 1, 120)
+    # 1.0: from 104, 18 steps pass: the next check is 124, the crossing is measured 4 steps later
+    assert replay_checks(screens, {}, steps, 3.64, 0.003, 1.0, 0.0017) == (3, 1, 124)
+    assert replay_checks(screens, {120: 3.6405}, steps, 3.64, 0.003, 0.5, 0.0017)[2] == 124  # a recorded full loss counts
+
+    compare = load_script("compare")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps({"max_steps": 130, "val_every": 0, "late_val_frac": 0.25, "late_val_every": 4}))
+    events = [{"type": "val_screen", "step": s, "screen_loss": v} for s, v in screens.items()] + [{"type": "val", "step": 120, "val_loss": 3.628, "screen_loss": 3.630}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    assert compare.main(["--screen-margins", "--target", "3.64", "--margins", "0.003", "--skips", "0.5,1", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.003 | 0.5 | 4 | 1 | 0 (0) |" in out and "| 0.003 | 1.0 | 3 | 1 | 1 (4) |" in out
+
+
 def test_training_loss_plot_only_for_runs_with_training_steps(two_runs, tmp_path):
     runs = [report.load_run(p) for p in two_runs]
     assert all(not r.train for r in runs) and len(report.plot_curves(runs, tmp_path / "val_only", training=True)) == 2

@@ -37,6 +37,7 @@ from kit.core.errors import Interrupted, OutOfMemory, TrainingDiverged, UserErro
 from kit.data.loader import TrainStream, validation_batches
 from kit.modeling.model import cache_custom_autograd_graphs, count_parameters
 from kit.modeling.optim import set_learning_rates, warmup_cosine
+from kit.loop import checks
 from kit.loop.runlog import FINISHED, RunLog, default_run_dir, git_commit, holds_run, process_age_s, read_summary
 
 MAX_AUTO_MICRO_BATCH = 128
@@ -800,16 +801,8 @@ class Trainer:
         return sums, skipped
 
     def screen_skip_steps(self, loss: float) -> int:
-        """Steps whose checks a screen above target + margin lets pass unscreened: --val-screen-skip times
-        the steps the loss needs to reach target + margin at its fall per step since the last screen
-        (0.5: as though it fell twice as fast). 0 without an earlier screen or where it did not fall."""
-        if not self.cfg.val_screen_skip or self.last_screen is None or self.last_screen[0] >= self.step:
-            return 0
-        last_step, last_loss = self.last_screen
-        fall_per_step = (last_loss - loss) / (self.step - last_step)
-        if fall_per_step <= 0:
-            return 0
-        return int(self.cfg.val_screen_skip * (loss - self.target - self.cfg.val_screen_margin) / fall_per_step)
+        """Steps whose checks this screen lets pass unscreened (kit/loop/checks.py)."""
+        return checks.screen_skip_steps(self.step, loss, self.last_screen, self.target, self.cfg.val_screen_margin, self.cfg.val_screen_skip)
 
     def validate(self, screen_sums: torch.Tensor = None) -> float:
         """A full validation (and the further sets where due); after a screen, its sequences are not scored again."""

@@ -213,6 +213,46 @@ def screen_margin_table(rows: list, target: float, margins: list) -> str:
     return "\n".join(lines)
 
 
+def recorded_checks(run_dir):
+    """A run's screens {step: loss}, full validations {step: loss} and check steps from its first screen on (from
+    config.json's late-check settings), or None where it screened nothing."""
+    from kit.loop.checks import late_check_due
+
+    events = metrics_events(run_dir)
+    screens = {e["step"]: e["screen_loss"] for e in events if e.get("type") == "val_screen"}
+    config_path = Path(run_dir) / "config.json"
+    if not screens or not config_path.exists():
+        return None
+    c = json.loads(config_path.read_text())
+    steps = [s for s in range(min(screens), c["max_steps"] + 1)
+             if s == c["max_steps"] or late_check_due(s, c["max_steps"], c.get("val_every", 0), c.get("late_val_frac", 0.0), c.get("late_val_every", 0))]
+    fulls = {e["step"]: e["val_loss"] for e in events if e.get("type") == "val" and e.get("val_loss") is not None}
+    return screens, fulls, steps
+
+
+def screen_replay_table(run_dirs, target: float, margins: list, skips: list) -> str:
+    """The recorded runs' checks replayed under each margin and skip (kit/loop/checks.py's replay_checks): screens
+    and full validations run, and the crossings measured later than the run measured them."""
+    runs = [r for r in (recorded_checks(d) for d in run_dirs) if r]
+    pairs = [(screens[s], full) for screens, fulls, _ in runs for s, full in fulls.items() if s in screens]
+    if not runs or not pairs:
+        return "No run here both screened and validated in full after a screen."
+    from kit.loop.checks import replay_checks
+
+    offset = sum(screen - full for screen, full in pairs) / len(pairs)
+    recorded = [min((s for s, v in fulls.items() if v <= target), default=None) for _, fulls, _ in runs]
+    lines = [f"{len(runs)} runs replayed, each under every margin and skip below whatever it ran with (screens between the recorded "
+             f"ones interpolated; a full validation not recorded taken as the screen less {offset:.4f}, the mean excess):", "",
+             "| margin | skip | screens | full validations | crossings measured later (steps later in all) |", "|---|---|---|---|---|"]
+    for margin in margins:
+        for skip in skips:
+            results = [replay_checks(screens, fulls, steps, target, margin, skip, offset) for screens, fulls, steps in runs]
+            later = [(got or 10**6) - was for (_, _, got), was in zip(results, recorded) if was is not None and (got is None or got > was)]
+            lines.append(f"| {margin} | {skip} | {sum(r[0] for r in results)} | {sum(r[1] for r in results)} | "
+                         f"{len(later)} ({sum(later) if all(x < 10**5 for x in later) else 'one never'}) |")
+    return "\n".join(lines)
+
+
 def paired_checks_table(base: Run, runs: list[Run]) -> str:
     """The validation screens at the steps base and every run checked, with each run's difference to base; '' where
     they share none."""
