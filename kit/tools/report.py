@@ -25,6 +25,8 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kit.loop.checks import late_check_due, replay_checks
+
 README_START = "<!-- results:start (written by scripts/compare.py --records) -->"
 README_END = "<!-- results:end -->"
 BOOKKEEPING_FLAGS = {"--out-dir", "--progress"}
@@ -216,8 +218,6 @@ def screen_margin_table(rows: list, target: float, margins: list) -> str:
 def recorded_checks(run_dir):
     """A run's screens {step: loss}, full validations {step: loss} and check steps from its first screen on (from
     config.json's late-check settings), or None where it screened nothing."""
-    from kit.loop.checks import late_check_due
-
     events = metrics_events(run_dir)
     screens = {e["step"]: e["screen_loss"] for e in events if e.get("type") == "val_screen"}
     config_path = Path(run_dir) / "config.json"
@@ -237,8 +237,6 @@ def screen_replay_table(run_dirs, target: float, margins: list, skips: list) -> 
     pairs = [(screens[s], full) for screens, fulls, _ in runs for s, full in fulls.items() if s in screens]
     if not runs or not pairs:
         return "No run here both screened and validated in full after a screen."
-    from kit.loop.checks import replay_checks
-
     offset = sum(screen - full for screen, full in pairs) / len(pairs)
     recorded = [min((s for s, v in fulls.items() if v <= target), default=None) for _, fulls, _ in runs]
     lines = [f"{len(runs)} runs replayed, each under every margin and skip below whatever it ran with (screens between the recorded "
