@@ -749,6 +749,26 @@ def test_a_step_line_says_the_time_left_to_the_last_step_by_the_tokens_the_sched
     assert (tmp_path / "staged" / "log.txt").read_text().rstrip().endswith("| ~1s to the last step")
 
 
+def test_stop_at_step_ends_the_run_there_on_the_long_schedules_learning_rates(tmp_path):
+    """--stop-at-step: the steps so far of a --max-steps run (its learning rates, not a short schedule's), status
+    'stopped', no model exported; a stop outside the schedule is one line."""
+    import json
+
+    from kit.core.config import TrainConfig, parse_config
+    from kit.core.errors import UserError
+
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "12", "--val-every", "0"]
+    assert run_baseline([*flags, "--out-dir", tmp_path / "full"])[0] == 0
+    assert run_baseline([*flags, "--stop-at-step", "4", "--export", "1", "--out-dir", tmp_path / "stopped"])[0] == 0
+    full, stopped = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "stopped")
+    assert [e["lr"] for e in stopped] == [e["lr"] for e in full[:4]] and len(stopped) == 4
+    summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert (summary["status"], summary["steps"]) == ("stopped", 4) and not (tmp_path / "stopped" / "model.safetensors").exists()
+    assert "stopped at step 4 of 12 (--stop-at-step)" in (tmp_path / "stopped" / "log.txt").read_text()
+    with pytest.raises(UserError, match="--stop-at-step 13: a step of the schedule"):
+        parse_config(TrainConfig, ["--max-steps", "12", "--stop-at-step", "13"])  # parse_config checks the settings
+
+
 def test_the_trainer_gives_its_log_every_steps_tokens(tmp_path, monkeypatch):
     """The schedule the time left is read from: each step's tokens as queue_step counts them, here in the record
     script's batch stages (a third, two thirds, all of 768 tokens)."""

@@ -33,6 +33,8 @@ class TrainConfig:
                                                            "each read from an offset drawn with N (a repeat with another data order)"})
     # length and batch
     max_steps: int = field(default=4768, metadata={"help": "optimizer steps; the LR schedule scales with it"})
+    stop_at_step: int = field(default=0, metadata={"help": "end the run after this step, on the schedule of --max-steps (a speed or memory "
+                                                       "check at a point of a long schedule); 0: at --max-steps"})
     batch_tokens: int = field(default=524_288, metadata={"help": "tokens per optimizer step (all ranks, all micro-steps)"})
     seq_len: int = 1024
     micro_batch: int = field(default=0, metadata={"help": "sequences per forward pass and rank; 0 picks the largest that fits"})
@@ -160,7 +162,7 @@ def build_parser(cls, description: str = "") -> argparse.ArgumentParser:
 # What a resumed run may change: how it reports, saves and validates, and its hardware set-up. The rest
 # (data, model, optimizer, schedule) comes back from the checkpoint. --max-steps may change where the LR and
 # batch size at the resumed step stay the same under the new length (kit.loop.train checks it).
-CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "save_every", "keep_checkpoints", "progress", "tensorboard", "sync_every", "export", "val_every", "extra_val",
+CHANGEABLE_ON_RESUME = ("resume", "out_dir", "max_steps", "stop_at_step", "save_every", "keep_checkpoints", "progress", "tensorboard", "sync_every", "export", "val_every", "extra_val",
                         "compile", "micro_batch", "memory_cap_gib", "emulate_gpu")
 RESUME_EPILOG = ("on --resume: the run's settings come from its checkpoint; of the flags, only these may change: "
                  + ", ".join("--" + name.replace("_", "-") for name in CHANGEABLE_ON_RESUME[1:])
@@ -232,6 +234,8 @@ def check_config(cfg, explicit: set, world_size: int) -> None:
     for name in ("max_steps", "batch_tokens", "seq_len", "val_tokens", "reference_steps", "sync_every"):
         if getattr(cfg, name) <= 0:
             raise UserError(f"--{name.replace('_', '-')} must be positive")
+    if not 0 <= cfg.stop_at_step <= cfg.max_steps:
+        raise UserError(f"--stop-at-step {cfg.stop_at_step}: a step of the schedule, 1 to --max-steps {cfg.max_steps} (0: none)")
     for name in ("micro_batch", "val_every", "save_every", "warmup_steps"):
         if getattr(cfg, name) < 0:
             raise UserError(f"--{name.replace('_', '-')} must not be negative")

@@ -478,7 +478,7 @@ class Trainer:
         self.flops_this_run, self.fp8_flops_this_run, self.step_mfu = 0.0, 0.0, []
         self.clock, self.queued = StepClock(self.device), []
         self.log = RunLog(run_dir, ddp.is_main, cfg.progress, cfg.max_steps, cfg.tensorboard,
-                          step_tokens=[self.step_tokens_at(s) for s in range(cfg.max_steps)])
+                          step_tokens=[self.step_tokens_at(s) for s in range(cfg.stop_at_step or cfg.max_steps)])  # the time left: to the stop
         attention = getattr(getattr(self.model, "config", None), "attn", cfg.attn)  # what the model resolved, e.g. from "auto"
         self.log.header(self.argv, self.recipe.script, hw.describe_device(self.device, self.dtype, attention), config_dict(cfg))
         self.describe_run(resumed_from)
@@ -885,6 +885,9 @@ class Trainer:
                         self.reached_at = dict(self.last_val)
                         return "reached_target"
                 self.clock.start()
+            if cfg.stop_at_step and self.step == cfg.stop_at_step:
+                self.settle()
+                return "stopped"
             if self.step == cfg.max_steps:
                 return "completed"
             self.queue_step()
@@ -1057,6 +1060,9 @@ class Trainer:
         elif status == "completed":
             self.log.print(f"finished {self.step} steps: final val loss {summary['final_val_loss']:.4f} (target {self.target}), "
                            f"train time {summary['train_time_s']:.1f}s, wall time {summary['wall_time_s']:.1f}s")
+        elif status == "stopped":
+            self.log.print(f"stopped at step {self.step} of {cfg.max_steps} (--stop-at-step): train time {summary['train_time_s']:.1f}s, "
+                           f"{summary['steady_tokens_per_s'] or 0:,.0f} tokens/s steady, wall time {summary['wall_time_s']:.1f}s")
         if summary["alloc_retries_in_loop"]:  # each one frees the allocator's cache and synchronises: steps slow down
             self.log.print(f"warning: the CUDA allocator ran out and retried {summary['alloc_retries_in_loop']} times in the training loop "
                            "(a memory-bound run); a smaller --micro-batch or --memory-cap-gib may be faster")
