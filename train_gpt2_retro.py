@@ -111,6 +111,13 @@ class ChunkIndex:
             self.save(cache)
             self.stats.update(saved_s=round(time.perf_counter() - t0 - self.stats["build_s"], 2), cache=str(cache))
 
+    def origin(self) -> str:
+        """'built in 73.7s[, saved to DIR]' or 'loaded in 1.0s from DIR (built in 73.7s)'."""
+        s = self.stats
+        if "loaded_s" in s:
+            return f"loaded in {s['loaded_s']:.1f}s from {s['cache']} (built in {s['build_s']:.1f}s)"
+        return f"built in {s['build_s']:.1f}s" + (f", saved to {s['cache']}" if "cache" in s else "")
+
     def setup_s(self) -> float:
         """What this run spent on its index: the load where it came from the cache, else the build (and its save)."""
         return float(self.stats["loaded_s"] if "loaded_s" in self.stats else self.stats["build_s"] + self.stats.get("saved_s", 0.0))
@@ -450,10 +457,8 @@ def build_index(cfg: Hyperparameters) -> ChunkIndex:
     files = [str(f) for f in resolve(cfg).train]
     grid_offset = shuffled_order(files, cfg.data_order_seed, cfg.seq_len)[1] % CHUNK  # where the stream's sequences start
     index = ChunkIndex(files, grid_offset, cfg.neighbour_len, cfg.sketch_dim, cfg.nprobe, cfg.index_chunks, cfg.seed, cache_dir=cfg.index_cache)
-    made = (f"loaded in {index.stats['loaded_s']:.1f}s from {index.stats['cache']} (built in {index.stats['build_s']:.1f}s)"
-            if "loaded_s" in index.stats else f"built in {index.stats['build_s']:.1f}s" + (f", saved to {index.stats['cache']}" if "cache" in index.stats else ""))
     print(f"retrieval index: {index.stats['chunks']:,} chunks of {CHUNK} tokens ({index.stats['kind']}, {cfg.sketch_dim}-dim sketches, "
-          f"{index.stats['index_bytes'] / 2**20:.0f} MiB), {made}", flush=True)
+          f"{index.stats['index_bytes'] / 2**20:.0f} MiB), {index.origin()}", flush=True)
     return index
 
 

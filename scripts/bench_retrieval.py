@@ -73,8 +73,7 @@ def main(argv=None) -> str:
         "training_own_documents_excluded": retro.next_chunk_overlap(train_following, index.neighbour_tokens(train_ids)),
     }
     lines = [f"index: {result['index']['chunks']:,} chunks, {result['index']['kind']}, {result['index']['index_bytes'] / 2**20:.0f} MiB, "
-             + (f"loaded in {result['index']['loaded_s']:.1f} s (built in {result['index']['build_s']:.1f} s before)" if "loaded_s" in result["index"]
-              else f"built in {result['index']['build_s']:.1f} s") + f" ({os.cpu_count()} cores)",
+             f"{index.origin()} ({os.cpu_count()} cores)",
              f"queries: {train_qps:,.0f}/s on training chunks (own documents excluded), {val_qps:,.0f}/s on validation chunks; "
              f"{result['retrieval_s_per_baseline_step']:.2f} s per baseline step of 8,192 chunks",
              *(f"{name}: {r['chunks']:,} chunks, {r['next_chunk_13gram_share']:.2%} of next-chunk 13-grams in the neighbours, "

@@ -58,29 +58,26 @@ def main(argv=None) -> int:
             skips = [float(s) for s in args.skips.split(",")] if args.skips else []
         except ValueError:
             parser.error(f"--margins {args.margins} / --skips {args.skips}: numbers, comma-separated, e.g. 0.003,0.004")
-        print(report.screen_margin_table(report.screened_validations(args.runs), args.target, margins))
+        runs = [report.load_run(r, partial=True) for r in args.runs if (Path(r) / "metrics.jsonl").exists()]
+        print(report.screen_margin_table(runs, args.target, margins))
         if skips:
-            print("\n" + report.screen_replay_table(args.runs, args.target, margins, skips))
+            print("\n" + report.screen_replay_table(runs, args.target, margins, skips))
         return 0
     if args.records:
         print(f"wrote {report.write_results(args.records_dir, args.readme)}")
         return 0
     if args.paired:
         return paired(args)
-    if args.wall:
-        missing = [r for r in args.runs if not (Path(r) / "summary.json").exists()]
-        if not args.runs or missing:
-            parser.error(f"--wall takes finished run directories (each with a summary.json){f'; {missing[0]} has none' if missing else ''}")
-        print(report.wall_table([report.load_run(r) for r in args.runs]))
-        return 0
     missing = [r for r in args.runs if not (Path(r) / "summary.json").exists()]
     if missing:  # a typo in one folder name should not quietly drop that run from the table
         print(f"compare.py: error: {missing[0]}: no summary.json there (not a run directory, or a run still starting)", file=sys.stderr)
         return 2
     if not args.runs:
         parser.error("give run directories (each with a summary.json), or --records")
-    found = [Path(r) for r in args.runs]
-    runs = [report.load_run(p) for p in found]
+    runs = [report.load_run(r) for r in args.runs]
+    if args.wall:
+        print(report.wall_table(runs))
+        return 0
     baseline = report.load_run(args.baseline) if args.baseline else runs[0]
     table = (report.throughput_table if args.throughput else report.training_table)(runs, baseline)
     if not args.throughput and len(runs) > 1:

@@ -193,58 +193,61 @@ def wall_table(runs: list[Run]) -> str:
     return "\n".join(lines)
 
 
-def screened_validations(run_dirs) -> list:
-    """(run directory, step, screen loss, full loss) of every full validation that followed a screen at its step."""
-    return [(str(d), e["step"], e["screen_loss"], e["val_loss"]) for d in run_dirs for e in metrics_events(d)
-            if e.get("type") == "val" and e.get("screen_loss") is not None and e.get("val_loss") is not None]
+def screened_validations(run: Run) -> list:
+    """(step, screen loss, full loss) of each full validation of the run that a screen came before at its step."""
+    screens = screen_losses(run)
+    return [(e["step"], screens[e["step"]], e["val_loss"]) for e in run.vals if e["step"] in screens and e.get("val_loss") is not None]
 
 
-def screen_margin_table(rows: list, target: float, margins: list) -> str:
+def mean_screen_excess(runs: list[Run]) -> float:
+    """How far the screen reads above the full validation at the same step, on average over the runs' pairs."""
+    excess = [screen - full for run in runs for _, screen, full in screened_validations(run)]
+    return sum(excess) / len(excess)
+
+
+def screen_margin_table(runs: list[Run], target: float, margins: list) -> str:
     """How far the screens read above the full validation, and what each --val-screen-margin would have done:
     full validations it skips (each a miss, the loss above the target) and crossings it would have delayed."""
+    pairs = [screened_validations(run) for run in runs]
+    rows = [(screen, full) for run_pairs in pairs for _, screen, full in run_pairs]
     if not rows:
         return "No full validation after a screen in these runs."
-    offsets = [screen - full for _, _, screen, full in rows]
-    lines = [f"{len(rows)} full validations after a screen in {len({r[0] for r in rows})} runs: the screen read "
-             f"{min(offsets):+.4f} to {max(offsets):+.4f} (mean {sum(offsets) / len(offsets):+.4f}) against the full loss.", "",
+    offsets = [screen - full for screen, full in rows]
+    lines = [f"{len(rows)} full validations after a screen in {sum(bool(p) for p in pairs)} runs: the screen read "
+             f"{min(offsets):+.4f} to {max(offsets):+.4f} (mean {mean_screen_excess(runs):+.4f}) against the full loss.", "",
              f"| margin | full validations skipped (misses) | crossings delayed (target {target}) |", "|---|---|---|"]
     for margin in margins:
-        skipped = [(screen, full) for _, _, screen, full in rows if screen > target + margin]
+        skipped = [(screen, full) for screen, full in rows if screen > target + margin]
         lost = sum(full <= target for _, full in skipped)
         lines.append(f"| {margin} | {len(skipped) - lost} | {lost} |")
     return "\n".join(lines)
 
 
-def recorded_checks(run_dir):
-    """A run's screens {step: loss}, full validations {step: loss} and check steps from its first screen on (from
-    config.json's late-check settings), or None where it screened nothing."""
-    events = metrics_events(run_dir)
-    screens = {e["step"]: e["screen_loss"] for e in events if e.get("type") == "val_screen"}
-    config_path = Path(run_dir) / "config.json"
+def check_steps(run: Run) -> list:
+    """The steps a run checks at from its first screen on, by its config.json's late-check settings ([] without one)."""
+    config_path, screens = run.path / "config.json", screen_losses(run)
     if not screens or not config_path.exists():
-        return None
+        return []
     c = json.loads(config_path.read_text())
-    steps = [s for s in range(min(screens), c["max_steps"] + 1)
-             if s == c["max_steps"] or late_check_due(s, c["max_steps"], c.get("val_every", 0), c.get("late_val_frac", 0.0), c.get("late_val_every", 0))]
-    fulls = {e["step"]: e["val_loss"] for e in events if e.get("type") == "val" and e.get("val_loss") is not None}
-    return screens, fulls, steps
+    return [s for s in range(min(screens), c["max_steps"] + 1)
+            if s == c["max_steps"] or late_check_due(s, c["max_steps"], c.get("val_every", 0), c.get("late_val_frac", 0.0), c.get("late_val_every", 0))]
 
 
-def screen_replay_table(run_dirs, target: float, margins: list, skips: list) -> str:
-    """The recorded runs' checks replayed under each margin and skip (kit/loop/checks.py's replay_checks): screens
-    and full validations run, and the crossings measured later than the run measured them."""
-    runs = [r for r in (recorded_checks(d) for d in run_dirs) if r]
-    pairs = [(screens[s], full) for screens, fulls, _ in runs for s, full in fulls.items() if s in screens]
-    if not runs or not pairs:
+def screen_replay_table(runs: list[Run], target: float, margins: list, skips: list) -> str:
+    """The runs' checks replayed under each margin and skip (kit/loop/checks.py's replay_checks): screens and full
+    validations run, and the crossings measured later than the run measured them."""
+    runs = [run for run in runs if check_steps(run)]
+    if not runs or not any(screened_validations(run) for run in runs):
         return "No run here both screened and validated in full after a screen."
-    offset = sum(screen - full for screen, full in pairs) / len(pairs)
-    recorded = [min((s for s, v in fulls.items() if v <= target), default=None) for _, fulls, _ in runs]
+    offset = mean_screen_excess(runs)
+    recorded = [min((e["step"] for e in run.vals if e.get("val_loss") is not None and e["val_loss"] <= target), default=None) for run in runs]
+    inputs = [(screen_losses(run), {e["step"]: e["val_loss"] for e in run.vals if e.get("val_loss") is not None}, check_steps(run)) for run in runs]
     lines = [f"{len(runs)} runs replayed, each under every margin and skip below whatever it ran with (screens between the recorded "
              f"ones interpolated; a full validation not recorded taken as the screen less {offset:.4f}, the mean excess):", "",
              "| margin | skip | screens | full validations | crossings measured later (steps later in all) |", "|---|---|---|---|---|"]
     for margin in margins:
         for skip in skips:
-            results = [replay_checks(screens, fulls, steps, target, margin, skip, offset) for screens, fulls, steps in runs]
+            results = [replay_checks(screens, fulls, steps, target, margin, skip, offset) for screens, fulls, steps in inputs]
             later = [(got or 10**6) - was for (_, _, got), was in zip(results, recorded) if was is not None and (got is None or got > was)]
             lines.append(f"| {margin} | {skip} | {sum(r[0] for r in results)} | {sum(r[1] for r in results)} | "
                          f"{len(later)} ({sum(later) if all(x < 10**5 for x in later) else 'one never'}) |")
