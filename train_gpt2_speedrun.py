@@ -106,6 +106,8 @@ class Hyperparameters(TrainConfig):
                                                         "skips the cut document's tail: 12% of webmix's tokens at 16,384-token sequences"})
     rope: str = field(default="half", metadata={"choices": ["half", "full"], "help": "half: rotary on half the head dimensions, frequencies 1..1/1024 (the public record's); full: every dimension, base 10000"})
     skip_attn_layers: str = field(default="auto", metadata={"help": "comma-separated layers without attention (MLP only); auto: layer 7 of the 12-layer model, as in the public record; none: every layer attends"})
+    skip_mlp_layers: str = field(default="none", metadata={"help": "comma-separated layers without MLP (attention only; the public record of 2025-09-05 drops "
+                                                                 "layer 0's); none: every layer has one"})
     muon_coefficients: str = field(default="quintic", metadata={"choices": ["quintic", "polar"], "help": "Newton-Schulz: the fixed quintic, or Polar Express's per-iteration ones (tighter orthogonalisation)"})
     normuon: bool = field(default=False, metadata={"help": "NorMuon (arXiv 2510.05491): each output neuron's orthogonalised update divided by its running RMS (beta 0.95), "
                                                      "the matrix's update norm kept; unmeasured"})
@@ -234,6 +236,8 @@ def build_model(cfg: Hyperparameters):
         return ModernGPT(ModernConfig(**size, max_seq_len=cfg.seq_len, attn=attn, value_embeds=cfg.value_embeds, unet=cfg.unet,
                                       fp8_head=fp8, compile_mode=cfg.compile_mode, mtp_offsets=cfg.mtp_offsets, rope=cfg.rope,
                                       no_attn_layers=layers_without_attention(cfg, size.get("n_layer", ModernConfig.n_layer)),
+                                      no_mlp_layers=layer_list("" if cfg.skip_mlp_layers == "none" else cfg.skip_mlp_layers, "--skip-mlp-layers",
+                                                               size.get("n_layer", ModernConfig.n_layer)),
                                       attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss,
                                       bigram_buckets=cfg.bigram_buckets, loss_kernel=loss_kernel(cfg), softcap_form=cfg.softcap_form,
                                       softcap=23.0 if cfg.softcap_form == "sigmoid" else 15.0, logit_mtp_weights=float_list(cfg.logit_mtp, "--logit-mtp"),
@@ -338,7 +342,7 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     if not cfg.muon:
         return [adam]
     split_qkv = qkv if cfg.muon_split_qkv else []  # Q, K and V each orthogonalised as their own matrix
-    mlp_out = [block.mlp.down.weight for block in model.blocks] if cfg.mlp_out_lr != 1 else []
+    mlp_out = [block.mlp.down.weight for block in model.blocks if block.mlp is not None] if cfg.mlp_out_lr != 1 else []
     apart = {id(p) for p in split_qkv + mlp_out}
     groups = [{"params": split_qkv, "split": 3}, {"params": mlp_out, "update_scale": cfg.mlp_out_lr},
               {"params": [p for p in hidden if id(p) not in apart]}]

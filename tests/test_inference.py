@@ -295,7 +295,7 @@ def modern_model(window_blocks):
 
     torch.manual_seed(0)
     model = ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}, max_seq_len=512, attn="dense", value_embeds=1,
-                                   no_attn_layers=(2,), attn_gate_dims=8, bigram_buckets=97)).eval()
+                                   no_attn_layers=(2,), no_mlp_layers=(0,), attn_gate_dims=8, bigram_buckets=97)).eval()
     with torch.no_grad():  # the zero-initialised projections and head would hide every dependency
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))

@@ -385,7 +385,7 @@ def test_ablation_switches_remove_their_component():
 
 
 @pytest.mark.parametrize("flags", [(), ("--bigram-buckets", "101"), ("--mtp-offsets", "2"), ("--muon-split-qkv", "0"), ("--skip-attn-layers", "1", "--value-embeds", "0"),
-                                   ("--model-size", "124m", "--seq-len", "256")])
+                                   ("--skip-mlp-layers", "0", "--mlp-out-lr", "2"), ("--model-size", "124m", "--seq-len", "256")])
 def test_every_parameter_is_optimised_exactly_once(flags):
     import train_gpt2_speedrun as sr
     from kit.core.config import parse_config
@@ -417,6 +417,37 @@ def test_record_architecture_switches():
     assert (model.blocks[0].attn.rotary.sin[1] != 0).all()
     for flags in (("--skip-attn-layers", "12"), ("--skip-attn-layers", "x"), ("--skip-attn-layers", "0")):  # layer 0 takes a value embedding
         with pytest.raises(UserError):
+            built(*flags)
+
+
+def test_skip_mlp_layers_drops_the_mlp_and_its_flops():
+    """--skip-mlp-layers 0 (the public record of 2025-09-05): layer 0 keeps only its attention; the FLOP count
+    loses that MLP's two matrices, and the model computes what the full one does while that MLP's output is zero
+    (its down projection starts at zero), with the same weights otherwise."""
+    import train_gpt2_speedrun as sr
+    from kit.core.config import parse_config
+    from kit.core.errors import UserError
+
+    def built(*flags):
+        cfg, _ = parse_config(sr.Hyperparameters, ["--v2", "0", "--model-size", "tiny", "--device", "cpu", "--seq-len", "256", "--bigram-buckets", "0", *flags])
+        return sr.build_model(cfg)
+
+    torch.manual_seed(0)
+    full, dropped = built(), built("--skip-mlp-layers", "0")
+    assert dropped.blocks[0].mlp is None and all(b.mlp is not None for b in dropped.blocks[1:])
+    width = full.config.n_embd
+    assert full.flops_per_token(256) - dropped.flops_per_token(256) == 6 * 2 * width * 4 * width
+    with torch.no_grad():
+        for p in full.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # every other weight non-zero, so the comparison sees each part
+        full.blocks[0].mlp.down.weight.zero_()
+    missing, unexpected = dropped.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and sorted(unexpected) == ["blocks.0.mlp.down.weight", "blocks.0.mlp.up.weight"]
+    idx = torch.randint(0, full.config.vocab_size, (2, 256))
+    torch.testing.assert_close(dropped(idx), full(idx))
+    for flags, reason in ((("--skip-mlp-layers", "1", "--skip-attn-layers", "1", "--value-embeds", "0"), "attention or its MLP"),
+                          (("--skip-mlp-layers", "2"), "layers 0..1"), (("--skip-mlp-layers", "0", "--sublayer-scales", "1"), "sublayer scales")):
+        with pytest.raises(UserError, match=reason):
             built(*flags)
 
 

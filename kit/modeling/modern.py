@@ -56,6 +56,7 @@ class ModernConfig:
     mtp_offsets: int = 0  # multi-token prediction: also predict tokens t+2 .. t+1+mtp_offsets while training
     rope: str = "half"  # half: rotary on half the dimensions, frequencies 1 .. 1/1024 (the public record's); full: all, base 10000
     no_attn_layers: tuple = ()  # layers that keep only their MLP (the public record drops layer 7's attention)
+    no_mlp_layers: tuple = ()  # layers that keep only their attention (the public record of 2025-09-05 drops layer 0's MLP)
     fused_loss: bool = False  # training loss through kit.modeling.losses / kit.modeling.fp8's soft-capped cross-entropy (keeps only bf16 logits)
     loss_kernel: str = "torch"  # the fused loss's kernels: kit.modeling.losses' PyTorch code (compiled with the model) or kit.modeling.triton_loss's
     bigram_buckets: int = 0  # >0: a hashed embedding of each (previous, current) token pair, added to every block's input
@@ -379,10 +380,13 @@ class ReluSquaredMLP(nn.Module):
 
 
 class ModernBlock(nn.Module):
-    def __init__(self, cfg: ModernConfig, attention: bool = True, key_offset: bool = False, paired: bool = False, xsa: bool = False):
+    def __init__(self, cfg: ModernConfig, attention: bool = True, key_offset: bool = False, paired: bool = False, xsa: bool = False,
+                 mlp: bool = True):
         super().__init__()
+        if not (attention or mlp):
+            raise ValueError("a block needs its attention or its MLP (a layer is in both no_attn_layers and no_mlp_layers)")
         self.attn = ModernAttention(cfg, key_offset, paired, xsa) if attention else None
-        self.mlp = ReluSquaredMLP(cfg)
+        self.mlp = ReluSquaredMLP(cfg) if mlp else None
         # (stream, embedding x0); with sublayer scales the stream starts at sqrt(1.1) before each branch (the public record's)
         self.residual_mix = nn.Parameter(torch.tensor([1.1 ** 0.5 if cfg.sublayer_scales else 1.0, 0.0]))
         self.bigram_mix = nn.Parameter(torch.tensor(0.1)) if cfg.bigram_buckets else None
@@ -405,6 +409,8 @@ class ModernBlock(nn.Module):
         if self.attn is not None:
             out = attend(rms_norm(x))
             x = x + (out if self.branch_scales is None else self.branch_scales[0] * out)
+        if self.mlp is None:
+            return x
         out = self.mlp(rms_norm(x))
         if self.branch_scales is None:
             return x + out
@@ -427,8 +433,12 @@ class ModernGPT(nn.Module):
             if any(not 0 <= i < cfg.n_layer for i in getattr(cfg, name)):
                 raise ValueError(f"{name} {getattr(cfg, name)}: the model has layers 0..{cfg.n_layer - 1}")
         self.paired = [i in cfg.paired_head_layers for i in range(cfg.n_layer)]
+        if any(not 0 <= i < cfg.n_layer for i in cfg.no_mlp_layers):
+            raise ValueError(f"no_mlp_layers {cfg.no_mlp_layers}: the model has layers 0..{cfg.n_layer - 1}")
+        if cfg.no_mlp_layers and cfg.sublayer_scales:  # a block without MLP would leave its MLP's scales untrained
+            raise ValueError("sublayer scales weigh every block's MLP: they cannot go with layers that have none")
         self.blocks = nn.ModuleList(ModernBlock(cfg, attention=i not in cfg.no_attn_layers, key_offset=cfg.key_offset and self.long_window[i],
-                                                paired=self.paired[i], xsa=i in cfg.xsa_layers)
+                                                paired=self.paired[i], xsa=i in cfg.xsa_layers, mlp=i not in cfg.no_mlp_layers)
                                     for i in range(cfg.n_layer))
         fed = [i for i, slot in enumerate(self.value_embed_slots()) if slot is not None]
         if any(i in cfg.no_attn_layers for i in fed):
