@@ -189,6 +189,8 @@ def test_the_retrieval_benchmark_measures_the_index_and_what_its_neighbours_hold
     result = json.loads((tmp_path / "b" / "retrieval.json").read_text())
     assert result["validation"]["chunks"] == 4 * 1 and result["training_own_documents_excluded"]["chunks"] == 4
     assert result["index"]["chunks"] > 1000 and result["queries_per_s_training"] > 0 and "chunks with any" in lines
+    timings = result["timings_queries_per_s_training"]  # the default 3 timings, the median reported
+    assert len(timings) == 3 and min(timings) <= result["queries_per_s_training"] <= max(timings) and "median of 3" in lines
     cached = ["--model-size", "tiny", "--data", "synthetic", "--seq-len", "128", "--sequences", "4", "--index-cache", str(tmp_path / "cache")]
     assert "MiB, built in" in bench.main([*cached, "--out", str(tmp_path / "c1")]).splitlines()[0]
     assert "MiB, loaded in" in bench.main([*cached, "--out", str(tmp_path / "c2")]).splitlines()[0]  # the second run loads it
