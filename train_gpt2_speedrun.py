@@ -122,6 +122,9 @@ class Hyperparameters(TrainConfig):
     loss_kernel: str = field(default="auto", metadata={"choices": ["auto", "torch", "triton"], "help": "the fused loss's kernels: torch (its PyTorch code, compiled with the model), "
                                                             "triton (kit/modeling/triton_loss.py: one pass each way; 700 vs 757 ms/step on an H200), auto: triton where it can run (CUDA with Triton)"})
     fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
+    fp8_mlp: str = field(default="off", metadata={"choices": ["off", "up", "both"], "help": "the MLPs' forward products in FP8 while training (backward in bf16): "
+                                                  "up: the up projections (the public record of 2026-05-21), both: also the down projections (2026-07-17); "
+                                                  "on a GPU without FP8 (sm86) the MLPs stay bf16, as the log's kernel paths say"})
     mtp_offsets: int = field(default=0, metadata={"help": "multi-token prediction: extra future tokens predicted while training (0: off); the logged training loss then includes their weighted terms, validation does not"})
     mtp_weight: float = field(default=0.3, metadata={"help": "weight of each extra offset's loss at the start; it falls linearly to 0"})
     mtp_frac: float = field(default=0.5, metadata={"help": "share of the run after which the MTP weight is 0"})
@@ -228,13 +231,14 @@ def on_gpu(cfg: Hyperparameters) -> bool:
 
 def build_model(cfg: Hyperparameters):
     attn = cfg.attn if cfg.attn != "auto" else ("flex" if on_gpu(cfg) else "dense")
-    fp8 = gpu_has_fp8(torch.device("cuda", torch.cuda.current_device())) if cfg.fp8_head == "auto" and on_gpu(cfg) else cfg.fp8_head == "1"
+    has_fp8 = on_gpu(cfg) and gpu_has_fp8(torch.device("cuda", torch.cuda.current_device()))
+    fp8 = has_fp8 if cfg.fp8_head == "auto" and on_gpu(cfg) else cfg.fp8_head == "1"
     if cfg.seq_len % 128:
         raise UserError(f"--seq-len {cfg.seq_len}: the speedrun's attention works in blocks of 128 tokens; use a multiple of 128")
     size = MODERN_SIZES[cfg.model_size]
     try:
         return ModernGPT(ModernConfig(**size, max_seq_len=cfg.seq_len, attn=attn, value_embeds=cfg.value_embeds, unet=cfg.unet,
-                                      fp8_head=fp8, compile_mode=cfg.compile_mode, mtp_offsets=cfg.mtp_offsets, rope=cfg.rope,
+                                      fp8_head=fp8, fp8_mlp=cfg.fp8_mlp if has_fp8 or not on_gpu(cfg) else "off", compile_mode=cfg.compile_mode, mtp_offsets=cfg.mtp_offsets, rope=cfg.rope,
                                       no_attn_layers=layers_without_attention(cfg, size.get("n_layer", ModernConfig.n_layer)),
                                       no_mlp_layers=layer_list("" if cfg.skip_mlp_layers == "none" else cfg.skip_mlp_layers, "--skip-mlp-layers",
                                                                size.get("n_layer", ModernConfig.n_layer)),

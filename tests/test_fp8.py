@@ -96,3 +96,52 @@ def test_fp8_head_evaluates_with_the_exact_product():
     head = FP8Head(32, 48, fp8=True).eval()
     x = torch.randn(2, 16, 32)
     torch.testing.assert_close(head(x), x @ head.weight.t())
+
+
+def test_fp8_forward_product_keeps_the_backward_exact():
+    """The MLPs' FP8: the forward product within FP8's rounding of the exact one, the backward products
+    exactly those of x @ w^T for the (bf16) gradient that reaches the product's bf16 output."""
+    from kit.modeling.fp8 import FP8ForwardMatmulWeightT
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 128, generator=g, requires_grad=True)
+    w = (0.02 * torch.randn(256, 128, generator=g)).requires_grad_()
+    upstream = torch.randn(64, 256, generator=g)
+    y = FP8ForwardMatmulWeightT.apply(x, w)
+    (y.float() * upstream).sum().backward()
+    assert y.dtype == torch.bfloat16 and relative_error(y, x.detach() @ w.detach().t()) < 0.06
+    reaching = upstream.bfloat16().float()  # the gradient of a bf16 output is bf16
+    torch.testing.assert_close(x.grad, reaching @ w.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(w.grad, reaching.t() @ x.detach(), rtol=1e-5, atol=1e-6)
+
+
+def test_fp8_mlp_switch_in_the_modern_model():
+    """fp8_mlp: 'up' puts the up projections' forward product in FP8, 'both' the down projections' too; the FLOPs
+    counted as FP8 are the head's and those forward products; training goes through; evaluation is exact."""
+    import pytest
+
+    from kit.modeling.fp8 import FP8ForwardLinear
+    from kit.modeling.modern import MODERN_SIZES, ModernConfig, ModernGPT
+
+    def model(mode):
+        torch.manual_seed(0)
+        return ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], vocab_size=1024, max_seq_len=128, attn="dense", fp8_mlp=mode))
+
+    plain, up, both = model("off"), model("up"), model("both")
+    assert [type(m) for m in (up.blocks[0].mlp.up, up.blocks[0].mlp.down, both.blocks[0].mlp.down)] == [FP8ForwardLinear, torch.nn.Linear, FP8ForwardLinear]
+    width, layers = plain.config.n_embd, plain.config.n_layer
+    assert plain.flops_now(128)[1] == 0 and up.flops_now(128)[1] == 2 * layers * 4 * width * width
+    assert both.flops_now(128)[1] == 2 * up.flops_now(128)[1] and both.flops_now(128)[0] == plain.flops_now(128)[0]
+    assert "MLP: FP8 forward products of both" in both.describe_paths() and "MLP: bf16" in plain.describe_paths()
+    with torch.no_grad():
+        for m in (plain, both):
+            for p in m.parameters():
+                p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))  # the same non-zero weights in both
+    x, y = torch.randint(0, 1024, (2, 128)), torch.randint(0, 1024, (2, 128))
+    loss = both(x, y)
+    loss.backward()
+    assert abs(loss.item() - plain(x, y).item()) < 0.01 * loss.item() and both.blocks[0].mlp.up.weight.grad.abs().sum() > 0
+    both.eval(), plain.eval()
+    torch.testing.assert_close(both(x), plain(x))  # evaluation takes the exact products
+    with pytest.raises(ValueError, match="fp8_mlp"):
+        model("down")

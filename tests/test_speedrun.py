@@ -762,3 +762,24 @@ def test_bigram_embedding_starts_as_a_no_op_and_reaches_every_block():
     torch.testing.assert_close(plain(x), bigram(x))  # zero-initialised table
     bigram(x, x).backward()
     assert bigram.bigram_embed.weight.grad.abs().sum() > 0 and all(b.bigram_mix.grad is not None for b in bigram.blocks)
+
+
+def test_fp8_mlp_flag_follows_the_gpu(monkeypatch):
+    """--fp8-mlp up: FP8 forward products in the up projections where FP8 can run (here the CPU, as asked); on a GPU
+    without FP8 (an RTX 3090) the MLPs stay bf16 and the kernel paths say so; inference loads it without FP8."""
+    import torch
+
+    import train_gpt2_speedrun as sr
+    from kit.core.config import parse_config
+    from kit.modeling.fp8 import FP8ForwardLinear
+    from kit.tools.runs import inference_config
+
+    argv = ["--v2", "0", "--model-size", "tiny", "--seq-len", "256", "--bigram-buckets", "0", "--attn", "dense", "--fp8-mlp", "up"]
+    cfg, _ = parse_config(sr.Hyperparameters, [*argv, "--device", "cpu"])
+    assert isinstance(sr.build_model(cfg).blocks[0].mlp.up, FP8ForwardLinear)
+    monkeypatch.setattr(sr, "on_gpu", lambda cfg: True)
+    monkeypatch.setattr(sr, "gpu_has_fp8", lambda device: False)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    model = sr.build_model(parse_config(sr.Hyperparameters, argv)[0])
+    assert type(model.blocks[0].mlp.up) is torch.nn.Linear and "MLP: bf16" in model.describe_paths() and model.flops_now(256)[1] == 0
+    assert inference_config(sr, {"fp8_mlp": "both", "model_size": "tiny"}, "cpu").fp8_mlp == "off"

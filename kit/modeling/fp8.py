@@ -1,4 +1,4 @@
-"""FP8 matrix products for the output head (GPUs with FP8 tensor cores: sm89 and newer).
+"""FP8 matrix products for the output head and the MLPs (GPUs with FP8 tensor cores: sm89 and newer).
 
 The head's product x @ W^T (tokens x width times width x vocabulary) is the largest single
 matmul of a small GPT. Here its inputs go to float8_e4m3fn and the incoming gradient to
@@ -7,6 +7,11 @@ from its absolute maximum, and torch._scaled_mm multiplies them: the forward pro
 Hopper's fast accumulation (as the public recipe; its sums over 768 terms are short), the
 gradient products with exact fp32 accumulation.
 Weights stay fp32 (or bf16) parameters; only the copies fed to the products are FP8.
+
+The MLPs' projections take FP8 in the forward product only (FP8ForwardMatmulWeightT; the public
+records of 2026-05-21 and 2026-07-17 did this for the up and then the down projection): their
+backward products stay exact in the activations' precision, from the bf16 input kept as a plain
+Linear keeps it, so only the forward's rounding differs from a bf16 layer.
 """
 
 import torch
@@ -68,9 +73,29 @@ class FP8MatmulWeightT(torch.autograd.Function):
         return fp8_gradient_products(*quantize(grad, E5M2), ctx.saved_tensors, ctx.w_dtype)
 
 
+class FP8ForwardMatmulWeightT(torch.autograd.Function):
+    """y = x @ w^T for x (N, K), w (M, K): the forward product in FP8 (as FP8MatmulWeightT's), the backward
+    products exact in x's precision from x and w themselves."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        y, _ = fp8_product(x, w)
+        ctx.save_for_backward(x, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, w = ctx.saved_tensors
+        grad_x = grad.to(x.dtype) @ w.to(x.dtype)
+        grad_w = grad.t().to(x.dtype) @ x
+        return grad_x, grad_w.to(w.dtype)
+
+
 class FP8Head(nn.Linear):
     """A bias-free Linear whose product runs in FP8 while training when `fp8` is set (callers set
     it per GPU); evaluation and generation take the exact product, as the public recipe does."""
+
+    product = FP8MatmulWeightT  # FP8 both ways
 
     def __init__(self, in_features: int, out_features: int, fp8: bool = False):
         super().__init__(in_features, out_features, bias=False)
@@ -80,7 +105,13 @@ class FP8Head(nn.Linear):
         if not (self.fp8 and self.training):
             return super().forward(x)
         flat = x.reshape(-1, x.size(-1))
-        return FP8MatmulWeightT.apply(flat, self.weight).view(*x.shape[:-1], self.out_features)
+        return self.product.apply(flat, self.weight).view(*x.shape[:-1], self.out_features)
+
+
+class FP8ForwardLinear(FP8Head):
+    """The same switch for an MLP projection: FP8 in the forward product only."""
+
+    product = FP8ForwardMatmulWeightT
 
 
 E5M2_HEADROOM = 2.0 ** 15  # a power of two under e5m2's largest value (57,344)

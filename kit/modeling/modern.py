@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kit.core import gpus
-from kit.modeling.fp8 import FP8Head, FP8SoftcappedHeadLoss
+from kit.modeling.fp8 import FP8ForwardLinear, FP8Head, FP8SoftcappedHeadLoss
 from kit.modeling.losses import CAP_FORMS, softcap, softcapped_cross_entropy
 from kit.modeling.model import raise_recompile_limit
 
@@ -52,6 +52,7 @@ class ModernConfig:
     long_window_layers: tuple = ()  # empty: every 4th layer and the last
     unet: bool = True  # U-net skips from the first half of the layers to the second
     fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/modeling/fp8.py)
+    fp8_mlp: str = "off"  # the MLPs' forward products in FP8 while training: off, up (the up projections) or both (kit/modeling/fp8.py)
     compile_mode: str = "regional"  # regional (blocks and head compiled one by one) | whole
     mtp_offsets: int = 0  # multi-token prediction: also predict tokens t+2 .. t+1+mtp_offsets while training
     rope: str = "half"  # half: rotary on half the dimensions, frequencies 1 .. 1/1024 (the public record's); full: all, base 10000
@@ -218,9 +219,10 @@ class Rotary(nn.Module):
         return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1).type_as(x)
 
 
-def hidden_linear(fan_in: int, fan_out: int, zero: bool = False) -> nn.Linear:
-    """Bias-free Linear, uniform init with std 0.5 / sqrt(fan_in), or zeros for output projections."""
-    layer = nn.Linear(fan_in, fan_out, bias=False)
+def hidden_linear(fan_in: int, fan_out: int, zero: bool = False, fp8_forward: bool = False) -> nn.Linear:
+    """Bias-free Linear, uniform init with std 0.5 / sqrt(fan_in), or zeros for output projections; with
+    fp8_forward its forward product runs in FP8 while training (kit.modeling.fp8.FP8ForwardLinear)."""
+    layer = FP8ForwardLinear(fan_in, fan_out, fp8=True) if fp8_forward else nn.Linear(fan_in, fan_out, bias=False)
     with torch.no_grad():
         if zero:
             layer.weight.zero_()
@@ -369,11 +371,16 @@ def offset_keys(k, free_dims, doc_starts=None, key_before=None):
     return torch.where(free_dims, previous, k)
 
 
+FP8_MLP_CHOICES = ("off", "up", "both")
+
+
 class ReluSquaredMLP(nn.Module):
     def __init__(self, cfg: ModernConfig):
         super().__init__()
-        self.up = hidden_linear(cfg.n_embd, 4 * cfg.n_embd)
-        self.down = hidden_linear(4 * cfg.n_embd, cfg.n_embd, zero=True)
+        if cfg.fp8_mlp not in FP8_MLP_CHOICES:
+            raise ValueError(f"fp8_mlp {cfg.fp8_mlp!r}: one of {FP8_MLP_CHOICES}")
+        self.up = hidden_linear(cfg.n_embd, 4 * cfg.n_embd, fp8_forward=cfg.fp8_mlp != "off")
+        self.down = hidden_linear(4 * cfg.n_embd, cfg.n_embd, zero=True, fp8_forward=cfg.fp8_mlp == "both")
 
     def forward(self, x):
         return self.down(F.relu(self.up(x)).square())
@@ -458,6 +465,8 @@ class ModernGPT(nn.Module):
         self.window_blocks_on_host = 1  # the same number, for cached decoding (no device-to-host wait per call)
         self.init_v2_parts(cfg)
         self._linear_weights = None  # Linear weights, for the FLOP count (flops_per_token)
+        # the MLP weights whose forward product runs in FP8 (2 of their 6 training FLOPs per token: flops_now)
+        self._fp8_forward_weights = sum(m.weight.numel() for m in self.modules() if isinstance(m, FP8ForwardLinear))
 
     def init_v2_parts(self, cfg: ModernConfig) -> None:
         """The parts of the public record line after 2025-08 (each off unless its config asks)."""
@@ -722,6 +731,8 @@ class ModernGPT(nn.Module):
         if self.config.attn == "flex" and flex_kernel_options(device):
             attention += ", small tiles for ~100 KB shared memory (sm86/sm89)"
         head = "FP8 in training (e4m3 inputs, e5m2 gradients, torch._scaled_mm), bf16 in evaluation" if self.config.fp8_head else "bf16/fp32 (no FP8)"
+        mlp = {"off": "bf16", "up": "FP8 forward product of the up projection (e4m3), bf16 backward",
+               "both": "FP8 forward products of both projections (e4m3), bf16 backward"}[self.config.fp8_mlp]
         kernels = {"torch": "PyTorch, compiled with the model", "triton": "Triton kernels"}[self.config.loss_kernel]
         loss = f"fused soft-capped cross-entropy (bf16 logits kept; {kernels})" if self.config.fused_loss else "soft-cap + F.cross_entropy"
         cap = f"{self.config.softcap:g} tanh(z/{self.config.softcap:g})" if self.config.softcap_form == "tanh" else f"{self.config.softcap:g} sigmoid((z+5)/7.5)"
@@ -730,7 +741,7 @@ class ModernGPT(nn.Module):
             loss += f", tokens 2..{1 + len(self.config.logit_mtp_weights)} ahead from the same logits while training"
         if self.config.prefix_target_weight:
             loss += f", the next token's prefix token from the same logits while training (weight from {self.config.prefix_target_weight:g})"
-        return f"attention: {attention} | head: {head} | loss: {loss}"
+        return f"attention: {attention} | head: {head} | MLP: {mlp} | loss: {loss}"
 
     def flops_per_token(self, seq_len: int, window_blocks: int = MAX_WINDOW_BLOCKS) -> int:
         """Training FLOPs per token (kit.modeling.flops' count), each attention layer charged the keys its window
@@ -745,6 +756,8 @@ class ModernGPT(nn.Module):
         return 6 * self._linear_weights + 12 * self.config.n_head * self.config.head_dim * sum(spans)
 
     def flops_now(self, seq_len: int) -> tuple:
-        """(training FLOPs per token at the current windows, the part of them run in FP8: the head's products)."""
+        """(training FLOPs per token at the current windows, the part of them run in FP8: the head's products and
+        the forward products of the MLP projections that take FP8)."""
         fp8 = 6 * self.lm_head.weight.numel() if self.lm_head.fp8 else 0
+        fp8 += 2 * self._fp8_forward_weights
         return self.flops_per_token(seq_len, self.window_blocks_on_host), fp8

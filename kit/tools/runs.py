@@ -36,6 +36,8 @@ def inference_config(module, saved: dict, device: str):
         cfg.attn = "dense"  # flex needs lengths in blocks of 128
     if hasattr(cfg, "fp8_head"):
         cfg.fp8_head = "0"
+    if hasattr(cfg, "fp8_mlp"):
+        cfg.fp8_mlp = "off"
     return cfg
 
 
