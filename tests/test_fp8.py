@@ -16,13 +16,19 @@ def test_quantize_uses_the_formats_range():
     assert relative_error(q.float() * inverse, t) < 0.05  # 3 mantissa bits: a few percent per element
 
 
-def test_fp8_product_and_gradients_match_fp32():
+def product_with_gradients(function):
+    """(x, w, the upstream gradient, y = function(x, w)) after y's backward, on fixed random operands."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 128, generator=g, requires_grad=True)
     w = (0.02 * torch.randn(256, 128, generator=g)).requires_grad_()
     upstream = torch.randn(64, 256, generator=g)
-    y = FP8MatmulWeightT.apply(x, w)
+    y = function.apply(x, w)
     (y.float() * upstream).sum().backward()
+    return x, w, upstream, y
+
+
+def test_fp8_product_and_gradients_match_fp32():
+    x, w, upstream, y = product_with_gradients(FP8MatmulWeightT)
     x_ref, w_ref = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
     y_ref = x_ref @ w_ref.t()
     (y_ref * upstream).sum().backward()
@@ -103,12 +109,7 @@ def test_fp8_forward_product_keeps_the_backward_exact():
     exactly those of x @ w^T for the (bf16) gradient that reaches the product's bf16 output."""
     from kit.modeling.fp8 import FP8ForwardMatmulWeightT
 
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 128, generator=g, requires_grad=True)
-    w = (0.02 * torch.randn(256, 128, generator=g)).requires_grad_()
-    upstream = torch.randn(64, 256, generator=g)
-    y = FP8ForwardMatmulWeightT.apply(x, w)
-    (y.float() * upstream).sum().backward()
+    x, w, upstream, y = product_with_gradients(FP8ForwardMatmulWeightT)
     assert y.dtype == torch.bfloat16 and relative_error(y, x.detach() @ w.detach().t()) < 0.06
     reaching = upstream.bfloat16().float()  # the gradient of a bf16 output is bf16
     torch.testing.assert_close(x.grad, reaching @ w.detach(), rtol=1e-5, atol=1e-6)
