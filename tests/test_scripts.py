@@ -189,6 +189,12 @@ def test_compare_wall_splits_each_runs_wall_time_into_its_parts(tmp_path, capsys
     old = write_run("old", {"startup_s": 5.0, "warmup_s": 19.0, "train_time_s": 197.0, "steps": 828, "eval_time_s": 24.0, "wall_time_s": 246.0}, [])
     assert compare.main(["--wall", new, old]) == 0
     out = capsys.readouterr().out
+    parted = write_run("parted", {"imports_s": 6.0, "startup_s": 11.0, "startup_parts_s": {"data": 0.5, "model": 4.0, "log, checkpoint, compile set-up": 0.5},
+                                  "setup_s": 3.0, "warmup_s": 20.0, "train_time_s": 200.0, "steps": 824, "eval_time_s": 25.0, "wall_time_s": 256.5}, [])
+    assert compare.main(["--wall", parted]) == 0  # a run that recorded its start-up by part: a row each, the variant's set-up beside its model
+    parted_out = capsys.readouterr().out
+    assert "| start-up: data | 0.5 |" in parted_out and "| start-up: model | 4.0 (3.0 s of it the variant's own set-up) |" in parted_out
+    assert "| start-up |" not in parted_out
     for row in ("| Python and imports | 6.0 | - |", "| start-up | 5.0 | 5.0 |", "| warm-up: training graph | 15.0 (Dynamo's trace 2.5, running 7.0) | - |",
                 "| warm-up | - | 19.0 |", "| training | 200.0 (824) | 197.0 (828) |", "| evaluation: screens | 3.0 (2) | 0.0 (0) |",
                 "| evaluation: full validations | 20.0 (1) | 0.0 (0) |", "| evaluation: other | 2.0 | 24.0 |",

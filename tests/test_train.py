@@ -637,8 +637,11 @@ def test_training_time_excludes_evaluation_and_warm_up(tmp_path, monkeypatch):
 
     from kit.loop.train import Trainer
 
-    slow_warm_up, slow_evaluate = Trainer.warm_up, Trainer.evaluate
+    from kit.loop import train as loop
+
+    slow_warm_up, slow_evaluate, slow_resolve = Trainer.warm_up, Trainer.evaluate, loop.datasets.resolve
     monkeypatch.setattr(Trainer, "warm_up", lambda self: slow_warm_up(self) + (time.sleep(0.5) or 0.5))
+    monkeypatch.setattr(loop.datasets, "resolve", lambda *a, **k: time.sleep(0.3) or slow_resolve(*a, **k))
     monkeypatch.setattr(Trainer, "evaluate", lambda self, *a, **k: time.sleep(0.5) or slow_evaluate(self, *a, **k))
     assert run_baseline([*FAST, "--data", "synthetic", "--max-steps", "4", "--val-every", "2", "--out-dir", tmp_path])[0] == 0
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -652,6 +655,10 @@ def test_training_time_excludes_evaluation_and_warm_up(tmp_path, monkeypatch):
     assert set(parts) == {"training graph", "optimizers", "evaluation graph"}
     assert sum(parts.values()) <= summary["warmup_s"] - 0.5 + 0.05 and 0 < summary["startup_s"] < summary["wall_time_s"]
     assert summary["imports_s"] == 0.0  # called in-process: the clock starts with the trainer, not with the test process
+    # the start-up by part: the 0.3 s added to finding the data shows in its part, and the parts add up to the start-up
+    startup = summary["startup_parts_s"]
+    assert list(startup) == ["flags and device", "data", "model", "model to the device", "batches and optimizers", "log, checkpoint, compile set-up"]
+    assert 0.3 <= startup["data"] < 0.3 + 0.2 and sum(startup.values()) == pytest.approx(summary["startup_s"], abs=0.01)
 
 
 def test_the_warm_up_says_what_it_found_in_the_compile_caches(tmp_path, monkeypatch):

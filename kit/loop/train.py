@@ -377,6 +377,7 @@ class Trainer:
         # called from other code (a test, a notebook), with the trainer
         self.imports_s = process_age_s() if runs_as_program(recipe.script) else 0.0
         self.started = time.perf_counter() - self.imports_s  # the wall clock starts with the process
+        self.startup_parts, self.startup_mark = {}, time.perf_counter()  # where the start-up after the imports goes (startup_done)
         self.recipe = recipe
         self.ddp = hw.dist_from_env()
         self.cfg, self.explicit = parse_config(recipe.config_cls, argv, self.ddp.world_size, recipe.description)
@@ -396,6 +397,13 @@ class Trainer:
         if self.cfg.memory_cap_gib and self.device.type != "cuda":
             raise UserError(f"--memory-cap-gib caps a GPU's memory, and this run is on the {self.device.type}: leave it out, or train on a GPU")
         self.argv = sys.argv if argv is None else [recipe.script, *argv]
+        self.startup_done("flags and device")
+
+    def startup_done(self, part: str) -> None:
+        """The seconds since the previous start-up part (or the imports) go to this one (summary.json's startup_parts_s)."""
+        now = time.perf_counter()
+        self.startup_parts[part] = round(self.startup_parts.get(part, 0.0) + now - self.startup_mark, 3)
+        self.startup_mark = now
 
     # ----- a script's own: a subclass (Recipe.trainer) overrides these -----
 
@@ -439,11 +447,15 @@ class Trainer:
         run_dir = self.claim_run_dir(resumed_from)  # before any download or file: a refused run leaves nothing behind
         self.files = datasets.resolve(cfg, ddp.is_main)
         hw.barrier()  # rank 0 downloads or generates data first
+        self.startup_done("data")
         chosen = "target_loss" in self.explicit or (cfg.resume and cfg.target_loss is not None)  # given now, or the resumed run's
         self.target = cfg.target_loss if chosen else datasets.TARGET_LOSS[self.files.name]
         cfg.target_loss = self.target  # config.json records the target the run used, not the flag's empty default
         try:  # a combination of flags a model's constructor rejects (MoE's --top-k above --experts): one line
-            self.model = self.recipe.build_model(cfg).to(self.device)
+            model = self.recipe.build_model(cfg)
+            self.startup_done("model")
+            self.model = model.to(self.device)
+            self.startup_done("model to the device")
         except ValueError as err:
             raise UserError(str(err).strip().splitlines()[0]) from None
         self.seqs_per_rank = cfg.batch_tokens // (cfg.seq_len * ddp.world_size)
@@ -456,6 +468,7 @@ class Trainer:
         self.eval_micro_batch = divisors_descending(val_seqs_per_rank, self.micro_batch)[0]
         self.stream = TrainStream(self.files.train, cfg.seq_len, self.micro_batch, ddp.rank, ddp.world_size, cfg.align_bos, cfg.data_order_seed)
         self.optimizers = self.recipe.build_optimizers(self.model, cfg)
+        self.startup_done("batches and optimizers")
         self.step, self.train_time_ms, self.tokens_seen = 0, 0.0, 0
         self.earlier = {"wall_time_s": 0.0, "eval_time_s": 0.0, "warmup_s": 0.0, "resumed_at": []}  # the run's parts before this one
         if resumed_from:
@@ -860,12 +873,13 @@ class Trainer:
 
     def loop(self) -> str:
         cfg = self.cfg
-        self.startup_s = time.perf_counter() - self.started  # process start to the warm-up: imports, model, data, micro-batch probe
+        self.startup_done("log, checkpoint, compile set-up")
+        self.startup_s = self.startup_mark - self.started  # process start to the warm-up: the imports and the parts above
         with compile_cache_bypass_reasons() as self.warmup_bypass_reasons:
             self.warmup_s = self.warm_up()
         split = ", ".join(f"{name} {seconds:.1f}s{cache_note(self.warmup_cache.get(name))}" for name, seconds in self.warmup_parts.items())
-        self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s ({split}; start-up before it {self.startup_s:.1f}s, "
-                       f"{self.imports_s:.1f}s of it Python and imports)")
+        startup = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in {"Python and imports": self.imports_s, **self.startup_parts}.items())
+        self.log.print(f"warm-up (compile, kernel set-up): {self.warmup_s:.1f}s ({split}; start-up before it {self.startup_s:.1f}s: {startup})")
         if self.warmup_phases:  # what compiling took in each part, by torch's own timers, and what running the passes took
             self.log.print("warm-up by phase: " + "; ".join(f"{name}: {phase_note(phases)}" for name, phases in self.warmup_phases.items()))
         for reason in self.warmup_bypass_reasons:
@@ -1020,6 +1034,7 @@ class Trainer:
             **{name: value for name, value in self.times_so_far().items() if name != "resumed_at"},  # over every part of the run
             "resumed_at_steps": self.earlier["resumed_at"],
             "startup_s": self.startup_s, "imports_s": self.imports_s,  # this part of the run: its start-up (imports included),
+            "startup_parts_s": self.startup_parts,  # the start-up after the imports, by part,
             "setup_s": self.setup_seconds(),  # of which the variant's own one-time work
             "warmup_parts_s": self.warmup_parts,  # where its warm-up went,
             "warmup_compile_cache": self.warmup_cache,  # and what each part found in the compile caches,

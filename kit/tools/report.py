@@ -164,8 +164,12 @@ def wall_parts(run: Run) -> list:
     screens = [e["eval_s"] for e in events if e.get("type") == "val_screen" and "eval_s" in e]
     fulls = [e["eval_s"] for e in events if e.get("type") == "val" and "eval_s" in e]
     imports, startup, setup = s.get("imports_s"), s.get("startup_s") or 0.0, s.get("setup_s") or 0.0
-    rows = [("Python and imports", imports, ""),  # None: a run older than this count (its start-up holds them)
-            ("start-up", startup - (imports or 0.0), f"{setup:.1f} s of it the variant's own set-up" if setup else "")]
+    rows = [("Python and imports", imports, "")]  # None: a run older than this count (its start-up holds them)
+    if s.get("startup_parts_s"):  # the start-up after the imports by part (runs since this count)
+        rows += [(f"start-up: {part}", seconds, f"{setup:.1f} s of it the variant's own set-up" if setup and part == "model" else "")
+                 for part, seconds in s["startup_parts_s"].items()]
+    else:
+        rows.append(("start-up", startup - (imports or 0.0), f"{setup:.1f} s of it the variant's own set-up" if setup else ""))
     for part, seconds in (s.get("warmup_parts_s") or {}).items():
         phases = (s.get("warmup_compile_phases_s") or {}).get(part) or {}
         rows.append((f"warm-up: {part}", seconds, ", ".join(f"{name} {value:.1f}" for name, value in phases.items() if value >= 0.05)))
