@@ -116,6 +116,9 @@ class Hyperparameters(TrainConfig):
                                                                 "0: every matrix steps lr (the public recipe since 2025-08, which stores that matrix transposed)"})
     bigram_buckets: int = field(default=251_520, metadata={"help": "bigram hash embedding with this many rows (5 x 50,304, as the public record; 0: off), "
                                                                "added to every block's input; Adam at the embeddings' lr"})
+    bigram_sign_rows: int = field(default=0, metadata={"help": "each bigram embedding row read times a fixed random +-1 vector, one of this many "
+                                                                 "picked by (previous token XOR token): pairs that share a row read it with different signs "
+                                                                 "(the public record of 2026-05-20: 8192); 0: off"})
     attn_gate: int = field(default=12, metadata={"help": "attention output gate: a sigmoid per head read from this many leading dimensions of the block input (0: off)"})
     compile_mode: str = field(default="whole", metadata={"choices": ["regional", "whole"], "help": "whole: the full model (1.06x the tokens/s of regional on an H200, cold compile ~76 s); regional: each block compiled once and reused"})
     fused_loss: bool = field(default=True, metadata={"help": "soft-capped cross-entropy whose backward keeps only the bf16 logits (FP8 head: gradient quantised with a known scale); 0: soft-cap + F.cross_entropy"})
@@ -243,7 +246,7 @@ def build_model(cfg: Hyperparameters):
                                       no_mlp_layers=layer_list("" if cfg.skip_mlp_layers == "none" else cfg.skip_mlp_layers, "--skip-mlp-layers",
                                                                size.get("n_layer", ModernConfig.n_layer)),
                                       attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss,
-                                      bigram_buckets=cfg.bigram_buckets, loss_kernel=loss_kernel(cfg), softcap_form=cfg.softcap_form,
+                                      bigram_buckets=cfg.bigram_buckets, bigram_sign_rows=cfg.bigram_sign_rows, loss_kernel=loss_kernel(cfg), softcap_form=cfg.softcap_form,
                                       softcap=23.0 if cfg.softcap_form == "sigmoid" else 15.0, logit_mtp_weights=float_list(cfg.logit_mtp, "--logit-mtp"),
                                       smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset,
                                       **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),

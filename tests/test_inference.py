@@ -290,12 +290,12 @@ def test_cache_bytes_per_token_mha_gqa_mla():
 
 # ----- the speedrun's model: rotary, windows, documents, value embeddings, output gates, U-net -----
 
-def modern_model(window_blocks):
+def modern_model(window_blocks, **parts):
     from kit.modeling.modern import MODERN_SIZES, ModernConfig, ModernGPT
 
     torch.manual_seed(0)
     model = ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}, max_seq_len=512, attn="dense", value_embeds=1,
-                                   no_attn_layers=(2,), no_mlp_layers=(0,), attn_gate_dims=8, bigram_buckets=97)).eval()
+                                   no_attn_layers=(2,), attn_gate_dims=8, bigram_buckets=97, **parts)).eval()
     with torch.no_grad():  # the zero-initialised projections and head would hide every dependency
         for p in model.parameters():
             p.add_(0.1 * torch.randn_like(p))
@@ -305,14 +305,15 @@ def modern_model(window_blocks):
 
 @pytest.mark.parametrize("window_blocks", [1, 3])
 @pytest.mark.parametrize("cache", ["paged", "contiguous"])
-def test_speedrun_model_cache_generates_what_recomputation_generates(window_blocks, cache):
+@pytest.mark.parametrize("parts", [{}, {"no_mlp_layers": (0,), "bigram_sign_rows": 16}])
+def test_speedrun_model_cache_generates_what_recomputation_generates(window_blocks, cache, parts):
     from kit.modeling.modern import EOT
 
     g = torch.Generator().manual_seed(1)
     long_prompt = torch.randint(0, 50000, (150,), generator=g).tolist()
     long_prompt[40] = EOT  # a document boundary inside the prompt
     prompts = [long_prompt, [EOT, 5, 6, 7]]
-    model = modern_model(window_blocks)
+    model = modern_model(window_blocks, **parts)
     reference = generate(model, prompts, max_new_tokens=20, cache="none")  # crosses from block 1 into block 2 (128 tokens each)
     assert generate(model, prompts, max_new_tokens=20, cache=cache, block_size=16) == reference
 

@@ -433,8 +433,12 @@ def test_skip_mlp_layers_drops_the_mlp_and_its_flops():
         return sr.build_model(cfg)
 
     torch.manual_seed(0)
-    full, dropped = built(), built("--skip-mlp-layers", "0")
+    full = built()
+    torch.manual_seed(0)
+    dropped = built("--skip-mlp-layers", "0")
     assert dropped.blocks[0].mlp is None and all(b.mlp is not None for b in dropped.blocks[1:])
+    weights = full.state_dict()  # every other weight starts as the full model's at the same seed (a paired comparison)
+    assert all(torch.equal(weights[name], value) for name, value in dropped.state_dict().items())
     width = full.config.n_embd
     assert full.flops_per_token(256) - dropped.flops_per_token(256) == 6 * 2 * width * 4 * width
     with torch.no_grad():
@@ -764,11 +768,34 @@ def test_bigram_embedding_starts_as_a_no_op_and_reaches_every_block():
     assert bigram.bigram_embed.weight.grad.abs().sum() > 0 and all(b.bigram_mix.grad is not None for b in bigram.blocks)
 
 
+def test_bigram_sign_trick_signs_each_row_read_by_its_pair():
+    """bigram_sign_rows (the public record of 2026-05-20): the bigram embedding of a position is its hashed row times
+    the sign vector of row (previous XOR token) % rows, row 0 where nothing comes before; a fixed table of +-1 from its
+    own generator, so every other weight starts as without it; checked by hand on a small model."""
+    from kit.modeling.modern import bigram_ids
+
+    cfg = dict(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense", bigram_buckets=97)
+    torch.manual_seed(0)
+    plain = ModernGPT(ModernConfig(**cfg))
+    torch.manual_seed(0)
+    signed = ModernGPT(ModernConfig(**cfg, bigram_sign_rows=16))
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), signed.state_dict().values()))
+    table = signed.bigram_sign_table
+    assert table.shape == (16, signed.config.n_embd) and set(table.unique().tolist()) == {-1.0, 1.0}
+    with torch.no_grad():
+        signed.bigram_embed.weight.normal_()
+    idx, before = torch.tensor([[5, 7, 5, 7, 12]]), torch.tensor([3])
+    rows = signed.bigram_embed.weight[bigram_ids(idx, before, 97)[0]]
+    expected = rows * table[torch.tensor([3 ^ 5, 5 ^ 7, 7 ^ 5, 5 ^ 7, 7 ^ 12]) % 16]
+    torch.testing.assert_close(signed.embed_tokens(idx, before)[2][0], expected)
+    assert torch.equal(signed.embed_tokens(idx)[2][0, 0], signed.bigram_embed.weight[96] * table[0])  # nothing before: its own bigram row, signs of row 0
+    with pytest.raises(ValueError, match="bigram_buckets"):
+        ModernGPT(ModernConfig(**{**cfg, "bigram_buckets": 0}, bigram_sign_rows=16))
+
+
 def test_fp8_mlp_flag_follows_the_gpu(monkeypatch):
     """--fp8-mlp up: FP8 forward products in the up projections where FP8 can run (here the CPU, as asked); on a GPU
     without FP8 (an RTX 3090) the MLPs stay bf16 and the kernel paths say so; inference loads it without FP8."""
-    import torch
-
     import train_gpt2_speedrun as sr
     from kit.core.config import parse_config
     from kit.modeling.fp8 import FP8ForwardLinear

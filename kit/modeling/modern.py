@@ -61,6 +61,7 @@ class ModernConfig:
     fused_loss: bool = False  # training loss through kit.modeling.losses / kit.modeling.fp8's soft-capped cross-entropy (keeps only bf16 logits)
     loss_kernel: str = "torch"  # the fused loss's kernels: kit.modeling.losses' PyTorch code (compiled with the model) or kit.modeling.triton_loss's
     bigram_buckets: int = 0  # >0: a hashed embedding of each (previous, current) token pair, added to every block's input
+    bigram_sign_rows: int = 0  # >0: each bigram row read times a fixed random +-1 vector, one of this many picked by the pair (bigram_signs)
     attn_gate_dims: int = 0  # >0: each head's output scaled by a sigmoid gate read from this many leading dimensions of the block input
     softcap_form: str = "tanh"  # tanh: softcap * tanh(z / softcap); sigmoid: softcap * sigmoid((z + 5) / 7.5) (kit.modeling.losses)
     logit_mtp_weights: tuple = ()  # multi-token prediction from the same logits: starting weights of targets t+2, t+3, ... (t+1 has 1)
@@ -175,10 +176,30 @@ def bigram_ids(idx, previous_first, buckets: int):
     at a document's first token (50256) and where previous_first (B,), the token before
     idx[:, 0], is -1. (The public record hashes across documents; here documents stay apart,
     as the attention keeps them.)"""
-    previous = torch.cat([previous_first[:, None].to(idx.dtype), idx[:, :-1]], dim=1).long()
+    previous = previous_tokens(idx, previous_first)
     mixed = torch.bitwise_xor(idx.long() * 1_000_003, previous * 998_244_353)
     ids = torch.remainder(mixed, buckets - 1)
     return torch.where((previous < 0) | (idx == EOT), torch.full_like(ids, buckets - 1), ids)
+
+
+def previous_tokens(idx, previous_first):
+    """(B, T) int64: the token before each position; previous_first (B,) before idx[:, 0] (-1: none)."""
+    return torch.cat([previous_first[:, None].to(idx.dtype), idx[:, :-1]], dim=1).long()
+
+
+def bigram_sign_table(rows: int, width: int) -> torch.Tensor:
+    """(rows, width) fixed random +-1 entries, the same for every run (their own generator: the model's
+    other weights start as they would without them)."""
+    return torch.randn(rows, width, generator=torch.Generator().manual_seed(0)).sign()
+
+
+def bigram_signs(idx, previous_first, table):
+    """(B, T, width) the sign vector of each position, picked by (previous token XOR token) modulo the table's
+    rows (the public record of 2026-05-20): two pairs that share a row of the hashed table read it with different
+    signs, so their updates interfere less. Row 0 where there is no previous token."""
+    previous = previous_tokens(idx, previous_first)
+    rows = torch.where(previous < 0, torch.zeros_like(previous), torch.bitwise_xor(previous, idx.long()) % table.size(0))
+    return table[rows]
 
 
 def rotary_frequencies(head_dim: int, style: str = "full", base: float = 10000.0) -> torch.Tensor:
@@ -393,7 +414,10 @@ class ModernBlock(nn.Module):
         if not (attention or mlp):
             raise ValueError("a block needs its attention or its MLP (a layer is in both no_attn_layers and no_mlp_layers)")
         self.attn = ModernAttention(cfg, key_offset, paired, xsa) if attention else None
-        self.mlp = ReluSquaredMLP(cfg) if mlp else None
+        self.mlp = ReluSquaredMLP(cfg)  # built even where dropped: the random draws, and so the other weights' start, stay the full model's
+        if not mlp:
+            del self.mlp  # no submodule of that name, so a state dict that holds one is refused, not silently taken
+            self.mlp = None
         # (stream, embedding x0); with sublayer scales the stream starts at sqrt(1.1) before each branch (the public record's)
         self.residual_mix = nn.Parameter(torch.tensor([1.1 ** 0.5 if cfg.sublayer_scales else 1.0, 0.0]))
         self.bigram_mix = nn.Parameter(torch.tensor(0.1)) if cfg.bigram_buckets else None
@@ -454,6 +478,10 @@ class ModernGPT(nn.Module):
         self.bigram_embed = nn.Embedding(cfg.bigram_buckets, cfg.n_embd) if cfg.bigram_buckets else None
         if self.bigram_embed is not None:
             nn.init.zeros_(self.bigram_embed.weight)
+        if cfg.bigram_sign_rows and not cfg.bigram_buckets:
+            raise ValueError("bigram_sign_rows signs the bigram embedding's rows: it needs bigram_buckets")
+        if cfg.bigram_sign_rows:  # rebuilt from its fixed seed, so not saved with the weights
+            self.register_buffer("bigram_sign_table", bigram_sign_table(cfg.bigram_sign_rows, cfg.n_embd), persistent=False)
         self.lm_head = FP8Head(cfg.n_embd, cfg.vocab_size, fp8=cfg.fp8_head)
         nn.init.zeros_(self.lm_head.weight)
         self.init_tied_embedding(cfg)
@@ -596,7 +624,10 @@ class ModernGPT(nn.Module):
         if self.bigram_embed is not None:
             if previous_first is None:
                 previous_first = torch.full((idx.size(0),), -1, dtype=torch.long, device=idx.device)
-            bigram = self.bigram_embed(bigram_ids(idx, previous_first, self.config.bigram_buckets)).to(dtype)
+            bigram = self.bigram_embed(bigram_ids(idx, previous_first, self.config.bigram_buckets))
+            if self.config.bigram_sign_rows:
+                bigram = bigram * bigram_signs(idx, previous_first, self.bigram_sign_table)
+            bigram = bigram.to(dtype)
         table = self.token_table()
         return rms_norm(self.smeared(F.embedding(idx, table), idx, table, previous_first)).to(dtype), self.layer_value_embeds(idx, dtype), bigram
 
