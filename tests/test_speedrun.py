@@ -789,6 +789,9 @@ def test_bigram_sign_trick_signs_each_row_read_by_its_pair():
     expected = rows * table[torch.tensor([3 ^ 5, 5 ^ 7, 7 ^ 5, 5 ^ 7, 7 ^ 12]) % 16]
     torch.testing.assert_close(signed.embed_tokens(idx, before)[2][0], expected)
     assert torch.equal(signed.embed_tokens(idx)[2][0, 0], signed.bigram_embed.weight[96] * table[0])  # nothing before: its own bigram row, signs of row 0
+    after_a = signed.embed_tokens(torch.tensor([[5, EOT, 7]]))[2][0, 1]  # a document's first token: whatever came before, the same
+    torch.testing.assert_close(after_a, signed.embed_tokens(torch.tensor([[9, EOT, 7]]))[2][0, 1])
+    torch.testing.assert_close(after_a, signed.bigram_embed.weight[96] * table[0])
     with pytest.raises(ValueError, match="bigram_buckets"):
         ModernGPT(ModernConfig(**{**cfg, "bigram_buckets": 0}, bigram_sign_rows=16))
 

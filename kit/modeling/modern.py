@@ -196,9 +196,11 @@ def bigram_sign_table(rows: int, width: int) -> torch.Tensor:
 def bigram_signs(idx, previous_first, table):
     """(B, T, width) the sign vector of each position, picked by (previous token XOR token) modulo the table's
     rows (the public record of 2026-05-20): two pairs that share a row of the hashed table read it with different
-    signs, so their updates interfere less. Row 0 where there is no previous token."""
+    signs, so their updates interfere less. Row 0 where bigram_ids has no previous token (none, or a document's first
+    token), so documents stay apart here too."""
     previous = previous_tokens(idx, previous_first)
-    rows = torch.where(previous < 0, torch.zeros_like(previous), torch.bitwise_xor(previous, idx.long()) % table.size(0))
+    alone = (previous < 0) | (idx == EOT)
+    rows = torch.where(alone, torch.zeros_like(previous), torch.bitwise_xor(previous, idx.long()) % table.size(0))
     return table[rows]
 
 
