@@ -144,7 +144,7 @@ def test_smear_and_backout_start_as_no_ops_and_act_once_trained():
     e = smeared.embed(idx)
     expected = e.clone()
     expected[:, 1:] += 0.5 * e[:, :-1]  # gate weights 0: sigmoid(0) = 0.5
-    torch.testing.assert_close(smeared.smeared(e, idx, smeared.token_table()), expected)
+    torch.testing.assert_close(smeared.smeared(e, idx, smeared.token_table(), torch.tensor([-1])), expected)  # nothing before the row
     backed = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], max_seq_len=BLOCK, attn="dense", backout_layer=0))
     layer0 = []
     out = backed.through_blocks(torch.randn(1, 4, 64), lambda i, block, x: layer0.append(x + 1) or x + 1 if i == 0 else 2 * x)

@@ -176,15 +176,17 @@ def bigram_ids(idx, previous_first, buckets: int):
     at a document's first token (50256) and where previous_first (B,), the token before
     idx[:, 0], is -1. (The public record hashes across documents; here documents stay apart,
     as the attention keeps them.)"""
-    previous = previous_tokens(idx, previous_first)
+    previous, alone = previous_tokens(idx, previous_first)
     mixed = torch.bitwise_xor(idx.long() * 1_000_003, previous * 998_244_353)
     ids = torch.remainder(mixed, buckets - 1)
-    return torch.where((previous < 0) | (idx == EOT), torch.full_like(ids, buckets - 1), ids)
+    return torch.where(alone, torch.full_like(ids, buckets - 1), ids)
 
 
 def previous_tokens(idx, previous_first):
-    """(B, T) int64: the token before each position; previous_first (B,) before idx[:, 0] (-1: none)."""
-    return torch.cat([previous_first[:, None].to(idx.dtype), idx[:, :-1]], dim=1).long()
+    """((B, T) int64 the token before each position, previous_first (B,) before idx[:, 0] (-1: none); (B, T) bool
+    where no token of the same document comes before: none, or a document's first token (50256))."""
+    previous = torch.cat([previous_first[:, None].to(idx.dtype), idx[:, :-1]], dim=1).long()
+    return previous, (previous < 0) | (idx == EOT)
 
 
 def bigram_sign_table(rows: int, width: int) -> torch.Tensor:
@@ -198,8 +200,7 @@ def bigram_signs(idx, previous_first, table):
     rows (the public record of 2026-05-20): two pairs that share a row of the hashed table read it with different
     signs, so their updates interfere less. Row 0 where bigram_ids has no previous token (none, or a document's first
     token), so documents stay apart here too."""
-    previous = previous_tokens(idx, previous_first)
-    alone = (previous < 0) | (idx == EOT)
+    previous, alone = previous_tokens(idx, previous_first)
     rows = torch.where(alone, torch.zeros_like(previous), torch.bitwise_xor(previous, idx.long()) % table.size(0))
     return table[rows]
 
@@ -400,8 +401,6 @@ FP8_MLP_CHOICES = ("off", "up", "both")
 class ReluSquaredMLP(nn.Module):
     def __init__(self, cfg: ModernConfig):
         super().__init__()
-        if cfg.fp8_mlp not in FP8_MLP_CHOICES:
-            raise ValueError(f"fp8_mlp {cfg.fp8_mlp!r}: one of {FP8_MLP_CHOICES}")
         self.up = hidden_linear(cfg.n_embd, 4 * cfg.n_embd, fp8_forward=cfg.fp8_mlp != "off")
         self.down = hidden_linear(4 * cfg.n_embd, cfg.n_embd, zero=True, fp8_forward=cfg.fp8_mlp == "both")
 
@@ -462,12 +461,10 @@ class ModernGPT(nn.Module):
         self.value_embeds = nn.ModuleList(nn.Embedding(cfg.vocab_size, cfg.n_head * cfg.head_dim) for _ in range(n_value_embeds))
         long_layers = cfg.long_window_layers or tuple(range(0, cfg.n_layer, 4)) + (cfg.n_layer - 1,)
         self.long_window = [i in long_layers for i in range(cfg.n_layer)]
-        for name in ("value_embed_layers", "xsa_layers", "paired_head_layers"):
+        for name in ("value_embed_layers", "xsa_layers", "paired_head_layers", "no_mlp_layers"):
             if any(not 0 <= i < cfg.n_layer for i in getattr(cfg, name)):
                 raise ValueError(f"{name} {getattr(cfg, name)}: the model has layers 0..{cfg.n_layer - 1}")
         self.paired = [i in cfg.paired_head_layers for i in range(cfg.n_layer)]
-        if any(not 0 <= i < cfg.n_layer for i in cfg.no_mlp_layers):
-            raise ValueError(f"no_mlp_layers {cfg.no_mlp_layers}: the model has layers 0..{cfg.n_layer - 1}")
         if cfg.no_mlp_layers and cfg.sublayer_scales:  # a block without MLP would leave its MLP's scales untrained
             raise ValueError("sublayer scales weigh every block's MLP: they cannot go with layers that have none")
         self.blocks = nn.ModuleList(ModernBlock(cfg, attention=i not in cfg.no_attn_layers, key_offset=cfg.key_offset and self.long_window[i],
@@ -502,6 +499,8 @@ class ModernGPT(nn.Module):
         """The parts of the public record line after 2025-08 (each off unless its config asks)."""
         if cfg.softcap_form not in CAP_FORMS:
             raise ValueError(f"softcap_form {cfg.softcap_form!r}: one of {CAP_FORMS}")
+        if cfg.fp8_mlp not in FP8_MLP_CHOICES:
+            raise ValueError(f"fp8_mlp {cfg.fp8_mlp!r}: one of {FP8_MLP_CHOICES}")
         # smear: the gate reads the token's first 12 embedding dimensions; both start at 0 (no smear)
         self.smear_gate = hidden_linear(min(12, cfg.n_embd), 1, zero=True) if cfg.smear else None
         self.smear_lambda = nn.Parameter(torch.zeros(())) if cfg.smear else None
@@ -622,10 +621,10 @@ class ModernGPT(nn.Module):
         embedding or None), in the activation dtype. previous_first (B,): the token before each
         row's first one, -1 (the default) where there is none."""
         dtype = self.activation_dtype(idx.device)
+        if previous_first is None:
+            previous_first = torch.full((idx.size(0),), -1, dtype=torch.long, device=idx.device)
         bigram = None
         if self.bigram_embed is not None:
-            if previous_first is None:
-                previous_first = torch.full((idx.size(0),), -1, dtype=torch.long, device=idx.device)
             bigram = self.bigram_embed(bigram_ids(idx, previous_first, self.config.bigram_buckets))
             if self.config.bigram_sign_rows:
                 bigram = bigram * bigram_signs(idx, previous_first, self.bigram_sign_table)
@@ -633,19 +632,17 @@ class ModernGPT(nn.Module):
         table = self.token_table()
         return rms_norm(self.smeared(F.embedding(idx, table), idx, table, previous_first)).to(dtype), self.layer_value_embeds(idx, dtype), bigram
 
-    def smeared(self, e, idx, table, previous_first=None):
+    def smeared(self, e, idx, table, previous_first):
         """e (B, T, width) with a gated share of the previous token's embedding added (the public record
         of 2025-09-18: a one-token look-back before any attention). Not at a document's first token, nor
-        at a row's first one unless previous_first gives the token before it (a cached decode)."""
+        at a row's first one unless previous_first (B,) gives the token before it (-1: none; a cached decode gives it)."""
         if self.smear_gate is None:
             return e
-        first = F.embedding(previous_first.clamp(min=0), table)[:, None] if previous_first is not None else torch.zeros_like(e[:, :1])
+        first = F.embedding(previous_first.clamp(min=0), table)[:, None]
         previous = torch.cat([first, e[:, :-1]], dim=1)
-        has_previous = torch.ones_like(idx, dtype=torch.bool)
-        has_previous[:, 0] = previous_first >= 0 if previous_first is not None else False
-        has_previous &= idx != EOT
+        _, alone = previous_tokens(idx, previous_first)  # the bigram table's rule: no token of the same document before
         gate = self.smear_lambda * torch.sigmoid(self.smear_gate(e[..., : self.smear_gate.in_features]))
-        return e + gate * previous * has_previous[..., None]
+        return e + gate * previous * ~alone[..., None]
 
     @torch.compiler.disable
     def masks(self, idx):
