@@ -30,7 +30,10 @@ Later parts of the public line, switches off by default (records/2026-12-02_h200
 equal steps they gain, at equal time they do not): --paired-head-layers (heads attend in pairs over one
 interleaved sequence), --xsa-layers (gated XSA), --value-embed-layers with --value-embed-gate (a value
 embedding per listed layer, entering each head through a gate), --attn-out-init uniform, --sublayer-scales.
-Together at 420 steps: 3.6451 against V2's 3.6613, at 514.6k against 548.6k tokens/s.
+Together at 420 steps: 3.6451 against V2's 3.6613, at 514.6k against 548.6k tokens/s. Also off, not yet
+measured: --window-stages (the long window by stages, e.g. 3,7,11 blocks over thirds of the run), --yarn (YaRN at
+each change of the window: slow rotary pairs slowed, the attention scale raised), --val-window-blocks (validation
+with a longer window than training's), and the others records/public_line_ports.md lists.
 
 webmix takes smaller steps than the public stages (sized for 8 GPUs): 65,536 -> 131,072 -> 196,608 tokens over
 830 steps. Measured on one H200 over three seeds and data orders: 3.64 at step 824, 828 and 824 in 197.2 to
@@ -167,6 +170,14 @@ class Hyperparameters(TrainConfig):
                                                                    "copy of it (weight and Adam state) and trains apart at the head's LR (the public records of 2025-12-19 and -22: 2/3); 0: apart from the start"})
     batch_ramp_start: float = field(default=1.0, metadata={"help": "share of --batch-tokens at step 0, growing linearly to 1 (1: no ramp)"})
     batch_ramp_frac: float = field(default=0.3, metadata={"help": "share of the run the batch ramp lasts"})
+    window_stages: str = field(default="", metadata={"help": "the long window (blocks of 128 tokens) of each equal part of the run, e.g. 3,7,11 (the public "
+                                                             "record of 2025-09-03; short windows half, as always); empty: one more block every ~1/14 of the run"})
+    yarn: bool = field(default=False, metadata={"help": "YaRN at each change of the long window (the public record of 2025-09-10): slow rotary pairs slowed "
+                                                      "by old/new, the attention scale times 0.2 ln(new/old) + 1, starting from --attn-scale"})
+    val_window_blocks: int = field(default=0, metadata={"help": "validate with this long window (blocks of 128 tokens; short windows half), longer than "
+                                                                "training's (the public records of 2025-09-15 and -21; with --yarn, one YaRN step more); 0: training's"})
+    attn_scale: float = field(default=0.0, metadata={"help": "attention scale (QK-normed logits' factor); 0: 0.12, or 0.1 with --yarn (the public record's "
+                                                             "start, which YaRN raises as the window grows)"})
     # ablation switches: each turns one component of the recipe off
     muon: bool = field(default=True, metadata={"help": "0: Adam (lr --adam-hidden-lr) for the hidden matrices too"})
     adam_hidden_lr: float = 0.003
@@ -251,7 +262,8 @@ def build_model(cfg: Hyperparameters):
                                       smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset,
                                       **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),
                                       value_embed_gate=cfg.value_embed_gate, attn_out_init=cfg.attn_out_init, sublayer_scales=cfg.sublayer_scales,
-                                      tie_embed=cfg.tie_embed_until > 0, prefix_target_weight=cfg.prefix_target, mudd=cfg.mudd))
+                                      tie_embed=cfg.tie_embed_until > 0, prefix_target_weight=cfg.prefix_target, mudd=cfg.mudd,
+                                      attn_scale=cfg.attn_scale or (0.1 if cfg.yarn else 0.12), yarn_windows=yarn_windows(cfg)))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
 
@@ -402,10 +414,36 @@ def constant_then_cooldown(step: int, cfg: Hyperparameters) -> float:
 
 def long_window_blocks(step: int, cfg: Hyperparameters) -> int:
     """1728 * progress tokens rounded up to whole blocks of 128: 1 block at the start, MAX_WINDOW_BLOCKS
-    (1792 tokens) over the last ~4% of the run (the public record's rule)."""
+    (1792 tokens) over the last ~4% of the run (the public record's rule of 2025-08); with --window-stages,
+    each stage's window over its equal part of the run (the public rule from 2025-09-03)."""
     if not cfg.window_schedule:
         return MAX_WINDOW_BLOCKS
+    if cfg.window_stages:
+        stages = window_stages(cfg)
+        return stages[min(len(stages) - 1, len(stages) * step // (cfg.max_steps + 1))]
     return min(MAX_WINDOW_BLOCKS, max(1, math.ceil((MAX_WINDOW_BLOCKS - 0.5) * step / cfg.max_steps)))
+
+
+def evaluation_window_blocks(step: int, cfg: Hyperparameters) -> int:
+    """The long window a validation (or a model loaded after its run) attends with."""
+    return cfg.val_window_blocks or long_window_blocks(step, cfg)
+
+
+def window_stages(cfg: Hyperparameters) -> tuple:
+    try:
+        stages = tuple(int(x) for x in cfg.window_stages.split(","))
+    except ValueError:
+        stages = ()
+    if not stages or stages[0] < 1 or list(stages) != sorted(stages):
+        raise UserError(f"--window-stages {cfg.window_stages}: long windows in blocks of 128 tokens, at least 1 and growing (e.g. 3,7,11)")
+    return stages
+
+
+def yarn_windows(cfg: Hyperparameters) -> tuple:
+    """The long windows the schedule moves through, in order (YaRN steps through each); () without --yarn."""
+    if not cfg.yarn:
+        return ()
+    return tuple(sorted({long_window_blocks(step, cfg) for step in range(cfg.max_steps + 1)}))
 
 
 def muon_momentum(step: int, cfg: Hyperparameters) -> float:
@@ -494,6 +532,17 @@ class SpeedrunTrainer(Trainer):
 
     def validate_at(self, step: int) -> bool:
         return validate_at(step, self.cfg)
+
+    def loss_sums(self, *args, **kwargs):
+        """Validation (screens, full, further sets) at --val-window-blocks where given, then back to training's window."""
+        if not self.cfg.val_window_blocks:
+            return super().loss_sums(*args, **kwargs)
+        training_window = self.model.window_blocks_on_host
+        self.model.set_window(self.cfg.val_window_blocks)
+        try:
+            return super().loss_sums(*args, **kwargs)
+        finally:
+            self.model.set_window(training_window)
 
     def micro_batch_rule(self, usable_bytes: int) -> int:
         return micro_batch_for_memory(self.cfg, usable_bytes)

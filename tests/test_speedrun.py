@@ -509,11 +509,12 @@ def test_flex_path_equals_dense_on_gpu_with_gradients():
     assert ((grads["flex"] - grads["dense"]).norm() / grads["dense"].norm()).item() < 5e-2
 
 
-@pytest.mark.parametrize("mode, extra", [("whole", ("--bigram-buckets", "101")), ("regional", ("--skip-attn-layers", "1", "--value-embed-layers", "0"))],
-                         ids=["whole-bigram", "regional-with-an-mlp-only-block"])
+@pytest.mark.parametrize("mode, extra", [("whole", ("--bigram-buckets", "101", "--yarn", "1")), ("regional", ("--skip-attn-layers", "1", "--value-embed-layers", "0"))],
+                         ids=["whole-bigram-yarn", "regional-with-an-mlp-only-block"])
 def test_compiled_model_does_not_recompile_as_the_window_grows(tmp_path, monkeypatch, mode, extra):
     """6 steps with the window growing every step: after the warm-up (which compiles the training
-    and the evaluation graphs, blocks without attention included) nothing recompiles. Regionally:
+    and the evaluation graphs, blocks without attention included) nothing recompiles, also while YaRN
+    rewrites the rotary tables and the attention scale at each new window. Regionally:
     layer 0 attends and takes a value embedding, layer 1 is MLP only. Recompiling is Dynamo's decision
     (its guards), whatever the backend: AOTAutograd without Inductor's code generation keeps it, in seconds."""
     import torch._dynamo

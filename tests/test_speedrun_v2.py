@@ -580,3 +580,164 @@ def test_scalar_betas_apply_to_the_scalars_group_alone():
     assert scalars["betas"] == (0.9, 0.99) and all(g["betas"] == (cfg.adam_beta1, cfg.adam_beta2) for g in adam.param_groups if g is not scalars)
     with pytest.raises(UserError, match="--scalar-betas 0.9"):
         sr.build_optimizers(model, parsed("--scalar-betas", "0.9"))
+
+
+# ----- YaRN and the staged windows -----
+
+def test_yarn_state_by_hand():
+    """One change 1 -> 2 blocks (128 -> 256 tokens): a pair turning 20.37 times in the old window blends (weight
+    (20.37 - 1) / 31 = 0.625 kept), one turning 0.02 times is halved, one that does not rotate stays 0; the scale
+    grows by 0.2 ln 2 + 1."""
+    import math
+
+    from kit.modeling.modern import yarn_state
+
+    frequencies = torch.tensor([1.0, 0.001, 0.0, 2.0])  # 2.0 turns 40.7 times: over beta (32), kept
+    new, multiplier = yarn_state(frequencies, (1, 2), 2)
+    turns = 128 / (2 * math.pi)
+    kept = (turns - 1) / 31
+    torch.testing.assert_close(new, torch.tensor([0.5 + kept * 0.5, 0.0005, 0.0, 2.0]))
+    assert multiplier == pytest.approx(1 + 0.2 * math.log(2))
+    assert torch.equal(frequencies, torch.tensor([1.0, 0.001, 0.0, 2.0]))  # the base is not touched
+
+
+def test_yarn_state_follows_the_schedule_to_any_window():
+    """Through 3 -> 7 -> 11: the scale is the product of the two steps; a slow pair is slowed by 3/11 in all; a window
+    past the last (a longer validation) takes one step more; at or below the first, the base; a window between two listed
+    ones is reached by one step from the one below."""
+    import math
+
+    from kit.modeling.modern import rotary_frequencies, yarn_state
+
+    base = rotary_frequencies(128, "half")
+    f11, m11 = yarn_state(base, (3, 7, 11), 11)
+    assert m11 == pytest.approx((1 + 0.2 * math.log(7 / 3)) * (1 + 0.2 * math.log(11 / 7)))
+    assert f11[31].item() == pytest.approx(base[31].item() * 3 / 11)  # 1/1024 rad per token: 0.06 turns in 384 tokens
+    assert f11[0].item() == base[0].item()  # 1 rad per token: 61 turns in 384 tokens
+    assert torch.equal(f11[32:], base[32:])  # the position-free half stays 0
+    f13, m13 = yarn_state(base, (3, 7, 11), 13)
+    assert m13 == pytest.approx(m11 * (1 + 0.2 * math.log(13 / 11)))
+    assert f13[31].item() == pytest.approx(base[31].item() * 3 / 13)
+    for window in (1, 3):
+        f, m = yarn_state(base, (3, 7, 11), window)
+        assert torch.equal(f, base) and m == 1.0
+    f5, m5 = yarn_state(base, (3, 7, 11), 5)
+    assert m5 == pytest.approx(1 + 0.2 * math.log(5 / 3))
+    assert yarn_state(base, (), 11)[1] == 1.0
+
+
+YARN_PARTS = dict(V2_PARTS, yarn_windows=(1, 2))
+
+
+def test_yarn_model_sets_its_tables_and_scale_from_the_window_alone():
+    """set_window gives every attention YaRN's tables and query scale for the window, whatever window came before
+    (a resumed or loaded model is set straight to its window); the queries are the rotated, normed ones times the scale."""
+    from kit.modeling.modern import Rotary, rms_norm, yarn_state
+
+    model = v2_model(**YARN_PARTS)  # set to window 2: one YaRN step from 1
+    attn = model.blocks[0].attn
+    frequencies, multiplier = yarn_state(attn.rotary.base_frequencies, (1, 2), 2)
+    reference = Rotary(attn.cfg.head_dim, attn.rotary.cos.size(0), style="half")
+    reference.set_frequencies(frequencies)
+    torch.testing.assert_close(attn.rotary.cos, reference.cos)
+    assert attn.yarn_scale.item() == pytest.approx(multiplier)
+    x = torch.randn(1, 16, 64)
+    q = attn.project(x, None)[0].transpose(1, 2)
+    raw = attn.qkv(x).view(1, 16, 3, attn.cfg.n_head, attn.cfg.head_dim)[:, :, 0]
+    torch.testing.assert_close(q, reference(rms_norm(raw)) * multiplier)
+    model.set_window(1)
+    assert torch.equal(attn.rotary.cos, Rotary(attn.cfg.head_dim, attn.rotary.cos.size(0), style="half").cos) and attn.yarn_scale.item() == 1.0
+    model.set_window(2)
+    torch.testing.assert_close(attn.rotary.cos, reference.cos)
+    plain = v2_model(**V2_PARTS)
+    assert plain.blocks[0].attn.yarn_scale is None
+
+
+def test_yarn_model_is_causal_and_decodes_from_its_cache_as_it_recomputes():
+    from kit.tools.inference import generate
+
+    model = v2_model(**YARN_PARTS)
+    x = torch.randint(0, 1000, (1, 2 * BLOCK), generator=torch.Generator().manual_seed(0))
+    later = x.clone()
+    later[:, 151:] = 7
+    with torch.no_grad():
+        a, b = model(x), model(later)
+    torch.testing.assert_close(a[:, :151], b[:, :151], atol=1e-5, rtol=1e-5)
+    prompts = [[EOT, *range(5, 40)], [EOT, 7, 8, EOT, 9]]
+    assert generate(model, prompts, max_new_tokens=12, cache="paged", block_size=16) == generate(model, prompts, max_new_tokens=12, cache="none")
+
+
+def test_compiled_yarn_model_reads_the_tables_it_is_given():
+    """A compiled model changes its rotary tables and scale in place: the window's change must reach the graph
+    (not be baked in as a constant) without recompiling."""
+    import torch._dynamo
+
+    model = v2_model(**YARN_PARTS)
+    x = torch.randint(0, 1000, (1, 2 * BLOCK), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager = {}
+        for window in (1, 2):
+            model.set_window(window)
+            eager[window] = model(x)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend="aot_eager")
+        try:
+            for window in (1, 2):
+                model.set_window(window)
+                torch.testing.assert_close(compiled(x), eager[window], atol=1e-4, rtol=1e-4)
+                torch._dynamo.config.error_on_recompile = True
+        finally:
+            torch._dynamo.config.error_on_recompile = False
+            torch._dynamo.reset()
+    assert not torch.allclose(eager[1], eager[2])
+
+
+def test_window_stages_yarn_windows_and_the_attention_scale_of_the_script():
+    import train_gpt2_speedrun as sr
+    from kit.core.errors import UserError
+
+    cfg = parsed("--window-stages", "3,7,11", "--max-steps", "830", "--yarn", "1")
+    assert [sr.long_window_blocks(s, cfg) for s in (0, 276, 277, 553, 554, 830)] == [3, 3, 7, 7, 11, 11]
+    assert sr.yarn_windows(cfg) == (3, 7, 11)
+    model = sr.build_model(cfg)
+    assert model.config.yarn_windows == (3, 7, 11) and model.config.attn_scale == 0.1  # the public start, raised by YaRN
+    continuous = parsed("--max-steps", "830", "--yarn", "1")
+    assert sr.yarn_windows(continuous) == tuple(range(1, 15))
+    assert sr.yarn_windows(parsed("--max-steps", "830")) == ()
+    assert sr.build_model(parsed()).config.attn_scale == 0.12
+    assert sr.build_model(parsed("--yarn", "1", "--attn-scale", "0.12")).config.attn_scale == 0.12
+    for bad in ("7,3", "0,3", "3;7"):
+        with pytest.raises(UserError, match="--window-stages"):
+            sr.long_window_blocks(0, parsed("--window-stages", bad))
+
+
+def test_yarn_run_validates_at_its_own_window_and_resumes_on_the_same_losses(tmp_path, monkeypatch):
+    """--window-stages 1,2,3 --yarn 1 --val-window-blocks 4 on 6 steps: every validation attends with 4 blocks and
+    YaRN's scale for one step past the last stage; runs resumed at steps 2 and 4 (windows 1 and 2 of the schedule)
+    continue the uninterrupted run's losses, since YaRN's state follows from the window alone."""
+    import train_gpt2_speedrun as sr
+    from kit.loop.train import Trainer, main
+    from kit.modeling.modern import rotary_frequencies, yarn_state
+
+    seen = []
+    real_loss_sums = Trainer.loss_sums
+
+    def recording(self, *args, **kwargs):
+        seen.append((self.model.window_blocks_on_host, self.model.blocks[0].attn.yarn_scale.item()))
+        return real_loss_sums(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "loss_sums", recording)
+    flags = ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "256", "--val-tokens", "512", "--max-steps", "6",
+             "--val-every", "3", "--export", "0", "--window-stages", "1,2,3", "--yarn", "1", "--val-window-blocks", "4"]
+    assert main(sr.RECIPE, [*flags, "--save-every", "2", "--keep-checkpoints", "3", "--out-dir", str(tmp_path / "full")]) == 0
+    expected_scale = yarn_state(rotary_frequencies(MODERN_SIZES["tiny"].get("head_dim", ModernConfig.head_dim), "half"), (1, 2, 3), 4)[1]
+    assert len(seen) >= 3 and all(window == 4 for window, _ in seen)
+    assert all(scale == pytest.approx(expected_scale) for _, scale in seen) and expected_scale > 1.2
+    full = {m["step"]: m["loss"] for m in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
+    for at in (2, 4):
+        ckpt = tmp_path / "full" / "checkpoints" / f"ckpt_step{at:06d}.pt"
+        assert main(sr.RECIPE, [*flags, "--resume", str(ckpt), "--out-dir", str(tmp_path / f"from{at}")]) == 0
+        resumed = {m["step"]: m["loss"] for m in map(json.loads, (tmp_path / f"from{at}" / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
+        assert sorted(resumed) == list(range(at + 1, 7))
+        for step, loss in resumed.items():
+            assert abs(loss - full[step]) <= 1e-6, (at, step, loss, full[step])

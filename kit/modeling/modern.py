@@ -9,7 +9,8 @@ What differs from kit.modeling.model's GPT-2:
     the inputs of the second half; every block also mixes in the embedding x0;
   - attention within documents only (token 50256 starts a document) and within a sliding
     window counted in blocks of 128 tokens: long windows in some layers, half-length in the
-    others, the length set from outside (it grows during training);
+    others, the length set from outside (it grows during training); optionally YaRN at each change
+    of the window (rotary frequencies and attention scale: yarn_state);
   - untied output head with logit soft-capping;
   - optionally, a bigram hash embedding: each (previous token, token) pair hashed into one of
     `bigram_buckets` rows of an extra, zero-initialised embedding table, added with a learned
@@ -76,6 +77,7 @@ class ModernConfig:
     sublayer_scales: bool = False  # learned weights on the stream and each branch of every block, the stream's from sqrt(1.1)
     tie_embed: bool = False  # the token embedding starts as the output head's weight (shared until untie_embed; the head then starts normal(0, 0.005))
     prefix_target_weight: float = 0.0  # >0: the logits also score the next token's prefix token (kit.data.tokenizer.prefix_tokens) at this starting weight
+    yarn_windows: tuple = ()  # the long windows (blocks) the run's schedule moves through, in order: YaRN at each change (yarn_state)
     mudd: bool = False  # dynamic dense connections into the last two layers (MUDD, the public record of 2026-04-22; ModernGPT.mudd_mix)
 
 
@@ -221,13 +223,46 @@ def rotary_frequencies(head_dim: int, style: str = "full", base: float = 10000.0
     raise ValueError(f"unknown rotary style {style!r} (full or half)")
 
 
+YARN_ALPHA, YARN_BETA = 1.0, 32.0  # YaRN's ramp: pairs turning under alpha times in the old window are interpolated, over beta kept
+YARN_SCALE_SLOPE = 0.2  # the attention scale grows by 0.2 ln(new / old) + 1 at each change (the public record's 0.2; YaRN's paper has 0.1)
+
+
+def yarn_state(frequencies: torch.Tensor, windows, target: int):
+    """(frequencies, attention-scale multiplier) of YaRN (Peng et al. 2023, arXiv 2309.00071) as the public record of
+    2025-09-10 applies it while the window grows: from windows[0] through each listed window below target, then to
+    target (all in blocks). At each change old -> new, a rotary pair that turns r = old tokens * frequency / 2 pi
+    times within the old window keeps its frequency if r >= beta, is slowed by old / new if r <= alpha (so its angles
+    stay within those it trained on) and in between blends the two; the attention scale is multiplied by
+    0.2 ln(new / old) + 1, since with QK-norm the attention flattens as a window takes more keys.
+    A function of the window alone, so a resumed or loaded model gets the same state from set_window."""
+    frequencies = frequencies.clone()
+    if not windows or target <= windows[0]:
+        return frequencies, 1.0
+    path = [windows[0], *sorted({w for w in windows if windows[0] < w < target}), target]
+    multiplier = 1.0
+    for old, new in zip(path[:-1], path[1:]):
+        turns = old * BLOCK * frequencies / (2 * math.pi)
+        kept = torch.clamp((turns - YARN_ALPHA) / (YARN_BETA - YARN_ALPHA), 0, 1)
+        frequencies *= old / new + kept * (1 - old / new)
+        multiplier *= YARN_SCALE_SLOPE * math.log(new / old) + 1
+    return frequencies, multiplier
+
+
 class Rotary(nn.Module):
     def __init__(self, head_dim: int, max_seq_len: int, base: float = 10000.0, style: str = "full"):
         super().__init__()
-        inv_freq = rotary_frequencies(head_dim, style, base)
-        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), inv_freq)
+        self.base_frequencies = rotary_frequencies(head_dim, style, base)  # on the host: YaRN's starting point
+        angles = torch.outer(torch.arange(max_seq_len, dtype=torch.float32), self.base_frequencies)
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
+
+    @torch.no_grad()
+    def set_frequencies(self, frequencies: torch.Tensor) -> None:
+        """Rebuild the tables in place (a compiled graph reads the same buffers) for these frequencies."""
+        positions = torch.arange(self.cos.size(0), dtype=torch.float32, device=self.cos.device)
+        angles = torch.outer(positions, frequencies.to(self.cos.device))
+        self.cos.copy_(angles.cos())
+        self.sin.copy_(angles.sin())
 
     def forward(self, x, positions=None):
         """x (B, T, H, D) rotated by position: 0..T-1 by default; positions (B, T) gives each token's
@@ -291,6 +326,8 @@ class ModernAttention(nn.Module):
         self.value_gate = hidden_linear(2 * VALUE_GATE_DIMS, cfg.n_head, zero=True) if cfg.value_embed_gate else None
         # gated XSA (arXiv 2603.09078; the public record of 2026-04-29): tanh(a) per head, 0 at the start
         self.xsa_alpha = nn.Parameter(torch.zeros(cfg.n_head)) if xsa else None
+        # YaRN's attention-scale multiplier, applied to the queries (set with the window: ModernGPT.set_window)
+        self.register_buffer("yarn_scale", torch.tensor(1.0) if cfg.yarn_windows else None, persistent=False)
 
     def rotary_positions(self, T: int, device, positions=None):
         """Rotary positions: None (0..T-1) or the given (B, T) ones; with paired heads (.., T, heads):
@@ -310,7 +347,10 @@ class ModernAttention(nn.Module):
         qkv = self.qkv(x)
         q, k, v = qkv.view(B, T, 3, self.cfg.n_head, self.cfg.head_dim).unbind(2)
         positions = self.rotary_positions(T, x.device, positions)
-        q, k = (self.rotary(rms_norm(t), positions).to(qkv.dtype) for t in (q, k))
+        q, k = (self.rotary(rms_norm(t), positions) for t in (q, k))
+        if self.yarn_scale is not None:
+            q = q * self.yarn_scale
+        q, k = q.to(qkv.dtype), k.to(qkv.dtype)
         v = self.value_mix[0] * v
         if value_embed is not None:
             value_embed = value_embed.view_as(v).to(v.dtype)
@@ -490,6 +530,7 @@ class ModernGPT(nn.Module):
         self.register_buffer("mtp_weight", torch.tensor(0.0), persistent=False)
         self.register_buffer("window_blocks", torch.tensor(1, dtype=torch.int32), persistent=False)
         self.window_blocks_on_host = 1  # the same number, for cached decoding (no device-to-host wait per call)
+        self._yarn_window = None  # the window the rotary tables and attention scale were last set for (yarn_windows)
         self.init_v2_parts(cfg)
         self._linear_weights = None  # Linear weights, for the FLOP count (flops_per_token)
         # the MLP weights whose forward product runs in FP8 (2 of their 6 training FLOPs per token: flops_now)
@@ -592,9 +633,17 @@ class ModernGPT(nn.Module):
         return torch.cat([columns, prefix[..., None]], dim=-1)
 
     def set_window(self, long_blocks: int) -> None:
-        """Attention span of the long-window layers, in blocks of 128 tokens (the others get half)."""
+        """Attention span of the long-window layers, in blocks of 128 tokens (the others get half); with
+        yarn_windows, the rotary frequencies and attention scale YaRN gives for it (rebuilt only when it changes)."""
         self.window_blocks_on_host = max(1, int(long_blocks))
         self.window_blocks.fill_(self.window_blocks_on_host)
+        if self.config.yarn_windows and self.window_blocks_on_host != self._yarn_window:
+            self._yarn_window = self.window_blocks_on_host
+            for block in self.blocks:
+                if block.attn is not None:
+                    frequencies, multiplier = yarn_state(block.attn.rotary.base_frequencies, self.config.yarn_windows, self._yarn_window)
+                    block.attn.rotary.set_frequencies(frequencies)
+                    block.attn.yarn_scale.fill_(multiplier)
 
     def value_embed_slots(self) -> list:
         """For each layer, which value embedding it takes: with value_embed_layers, the j-th listed

@@ -63,6 +63,6 @@ def load_model(run_dir, device: str = "cpu"):
         if latest is None:
             raise UserError(f"{run_dir} holds neither model.safetensors nor a checkpoint")
         model.load_state_dict(torch.load(latest, map_location="cpu", weights_only=False)["model"])
-    if hasattr(model, "set_window") and hasattr(module, "long_window_blocks"):  # the attention window the run ended with
-        model.set_window(module.long_window_blocks(summary.get("steps", cfg.max_steps), cfg))
+    if hasattr(model, "set_window") and hasattr(module, "evaluation_window_blocks"):  # the attention window the run's last validation had
+        model.set_window(module.evaluation_window_blocks(summary.get("steps", cfg.max_steps), cfg))
     return model.to(device).eval(), cfg, module
