@@ -108,7 +108,8 @@ class Hyperparameters(TrainConfig):
     align_bos: bool = field(default=False, metadata={"help": "start every training sequence at a document start (token 50256); "
                                                         "skips the cut document's tail: 12% of webmix's tokens at 16,384-token sequences"})
     rope: str = field(default="half", metadata={"choices": ["half", "full"], "help": "half: rotary on half the head dimensions, frequencies 1..1/1024 (the public record's); full: every dimension, base 10000"})
-    skip_attn_layers: str = field(default="auto", metadata={"help": "comma-separated layers without attention (MLP only); auto: layer 7 of the 12-layer model, as in the public record; none: every layer attends"})
+    skip_attn_layers: str = field(default="auto", metadata={"help": "comma-separated layers without attention (MLP only); auto: layer 7 of the 12-layer model, as in the public record; none: every layer attends. "
+                                                                  "With --skip-mlp-layers 0, 0,7 leaves layer 0 only its input mix (the public record of 2025-09-21)"})
     skip_mlp_layers: str = field(default="none", metadata={"help": "comma-separated layers without MLP (attention only; the public record of 2025-09-05 drops "
                                                                  "layer 0's); none: every layer has one"})
     muon_coefficients: str = field(default="quintic", metadata={"choices": ["quintic", "polar"], "help": "Newton-Schulz: the fixed quintic, or Polar Express's per-iteration ones (tighter orthogonalisation)"})

@@ -305,7 +305,7 @@ def modern_model(window_blocks, **parts):
 
 @pytest.mark.parametrize("window_blocks", [1, 3])
 @pytest.mark.parametrize("cache", ["paged", "contiguous"])
-@pytest.mark.parametrize("parts", [{}, {"no_mlp_layers": (0,), "bigram_sign_rows": 16}])
+@pytest.mark.parametrize("parts", [{}, {"no_mlp_layers": (0, 2), "bigram_sign_rows": 16}])  # layer 2 then has neither attention nor MLP
 def test_speedrun_model_cache_generates_what_recomputation_generates(window_blocks, cache, parts):
     from kit.modeling.modern import EOT
 

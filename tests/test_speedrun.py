@@ -385,7 +385,7 @@ def test_ablation_switches_remove_their_component():
 
 
 @pytest.mark.parametrize("flags", [(), ("--bigram-buckets", "101"), ("--mtp-offsets", "2"), ("--muon-split-qkv", "0"), ("--skip-attn-layers", "1", "--value-embeds", "0"),
-                                   ("--skip-mlp-layers", "0", "--mlp-out-lr", "2"), ("--model-size", "124m", "--seq-len", "256")])
+                                   ("--skip-mlp-layers", "0", "--mlp-out-lr", "2"), ("--skip-mlp-layers", "0", "--skip-attn-layers", "0"), ("--model-size", "124m", "--seq-len", "256")])
 def test_every_parameter_is_optimised_exactly_once(flags):
     import train_gpt2_speedrun as sr
     from kit.core.config import parse_config
@@ -415,7 +415,8 @@ def test_record_architecture_switches():
     model, (_, muon) = built("--skip-attn-layers", "none", "--muon-split-qkv", "0", "--rope", "full")
     assert all(b.attn is not None for b in model.blocks) and [g["split"] for g in muon.param_groups] == [1]
     assert (model.blocks[0].attn.rotary.sin[1] != 0).all()
-    for flags in (("--skip-attn-layers", "12"), ("--skip-attn-layers", "x"), ("--skip-attn-layers", "0")):  # layer 0 takes a value embedding
+    for flags in (("--skip-attn-layers", "12"), ("--skip-attn-layers", "x"),
+                  ("--skip-attn-layers", "0", "--value-embed-layers", "0,1,2")):  # embedding 0 would feed layer 0 alone
         with pytest.raises(UserError):
             built(*flags)
 
@@ -449,10 +450,42 @@ def test_skip_mlp_layers_drops_the_mlp_and_its_flops():
     assert not missing and sorted(unexpected) == ["blocks.0.mlp.down.weight", "blocks.0.mlp.up.weight"]
     idx = torch.randint(0, full.config.vocab_size, (2, 256))
     torch.testing.assert_close(dropped(idx), full(idx))
-    for flags, reason in ((("--skip-mlp-layers", "1", "--skip-attn-layers", "1", "--value-embeds", "0"), "attention or its MLP"),
-                          (("--skip-mlp-layers", "2"), "layers 0..1"), (("--skip-mlp-layers", "0", "--sublayer-scales", "1"), "sublayer scales")):
+    for flags, reason in ((("--skip-mlp-layers", "2"), "layers 0..1"), (("--skip-mlp-layers", "0", "--sublayer-scales", "1"), "sublayer scales")):
         with pytest.raises(UserError, match=reason):
             built(*flags)
+
+
+def test_a_layer_without_attention_and_mlp_only_mixes_its_input():
+    """--skip-mlp-layers 0 --skip-attn-layers 0,7 (the public record of 2025-09-21 on top of 2025-09-05): layer 0
+    passes on its input mixed with the embedding (and the bigram embedding); value embedding 0, tied to layers 0 and 9,
+    is read by layer 9 alone. The model equals the one with layer 0's attention whose output projection is zero."""
+    import train_gpt2_speedrun as sr
+    from kit.core.config import parse_config
+
+    def built(*flags):
+        cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "124m", "--device", "cpu", "--seq-len", "256", "--bigram-buckets", "61",
+                                                   "--skip-mlp-layers", "0", *flags])
+        return sr.build_model(cfg)
+
+    torch.manual_seed(0)
+    with_attention = built()
+    torch.manual_seed(0)
+    empty = built("--skip-attn-layers", "0,7")
+    assert empty.blocks[0].attn is None and empty.blocks[0].mlp is None and empty.value_embed_slots()[0] == empty.value_embed_slots()[9] == 0
+    with torch.no_grad():
+        for p in with_attention.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+        with_attention.blocks[0].attn.proj.weight.zero_()
+    missing, unexpected = empty.load_state_dict(with_attention.state_dict(), strict=False)
+    assert not missing and unexpected and all(name.startswith("blocks.0.attn.") for name in unexpected)
+    for model in (with_attention, empty):
+        model.set_window(2)
+    idx = torch.randint(0, 50000, (1, 256))
+    with torch.no_grad():
+        torch.testing.assert_close(empty(idx), with_attention(idx))
+    block, x, x0 = empty.blocks[0], torch.randn(1, 4, 768), torch.randn(1, 4, 768)
+    torch.testing.assert_close(block(x, x0, None, None), block.residual_mix[0] * x + block.residual_mix[1] * x0)
+    assert empty.flops_per_token(256) < with_attention.flops_per_token(256)
 
 
 def test_micro_batch_rule_fits_small_cards():

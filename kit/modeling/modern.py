@@ -452,8 +452,7 @@ class ModernBlock(nn.Module):
     def __init__(self, cfg: ModernConfig, attention: bool = True, key_offset: bool = False, paired: bool = False, xsa: bool = False,
                  mlp: bool = True):
         super().__init__()
-        if not (attention or mlp):
-            raise ValueError("a block needs its attention or its MLP (a layer is in both no_attn_layers and no_mlp_layers)")
+        # with neither attention nor MLP (the public record of 2025-09-21's layer 0) the block only mixes its input (mix_in)
         self.attn = ModernAttention(cfg, key_offset, paired, xsa) if attention else None
         self.mlp = ReluSquaredMLP(cfg)  # built even where dropped: the random draws, and so the other weights' start, stay the full model's
         if not mlp:
@@ -510,9 +509,11 @@ class ModernGPT(nn.Module):
         self.blocks = nn.ModuleList(ModernBlock(cfg, attention=i not in cfg.no_attn_layers, key_offset=cfg.key_offset and self.long_window[i],
                                                 paired=self.paired[i], xsa=i in cfg.xsa_layers, mlp=i not in cfg.no_mlp_layers)
                                     for i in range(cfg.n_layer))
-        fed = [i for i, slot in enumerate(self.value_embed_slots()) if slot is not None]
-        if any(i in cfg.no_attn_layers for i in fed):
-            raise ValueError(f"layers {cfg.no_attn_layers} lose their attention but layers {fed} take value embeddings, which feed attention")
+        # a layer without attention leaves its value embedding unread; each embedding must still feed an attending layer
+        attending = {slot for slot, block in zip(self.value_embed_slots(), self.blocks) if slot is not None and block.attn is not None}
+        if len(attending) < len(self.value_embeds):
+            raise ValueError(f"layers {cfg.no_attn_layers} lose their attention, and with them value embeddings "
+                             f"{sorted(set(range(len(self.value_embeds))) - attending)} would feed no attention: take other --value-embed-layers")
         self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet else None
         self.bigram_embed = nn.Embedding(cfg.bigram_buckets, cfg.n_embd) if cfg.bigram_buckets else None
         if self.bigram_embed is not None:
