@@ -184,6 +184,9 @@ class Hyperparameters(TrainConfig):
     adam_hidden_lr: float = 0.003
     value_embeds: int = field(default=3, metadata={"help": "value embeddings (0: none)"})
     unet: bool = field(default=True, metadata={"help": "U-net skip connections"})
+    skip_pairs: str = field(default="", metadata={"help": "only these skips, SOURCE:TARGET layers separated by commas (the output of SOURCE added, weighted, "
+                                                          "to the input of TARGET), e.g. 4:7 (the public record of 2025-11-18); empty: the U-net's (--unet)"})
+    residual_start: float = field(default=1.0, metadata={"help": "each block's weight on the stream in x = a x + b x0 starts here (the public record of 2025-11-18: 1.1)"})
     window_schedule: bool = field(default=True, metadata={"help": "0: the longest window from the first step"})
     late_val_every: int = field(default=25, metadata={"help": "validate this often in the last --late-val-frac of the run, where the target is crossed"})
     late_val_frac: float = field(default=0.3, metadata={"help": "FineWeb: the public record's log crosses 3.3821 near 75% of its schedule"})
@@ -264,7 +267,8 @@ def build_model(cfg: Hyperparameters):
                                       **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),
                                       value_embed_gate=cfg.value_embed_gate, attn_out_init=cfg.attn_out_init, sublayer_scales=cfg.sublayer_scales,
                                       tie_embed=cfg.tie_embed_until > 0, prefix_target_weight=cfg.prefix_target, mudd=cfg.mudd,
-                                      attn_scale=cfg.attn_scale or (0.1 if cfg.yarn else 0.12), yarn_windows=yarn_windows(cfg)))
+                                      attn_scale=cfg.attn_scale or (0.1 if cfg.yarn else 0.12), yarn_windows=yarn_windows(cfg),
+                                      skip_pairs=skip_pairs(cfg.skip_pairs, size.get("n_layer", ModernConfig.n_layer)), residual_start=cfg.residual_start))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
 
@@ -329,6 +333,17 @@ def layer_parts(cfg: Hyperparameters, n_layer: int) -> dict:
     return {"value_embed_layers": tuple(value_embeds) if cfg.value_embed_layers == "auto" else layer_list(cfg.value_embed_layers, "--value-embed-layers", n_layer),
             "paired_head_layers": paired,
             "xsa_layers": xsa if cfg.xsa_layers == "auto" else layer_list(cfg.xsa_layers, "--xsa-layers", n_layer)}
+
+
+def skip_pairs(text: str, n_layer: int) -> tuple:
+    """--skip-pairs 4:7,2:9 -> ((4, 7), (2, 9))."""
+    try:
+        pairs = tuple(tuple(int(layer) for layer in pair.split(":")) for pair in text.split(",")) if text else ()
+    except ValueError:
+        pairs = ((-1, -1),)
+    if any(len(pair) != 2 or not 0 <= pair[0] < pair[1] < n_layer for pair in pairs):
+        raise UserError(f"--skip-pairs {text}: SOURCE:TARGET layers separated by commas, source before target, layers 0..{n_layer - 1} (e.g. 4:7)")
+    return pairs
 
 
 def layers_without_attention(cfg: Hyperparameters, n_layer: int) -> tuple:

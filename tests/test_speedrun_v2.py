@@ -155,7 +155,8 @@ def test_smear_and_backout_start_as_no_ops_and_act_once_trained():
 
 
 @pytest.mark.parametrize("cache, parts", [("paged", V2_PARTS), ("contiguous", V2_PARTS), ("paged", dict(LATER_PARTS, paired_head_layers=())),
-                                          ("paged", MUDD_PARTS)], ids=["paged", "contiguous", "paged-later-parts", "paged-mudd"])
+                                          ("paged", dict(MUDD_PARTS, skip_pairs=((0, 2),), residual_start=1.1))],
+                         ids=["paged", "contiguous", "paged-later-parts", "paged-mudd-one-skip"])
 def test_cached_decoding_with_the_new_parts_generates_what_recomputation_does(cache, parts):
     from kit.tools.inference import generate
 
@@ -741,3 +742,48 @@ def test_yarn_run_validates_at_its_own_window_and_resumes_on_the_same_losses(tmp
         assert sorted(resumed) == list(range(at + 1, 7))
         for step, loss in resumed.items():
             assert abs(loss - full[step]) <= 1e-6, (at, step, loss, full[step])
+
+
+# ----- the refined skips and the stream weight's start -----
+
+def test_skip_pairs_route_each_listed_output_and_the_default_is_the_u_net():
+    """With blocks replaced by 'add i + 1', the input of each layer shows which outputs its skips brought: the U-net
+    (layer 1 feeds 2, 0 feeds 3 on 4 layers, weights 0.5 and 2) or a single pair 0:2 (weight 3)."""
+    def inputs_through(model):
+        seen = []
+
+        def apply_block(i, block, x):
+            seen.append(x.item())
+            return x + (i + 1)
+
+        model.through_blocks(torch.tensor(0.0), apply_block)
+        return seen
+
+    u_net = ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}))
+    assert u_net.skip_pairs == ((1, 2), (0, 3))
+    with torch.no_grad():
+        u_net.skip_weights.copy_(torch.tensor([0.5, 2.0]))
+    # outputs: layer 0 -> 1; layer 1 -> 3; layer 2's input 3 + 0.5 * 3 = 4.5 -> 7.5; layer 3's input 7.5 + 2 * 1 = 9.5
+    assert inputs_through(u_net) == [0.0, 1.0, 4.5, 9.5]
+    single = ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}, skip_pairs=((0, 2),)))
+    with torch.no_grad():
+        single.skip_weights.fill_(3.0)
+    assert inputs_through(single) == [0.0, 1.0, 3.0 + 3 * 1.0, 9.0]
+    assert ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}, unet=False)).skip_weights is None
+    with pytest.raises(ValueError, match="skip_pairs"):
+        ModernGPT(ModernConfig(**{**MODERN_SIZES["tiny"], "n_layer": 4}, skip_pairs=((2, 1),)))
+
+
+def test_the_script_parses_skip_pairs_and_starts_the_stream_weight():
+    import train_gpt2_speedrun as sr
+    from kit.core.errors import UserError
+
+    model = sr.build_model(parsed("--model-size", "124m", "--seq-len", "256", "--bigram-buckets", "0", "--skip-pairs", "4:7", "--residual-start", "1.1"))
+    assert model.skip_pairs == ((4, 7),) and model.skip_weights.shape == (1,)
+    assert all(block.residual_mix[0].item() == pytest.approx(1.1) for block in model.blocks)
+    assert sr.skip_pairs("4:7,2:9", 12) == ((4, 7), (2, 9)) and sr.skip_pairs("", 12) == ()
+    for bad in ("7:4", "4-7", "4:12", "4:7:9"):
+        with pytest.raises(UserError, match="--skip-pairs"):
+            sr.skip_pairs(bad, 12)
+    with pytest.raises(UserError, match="sublayer scales"):
+        sr.build_model(parsed("--residual-start", "1.1", "--sublayer-scales", "1"))

@@ -6,7 +6,8 @@ What differs from kit.modeling.model's GPT-2:
   - value embeddings: extra token embeddings mixed into the attention values of the first and
     last layers;
   - U-net skips: outputs of the first half of the layers are added, with learned weights, to
-    the inputs of the second half; every block also mixes in the embedding x0;
+    the inputs of the second half (or only listed pairs: skip_pairs); every block also mixes in
+    the embedding x0;
   - attention within documents only (token 50256 starts a document) and within a sliding
     window counted in blocks of 128 tokens: long windows in some layers, half-length in the
     others, the length set from outside (it grows during training); optionally YaRN at each change
@@ -52,6 +53,8 @@ class ModernConfig:
     softcap: float = 15.0
     long_window_layers: tuple = ()  # empty: every 4th layer and the last
     unet: bool = True  # U-net skips from the first half of the layers to the second
+    skip_pairs: tuple = ()  # (source, target) layers: source's output added, weighted, to target's input, instead of the U-net's (the public record of 2025-11-18: (4, 7))
+    residual_start: float = 1.0  # each block's weight on the stream (x = a x + b x0) starts here (the public record of 2025-11-18: 1.1)
     fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/modeling/fp8.py)
     fp8_mlp: str = "off"  # the MLPs' forward products in FP8 while training: off, up (the up projections) or both (kit/modeling/fp8.py)
     compile_mode: str = "regional"  # regional (blocks and head compiled one by one) | whole
@@ -459,7 +462,7 @@ class ModernBlock(nn.Module):
             del self.mlp  # no submodule of that name, so a state dict that holds one is refused, not silently taken
             self.mlp = None
         # (stream, embedding x0); with sublayer scales the stream starts at sqrt(1.1) before each branch (the public record's)
-        self.residual_mix = nn.Parameter(torch.tensor([1.1 ** 0.5 if cfg.sublayer_scales else 1.0, 0.0]))
+        self.residual_mix = nn.Parameter(torch.tensor([1.1 ** 0.5 if cfg.sublayer_scales else cfg.residual_start, 0.0]))
         self.bigram_mix = nn.Parameter(torch.tensor(0.1)) if cfg.bigram_buckets else None
         # (attention's output, the stream before the MLP, the MLP's output)
         self.branch_scales = nn.Parameter(torch.tensor([1.0, 1.1 ** 0.5, 1.0])) if cfg.sublayer_scales else None
@@ -504,6 +507,8 @@ class ModernGPT(nn.Module):
             if any(not 0 <= i < cfg.n_layer for i in getattr(cfg, name)):
                 raise ValueError(f"{name} {getattr(cfg, name)}: the model has layers 0..{cfg.n_layer - 1}")
         self.paired = [i in cfg.paired_head_layers for i in range(cfg.n_layer)]
+        if cfg.sublayer_scales and cfg.residual_start != 1.0:
+            raise ValueError("sublayer scales start the stream's weight themselves (sqrt(1.1)): leave residual_start at 1")
         if cfg.no_mlp_layers and cfg.sublayer_scales:  # a block without MLP would leave its MLP's scales untrained
             raise ValueError("sublayer scales weigh every block's MLP: they cannot go with layers that have none")
         self.blocks = nn.ModuleList(ModernBlock(cfg, attention=i not in cfg.no_attn_layers, key_offset=cfg.key_offset and self.long_window[i],
@@ -514,7 +519,11 @@ class ModernGPT(nn.Module):
         if len(attending) < len(self.value_embeds):
             raise ValueError(f"layers {cfg.no_attn_layers} lose their attention, and with them value embeddings "
                              f"{sorted(set(range(len(self.value_embeds))) - attending)} would feed no attention: take other --value-embed-layers")
-        self.skip_weights = nn.Parameter(torch.ones(cfg.n_layer // 2)) if cfg.unet else None
+        if any(not 0 <= source < target < cfg.n_layer for source, target in cfg.skip_pairs):
+            raise ValueError(f"skip_pairs {cfg.skip_pairs}: (source, target) layers with source < target < {cfg.n_layer}")
+        half = cfg.n_layer // 2  # the U-net: layer half-1 feeds layer half, half-2 feeds half+1, ...
+        self.skip_pairs = cfg.skip_pairs or (tuple((half - 1 - k, half + k) for k in range(half)) if cfg.unet else ())
+        self.skip_weights = nn.Parameter(torch.ones(len(self.skip_pairs))) if self.skip_pairs else None
         self.bigram_embed = nn.Embedding(cfg.bigram_buckets, cfg.n_embd) if cfg.bigram_buckets else None
         if self.bigram_embed is not None:
             nn.init.zeros_(self.bigram_embed.weight)
@@ -717,18 +726,19 @@ class ModernGPT(nn.Module):
         return self.head(x, targets)
 
     def through_blocks(self, x, apply_block):
-        """The blocks in order, with the U-net skips: the outputs of the first half, last first, are
-        added (weighted) to the inputs of the second half; with MUDD, its mixes after the last two (init_mudd).
+        """The blocks in order, with the skips (skip_pairs; by default the U-net's: the outputs of the first half,
+        last first, added with learned weights to the inputs of the second half); with MUDD, its mixes after the last two (init_mudd).
         apply_block(i, block, x) -> x runs one block, and takes a fourth argument, MUDD's value term, for the
         last one (kit.tools.inference passes one that attends through a KV cache)."""
-        skips, half, backout = [], self.config.n_layer // 2, None
+        outputs, backout = {}, None
         first_input, reference, v_extra = x, None, None
         for i, block in enumerate(self.blocks):
-            if i >= half and skips and self.skip_weights is not None:
-                x = x + self.skip_weights[i - half] * skips.pop()
+            for j, (source, target) in enumerate(self.skip_pairs):
+                if target == i:
+                    x = x + self.skip_weights[j] * outputs[source]
             x = apply_block(i, block, x) if v_extra is None else apply_block(i, block, x, v_extra)
-            if i < half:
-                skips.append(x)
+            if any(source == i for source, _ in self.skip_pairs):
+                outputs[i] = x
             if i == self.config.backout_layer:
                 backout = x
             if self.mudd_layers:
