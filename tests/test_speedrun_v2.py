@@ -462,6 +462,25 @@ def test_a_tied_embedding_reads_the_head_and_untying_copies_weight_and_adam_stat
     torch.testing.assert_close(loaded.eval()(idx), model.eval()(idx))
 
 
+def train_losses(run_dir) -> dict:
+    return {m["step"]: m["loss"] for m in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
+
+
+def assert_resumed_runs_follow_the_full_run(flags, tmp_path, at_steps, last_step=6):
+    """Runs resumed from tmp_path/full's checkpoints at at_steps continue its losses to last_step."""
+    import train_gpt2_speedrun as sr
+    from kit.loop.train import main
+
+    full = train_losses(tmp_path / "full")
+    for at in at_steps:
+        ckpt = tmp_path / "full" / "checkpoints" / f"ckpt_step{at:06d}.pt"
+        assert main(sr.RECIPE, [*flags, "--resume", str(ckpt), "--out-dir", str(tmp_path / f"from{at}")]) == 0
+        resumed = train_losses(tmp_path / f"from{at}")
+        assert sorted(resumed) == list(range(at + 1, last_step + 1))
+        for step, loss in resumed.items():
+            assert abs(loss - full[step]) <= 1e-6, (at, step, loss, full[step])
+
+
 def test_the_record_script_unties_at_its_step_and_a_resumed_run_follows_the_same_losses(tmp_path):
     """--tie-embed-until 0.5 on 6 steps: the embedding trains with the head for 3 steps, then apart at the head's LR;
     a run resumed from step 2 (tied) and one from step 4 (untied) continue the uninterrupted run's losses (with the
@@ -477,16 +496,10 @@ def test_the_record_script_unties_at_its_step_and_a_resumed_run_follows_the_same
     flags = ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "256", "--val-tokens", "512",
              "--max-steps", "6", "--val-every", "0", "--export", "0", "--tie-embed-until", "0.5", "--prefix-target", "0.25"]
     assert main(sr.RECIPE, [*flags, "--save-every", "2", "--keep-checkpoints", "3", "--out-dir", str(tmp_path / "full")]) == 0
-    full = {m["step"]: m["loss"] for m in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
     for at, tied in ((2, True), (4, False)):
-        ckpt = tmp_path / "full" / "checkpoints" / f"ckpt_step{at:06d}.pt"
-        saved = torch.load(ckpt, map_location="cpu", weights_only=False)["model"]
+        saved = torch.load(tmp_path / "full" / "checkpoints" / f"ckpt_step{at:06d}.pt", map_location="cpu", weights_only=False)["model"]
         assert bool(saved["embed_is_tied"]) is tied and torch.equal(saved["embed.weight"], saved["lm_head.weight"]) is False
-        assert main(sr.RECIPE, [*flags, "--resume", str(ckpt), "--out-dir", str(tmp_path / f"from{at}")]) == 0
-        resumed = {m["step"]: m["loss"] for m in map(json.loads, (tmp_path / f"from{at}" / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
-        assert sorted(resumed) == list(range(at + 1, 7))
-        for step, loss in resumed.items():
-            assert abs(loss - full[step]) <= 1e-6, (at, step, loss, full[step])
+    assert_resumed_runs_follow_the_full_run(flags, tmp_path, (2, 4))
 
 
 # ----- the prefix token as an extra target -----
@@ -734,14 +747,7 @@ def test_yarn_run_validates_at_its_own_window_and_resumes_on_the_same_losses(tmp
     expected_scale = yarn_state(rotary_frequencies(MODERN_SIZES["tiny"].get("head_dim", ModernConfig.head_dim), "half"), (1, 2, 3), 4)[1]
     assert len(seen) >= 3 and all(window == 4 for window, _ in seen)
     assert all(scale == pytest.approx(expected_scale) for _, scale in seen) and expected_scale > 1.2
-    full = {m["step"]: m["loss"] for m in map(json.loads, (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
-    for at in (2, 4):
-        ckpt = tmp_path / "full" / "checkpoints" / f"ckpt_step{at:06d}.pt"
-        assert main(sr.RECIPE, [*flags, "--resume", str(ckpt), "--out-dir", str(tmp_path / f"from{at}")]) == 0
-        resumed = {m["step"]: m["loss"] for m in map(json.loads, (tmp_path / f"from{at}" / "metrics.jsonl").read_text().splitlines()) if m["type"] == "train"}
-        assert sorted(resumed) == list(range(at + 1, 7))
-        for step, loss in resumed.items():
-            assert abs(loss - full[step]) <= 1e-6, (at, step, loss, full[step])
+    assert_resumed_runs_follow_the_full_run(flags, tmp_path, (2, 4))
 
 
 # ----- the refined skips and the stream weight's start -----
