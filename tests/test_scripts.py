@@ -644,3 +644,30 @@ def test_the_tools_that_start_runs_stop_them_with_themselves():
         text = (REPO / "scripts" / tool).read_text()
         main_block = text.split('if __name__ == "__main__":', 1)[1]
         assert "children.stop_with_this_process()" in main_block and "subprocess.Popen(" not in text and "subprocess.call(" not in text, tool
+
+
+def test_evaluate_scores_a_run_at_its_own_window_as_its_last_validation_did_and_at_others(tmp_path, capsys):
+    """A YaRN run of windows 1 then 2 blocks (256-token sequences): at window 2, its last window, the script's loss
+    equals the run's own final validation; at window 1 (other tables, other mask) it differs."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import train_gpt2_speedrun as sr
+    from kit.loop.train import main
+
+    run = tmp_path / "run"
+    assert main(sr.RECIPE, ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--seq-len", "256", "--batch-tokens", "512",
+                            "--val-tokens", "512", "--max-steps", "4", "--val-every", "0", "--window-stages", "1,2", "--yarn", "1",
+                            "--progress", "lines", "--out-dir", str(run)]) == 0
+    final = json.loads((run / "summary.json").read_text())["final_val_loss"]
+    evaluate = load_script("evaluate")
+    rows = evaluate.main([str(run), "--window-blocks", "2", "--device", "cpu", "--out", str(tmp_path / "rows.json")])
+    assert [(r["window_blocks"], r["set"], r["tokens"]) for r in rows] == [(2, "val", 512)] and rows[0]["loss"] == pytest.approx(final, abs=1e-5)
+    assert json.loads((tmp_path / "rows.json").read_text())["rows"] == rows
+    assert "| 2 | val |" in capsys.readouterr().out
+    weights = load_file(run / "model.safetensors")  # 4 steps leave the zero-started projections near zero: perturb, so attention matters
+    save_file({name: w + 0.3 * torch.randn_like(w) for name, w in weights.items()}, run / "model.safetensors")
+    wide, narrow = evaluate.main([str(run), "--window-blocks", "2,1", "--device", "cpu"])
+    assert (wide["window_blocks"], narrow["window_blocks"]) == (2, 1) and abs(wide["loss"] - narrow["loss"]) > 1e-3
+    with pytest.raises(SystemExit):
+        evaluate.main([str(run), "--window-blocks", "x"])

@@ -371,6 +371,20 @@ def cache_note(counts: dict) -> str:
     return f" [{', '.join(notes)}]"
 
 
+@torch.no_grad()
+def validation_loss_sums(model, batches, device: torch.device, dtype: torch.dtype, to_device=None) -> torch.Tensor:
+    """[sum of the token losses, token count] of model(x, y) over batches of (x, y), float64 on the device (the
+    sum stays there: no copy to wait for per batch). to_device moves a batch (default: .to(device))."""
+    loss_sum, count = torch.zeros((), device=device, dtype=torch.float64), 0
+    for batch in batches:
+        x, y = to_device(batch) if to_device else (t.to(device) for t in batch)
+        with hw.autocast(device, dtype):
+            loss = model(x, y)
+        loss_sum += loss.double() * y.numel()
+        count += y.numel()
+    return torch.stack([loss_sum, loss_sum.new_tensor(float(count))])
+
+
 class Trainer:
     def __init__(self, recipe: Recipe, argv=None):
         # a script run as a program: its clock starts with the process (the interpreter, torch and the kit loading);
@@ -760,21 +774,15 @@ class Trainer:
 
     # ----- evaluation -----
 
-    @torch.no_grad()
     def loss_sums(self, path, strict: bool, tokens: int = None, first_seq: int = 0) -> torch.Tensor:
         """[sum of the token losses, token count] over a validation shard's sequences from first_seq up to
         `tokens` (default --val-tokens), summed over the ranks; float64 on the device."""
         self.eval_model.eval()
-        loss_sum, count = torch.zeros((), device=self.device, dtype=torch.float64), 0
-        for batch in validation_batches(path, tokens or self.cfg.val_tokens, self.cfg.seq_len, self.eval_micro_batch, self.ddp.rank,
-                                        self.ddp.world_size, strict, first_seq):
-            x, y = self.to_device(batch)
-            with hw.autocast(self.device, self.dtype):
-                loss = self.eval_model(x, y)
-            loss_sum += loss.double() * y.numel()  # stays on the GPU: no copy to wait for per batch
-            count += y.numel()
+        batches = validation_batches(path, tokens or self.cfg.val_tokens, self.cfg.seq_len, self.eval_micro_batch, self.ddp.rank,
+                                     self.ddp.world_size, strict, first_seq)
+        total = validation_loss_sums(self.eval_model, batches, self.device, self.dtype, self.to_device)
         self.eval_model.train()
-        return hw.all_reduce_sum(torch.stack([loss_sum, loss_sum.new_tensor(float(count))]))
+        return hw.all_reduce_sum(total)
 
     def evaluate(self, path, strict: bool, tokens: int = None) -> float:
         """Mean loss over the first `tokens` (default --val-tokens) tokens of a validation shard."""
