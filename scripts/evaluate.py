@@ -10,6 +10,7 @@ for each window (kit.modeling.modern.yarn_state). Attention runs dense (the refe
 """
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -45,7 +46,9 @@ def validation_sets(cfg, files: str) -> dict:
         if missing:
             raise UserError(f"--files: {', '.join(missing)} not found")
         return {p.stem: p for p in paths}
-    data = datasets.resolve(cfg)
+    validation_only = copy.copy(cfg)
+    validation_only.max_steps = 0  # FineWeb: fetch the validation shard alone where it is missing, no training shards
+    data = datasets.resolve(validation_only)
     return {"val": data.val, **data.extra_val}
 
 

@@ -164,3 +164,15 @@ def test_webmix_staging_in_parts(tmp_path):
     assert webmix.main(["--source", str(tmp_path / "src"), "--dest", str(tmp_path / "dest")]) == 1
     assert webmix.main(["--source", str(tmp_path / "src"), "--dest", str(tmp_path / "dest"), "--skip-missing"]) == 0
     assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["webmix_train_000001.bin"]
+
+
+def test_an_evaluation_fetches_the_fineweb_validation_shard_alone(fake_hub, tmp_path, isolated_data_dir):
+    """0 steps (scripts/evaluate.py on a FineWeb run): the validation shard comes from the hub, no training shard."""
+    from types import SimpleNamespace
+
+    from kit.data import datasets
+
+    served = serve_fineweb(fake_hub, tmp_path / "src", num_train=2)
+    data = datasets.resolve(SimpleNamespace(train_files="", data="fineweb", max_steps=0, batch_tokens=524_288))
+    assert data.train == [] and data.val.read_bytes() == served["fineweb_val_000000.bin"]
+    assert not any("train" in (path or "") for path, _ in fake_hub.requests)  # (unmatched paths, such as metadata requests, are None)

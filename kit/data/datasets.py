@@ -54,10 +54,11 @@ def expand_glob(pattern: str, flag: str) -> list[Path]:
 
 
 def fineweb_files(cfg, is_main: bool) -> DataFiles:
-    """FineWeb-10B shards in data/fineweb10B, downloading the ones this run needs."""
+    """FineWeb-10B shards in data/fineweb10B, downloading the ones this run needs (0 steps, an evaluation: the
+    validation shard alone)."""
     folder = data_dir() / "fineweb10B"
     needed_tokens = cfg.max_steps * cfg.batch_tokens
-    num_train = min(103, max(1, math.ceil(needed_tokens / hub.FINEWEB_SHARD_TOKENS)))
+    num_train = min(103, max(1, math.ceil(needed_tokens / hub.FINEWEB_SHARD_TOKENS))) if cfg.max_steps else 0
     names = hub.fineweb_filenames(num_train)
     missing = [n for n in names if not shard_is_complete(folder / n)]
     if missing and is_main:
