@@ -772,6 +772,11 @@ def test_stop_at_step_ends_the_run_there_on_the_long_schedules_learning_rates(tm
     summary = json.loads((tmp_path / "stopped" / "summary.json").read_text())
     assert (summary["status"], summary["steps"]) == ("stopped", 4) and not (tmp_path / "stopped" / "model.safetensors").exists()
     assert "stopped at step 4 of 12 (--stop-at-step)" in (tmp_path / "stopped" / "log.txt").read_text()
+    full_summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert "evaluation graph" in full_summary["warmup_parts_s"] and "evaluation graph" not in summary["warmup_parts_s"]  # no check before the stop
+    assert run_baseline([*flags[:-1], "4", "--stop-at-step", "4", "--out-dir", tmp_path / "checked"])[0] == 0
+    checked = json.loads((tmp_path / "checked" / "summary.json").read_text())
+    assert "evaluation graph" in checked["warmup_parts_s"] and len(read_metrics(tmp_path / "checked", "val")) == 2  # steps 0 and 4
     with pytest.raises(UserError, match="--stop-at-step 13: a step of the schedule"):
         parse_config(TrainConfig, ["--max-steps", "12", "--stop-at-step", "13"])  # parse_config checks the settings
 

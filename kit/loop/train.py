@@ -730,7 +730,7 @@ class Trainer:
         model does not recompile at step 1; the stream is rewound and the gradients dropped), once
         in each of the recipe's warm_up_states (graphs that change during the run, such as the
         offsets multi-token prediction still trains; before_step sets the real state at step 1),
-        and one no-grad forward for evaluation; optimizers with compiled parts (Muon) compile them
+        and one no-grad forward for evaluation (where the run validates at all); optimizers with compiled parts (Muon) compile them
         on zeros, leaving weights and optimizer state untouched.
         """
         t0 = time.perf_counter()
@@ -762,17 +762,24 @@ class Trainer:
             if hasattr(opt, "warm_up"):
                 opt.warm_up()
         part_done("optimizers")
-        with torch.no_grad(), hw.autocast(self.device, self.dtype):
-            self.eval_model.eval()
-            for enter_state in states:  # a state that changes the model's graph (a tied embedding) changes the evaluation's too
-                enter_state()
-                self.eval_model(*(t[: self.eval_micro_batch] for t in batch))  # the evaluation batch shape
-            self.eval_model.train()
-        part_done("evaluation graph")
+        if self.validates_before_the_end():  # a speed run stopped before any check needs no evaluation graph
+            with torch.no_grad(), hw.autocast(self.device, self.dtype):
+                self.eval_model.eval()
+                for enter_state in states:  # a state that changes the model's graph (a tied embedding) changes the evaluation's too
+                    enter_state()
+                    self.eval_model(*(t[: self.eval_micro_batch] for t in batch))  # the evaluation batch shape
+                self.eval_model.train()
+            part_done("evaluation graph")
         self.warmup_parts = {name: round(seconds, 2) for name, seconds in parts.items()}
         return time.perf_counter() - t0
 
     # ----- evaluation -----
+
+    def validates_before_the_end(self) -> bool:
+        """Whether this run checks the loss at all: always where it runs to --max-steps (the last step is validated);
+        with --stop-at-step, where a check falls on a step from here to the stop."""
+        end = self.cfg.stop_at_step or self.cfg.max_steps
+        return end == self.cfg.max_steps or any(self.validate_at(step) for step in range(self.step, end + 1))
 
     def loss_sums(self, path, strict: bool, tokens: int = None, first_seq: int = 0) -> torch.Tensor:
         """[sum of the token losses, token count] over a validation shard's sequences from first_seq up to
