@@ -116,6 +116,7 @@ class Hyperparameters(TrainConfig):
     normuon: bool = field(default=False, metadata={"help": "NorMuon (arXiv 2510.05491): each output neuron's orthogonalised update divided by its running RMS (beta 0.95), "
                                                      "the matrix's update norm kept; unmeasured"})
     muon_split_qkv: bool = field(default=True, metadata={"help": "orthogonalise Q, K and V's weights separately (0: the fused QKV matrix as one)"})
+    muon_qk_head_pairs: bool = field(default=False, metadata={"help": "orthogonalise Q and K by pairs of heads, V whole (the public record of 2026-04-08); 0: each of Q, K, V whole"})
     muon_tall_scale: bool = field(default=False, metadata={"help": "1: tall matrices (the MLP's 3072x768 input projection) step sqrt(rows/cols) = 2x further; "
                                                                 "0: every matrix steps lr (the public recipe since 2025-08, which stores that matrix transposed)"})
     bigram_buckets: int = field(default=251_520, metadata={"help": "bigram hash embedding with this many rows (5 x 50,304, as the public record; 0: off), "
@@ -379,7 +380,7 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     split_qkv = qkv if cfg.muon_split_qkv else []  # Q, K and V each orthogonalised as their own matrix
     mlp_out = [block.mlp.down.weight for block in model.blocks if block.mlp is not None] if cfg.mlp_out_lr != 1 else []
     apart = {id(p) for p in split_qkv + mlp_out}
-    groups = [{"params": split_qkv, "split": 3}, {"params": mlp_out, "update_scale": cfg.mlp_out_lr},
+    groups = [{"params": split_qkv, "split": qkv_split(model, cfg)}, {"params": mlp_out, "update_scale": cfg.mlp_out_lr},
               {"params": [p for p in hidden if id(p) not in apart]}]
     groups = [g for g in groups if g["params"]]
     muon = Muon(groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, coefficients=cfg.muon_coefficients, tall_scale=cfg.muon_tall_scale,
@@ -387,6 +388,17 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     for group in muon.param_groups:
         group["base_lr"] = cfg.muon_lr
     return [adam, muon]
+
+
+def qkv_split(model: ModernGPT, cfg: Hyperparameters):
+    """Muon's split of the fused QKV weights: 3 (Q, K, V), or with --muon-qk-head-pairs the rows of each pair of
+    heads of Q and of K, then V whole."""
+    if not cfg.muon_qk_head_pairs:
+        return 3
+    heads, head_dim = model.config.n_head, model.config.head_dim
+    if heads % 2 or not cfg.muon_split_qkv:
+        raise UserError(f"--muon-qk-head-pairs needs an even number of heads (the model has {heads}) and --muon-split-qkv 1")
+    return (2 * head_dim,) * heads + (heads * head_dim,)  # heads / 2 pairs in Q, as many in K
 
 
 def scalar_betas(cfg: Hyperparameters) -> dict:

@@ -166,12 +166,13 @@ def test_webmix_staging_in_parts(tmp_path):
     assert sorted(p.name for p in (tmp_path / "dest").iterdir()) == ["webmix_train_000001.bin"]
 
 
-def test_an_evaluation_fetches_the_fineweb_validation_shard_alone(fake_hub, tmp_path, isolated_data_dir):
+def test_an_evaluation_fetches_the_fineweb_validation_shard_alone(fake_hub, tmp_path, monkeypatch):
     """0 steps (scripts/evaluate.py on a FineWeb run): the validation shard comes from the hub, no training shard."""
     from types import SimpleNamespace
 
     from kit.data import datasets
 
+    monkeypatch.setenv("KIT_DATA_DIR", str(tmp_path / "data"))  # its own folder: other tests count what they fetch into the shared one
     served = serve_fineweb(fake_hub, tmp_path / "src", num_train=2)
     data = datasets.resolve(SimpleNamespace(train_files="", data="fineweb", max_steps=0, batch_tokens=524_288))
     assert data.train == [] and data.val.read_bytes() == served["fineweb_val_000000.bin"]

@@ -151,6 +151,34 @@ def test_muon_batched_step_equals_one_matrix_at_a_time_with_every_part_on():
     assert all(set(batched.state[p]) == {"momentum_buffer", "row_second_moment"} for p in together)
 
 
+def test_muon_row_chunks_step_each_chunk_as_its_own_matrix():
+    """split=(16, 16, 32) (Q and K by pairs of heads, V whole, in miniature): over three steps with every part on,
+    each stacked matrix ends where an optimizer holding its chunks as separate matrices takes them; chunks of a
+    row count keep NorMuon state of their own. Rows that do not add up, or chunks of different tall factors, are refused."""
+    settings = dict(lr=0.1, momentum=0.9, row_beta=0.95, cautious_wd=2.0, weight_decay=0.1)
+    stacked = muon_matrices([(64, 32)] * 2)
+    pieces = [[torch.nn.Parameter(chunk.detach().clone()) for chunk in p.split([16, 16, 32])] for p in stacked]
+    chunked = Muon([{"params": stacked, "split": (16, 16, 32)}], **settings)
+    separate = Muon([p for chunks in pieces for p in chunks], **settings)
+    for step in range(3):
+        for i, (whole, chunks) in enumerate(zip(stacked, pieces)):
+            whole.grad = torch.sin(torch.arange(whole.numel(), dtype=torch.float32) * (i + 1) + step).view_as(whole)
+            for chunk, g in zip(chunks, whole.grad.split([16, 16, 32])):
+                chunk.grad = g.clone()
+        chunked.step()
+        separate.step()
+    for whole, chunks in zip(stacked, pieces):
+        torch.testing.assert_close(whole.detach(), torch.cat([c.detach() for c in chunks]), atol=1e-6, rtol=1e-5)
+    assert set(chunked.state[stacked[0]]) == {"momentum_buffer", "row_second_moment_16", "row_second_moment_32"}
+    weights = [p.detach().clone() for p in stacked]
+    chunked.warm_up()  # compiles (here: runs) each chunk class's orthogonalisation on zeros, touching nothing
+    assert all(torch.equal(p.detach(), w) for p, w in zip(stacked, weights))
+    with pytest.raises(ValueError, match="add up to 48"):
+        Muon([{"params": muon_matrices([(64, 32)]), "split": (16, 32)}])
+    with pytest.raises(ValueError, match="tall-matrix factor"):
+        Muon([{"params": muon_matrices([(96, 32)]), "split": (32, 64)}])
+
+
 def test_muon_step_launches_as_many_ops_for_eight_matrices_as_for_two():
     """The per-shape batch keeps the number of operations per step independent of the number of
     matrices (each op a kernel launch on a GPU, where launches, not FLOPs, bound this step)."""
@@ -412,6 +440,10 @@ def test_record_architecture_switches():
     assert [i for i, b in enumerate(model.blocks) if b.attn is None] == [7]
     assert [g["split"] for g in muon.param_groups] == [3, 1] and len(muon.param_groups[0]["params"]) == 11
     assert (model.blocks[0].attn.rotary.sin[:, 32:] == 0).all() and (model.blocks[0].attn.rotary.sin[1, :32] != 0).all()
+    _, (_, muon) = built("--muon-qk-head-pairs", "1")
+    assert muon.param_groups[0]["split"] == (256,) * 6 + (768,)  # 3 pairs of 128-dim heads in Q, 3 in K, then V
+    with pytest.raises(UserError, match="--muon-qk-head-pairs"):
+        built("--muon-qk-head-pairs", "1", "--muon-split-qkv", "0")
     model, (_, muon) = built("--skip-attn-layers", "none", "--muon-split-qkv", "0", "--rope", "full")
     assert all(b.attn is not None for b in model.blocks) and [g["split"] for g in muon.param_groups] == [1]
     assert (model.blocks[0].attn.rotary.sin[1] != 0).all()

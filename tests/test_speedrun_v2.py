@@ -359,7 +359,8 @@ def test_v2_optimises_every_parameter_once_and_trains(tmp_path):
         optimised = [id(p) for opt in sr.build_optimizers(model, cfg) for g in opt.param_groups for p in g["params"]]
         assert sorted(optimised) == sorted(id(p) for p in model.parameters())
     code = main(sr.RECIPE, ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "384", "--v2", "1",
-                            "--bigram-buckets", "101", "--val-tokens", "512", "--max-steps", "6", "--export", "0", "--out-dir", str(tmp_path)])
+                            "--bigram-buckets", "101", "--val-tokens", "512", "--max-steps", "6", "--export", "0", "--out-dir", str(tmp_path),
+                            "--muon-qk-head-pairs", "1"])  # Q and K by pairs of heads: Muon's chunked step inside a run
     assert code == 0
     train = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in train if m["type"] == "train"]

@@ -75,7 +75,8 @@ class Muon(torch.optim.Optimizer):
 
     A param group may set split=k: its matrices are k matrices stacked along the rows (a fused
     QKV projection: k=3), each orthogonalised and scaled on its own, as if they were separate
-    parameters. Matrices of one shape step together: momentum, orthogonalisation, NorMuon and the
+    parameters; or split=(r1, r2, ...): matrices of r1, r2, ... rows (Q and K by pairs of heads, V
+    whole: the public record of 2026-04-08), which must share their tall-matrix factor. Matrices of one shape step together: momentum, orthogonalisation, NorMuon and the
     update each run once on the batch; under torch.distributed each rank orthogonalises its share
     of that batch and the results are gathered.
     """
@@ -92,8 +93,14 @@ class Muon(torch.optim.Optimizer):
         for group in self.param_groups:
             if any(p.dim() != 2 for p in group["params"]):
                 raise ValueError("Muon takes 2-D parameters only; give embeddings, heads and scalars to Adam")
-            if any(p.size(0) % group["split"] for p in group["params"]):
-                raise ValueError(f"split={group['split']} does not divide the rows of every matrix in its group")
+            split = group["split"]
+            if isinstance(split, int) and any(p.size(0) % split for p in group["params"]):
+                raise ValueError(f"split={split} does not divide the rows of every matrix in its group")
+            if not isinstance(split, int):
+                if any(sum(split) != p.size(0) for p in group["params"]):
+                    raise ValueError(f"split={split}: its rows add up to {sum(split)}, not to the rows of every matrix in its group")
+                if group["tall_scale"] and len({self.tall_factor(group, rows, p.size(1)) for rows in split for p in group["params"]}) > 1:
+                    raise ValueError(f"split={split}: matrices of one parameter must share the tall-matrix factor (rows <= columns)")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -108,12 +115,36 @@ class Muon(torch.optim.Optimizer):
     def step_matrices(self, group, shape, params):
         """One step for the group's matrices of one shape, as a batch: a few kernels for all of them
         instead of a few per matrix (per-kernel launch costs dominate a small model's optimizer step)."""
-        directions = self.momentum_directions(params, group)
+        directions = torch.stack(self.momentum_directions(params, group))
+        if not isinstance(group["split"], int):
+            return self.step_row_chunks(group, shape, params, directions)
         rows, cols = shape[0] // group["split"], shape[1]
-        updates = self.orthogonalise_shared(torch.stack(directions).view(len(params), group["split"], rows, cols), group["ns_steps"])
+        updates = self.orthogonalise_shared(directions.view(len(params), group["split"], rows, cols), group["ns_steps"])
         if group["row_beta"]:
             updates = self.row_normalised(params, updates, group["row_beta"])
         self.apply_updates(params, updates.view(len(params), *shape), group, rows, cols)
+
+    def step_row_chunks(self, group, shape, params, directions):
+        """step_matrices for split=(r1, r2, ...): the chunks of each row count orthogonalised (and row-normalised,
+        with state of their own) as one batch, then put back in place."""
+        chunks, cols = directions.split(list(group["split"]), dim=1), shape[1]
+        updates = [None] * len(chunks)
+        for rows, positions in self.row_classes(group["split"]):
+            batch = self.orthogonalise_shared(torch.stack([chunks[i] for i in positions], dim=1), group["ns_steps"])
+            if group["row_beta"]:
+                batch = self.row_normalised(params, batch, group["row_beta"], state=f"row_second_moment_{rows}")
+            for j, i in enumerate(positions):
+                updates[i] = batch[:, j]
+        self.apply_updates(params, torch.cat(updates, dim=1), group, group["split"][0], cols)
+
+    @staticmethod
+    def row_classes(split) -> list:
+        """[(rows, positions of the chunks of that many rows)] of a split=(r1, r2, ...)."""
+        return [(rows, [i for i, r in enumerate(split) if r == rows]) for rows in sorted(set(split))]
+
+    @staticmethod
+    def tall_factor(group, rows: int, cols: int) -> float:
+        return max(1.0, rows / cols) ** 0.5 if group["tall_scale"] else 1.0
 
     @torch.no_grad()
     def warm_up(self) -> None:
@@ -124,10 +155,13 @@ class Muon(torch.optim.Optimizer):
             for p in group["params"]:
                 counts[p.shape] = counts.get(p.shape, 0) + 1
             first = group["params"][0]
+            split = group["split"]
             for shape, n in counts.items():
                 share = rank_share(n)  # the batch one rank orthogonalises (orthogonalise_shared)
-                zeros = torch.zeros(share, group["split"], shape[0] // group["split"], shape[1], device=first.device, dtype=first.dtype)
-                self.orthogonalise(zeros, group["ns_steps"])
+                batches = [(split, shape[0] // split)] if isinstance(split, int) else [(len(p), rows) for rows, p in self.row_classes(split)]
+                for count, rows in batches:
+                    zeros = torch.zeros(share, count, rows, shape[1], device=first.device, dtype=first.dtype)
+                    self.orthogonalise(zeros, group["ns_steps"])
 
     def orthogonalise(self, stacked, steps):
         if stacked.is_cuda:
@@ -167,7 +201,7 @@ class Muon(torch.optim.Optimizer):
     def apply_updates(self, params, updates, group, rows, cols):
         """Weight decay, cautious weight decay and the step, on the stacked matrices, written back."""
         lr = group["lr"]
-        step_size = lr * (max(1.0, rows / cols) ** 0.5 if group["tall_scale"] else 1.0)
+        step_size = lr * self.tall_factor(group, rows, cols)
         weights = torch.stack(params)
         if group["weight_decay"]:
             weights.mul_(1 - lr * group["weight_decay"])
@@ -176,12 +210,12 @@ class Muon(torch.optim.Optimizer):
         weights.add_(updates, alpha=-step_size * group["update_scale"])
         torch._foreach_copy_(params, list(weights.unbind(0)))
 
-    def row_normalised(self, params, update, beta):
+    def row_normalised(self, params, update, beta, state="row_second_moment"):
         """update (matrices, split, rows, cols) with each neuron (a row, or a column of a wide matrix) divided
         by the root of its running mean square, rescaled to update's Frobenius norm per split matrix (NorMuon)."""
         update = update.float()
         mean_square = update.square().mean(dim=-1 if update.size(-2) >= update.size(-1) else -2, keepdim=True)
-        moments = [self.state_tensor(p, "row_second_moment", mean_square[0]) for p in params]
+        moments = [self.state_tensor(p, state, mean_square[0]) for p in params]
         torch._foreach_lerp_(moments, list(mean_square.unbind(0)), 1 - beta)
         normalised = update / (torch.stack(moments).sqrt() + 1e-10)
         scale = update.norm(dim=(-2, -1), keepdim=True) / (normalised.norm(dim=(-2, -1), keepdim=True) + 1e-10)
