@@ -187,6 +187,8 @@ class Hyperparameters(TrainConfig):
     unet: bool = field(default=True, metadata={"help": "U-net skip connections"})
     skip_pairs: str = field(default="", metadata={"help": "only these skips, SOURCE:TARGET layers separated by commas (the output of SOURCE added, weighted, "
                                                           "to the input of TARGET), e.g. 4:7 (the public record of 2025-11-18); empty: the U-net's (--unet)"})
+    attn_from_backout: bool = field(default=False, metadata={"help": "the attention of every layer after the backout layer reads that layer's output, not the stream, "
+                                                                   "so the later MLPs' predictions stay out of it (the public record of 2026-03-06)"})
     residual_start: float = field(default=1.0, metadata={"help": "each block's weight on the stream in x = a x + b x0 starts here (the public record of 2025-11-18: 1.1)"})
     window_schedule: bool = field(default=True, metadata={"help": "0: the longest window from the first step"})
     late_val_every: int = field(default=25, metadata={"help": "validate this often in the last --late-val-frac of the run, where the target is crossed"})
@@ -269,7 +271,8 @@ def build_model(cfg: Hyperparameters):
                                       value_embed_gate=cfg.value_embed_gate, attn_out_init=cfg.attn_out_init, sublayer_scales=cfg.sublayer_scales,
                                       tie_embed=cfg.tie_embed_until > 0, prefix_target_weight=cfg.prefix_target, mudd=cfg.mudd,
                                       attn_scale=cfg.attn_scale or (0.1 if cfg.yarn else 0.12), yarn_windows=yarn_windows(cfg),
-                                      skip_pairs=skip_pairs(cfg.skip_pairs, size.get("n_layer", ModernConfig.n_layer)), residual_start=cfg.residual_start))
+                                      skip_pairs=skip_pairs(cfg.skip_pairs, size.get("n_layer", ModernConfig.n_layer)), residual_start=cfg.residual_start,
+                                      attn_from_backout=cfg.attn_from_backout))
     except ValueError as e:  # a combination of flags the model cannot take
         raise UserError(str(e)) from None
 

@@ -93,9 +93,10 @@ def v2_model(seed=0, **parts):
 
 
 MUDD_PARTS = dict(V2_PARTS, n_layer=4, mudd=True, backout_layer=1)
+LATE_ATTN_PARTS = dict(V2_PARTS, n_layer=4, backout_layer=1, attn_from_backout=True)  # layers 2 and 3 attend over layer 1's output
 
 
-@pytest.mark.parametrize("parts", [V2_PARTS, LATER_PARTS, MUDD_PARTS], ids=["v2", "later", "mudd"])
+@pytest.mark.parametrize("parts", [V2_PARTS, LATER_PARTS, MUDD_PARTS, LATE_ATTN_PARTS], ids=["v2", "later", "mudd", "attn-from-backout"])
 def test_model_with_the_new_parts_is_causal_and_keeps_documents_apart(parts):
     model = v2_model(**parts)
     g = torch.Generator().manual_seed(0)
@@ -155,8 +156,8 @@ def test_smear_and_backout_start_as_no_ops_and_act_once_trained():
 
 
 @pytest.mark.parametrize("cache, parts", [("paged", V2_PARTS), ("contiguous", V2_PARTS), ("paged", dict(LATER_PARTS, paired_head_layers=())),
-                                          ("paged", dict(MUDD_PARTS, skip_pairs=((0, 2),), residual_start=1.1))],
-                         ids=["paged", "contiguous", "paged-later-parts", "paged-mudd-one-skip"])
+                                          ("paged", dict(MUDD_PARTS, skip_pairs=((0, 2),), residual_start=1.1)), ("paged", LATE_ATTN_PARTS)],
+                         ids=["paged", "contiguous", "paged-later-parts", "paged-mudd-one-skip", "paged-attn-from-backout"])
 def test_cached_decoding_with_the_new_parts_generates_what_recomputation_does(cache, parts):
     from kit.tools.inference import generate
 
@@ -794,3 +795,25 @@ def test_the_script_parses_skip_pairs_and_starts_the_stream_weight():
             sr.skip_pairs(bad, 12)
     with pytest.raises(UserError, match="sublayer scales"):
         sr.build_model(parsed("--residual-start", "1.1", "--sublayer-scales", "1"))
+
+
+
+def test_attention_after_the_backout_layer_reads_its_output():
+    """attn_from_backout: the attentions of layers 2 and 3 take the normed output of layer 1 (the backout layer), those
+    of layers 0 and 1 the normed mixed stream; without a backout layer it is refused."""
+    from kit.modeling.modern import rms_norm
+
+    model = v2_model(**LATE_ATTN_PARTS)
+    seen, outputs = {}, {}
+    for i, block in enumerate(model.blocks):
+        block.attn.register_forward_pre_hook(lambda module, args, i=i: seen.__setitem__(i, args[0]))
+        block.register_forward_hook(lambda module, args, out, i=i: outputs.__setitem__(i, out))
+        block.register_forward_pre_hook(lambda module, args, i=i: seen.__setitem__(f"stream{i}", module.mix_in(args[0], args[1], args[4])))
+    with torch.no_grad():
+        model(torch.randint(0, 1000, (1, 2 * BLOCK), generator=torch.Generator().manual_seed(0)))
+    for i in (2, 3):
+        torch.testing.assert_close(seen[i], rms_norm(outputs[1]))
+    for i in (0, 1):
+        torch.testing.assert_close(seen[i], rms_norm(seen[f"stream{i}"]))
+    with pytest.raises(ValueError, match="needs backout_layer"):
+        ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], attn_from_backout=True))

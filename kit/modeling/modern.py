@@ -82,6 +82,7 @@ class ModernConfig:
     prefix_target_weight: float = 0.0  # >0: the logits also score the next token's prefix token (kit.data.tokenizer.prefix_tokens) at this starting weight
     yarn_windows: tuple = ()  # the long windows (blocks) the run's schedule moves through, in order: YaRN at each change (yarn_state)
     mudd: bool = False  # dynamic dense connections into the last two layers (MUDD, the public record of 2026-04-22; ModernGPT.mudd_mix)
+    attn_from_backout: bool = False  # the attention of every layer after backout_layer reads that layer's output, not the stream (the public record of 2026-03-06)
 
 
 MODERN_SIZES = {"tiny": dict(n_layer=2, n_head=2, head_dim=32, n_embd=64), "124m": {}}
@@ -474,14 +475,15 @@ class ModernBlock(nn.Module):
             x = x + self.bigram_mix * bigram
         return x
 
-    def forward(self, x, x0, value_embed, mask, bigram=None, doc_starts=None, v_extra=None):
-        return self.run(x, x0, bigram, lambda h: self.attn(h, value_embed, mask, doc_starts, v_extra))
+    def forward(self, x, x0, value_embed, mask, bigram=None, doc_starts=None, v_extra=None, attn_source=None):
+        return self.run(x, x0, bigram, lambda h: self.attn(h, value_embed, mask, doc_starts, v_extra), attn_source)
 
-    def run(self, x, x0, bigram, attend):
-        """The block around attend(normed input) -> the attention's output (kit.tools.inference passes a cached one)."""
+    def run(self, x, x0, bigram, attend, attn_source=None):
+        """The block around attend(normed input) -> the attention's output (kit.tools.inference passes a cached one);
+        the attention reads attn_source where given (an earlier layer's output: attn_from_backout), else the mixed stream."""
         x = self.mix_in(x, x0, bigram)
         if self.attn is not None:
-            out = attend(rms_norm(x))
+            out = attend(rms_norm(x if attn_source is None else attn_source))
             x = x + (out if self.branch_scales is None else self.branch_scales[0] * out)
         if self.mlp is None:
             return x
@@ -558,6 +560,8 @@ class ModernGPT(nn.Module):
         if not -1 <= cfg.backout_layer < cfg.n_layer:
             raise ValueError(f"backout_layer {cfg.backout_layer}: the model has layers 0..{cfg.n_layer - 1} (-1: off)")
         self.backout_lambda = nn.Parameter(torch.tensor(0.5)) if cfg.backout_layer >= 0 else None
+        if cfg.attn_from_backout and cfg.backout_layer < 0:
+            raise ValueError("attn_from_backout feeds the later attentions the backout layer's output: it needs backout_layer")
         # weights of targets t+1, t+2, ... and of the prefix target, for the loss from the same logits (set each step by the script's schedule)
         prefix = (cfg.prefix_target_weight,) if cfg.prefix_target_weight else ()
         self.register_buffer("logit_mtp_now", torch.tensor([1.0, *cfg.logit_mtp_weights, *prefix]), persistent=False)
@@ -721,22 +725,26 @@ class ModernGPT(nn.Module):
         masks = self.masks(idx)
         x0, value_embeds, bigram = self.embed_tokens(idx)
         doc_starts = idx == EOT if self.config.key_offset else None
-        x = self.through_blocks(x0, lambda i, block, x, v_extra=None: block(x, x0, value_embeds[i], masks[self.long_window[i], self.paired[i]],
-                                                                             bigram, doc_starts, v_extra))
+        x = self.through_blocks(x0, lambda i, block, x, v_extra=None, attn_source=None: block(x, x0, value_embeds[i], masks[self.long_window[i], self.paired[i]],
+                                                                                               bigram, doc_starts, v_extra, attn_source))
         return self.head(x, targets)
 
     def through_blocks(self, x, apply_block):
         """The blocks in order, with the skips (skip_pairs; by default the U-net's: the outputs of the first half,
         last first, added with learned weights to the inputs of the second half); with MUDD, its mixes after the last two (init_mudd).
-        apply_block(i, block, x) -> x runs one block, and takes a fourth argument, MUDD's value term, for the
-        last one (kit.tools.inference passes one that attends through a KV cache)."""
+        apply_block(i, block, x) -> x runs one block, and takes keyword arguments where the model has their parts:
+        v_extra, MUDD's value term, for the last one; attn_source, the backout layer's output, after it (attn_from_backout)
+        (kit.tools.inference passes one that attends through a KV cache)."""
         outputs, backout = {}, None
         first_input, reference, v_extra = x, None, None
         for i, block in enumerate(self.blocks):
             for j, (source, target) in enumerate(self.skip_pairs):
                 if target == i:
                     x = x + self.skip_weights[j] * outputs[source]
-            x = apply_block(i, block, x) if v_extra is None else apply_block(i, block, x, v_extra)
+            parts = {} if v_extra is None else {"v_extra": v_extra}
+            if backout is not None and self.config.attn_from_backout:
+                parts["attn_source"] = backout
+            x = apply_block(i, block, x, **parts)
             if any(source == i for source, _ in self.skip_pairs):
                 outputs[i] = x
             if i == self.config.backout_layer:

@@ -341,10 +341,10 @@ def forward_cached_modern(model, idx, cache, sids):
     short_window = max(1, long_window // 2)
     x0, value_embeds, bigram = model.embed_tokens(idx, previous_first)
 
-    def cached_block(i, block, x, v_extra=None):  # ModernBlock.forward with the cached attention
+    def cached_block(i, block, x, v_extra=None, attn_source=None):  # ModernBlock.forward with the cached attention
         window = long_window if model.long_window[i] else short_window
         return block.run(x, x0, bigram, lambda h: cached_modern_attention(block.attn, h, value_embeds[i], cache, i, slots, positions,
-                                                                           window, docs, sids, idx == EOT, v_extra))
+                                                                           window, docs, sids, idx == EOT, v_extra), attn_source)
 
     x = model.through_blocks(x0, cached_block)
     cache.advance(sids, idx.size(1))
