@@ -413,7 +413,9 @@ def test_ablation_switches_remove_their_component():
 
 
 @pytest.mark.parametrize("flags", [(), ("--bigram-buckets", "101"), ("--mtp-offsets", "2"), ("--muon-split-qkv", "0"), ("--skip-attn-layers", "1", "--value-embeds", "0"),
-                                   ("--skip-mlp-layers", "0", "--mlp-out-lr", "2"), ("--skip-mlp-layers", "0", "--skip-attn-layers", "0"), ("--model-size", "124m", "--seq-len", "256")])
+                                   ("--skip-mlp-layers", "0", "--mlp-out-lr", "2"), ("--skip-mlp-layers", "0", "--skip-attn-layers", "0"), ("--model-size", "124m", "--seq-len", "256"),
+                                   ("--model-size", "124m", "--seq-len", "256", "--bigram-buckets", "0", "--skip-pairs", "4:7", "--backout-layer", "8",
+                                    "--attn-from-backout", "1", "--muon-qk-head-pairs", "1", "--yarn", "1")])
 def test_every_parameter_is_optimised_exactly_once(flags):
     import train_gpt2_speedrun as sr
     from kit.core.config import parse_config
