@@ -62,6 +62,7 @@ are skipped (--val-screen-skip). Both can only make the measured crossing come l
     python train_gpt2_speedrun.py --model-size tiny --data synthetic --device cpu --max-steps 20
 """
 
+import functools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -256,6 +257,8 @@ def build_model(cfg: Hyperparameters):
     fp8 = has_fp8 if cfg.fp8_head == "auto" and on_gpu(cfg) else cfg.fp8_head == "1"
     if cfg.seq_len % 128:
         raise UserError(f"--seq-len {cfg.seq_len}: the speedrun's attention works in blocks of 128 tokens; use a multiple of 128")
+    if cfg.window_stages:
+        window_stages(cfg.window_stages)  # a wrong one stops the run here, not at its first step
     size = MODERN_SIZES[cfg.model_size]
     try:
         return ModernGPT(ModernConfig(**size, max_seq_len=cfg.seq_len, attn=attn, value_embeds=cfg.value_embeds, unet=cfg.unet,
@@ -450,7 +453,7 @@ def long_window_blocks(step: int, cfg: Hyperparameters) -> int:
     if not cfg.window_schedule:
         return MAX_WINDOW_BLOCKS
     if cfg.window_stages:
-        stages = window_stages(cfg)
+        stages = window_stages(cfg.window_stages)
         return stages[min(len(stages) - 1, len(stages) * step // (cfg.max_steps + 1))]
     return min(MAX_WINDOW_BLOCKS, max(1, math.ceil((MAX_WINDOW_BLOCKS - 0.5) * step / cfg.max_steps)))
 
@@ -460,13 +463,15 @@ def evaluation_window_blocks(step: int, cfg: Hyperparameters) -> int:
     return cfg.val_window_blocks or long_window_blocks(step, cfg)
 
 
-def window_stages(cfg: Hyperparameters) -> tuple:
+@functools.lru_cache(maxsize=8)
+def window_stages(text: str) -> tuple:
+    """--window-stages 3,7,11 -> (3, 7, 11), parsed once (the schedule reads it before every step)."""
     try:
-        stages = tuple(int(x) for x in cfg.window_stages.split(","))
+        stages = tuple(int(x) for x in text.split(","))
     except ValueError:
         stages = ()
     if not stages or stages[0] < 1 or list(stages) != sorted(stages):
-        raise UserError(f"--window-stages {cfg.window_stages}: long windows in blocks of 128 tokens, at least 1 and growing (e.g. 3,7,11)")
+        raise UserError(f"--window-stages {text}: long windows in blocks of 128 tokens, at least 1 and growing (e.g. 3,7,11)")
     return stages
 
 

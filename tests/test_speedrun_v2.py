@@ -725,6 +725,8 @@ def test_window_stages_yarn_windows_and_the_attention_scale_of_the_script():
     for bad in ("7,3", "0,3", "3;7"):
         with pytest.raises(UserError, match="--window-stages"):
             sr.long_window_blocks(0, parsed("--window-stages", bad))
+    with pytest.raises(UserError, match="--window-stages"):
+        sr.build_model(parsed("--window-stages", "7,3"))  # before any step
 
 
 def test_yarn_run_validates_at_its_own_window_and_resumes_on_the_same_losses(tmp_path, monkeypatch):

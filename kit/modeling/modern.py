@@ -653,11 +653,12 @@ class ModernGPT(nn.Module):
         self.window_blocks.fill_(self.window_blocks_on_host)
         if self.config.yarn_windows and self.window_blocks_on_host != self._yarn_window:
             self._yarn_window = self.window_blocks_on_host
-            for block in self.blocks:
-                if block.attn is not None:
-                    frequencies, multiplier = yarn_state(block.attn.rotary.base_frequencies, self.config.yarn_windows, self._yarn_window)
-                    block.attn.rotary.set_frequencies(frequencies)
-                    block.attn.yarn_scale.fill_(multiplier)
+            attentions = [block.attn for block in self.blocks if block.attn is not None]
+            # every layer's rotary starts from the same frequencies (the model's rope style and head size)
+            frequencies, multiplier = yarn_state(attentions[0].rotary.base_frequencies, self.config.yarn_windows, self._yarn_window)
+            for attn in attentions:
+                attn.rotary.set_frequencies(frequencies)
+                attn.yarn_scale.fill_(multiplier)
 
     def value_embed_slots(self) -> list:
         """For each layer, which value embedding it takes: with value_embed_layers, the j-th listed
