@@ -110,8 +110,8 @@ def test_fp8_forward_product_keeps_the_backward_exact():
     from kit.modeling.fp8 import FP8ForwardMatmulWeightT
 
     x, w, upstream, y = product_with_gradients(FP8ForwardMatmulWeightT)
-    assert y.dtype == torch.bfloat16 and relative_error(y, x.detach() @ w.detach().t()) < 0.06
-    reaching = upstream.bfloat16().float()  # the gradient of a bf16 output is bf16
+    assert y.dtype == x.dtype and relative_error(y, x.detach() @ w.detach().t()) < 0.06  # a plain Linear's dtype (no autocast here)
+    reaching = upstream.to(y.dtype).float()  # the gradient as it reaches the product's output
     torch.testing.assert_close(x.grad, reaching @ w.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(w.grad, reaching.t() @ x.detach(), rtol=1e-5, atol=1e-6)
 
@@ -135,14 +135,20 @@ def test_fp8_mlp_switch_in_the_modern_model():
     assert both.flops_now(128)[1] == 2 * up.flops_now(128)[1] and both.flops_now(128)[0] == plain.flops_now(128)[0]
     assert "MLP: FP8 forward products of both" in both.describe_paths() and "MLP: bf16" in plain.describe_paths()
     with torch.no_grad():
-        for m in (plain, both):
+        for m in (plain, up, both):
             for p in m.parameters():
-                p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))  # the same non-zero weights in both
+                p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))  # the same non-zero weights in each
     x, y = torch.randint(0, 1024, (2, 128)), torch.randint(0, 1024, (2, 128))
-    loss = both(x, y)
+    loss, plain_loss = both(x, y), plain(x, y).item()
     loss.backward()
-    assert abs(loss.item() - plain(x, y).item()) < 0.01 * loss.item() and both.blocks[0].mlp.up.weight.grad.abs().sum() > 0
+    assert abs(loss.item() - plain_loss) < 0.01 * plain_loss and both.blocks[0].mlp.up.weight.grad.abs().sum() > 0
     both.eval(), plain.eval()
     torch.testing.assert_close(both(x), plain(x))  # evaluation takes the exact products
+    up_loss = up(x, y)  # an fp32 model without autocast: the FP8 up product comes back in fp32 for the plain down projection
+    up_loss.backward()
+    assert abs(up_loss.item() - plain_loss) < 0.01 * plain_loss and up.blocks[0].mlp.up.weight.grad.abs().sum() > 0
+    assert up.blocks[0].mlp.up(torch.randn(3, width)).dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert up.blocks[0].mlp.up(torch.randn(3, width)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="fp8_mlp"):
         model("down")

@@ -58,6 +58,12 @@ def fp8_gradient_products(g8, g_inv, operands, w_dtype):
     return grad_x, grad_w.to(w_dtype)
 
 
+def linear_output_dtype(x: torch.Tensor):
+    """The dtype a plain Linear would give for x: autocast's where it is on (bf16 on a GPU: the FP8 product's own,
+    so no copy), else x's (an fp32 model on a CPU, whose next layer takes fp32)."""
+    return torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+
+
 class FP8MatmulWeightT(torch.autograd.Function):
     """y = x @ w^T for x (N, K), w (M, K), with FP8 operands in forward and backward."""
 
@@ -81,7 +87,7 @@ class FP8ForwardMatmulWeightT(torch.autograd.Function):
     def forward(ctx, x, w):
         y, _ = fp8_product(x, w)
         ctx.save_for_backward(x, w)
-        return y
+        return y.to(linear_output_dtype(x))
 
     @staticmethod
     def backward(ctx, grad):
