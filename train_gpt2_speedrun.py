@@ -24,20 +24,25 @@ embedding): the later records' changes ported so far, each its own switch (--hel
     over the first and second thirds), the logit cap 23 sigmoid((z + 5) / 7.5);
   - smear (a gated share of the previous token's embedding), backout (a learned share of layer 8's
     output taken back before the head), key offset (the long-window layers' position-free key
-    dimensions from the previous token). Smear and key offset stop at document starts.
+    dimensions from the previous token). Smear and key offset stop at document starts;
+  - the bigram sign trick: each bigram row read times one of 8192 fixed random +-1 vectors, picked
+    by (previous token XOR token) (the public record of 2026-05-20).
 
 Later parts of the public line, switches off by default (records/2026-12-02_h200_speedrun_later_parts: at
 equal steps they gain, at equal time they do not): --paired-head-layers (heads attend in pairs over one
 interleaved sequence), --xsa-layers (gated XSA), --value-embed-layers with --value-embed-gate (a value
 embedding per listed layer, entering each head through a gate), --attn-out-init uniform, --sublayer-scales.
-Together at 420 steps: 3.6451 against V2's 3.6613, at 514.6k against 548.6k tokens/s. Also off, not yet
-measured: --window-stages (the long window by stages, e.g. 3,7,11 blocks over thirds of the run), --yarn (YaRN at
-each change of the window: slow rotary pairs slowed, the attention scale raised), --val-window-blocks (validation
-with a longer window than training's), and the others records/public_line_ports.md lists.
+Together at 420 steps: 3.6451 against V2's 3.6613, at 514.6k against 548.6k tokens/s. Also off:
+--yarn (YaRN at each change of the window: slow rotary pairs slowed, the attention scale raised; alone on the
+default's windows it trained 0.003-0.006 higher), and, not yet measured, --window-stages (the long window by
+stages, e.g. 3,7,11 blocks over thirds of the run), --val-window-blocks (validation with a longer window than
+training's) and the others records/public_line_ports.md lists.
 
 webmix takes smaller steps than the public stages (sized for 8 GPUs): 65,536 -> 131,072 -> 196,608 tokens over
 830 steps. Measured on one H200 over three seeds and data orders: 3.64 at step 824, 828 and 824 in 197.2 to
-199.2 s of training, 107.5M to 108.3M tokens (records/2026-12-02_h200_speedrun_record_200s). With the public
+199.2 s of training, 107.5M to 108.3M tokens (records/2026-12-02_h200_speedrun_record_200s), before the bigram
+signs joined V2: with them, paired at seeds 1 and 2, 3.64 at step 820 instead of 824 at the same step cost
+(records/2026-12-03_h200_speedrun_combo_second_seeds; its time alone not yet measured). With the public
 stages (--batch-tokens 393216 --batch-stage-lrs 0.578,0.879,1 --max-steps 460) it took 118.9M tokens
 (records/2026-12-01_h200_speedrun_v2, three seeds); the --v2 0 recipe 159.3M tokens
 (records/2026-11-29_h200_speedrun_steps410). Under torchrun on 8 GPUs
@@ -212,7 +217,9 @@ class Hyperparameters(TrainConfig):
 # costs 0.004-0.010 and 0.006-0.007 over two seeds (records/2026-12-02_h200_speedrun_v2_second_seed).
 V2 = {"batch_stages": "1,2,3", "batch_stage_lrs": "0.578,0.879,1", "cooldown_frac": 0.6, "muon_momentum_cooldown": 20,
       "normuon": True, "muon_coefficients": "polar", "muon_cwd": 1.2, "logit_mtp": "0.5,0.25", "softcap_form": "sigmoid",
-      "smear": True, "key_offset": True}  # and backout from 2/3 of the layers (layer 8 of 12, as the public record's)
+      "smear": True, "key_offset": True,  # and backout from 2/3 of the layers (layer 8 of 12, as the public record's)
+      "bigram_sign_rows": 8192}  # paired with the default at seeds 1 and 2: 0.003-0.006 lower, 3.64 at step 820 against 824, the
+# same step cost alone (records/2026-12-03_h200_speedrun_ports_skip_fp8_sign, records/2026-12-03_h200_speedrun_combo_second_seeds)
 # webmix: smaller steps. On one GPU a step of 65,536 tokens costs little more per token than one of 393,216, so the
 # public line's stages (sized for 8 GPUs) are halved: 65,536 -> 131,072 -> 196,608 tokens, LR x (tokens / 393,216)^0.5
 # (the public 0.578 kept for 131,072). 820 steps crossed 3.64 at step 820 with 107.4M tokens, where the public stages
@@ -242,6 +249,8 @@ def apply_v2(cfg: Hyperparameters, fixed: set) -> None:
     values["backout_layer"] = 2 * MODERN_SIZES[cfg.model_size].get("n_layer", ModernConfig.n_layer) // 3
     if values.get("val_screen_tokens", 0) >= cfg.val_tokens:  # a screen needs a validation set larger than itself
         values.pop("val_screen_tokens")
+    if not cfg.bigram_buckets:  # the sign trick reads the bigram table
+        values.pop("bigram_sign_rows")
     for name, value in values.items():
         if name not in fixed:
             setattr(cfg, name, value)

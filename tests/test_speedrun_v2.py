@@ -346,7 +346,9 @@ def test_v2_preset_fills_only_what_was_not_given():
     assert parsed("--data", "webmix", "--model-size", "124m", "--val-tokens", "1048576").val_screen_tokens == 0  # none as large as the set
     assert parsed("--v2", "1", "--model-size", "124m").backout_layer == 8
     off = parsed("--v2", "0")
-    assert not off.smear and off.logit_mtp == "" and off.backout_layer == -1 and off.muon_cwd == 0
+    assert not off.smear and off.logit_mtp == "" and off.backout_layer == -1 and off.muon_cwd == 0 and off.bigram_sign_rows == 0
+    assert parsed("--model-size", "124m").bigram_sign_rows == 8192 and parsed("--bigram-sign-rows", "16").bigram_sign_rows == 16
+    assert parsed("--bigram-buckets", "0").bigram_sign_rows == 0  # no bigram table, nothing to sign
 
 
 def test_v2_optimises_every_parameter_once_and_trains(tmp_path):
