@@ -136,6 +136,9 @@ class Hyperparameters(TrainConfig):
     loss_kernel: str = field(default="auto", metadata={"choices": ["auto", "torch", "triton"], "help": "the fused loss's kernels: torch (its PyTorch code, compiled with the model), "
                                                             "triton (kit/modeling/triton_loss.py: one pass each way; 700 vs 757 ms/step on an H200), auto: triton where it can run (CUDA with Triton)"})
     fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
+    mlp_kernel: str = field(default="torch", metadata={"choices": ["auto", "torch", "triton"], "help": "the MLP while training: torch (two Linears around relu^2, "
+                                                       "compiled with the model), triton (kit/modeling/triton_mlp.py: relu^2 inside the up projection's product and "
+                                                       "its gradient's, only relu(h)^2 kept; the public records of 2026-01-10 and -06-11); auto: triton where it can run; unmeasured"})
     fp8_mlp: str = field(default="off", metadata={"choices": ["off", "up", "both"], "help": "the MLPs' forward products in FP8 while training (backward in bf16): "
                                                   "up: the up projections (the public record of 2026-05-21), both: also the down projections (2026-07-17); "
                                                   "on a GPU without FP8 (sm86) the MLPs stay bf16, as the log's kernel paths say"})
@@ -276,7 +279,7 @@ def build_model(cfg: Hyperparameters):
                                       no_mlp_layers=layer_list("" if cfg.skip_mlp_layers == "none" else cfg.skip_mlp_layers, "--skip-mlp-layers",
                                                                size.get("n_layer", ModernConfig.n_layer)),
                                       attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss,
-                                      bigram_buckets=cfg.bigram_buckets, bigram_sign_rows=cfg.bigram_sign_rows, loss_kernel=loss_kernel(cfg), softcap_form=cfg.softcap_form,
+                                      bigram_buckets=cfg.bigram_buckets, bigram_sign_rows=cfg.bigram_sign_rows, loss_kernel=loss_kernel(cfg), mlp_kernel=mlp_kernel(cfg), softcap_form=cfg.softcap_form,
                                       softcap=23.0 if cfg.softcap_form == "sigmoid" else 15.0, logit_mtp_weights=float_list(cfg.logit_mtp, "--logit-mtp"),
                                       smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset,
                                       **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),
@@ -311,6 +314,18 @@ def batch_stages(cfg: Hyperparameters) -> list:
 def stage_at(step: int, cfg: Hyperparameters) -> tuple:
     stages = batch_stages(cfg)
     return stages[min(len(stages) - 1, step * len(stages) // cfg.max_steps)]
+
+
+def mlp_kernel(cfg: Hyperparameters) -> str:
+    """The MLP's kernels while training: Triton where asked (auto: where it can run and the up projection is not FP8)."""
+    from kit.modeling import triton_mlp
+
+    device = "cuda" if on_gpu(cfg) else "cpu"
+    if cfg.mlp_kernel == "auto":
+        return "triton" if triton_mlp.available(device) and cfg.fp8_mlp == "off" else "torch"
+    if cfg.mlp_kernel == "triton" and cfg.fp8_mlp != "off":
+        raise UserError(f"--mlp-kernel triton computes the up projection in bf16 and --fp8-mlp {cfg.fp8_mlp} in FP8: choose one")
+    return cfg.mlp_kernel
 
 
 def loss_kernel(cfg: Hyperparameters) -> str:
@@ -566,14 +581,17 @@ class SpeedrunTrainer(Trainer):
     """The loop with the recipe's late checks, micro-batch rule and batch stages."""
 
     def own_kernel_builds(self) -> list:
-        """The fused loss's Triton kernels where this run takes them, every configuration their autotuning may pick."""
+        """The fused loss's and the MLP's Triton kernels where this run takes them, every configuration their autotuning may pick."""
         from kit.core import gpus
-        from kit.modeling import triton_loss
+        from kit.modeling import triton_loss, triton_mlp
 
-        if loss_kernel(self.cfg) != "triton":
-            return []
-        targets = 1 + len(float_list(self.cfg.logit_mtp, "--logit-mtp")) + (1 if self.cfg.prefix_target else 0)  # the loss's columns
-        return list(triton_loss.kernel_builds(gpus.fp8_capable(gpus.capability(self.device)), targets))
+        builds, cap = [], gpus.capability(self.device)
+        if loss_kernel(self.cfg) == "triton":
+            targets = 1 + len(float_list(self.cfg.logit_mtp, "--logit-mtp")) + (1 if self.cfg.prefix_target else 0)  # the loss's columns
+            builds += triton_loss.kernel_builds(gpus.fp8_capable(cap), targets)
+        if mlp_kernel(self.cfg) == "triton":
+            builds += triton_mlp.kernel_builds(gpus.small_shared_memory(cap))
+        return builds
 
     def validate_at(self, step: int) -> bool:
         return validate_at(step, self.cfg)

@@ -20,14 +20,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's own default, named so it does not warn
 
 from kit.core import gpus  # noqa: E402
-from kit.modeling import mla_decode, triton_loss  # noqa: E402
+from kit.modeling import mla_decode, triton_loss, triton_mlp  # noqa: E402
 
 
 def kit_kernel_builds(profile):
-    """The loss kernels as the card's autotuning may pick them, and the MLA decode kernel's tiles for
+    """The loss and MLP kernels as the card's autotuning may pick them, and the MLA decode kernel's tiles for
     the card at the DeepSeek shape (latent 512 + 64) and the GPT-2 MLA model's (256 + 32)."""
     small = gpus.small_shared_memory(profile.capability)
     yield from triton_loss.kernel_builds(gpus.fp8_capable(profile.capability))
+    yield from triton_mlp.kernel_builds(small)
     yield from mla_decode.kernel_builds(512, 64, small)
     yield from mla_decode.kernel_builds(256, 32, small)
 

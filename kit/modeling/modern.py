@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kit.core import gpus
+from kit.modeling import triton_mlp
 from kit.modeling.fp8 import FP8ForwardLinear, FP8Head, FP8SoftcappedHeadLoss
 from kit.modeling.losses import CAP_FORMS, softcap, softcapped_cross_entropy
 from kit.modeling.model import raise_recompile_limit
@@ -57,6 +58,7 @@ class ModernConfig:
     residual_start: float = 1.0  # each block's weight on the stream (x = a x + b x0) starts here (the public record of 2025-11-18: 1.1)
     fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/modeling/fp8.py)
     fp8_mlp: str = "off"  # the MLPs' forward products in FP8 while training: off, up (the up projections) or both (kit/modeling/fp8.py)
+    mlp_kernel: str = "torch"  # the MLP while training: torch (two Linears around relu^2), or triton (kit/modeling/triton_mlp.py: relu^2 inside the products)
     compile_mode: str = "regional"  # regional (blocks and head compiled one by one) | whole
     mtp_offsets: int = 0  # multi-token prediction: also predict tokens t+2 .. t+1+mtp_offsets while training
     rope: str = "half"  # half: rotary on half the dimensions, frequencies 1 .. 1/1024 (the public record's); full: all, base 10000
@@ -447,8 +449,11 @@ class ReluSquaredMLP(nn.Module):
         super().__init__()
         self.up = hidden_linear(cfg.n_embd, 4 * cfg.n_embd, fp8_forward=cfg.fp8_mlp != "off")
         self.down = hidden_linear(4 * cfg.n_embd, cfg.n_embd, zero=True, fp8_forward=cfg.fp8_mlp == "both")
+        self.fused = cfg.mlp_kernel == "triton"  # training only, as FP8: evaluation and generation take the Linears
 
     def forward(self, x):
+        if self.fused and self.training:
+            return triton_mlp.relu2_mlp(x, self.up.weight, self.down.weight)
         return self.down(F.relu(self.up(x)).square())
 
 
@@ -554,6 +559,10 @@ class ModernGPT(nn.Module):
             raise ValueError(f"softcap_form {cfg.softcap_form!r}: one of {CAP_FORMS}")
         if cfg.fp8_mlp not in FP8_MLP_CHOICES:
             raise ValueError(f"fp8_mlp {cfg.fp8_mlp!r}: one of {FP8_MLP_CHOICES}")
+        if cfg.mlp_kernel not in ("torch", "triton"):
+            raise ValueError(f"mlp_kernel {cfg.mlp_kernel!r}: torch or triton")
+        if cfg.mlp_kernel == "triton" and cfg.fp8_mlp != "off":
+            raise ValueError(f"mlp_kernel triton computes the up projection in bf16; fp8_mlp {cfg.fp8_mlp!r} computes it in FP8: choose one")
         # smear: the gate reads the token's first 12 embedding dimensions; both start at 0 (no smear)
         self.smear_gate = hidden_linear(min(12, cfg.n_embd), 1, zero=True) if cfg.smear else None
         self.smear_lambda = nn.Parameter(torch.zeros(())) if cfg.smear else None
@@ -832,6 +841,9 @@ class ModernGPT(nn.Module):
         head = "FP8 in training (e4m3 inputs, e5m2 gradients, torch._scaled_mm), bf16 in evaluation" if self.config.fp8_head else "bf16/fp32 (no FP8)"
         mlp = {"off": "bf16", "up": "FP8 forward product of the up projection (e4m3), bf16 backward",
                "both": "FP8 forward products of both projections (e4m3), bf16 backward"}[self.config.fp8_mlp]
+        if self.config.mlp_kernel == "triton":
+            mlp += (", relu^2 inside the up projection's Triton product and its gradient's (only relu(h)^2 kept) while training"
+                    if triton_mlp.available(device) else ", the same products in PyTorch (Triton cannot run here), only relu(h)^2 kept, while training")
         kernels = {"torch": "PyTorch, compiled with the model", "triton": "Triton kernels"}[self.config.loss_kernel]
         loss = f"fused soft-capped cross-entropy (bf16 logits kept; {kernels})" if self.config.fused_loss else "soft-cap + F.cross_entropy"
         cap = f"{self.config.softcap:g} tanh(z/{self.config.softcap:g})" if self.config.softcap_form == "tanh" else f"{self.config.softcap:g} sigmoid((z+5)/7.5)"

@@ -1,0 +1,193 @@
+"""The ReLU^2 MLP, y = relu(x W1^T)^2 W2^T, with its elementwise work inside two Triton matmuls (the public
+records of 2026-01-10 and 2026-06-11 fused it this way; this is our own kernel).
+
+The plain path writes the up projection's output h, reads it back to square it, and keeps h for the
+backward; the backward writes dy W2, reads it back with h, and writes dh. Here:
+- forward: one kernel computes x W1^T and writes only a = relu(h)^2, squared from the fp32 accumulator;
+  y = a W2^T stays with cuBLAS. The backward keeps x, a and the weights, not h.
+- backward: relu(h) = sqrt(a), so dh = (dy W2) * 2 sqrt(a): a second kernel computes dy W2 and writes dh
+  from its epilogue. dW2 = dy^T a, dx = dh W1 and dW1 = dh^T x stay with cuBLAS.
+Both are one kernel (`_matmul_epilogue_kernel`) with the epilogue as a compile-time switch, wrapped as
+torch.library custom ops so a compiled model calls them as they are. On a CPU they run under Triton's
+interpreter (TRITON_INTERPRET=1, as the tests do); elsewhere without Triton `relu2_mlp` takes the same
+products in PyTorch, so the function's results never depend on whether Triton is installed.
+"""
+
+import inspect
+
+import torch
+
+from kit.core import gpus
+from kit.modeling.triton_loss import available, triton
+
+INTERPRETER_BLOCKS = (32, 32, 32)  # (BLOCK_M, BLOCK_N, BLOCK_K) under the interpreter; on a GPU autotuning picks below
+# (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): large tiles for sm90's 228 KB of shared memory per block, and tiles that
+# need at most 64 KB for the ~100 KB of sm86/sm89 (an RTX 3090/4090), so every config the card may pick fits it
+LARGE_TILES = [(128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 3, 4), (128, 128, 32, 4, 4)]
+SMALL_TILES = [(128, 128, 64, 3, 8), (128, 128, 32, 4, 4), (128, 128, 64, 2, 8), (64, 64, 64, 4, 4), (128, 64, 32, 4, 4)]
+GROUP_M = 8  # programs in a column of output tiles that run together, so the B tiles they share stay in L2
+
+RELU_SQUARE, TIMES_TWICE_SQRT = 0, 1  # the epilogues
+
+if triton is not None:
+    import triton.language as tl
+
+    @triton.jit
+    def _matmul_epilogue_kernel(a_ptr, b_ptr, aux_ptr, c_ptr, M, N, K, stride_am, stride_b, stride_cm,
+                                B_ROWS_ARE_N: tl.constexpr, EPILOGUE: tl.constexpr, EVEN: tl.constexpr, INTERPRETED: tl.constexpr,
+                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
+        """c (M, N) = epilogue(a @ b): relu(.)^2, or (.) * 2 sqrt(aux) for aux laid out as c. Rows are contiguous:
+        a (M, K) with row stride stride_am; b (N, K) (B_ROWS_ARE_N, a Linear's weight: the product takes its transpose)
+        or (K, N), with row stride stride_b; c and aux with row stride stride_cm."""
+        pid = tl.program_id(0)
+        tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
+        group_size = GROUP * tiles_n
+        first_m = (pid // group_size) * GROUP
+        rows_in_group = tl.minimum(tiles_m - first_m, GROUP)
+        pid_m = first_m + (pid % group_size) % rows_in_group
+        pid_n = (pid % group_size) // rows_in_group
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        ks = tl.arange(0, BLOCK_K)
+        a_ptrs = a_ptr + rows.to(tl.int64)[:, None] * stride_am + ks[None, :]
+        if B_ROWS_ARE_N:
+            b_ptrs = b_ptr + ks[:, None] + cols.to(tl.int64)[None, :] * stride_b
+            b_step = BLOCK_K
+        else:
+            b_ptrs = b_ptr + ks[:, None] * stride_b + cols[None, :]
+            b_step = BLOCK_K * stride_b
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            if EVEN:
+                a = tl.load(a_ptrs)
+                b = tl.load(b_ptrs)
+            else:
+                left = K - k * BLOCK_K
+                a = tl.load(a_ptrs, mask=(rows[:, None] < M) & (ks[None, :] < left), other=0.0)
+                b = tl.load(b_ptrs, mask=(ks[:, None] < left) & (cols[None, :] < N), other=0.0)
+            if INTERPRETED:  # the interpreter's dot of two bf16 tiles is wrong (numpy has no bf16): multiply their fp32 values
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc)
+            a_ptrs += BLOCK_K
+            b_ptrs += b_step
+        offsets = rows.to(tl.int64)[:, None] * stride_cm + cols[None, :]
+        inside = (rows[:, None] < M) & (cols[None, :] < N)
+        if EPILOGUE == 0:
+            positive = tl.maximum(acc, 0.0)
+            out = positive * positive
+        else:
+            aux = tl.load(aux_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+            out = acc * 2.0 * tl.sqrt(aux)
+        tl.store(c_ptr + offsets, out.to(c_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
+
+    def _even(args) -> bool:
+        return args["M"] % args["BLOCK_M"] == 0 and args["N"] % args["BLOCK_N"] == 0 and args["K"] % args["BLOCK_K"] == 0
+
+    _matmul_kernel = triton.heuristics({"EVEN": _even})(_matmul_epilogue_kernel)
+    def _tuned(tiles):
+        """The kernel autotuned over these tiles, timed once per (N, K, epilogue) at its first call, on disk too
+        where this Triton can (as kit.modeling.triton_loss)."""
+        caching = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_stages=s, num_warps=w) for m, n, k, s, w in tiles]
+        return triton.autotune(configs, key=["N", "K", "B_ROWS_ARE_N", "EPILOGUE"], **caching)(_matmul_kernel)
+
+    _TUNED = {False: _tuned(LARGE_TILES), True: _tuned(SMALL_TILES)}
+
+
+def _launch(a: torch.Tensor, b: torch.Tensor, b_rows_are_n: bool, aux, epilogue: int) -> torch.Tensor:
+    """epilogue(a @ b) for a (M, K) and b (N, K) if b_rows_are_n (a @ b^T, then) else (K, N), into a fresh (M, N)
+    tensor of a's dtype."""
+    a, b = a.contiguous(), b.contiguous()
+    m, k = a.shape
+    n = b.size(0) if b_rows_are_n else b.size(1)
+    c = torch.empty(m, n, dtype=a.dtype, device=a.device)
+    aux = c if aux is None else aux.contiguous()
+    args = (a, b, aux, c, m, n, k, a.stride(0), b.stride(0), c.stride(0))
+    flags = dict(B_ROWS_ARE_N=b_rows_are_n, EPILOGUE=epilogue, GROUP=GROUP_M)
+    if a.device.type != "cuda":
+        block_m, block_n, block_k = INTERPRETER_BLOCKS
+        grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
+        _matmul_kernel[grid](*args, **flags, INTERPRETED=True, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
+    else:
+        small = gpus.small_shared_memory(gpus.capability(a.device))  # the card's (or the one --emulate-gpu runs as)
+        _TUNED[small][lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags, INTERPRETED=False)
+    return c
+
+
+@torch.library.custom_op("kit::relu_square_up", mutates_args=())
+def relu_square_up(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """relu(x @ w^T)^2 for x (M, K), w (N, K): the up projection and its square, written once."""
+    return _launch(x, w, True, None, RELU_SQUARE)
+
+
+@relu_square_up.register_fake
+def _(x, w):
+    return x.new_empty(x.size(0), w.size(0))
+
+
+@torch.library.custom_op("kit::relu_square_up_grad", mutates_args=())
+def relu_square_up_grad(dy: torch.Tensor, w_down: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """d(loss)/dh = (dy @ w_down) * 2 sqrt(a) for dy (M, C), w_down (C, N), a = relu(h)^2 (M, N)."""
+    return _launch(dy, w_down, False, a, TIMES_TWICE_SQRT)
+
+
+@relu_square_up_grad.register_fake
+def _(dy, w_down, a):
+    return dy.new_empty(dy.size(0), w_down.size(1))
+
+
+def _up(x, w):
+    if available(x.device):
+        return relu_square_up(x, w)
+    return torch.relu(x @ w.t()).square()
+
+
+def _up_grad(dy, w_down, a):
+    if available(dy.device):
+        return relu_square_up_grad(dy, w_down, a)
+    return (dy @ w_down) * 2 * a.sqrt()
+
+
+class FusedReluSquareMLP(torch.autograd.Function):
+    """y = relu(x w_up^T)^2 w_down^T in the dtype a plain Linear would give (autocast's on a GPU), keeping
+    x, a = relu(h)^2 and the weights for the backward (not h)."""
+
+    @staticmethod
+    def forward(ctx, x, w_up, w_down):
+        from kit.modeling.fp8 import linear_output_dtype
+
+        dtype = linear_output_dtype(x)
+        flat = x.reshape(-1, x.size(-1)).to(dtype).contiguous()
+        w1, w2 = w_up.to(dtype), w_down.to(dtype)
+        a = _up(flat, w1)
+        ctx.save_for_backward(flat, w1, w2, a)
+        ctx.weight_dtypes = (w_up.dtype, w_down.dtype)
+        return (a @ w2.t()).view(*x.shape[:-1], w2.size(0))
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, w1, w2, a = ctx.saved_tensors
+        dy = grad.reshape(-1, grad.size(-1)).to(flat.dtype)
+        dh = _up_grad(dy, w2, a)
+        grad_x = (dh @ w1).view(*grad.shape[:-1], w1.size(1))
+        grad_w_up = (dh.t() @ flat).to(ctx.weight_dtypes[0])
+        grad_w_down = (dy.t() @ a).to(ctx.weight_dtypes[1])
+        return grad_x, grad_w_up, grad_w_down
+
+
+def relu2_mlp(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torch.Tensor:
+    """The ReLU^2 MLP of x (..., width) with the fused kernels (or their PyTorch equivalent without Triton)."""
+    return FusedReluSquareMLP.apply(x, w_up, w_down)
+
+
+def kernel_builds(small_shared_memory: bool = True):
+    """(name, kernel, signature, constexprs, num_warps, num_stages) for every configuration the card's autotuning may
+    pick, in the record's types (bf16): what a shared-memory audit compiles for it (scripts/audit_shared_memory.py)."""
+    types = {"a_ptr": "*bf16", "b_ptr": "*bf16", "aux_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
+             "stride_am": "i32", "stride_b": "i32", "stride_cm": "i32"}
+    signature = {name: types.get(name, "constexpr") for name in _matmul_epilogue_kernel.arg_names}
+    for block_m, block_n, block_k, stages, warps in SMALL_TILES if small_shared_memory else LARGE_TILES:
+        for rows_are_n, epilogue, what in ((True, RELU_SQUARE, "up + ReLU^2"), (False, TIMES_TWICE_SQRT, "its gradient")):
+            yield (f"MLP {what} (BLOCK {block_m}x{block_n}x{block_k}, {stages} stages, {warps} warps)", _matmul_epilogue_kernel, signature,
+                   {"B_ROWS_ARE_N": rows_are_n, "EPILOGUE": epilogue, "EVEN": True, "INTERPRETED": False, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP": GROUP_M},
+                   warps, stages)
