@@ -108,6 +108,8 @@ class Hyperparameters(TrainConfig):
     adam_beta1: float = 0.8
     adam_beta2: float = 0.95
     fused_adamw: bool = field(default=True, metadata={"help": "PyTorch's fused Adam (one kernel per step) for embeddings, head and scalars, on a GPU"})
+    adam_every: int = field(default=1, metadata={"help": "Adam (embeddings, head, scalars) steps once every this many steps, on the sum of their "
+                                                     "gradients, and at the last step; Muon every step (the public record of 2025-09-30, with 2); unmeasured"})
     adam_eps: float = field(default=1e-10, metadata={"help": "Adam's epsilon for a loss summed over the step's tokens (the public record's convention); "
                                                         "divided by --batch-tokens here, where the loss is a mean, so rare tokens' rows still take full steps"})
     cooldown_frac: float = field(default=0.45, metadata={"help": "share of the steps over which the LR falls linearly to 10%"})
@@ -403,6 +405,8 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
         adam_groups.append({"params": mudd, "lr": cfg.head_lr * 0.25, "base_lr": cfg.head_lr * 0.25, "betas": (0.9, 0.99)})
     if not cfg.muon:  # ablation: everything on Adam
         adam_groups.append({"params": hidden, "lr": cfg.adam_hidden_lr, "base_lr": cfg.adam_hidden_lr})
+    if cfg.adam_every < 1:
+        raise UserError(f"--adam-every {cfg.adam_every}: Adam steps once every N >= 1 steps")
     adam = torch.optim.Adam(adam_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps / cfg.batch_tokens,
                             fused=(cfg.fused_adamw and on_gpu(cfg)) or None)
     if not cfg.muon:
@@ -595,6 +599,14 @@ class SpeedrunTrainer(Trainer):
 
     def validate_at(self, step: int) -> bool:
         return validate_at(step, self.cfg)
+
+    def optimizers_due(self) -> list:
+        """Muon every step; Adam (the first optimizer) every --adam-every steps and at the last, its parameters'
+        gradients adding up until then (Adam's step hardly changes with their scale)."""
+        adam, *others = self.optimizers
+        steps_done = self.step + 1
+        adam_due = steps_done % self.cfg.adam_every == 0 or steps_done == self.cfg.max_steps
+        return self.optimizers if adam_due else others
 
     def loss_sums(self, *args, **kwargs):
         """Validation (screens, full, further sets) at --val-window-blocks where given, then back to training's window."""

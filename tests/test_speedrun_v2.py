@@ -821,3 +821,29 @@ def test_attention_after_the_backout_layer_reads_its_output():
         torch.testing.assert_close(seen[i], rms_norm(seen[f"stream{i}"]))
     with pytest.raises(ValueError, match="needs backout_layer"):
         ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], attn_from_backout=True))
+
+
+# ----- Adam every other step -----
+
+def test_adam_every_two_steps_on_summed_gradients_and_a_resumed_run_follows(tmp_path):
+    """--adam-every 2 over 5 steps: Muon's matrices change at every step, Adam's parameters only after steps 2 and 4 and
+    at the last step (5); a checkpoint after step 3 keeps the gradients Adam has not used yet, and the run resumed from
+    it continues the uninterrupted run's losses."""
+    import train_gpt2_speedrun as sr
+    from kit.loop.train import main
+
+    flags = ["--model-size", "tiny", "--data", "synthetic", "--device", "cpu", "--batch-tokens", "256", "--val-tokens", "512",
+             "--max-steps", "5", "--val-every", "0", "--export", "0", "--adam-every", "2", "--compile", "0"]
+    assert main(sr.RECIPE, [*flags, "--save-every", "1", "--keep-checkpoints", "6", "--out-dir", str(tmp_path / "full")]) == 0
+    saved = [torch.load(tmp_path / "full" / "checkpoints" / f"ckpt_step{at:06d}.pt", map_location="cpu", weights_only=False) for at in range(1, 6)]
+    model = sr.build_model(parsed())
+    for step in range(1, 5):  # what step `step + 1` changed
+        before, after = saved[step - 1]["model"], saved[step]["model"]
+        assert not torch.equal(before["blocks.0.attn.qkv.weight"], after["blocks.0.attn.qkv.weight"])  # Muon: every step
+        # Adam: the head (zero at the start, so the first gradients reach it alone) after steps 2, 4 and 5
+        assert torch.equal(before["lm_head.weight"], after["lm_head.weight"]) is ((step + 1) % 2 == 1 and step + 1 < 5)
+    adam_names = {name for name, p in model.named_parameters() for group in sr.build_optimizers(model, parsed())[0].param_groups
+                  if any(p is q for q in group["params"])}
+    assert "lm_head.weight" in saved[2]["pending_grads"] and set(saved[2]["pending_grads"]) <= adam_names  # after step 3 Adam waits
+    assert not saved[3]["pending_grads"]  # after step 4 nothing does
+    assert_resumed_runs_follow_the_full_run(flags, tmp_path, (3,), last_step=5)

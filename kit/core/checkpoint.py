@@ -44,6 +44,7 @@ def save(run_dir, step: int, tokens: int, model, optimizers, stream, train_time_
         "step": step,
         "tokens": tokens,
         "model": model.state_dict(),
+        "pending_grads": {name: p.grad for name, p in model.named_parameters() if p.grad is not None},  # an optimizer not yet due
         "optimizers": [opt.state_dict() for opt in optimizers],
         "data": stream.state_dict(),
         "rng": rng_state(),
@@ -121,6 +122,9 @@ def load(path: Path, model, optimizers, stream) -> dict:
         raise UserError(f"--resume {path}: the checkpoint has {len(payload['optimizers'])} optimizer(s), this script builds {len(optimizers)}")
     for opt, state in zip(optimizers, payload["optimizers"]):
         opt.load_state_dict(state)
+    pending = payload.get("pending_grads", {})
+    for name, p in model.named_parameters():
+        p.grad = pending[name].to(p.device) if name in pending else None
     stream.load_state_dict(payload["data"])
     set_rng_state(payload["rng"])
     return payload

@@ -431,6 +431,11 @@ class Trainer:
         last step are validated in any case. Default: every --val-every steps."""
         return self.on_val_every(step)
 
+    def optimizers_due(self) -> list:
+        """The optimizers that step after this step (self.step, 0-based); the others' parameters keep adding up
+        their gradients until theirs is due. Default: every optimizer, every step."""
+        return self.optimizers
+
     def setup_seconds(self) -> float:
         """Seconds of one-time work this variant needs before training that the baseline does not (RETRO's index),
         for comparisons at equal wall time (summary.json's setup_s; scripts/bench.py --charge-setup). Default: 0."""
@@ -717,9 +722,14 @@ class Trainer:
         clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         lr = set_learning_rates(self.optimizers, self.recipe.lr_schedule(self.step, self.cfg))
-        for opt in self.optimizers:
+        due = self.optimizers_due()
+        for opt in due:
             opt.step()
-        self.model.zero_grad(set_to_none=True)
+        if len(due) == len(self.optimizers):
+            self.model.zero_grad(set_to_none=True)
+        else:  # the others' gradients add up over the steps until theirs (a checkpoint keeps them)
+            for opt in due:
+                opt.zero_grad(set_to_none=True)
         loss = hw.all_reduce_sum(total / accum_steps) / self.ddp.world_size
         return loss, grad_norm.detach(), lr
 
@@ -727,7 +737,7 @@ class Trainer:
         """Untimed passes that compile and set up kernels, so the training time excludes them.
 
         One fwd+bwd on the first real batch (same shapes and strides as training, so a compiled
-        model does not recompile at step 1; the stream is rewound and the gradients dropped), once
+        model does not recompile at step 1; the stream is rewound and its gradients dropped, a resumed run's own kept), once
         in each of the recipe's warm_up_states (graphs that change during the run, such as the
         offsets multi-token prediction still trains; before_step sets the real state at step 1),
         and one no-grad forward for evaluation (where the run validates at all); optimizers with compiled parts (Muon) compile them
@@ -753,10 +763,14 @@ class Trainer:
         batch = self.to_device(self.stream.next_batch())
         self.stream.load_state_dict(position)
         states = self.recipe.warm_up_states(self.model, self.cfg) if self.recipe.warm_up_states else [lambda: None]
+        pending = {p: p.grad for p in self.model.parameters() if p.grad is not None}  # a resumed run's, for an optimizer not yet due
+        self.model.zero_grad(set_to_none=True)
         for enter_state in states:
             enter_state()
             self.forward_backward(self.train_model, batch)
             self.model.zero_grad(set_to_none=True)
+        for p, grad in pending.items():
+            p.grad = grad
         part_done(f"training graph{'s' if len(states) > 1 else ''}")
         for opt in self.optimizers:
             if hasattr(opt, "warm_up"):
