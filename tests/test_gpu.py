@@ -100,6 +100,21 @@ def test_triton_mlp_kernels_on_cuda_equal_the_reference():
     checks["check_function_against_autograd"]("cuda", torch.bfloat16, 2.0 ** -6)
 
 
+def test_mlp_kernel_benchmark_times_every_tile_of_the_card(tmp_path):
+    pytest.importorskip("triton")
+    import json
+
+    from kit.core import gpus
+    from kit.modeling import triton_mlp
+
+    result = subprocess.run([sys.executable, "scripts/bench_mlp_kernels.py", "--rows", "2048", "--width", "256", "--out", str(tmp_path)],
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = json.loads((tmp_path / "bench_mlp_kernels.json").read_text())["results"]
+    tiles = triton_mlp.SMALL_TILES if gpus.small_shared_memory(torch.cuda.get_device_capability()) else triton_mlp.LARGE_TILES
+    assert len(rows) == 3 + 2 * len(tiles) + 3 and all(row["ms"] > 0 for row in rows)
+
+
 def test_speedrun_with_the_triton_mlp_trains_like_pytorchs(tmp_path, isolated_data_dir):
     """--mlp-kernel triton in the whole-model compile (custom ops): no recompiles, the same final loss as the plain MLP."""
     pytest.importorskip("triton")
