@@ -171,6 +171,10 @@ class Hyperparameters(TrainConfig):
     paired_head_layers: str = field(default="", metadata={"help": "layers whose heads attend in pairs over one interleaved sequence (the public record of 2026-01-07; "
                                                                      "auto: 1,3,5,9 of the 12-layer model, short-window layers); empty: none"})
     sublayer_scales: bool = field(default=False, metadata={"help": "learned weights on the stream before each branch (from sqrt(1.1)) and on each branch's output (from 1)"})
+    head_betas: str = field(default="", metadata={"help": "Adam's betas for the head and the token embedding, e.g. 0.5,0.95: a short memory for rows that "
+                                                          "rare tokens touch (the public record of 2026-01-04); empty: --adam-beta1/2; unmeasured"})
+    embed_betas: str = field(default="", metadata={"help": "Adam's betas for the value and bigram embeddings, e.g. 0.75,0.95 (the public record "
+                                                           "of 2026-01-04; the public line's bigram table since); empty: --adam-beta1/2; unmeasured"})
     scalar_betas: str = field(default="", metadata={"help": "Adam's betas for the scalar weights alone, e.g. 0.9,0.99: their noisy paths smoothed (the public record of "
                                                               "2025-12-21); empty: --adam-beta1/2 as every Adam group"})
     mudd: bool = field(default=False, metadata={"help": "dynamic dense connections into the last two layers: per-position weights over a few earlier states, "
@@ -390,13 +394,18 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     qkv = [block.attn.qkv.weight for block in model.blocks if block.attn is not None]
     # a tied embedding trains with the head (its own group after untying would only change its LR; the public record keeps the head's)
     tied, own_embed = ([model.embed.weight], []) if model.config.tie_embed else ([], [model.embed.weight])
-    embeds = [*own_embed, *(e.weight for e in model.value_embeds)] + ([model.bigram_embed.weight] if model.bigram_embed is not None else [])
+    other_embeds = [e.weight for e in model.value_embeds] + ([model.bigram_embed.weight] if model.bigram_embed is not None else [])
     scalars = [p for p in model.parameters() if p.dim() < 2]
     smear = [model.smear_gate.weight] if model.smear_gate is not None else []
+    head_betas, embed_betas = group_betas(cfg.head_betas, "--head-betas"), group_betas(cfg.embed_betas, "--embed-betas")
+    if head_betas or embed_betas:  # the token embedding takes the head's betas, the others theirs
+        embed_groups = [{"params": own_embed, **head_betas}, {"params": other_embeds, **embed_betas}]
+    else:  # one group, as runs (and their checkpoints) had before these flags
+        embed_groups = [{"params": own_embed + other_embeds}]
     adam_groups = [
-        {"params": [model.lm_head.weight, *tied], "lr": cfg.head_lr, "base_lr": cfg.head_lr},
-        {"params": embeds, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr},
-        {"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr, **scalar_betas(cfg)},
+        {"params": [model.lm_head.weight, *tied], "lr": cfg.head_lr, "base_lr": cfg.head_lr, **head_betas},
+        *({**group, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr} for group in embed_groups),
+        {"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr, **group_betas(cfg.scalar_betas, "--scalar-betas")},
     ]
     if smear:  # the public record's smear gate steps at 1% of its Adam base lr (0.008): a gate of 12 weights that every token uses
         adam_groups.append({"params": smear, "lr": cfg.head_lr * 0.01, "base_lr": cfg.head_lr * 0.01})
@@ -435,13 +444,13 @@ def qkv_split(model: ModernGPT, cfg: Hyperparameters):
     return (2 * head_dim,) * heads + (heads * head_dim,)  # heads / 2 pairs in Q, as many in K
 
 
-def scalar_betas(cfg: Hyperparameters) -> dict:
-    """{"betas": (b1, b2)} from --scalar-betas for the scalars' Adam group, or {} (the optimizer's own)."""
-    if not cfg.scalar_betas:
+def group_betas(text: str, flag: str) -> dict:
+    """{"betas": (b1, b2)} from one of the --*-betas flags for its Adam group, or {} (the optimizer's own: --adam-beta1/2)."""
+    if not text:
         return {}
-    betas = float_list(cfg.scalar_betas, "--scalar-betas")
+    betas = float_list(text, flag)
     if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-        raise UserError(f"--scalar-betas {cfg.scalar_betas}: two numbers in [0, 1), e.g. 0.9,0.99")
+        raise UserError(f"{flag} {text}: two numbers in [0, 1), e.g. 0.9,0.99")
     return {"betas": betas}
 
 

@@ -600,6 +600,30 @@ def test_scalar_betas_apply_to_the_scalars_group_alone():
         sr.build_optimizers(model, parsed("--scalar-betas", "0.9"))
 
 
+def test_head_and_embedding_betas_by_part_and_the_default_groups_unchanged():
+    """--head-betas: the head and the token embedding; --embed-betas: the value and bigram embeddings (the public record
+    of 2026-01-04's per-part betas); without them the Adam groups are the ones earlier checkpoints hold."""
+    import train_gpt2_speedrun as sr
+    from kit.core.errors import UserError
+
+    cfg = parsed("--head-betas", "0.5,0.95", "--embed-betas", "0.75,0.95")
+    model = sr.build_model(cfg)
+    adam = sr.build_optimizers(model, cfg)[0]
+
+    def betas_of(param):
+        return next(g["betas"] for g in adam.param_groups if any(p is param for p in g["params"]))
+
+    assert betas_of(model.lm_head.weight) == betas_of(model.embed.weight) == (0.5, 0.95)
+    assert betas_of(model.bigram_embed.weight) == betas_of(model.value_embeds[0].weight) == (0.75, 0.95)
+    assert betas_of(model.blocks[0].residual_mix) == (cfg.adam_beta1, cfg.adam_beta2)
+    plain = sr.build_optimizers(model, parsed())[0]
+    assert sorted(id(p) for g in adam.param_groups for p in g["params"]) == sorted(id(p) for g in plain.param_groups for p in g["params"])
+    assert [len(g["params"]) for g in plain.param_groups][:2] == [1, len(adam.param_groups[1]["params"]) + len(adam.param_groups[2]["params"])]
+    assert len(adam.param_groups) == len(plain.param_groups) + 1
+    with pytest.raises(UserError, match="--head-betas 1,0.9"):
+        sr.build_optimizers(model, parsed("--head-betas", "1,0.9"))
+
+
 # ----- YaRN and the staged windows -----
 
 def test_yarn_state_by_hand():
