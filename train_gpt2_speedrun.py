@@ -80,7 +80,7 @@ from kit.core.errors import UserError
 from kit.modeling.fp8 import gpu_has_fp8
 from kit.modeling.modern import MAX_WINDOW_BLOCKS, MODERN_SIZES, ModernConfig, ModernGPT
 from kit.modeling.muon import Muon
-from kit.modeling.optim import linear_to_zero
+from kit.modeling.optim import CautiousDecayAdam, linear_to_zero
 from kit.loop.checks import late_check_due
 from kit.loop.train import Recipe, Trainer, main
 
@@ -171,6 +171,10 @@ class Hyperparameters(TrainConfig):
     paired_head_layers: str = field(default="", metadata={"help": "layers whose heads attend in pairs over one interleaved sequence (the public record of 2026-01-07; "
                                                                      "auto: 1,3,5,9 of the 12-layer model, short-window layers); empty: none"})
     sublayer_scales: bool = field(default=False, metadata={"help": "learned weights on the stream before each branch (from sqrt(1.1)) and on each branch's output (from 1)"})
+    adam_cwd: float = field(default=0.0, metadata={"help": "cautious weight decay on Adam's embeddings and head (the public record of 2025-12-18): "
+                                                       "1 decays as the public line's code (per step at the peak LR 4.8e-5 of the head and token "
+                                                       "embedding, 0.009 of the value and bigram embeddings, falling with the LR squared), where "
+                                                       "Adam's update moves a weight toward zero; 0: off; unmeasured"})
     head_betas: str = field(default="", metadata={"help": "Adam's betas for the head and the token embedding, e.g. 0.5,0.95: a short memory for rows that "
                                                           "rare tokens touch (the public record of 2026-01-04); empty: --adam-beta1/2; unmeasured"})
     embed_betas: str = field(default="", metadata={"help": "Adam's betas for the value and bigram embeddings, e.g. 0.75,0.95 (the public record "
@@ -398,12 +402,13 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
     scalars = [p for p in model.parameters() if p.dim() < 2]
     smear = [model.smear_gate.weight] if model.smear_gate is not None else []
     head_betas, embed_betas = group_betas(cfg.head_betas, "--head-betas"), group_betas(cfg.embed_betas, "--embed-betas")
-    if head_betas or embed_betas:  # the token embedding takes the head's betas, the others theirs
-        embed_groups = [{"params": own_embed, **head_betas}, {"params": other_embeds, **embed_betas}]
+    head_decay, embed_decay = adam_cautious_decays(cfg)
+    if head_betas or embed_betas or cfg.adam_cwd:  # the token embedding takes the head's betas and decay, the others theirs
+        embed_groups = [{"params": own_embed, **head_betas, **head_decay}, {"params": other_embeds, **embed_betas, **embed_decay}]
     else:  # one group, as runs (and their checkpoints) had before these flags
         embed_groups = [{"params": own_embed + other_embeds}]
     adam_groups = [
-        {"params": [model.lm_head.weight, *tied], "lr": cfg.head_lr, "base_lr": cfg.head_lr, **head_betas},
+        {"params": [model.lm_head.weight, *tied], "lr": cfg.head_lr, "base_lr": cfg.head_lr, **head_betas, **head_decay},
         *({**group, "lr": cfg.embed_lr, "base_lr": cfg.embed_lr} for group in embed_groups),
         {"params": scalars, "lr": cfg.scalar_lr, "base_lr": cfg.scalar_lr, **group_betas(cfg.scalar_betas, "--scalar-betas")},
     ]
@@ -416,8 +421,8 @@ def build_optimizers(model: ModernGPT, cfg: Hyperparameters):
         adam_groups.append({"params": hidden, "lr": cfg.adam_hidden_lr, "base_lr": cfg.adam_hidden_lr})
     if cfg.adam_every < 1:
         raise UserError(f"--adam-every {cfg.adam_every}: Adam steps once every N >= 1 steps")
-    adam = torch.optim.Adam(adam_groups, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps / cfg.batch_tokens,
-                            fused=(cfg.fused_adamw and on_gpu(cfg)) or None)
+    adam = (CautiousDecayAdam if cfg.adam_cwd else torch.optim.Adam)(adam_groups, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                                                      eps=cfg.adam_eps / cfg.batch_tokens, fused=(cfg.fused_adamw and on_gpu(cfg)) or None)
     if not cfg.muon:
         return [adam]
     split_qkv = qkv if cfg.muon_split_qkv else []  # Q, K and V each orthogonalised as their own matrix
@@ -442,6 +447,23 @@ def qkv_split(model: ModernGPT, cfg: Hyperparameters):
     if heads % 2 or not cfg.muon_split_qkv:
         raise UserError(f"--muon-qk-head-pairs needs an even number of heads (the model has {heads}) and --muon-split-qkv 1")
     return (2 * head_dim,) * heads + (heads * head_dim,)  # heads / 2 pairs in Q, as many in K
+
+
+# The public record line's cautious weight decay on Adam (2025-12-18, as its code of 2026-07 has it): per step lr^2 * 0.005 *
+# a multiplier, at its LRs: 150 for the head and the token embedding (LR 0.008 there), 5 for the value and bigram embeddings
+# (LR 0.6), none for scalars. Given here as the share decayed per step at the peak LR, since this recipe's token embedding
+# steps at 0.6, not 0.008.
+ADAM_CWD_HEAD = 0.008 ** 2 * 0.005 * 150
+ADAM_CWD_EMBEDS = 0.6 ** 2 * 0.005 * 5
+
+
+def adam_cautious_decays(cfg: Hyperparameters) -> tuple[dict, dict]:
+    """({"cautious_wd": ...} for the head and token embedding, the same for the value and bigram embeddings), or ({}, {})."""
+    if cfg.adam_cwd < 0:
+        raise UserError(f"--adam-cwd {cfg.adam_cwd}: a multiplier >= 0 of the public record's decays (1: theirs, 0: none)")
+    if not cfg.adam_cwd:
+        return {}, {}
+    return {"cautious_wd": cfg.adam_cwd * ADAM_CWD_HEAD}, {"cautious_wd": cfg.adam_cwd * ADAM_CWD_EMBEDS}
 
 
 def group_betas(text: str, flag: str) -> dict:

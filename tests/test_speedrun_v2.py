@@ -871,3 +871,50 @@ def test_adam_every_two_steps_on_summed_gradients_and_a_resumed_run_follows(tmp_
     assert "lm_head.weight" in saved[2]["pending_grads"] and set(saved[2]["pending_grads"]) <= adam_names  # after step 3 Adam waits
     assert not saved[3]["pending_grads"]  # after step 4 nothing does
     assert_resumed_runs_follow_the_full_run(flags, tmp_path, (3,), last_step=5)
+
+
+def test_cautious_decay_adam_is_adam_then_decays_where_the_update_shrinks_the_weight():
+    """CautiousDecayAdam: without a decay it is torch's Adam; with one, each weight Adam moved toward zero shrinks
+    further by decay * (lr / base_lr)^2 of its value before the step, the others not at all. --adam-cwd gives the head,
+    token embedding and the other embeddings the public record's decays."""
+    import train_gpt2_speedrun as sr
+    from kit.modeling.optim import CautiousDecayAdam
+
+    g = torch.Generator().manual_seed(0)
+    start, grads = torch.randn(50, generator=g), [torch.randn(50, generator=g) for _ in range(2)]
+
+    def run(cls, **group):
+        p = torch.nn.Parameter(start.clone())
+        opt = cls([{"params": [p], "lr": 0.05, "base_lr": 0.1, **group}], betas=(0.8, 0.95))
+        befores = []
+        for grad in grads:
+            befores.append(p.detach().clone())
+            p.grad = grad.clone()
+            opt.step()
+        return p.detach(), befores
+
+    plain, _ = run(torch.optim.Adam)
+    torch.testing.assert_close(run(CautiousDecayAdam)[0], plain, rtol=0, atol=0)
+    # by hand: Adam's own steps from the decayed run's weights, then the decay where that step shrank the weight
+    p = torch.nn.Parameter(start.clone())
+    adam = torch.optim.Adam([{"params": [p], "lr": 0.05}], betas=(0.8, 0.95))
+    for grad in grads:
+        old = p.detach().clone()
+        p.grad = grad.clone()
+        adam.step()
+        with torch.no_grad():
+            p -= 0.2 * 0.25 * old * ((old - p) * old > 0)
+    decayed, befores = run(CautiousDecayAdam, cautious_wd=0.2)
+    torch.testing.assert_close(decayed, p.detach(), rtol=0, atol=1e-7)
+    assert not torch.equal(decayed, plain)
+    cfg = parsed("--adam-cwd", "1")
+    model = sr.build_model(cfg)
+    adam = sr.build_optimizers(model, cfg)[0]
+    assert isinstance(adam, CautiousDecayAdam) and not isinstance(sr.build_optimizers(model, parsed())[0], CautiousDecayAdam)
+
+    def decay_of(param):
+        return next(g.get("cautious_wd", 0) for g in adam.param_groups if any(q is param for q in g["params"]))
+
+    assert decay_of(model.lm_head.weight) == decay_of(model.embed.weight) == pytest.approx(4.8e-5)
+    assert decay_of(model.bigram_embed.weight) == decay_of(model.value_embeds[0].weight) == pytest.approx(0.009)
+    assert decay_of(model.blocks[0].residual_mix) == 0

@@ -58,6 +58,25 @@ class Lion(torch.optim.Optimizer):
                 m.lerp_(p.grad, 1 - beta2)
 
 
+class CautiousDecayAdam(torch.optim.Adam):
+    """Adam with cautious weight decay per group (the public speedrun record of 2025-12-18 extended it from Muon to
+    Adam): a group's `cautious_wd` is the share of each weight it decays per step at its base LR, scaled by the
+    square of lr / base_lr (the LR schedule's multiplier, squared, as the public record's lr^2 * wd), and only where
+    Adam's own update moves the weight toward zero (update and weight of the same sign). The rest is torch's Adam,
+    fused where asked; the decayed groups' weights are copied before its step to find the update's sign."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        decaying = [(p, group["cautious_wd"] * (group["lr"] / group["base_lr"]) ** 2) for group in self.param_groups
+                    if group.get("cautious_wd") for p in group["params"] if p.grad is not None]
+        before = [p.clone() for p, _ in decaying]
+        loss = super().step(closure)
+        for (p, decay), old in zip(decaying, before):
+            toward_zero = (old - p) * old > 0  # Adam subtracted (old - p): same sign as the weight
+            p.addcmul_(old, toward_zero, value=-decay)
+        return loss
+
+
 def scaled_warmup_steps(cfg) -> int:
     return max(1, round(cfg.warmup_steps * cfg.max_steps / cfg.reference_steps)) if cfg.warmup_steps else 0
 
