@@ -125,6 +125,24 @@ def test_speedrun_with_the_triton_mlp_trains_like_pytorchs(tmp_path, isolated_da
     assert abs(float(final.search(fused).group(1)) - float(final.search(pytorch).group(1))) < 0.02
 
 
+def test_cautious_decay_adam_compiled_on_cuda_steps_as_on_the_cpu():
+    """The compiled update (one graph for any shape after the warm-up) against the eager one on the CPU."""
+    from kit.modeling.optim import CautiousDecayAdam
+
+    g = torch.Generator().manual_seed(0)
+    start, grads = torch.randn(300, 64, generator=g), [torch.randn(300, 64, generator=g) for _ in range(3)]
+    results = []
+    for device in ("cpu", "cuda"):
+        p = torch.nn.Parameter(start.clone().to(device))
+        opt = CautiousDecayAdam([{"params": [p], "lr": 0.05, "base_lr": 0.1, "cautious_wd": 0.2}], betas=(0.8, 0.95), fused=device == "cuda")
+        opt.warm_up()
+        for grad in grads:
+            p.grad = grad.to(device)
+            opt.step()
+        results.append(p.detach().cpu())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
 def test_speedrun_with_triton_loss_kernels_trains_like_pytorchs(tmp_path, isolated_data_dir):
     """Whole-model compile with the kernels as custom ops (the default where Triton runs): no
     recompiles, and the same final loss as the PyTorch kernels."""

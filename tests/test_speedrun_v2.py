@@ -877,6 +877,8 @@ def test_cautious_decay_adam_is_adam_then_decays_where_the_update_shrinks_the_we
     """CautiousDecayAdam: without a decay it is torch's Adam; with one, each weight Adam moved toward zero shrinks
     further by decay * (lr / base_lr)^2 of its value before the step, the others not at all. --adam-cwd gives the head,
     token embedding and the other embeddings the public record's decays."""
+    import copy
+
     import train_gpt2_speedrun as sr
     from kit.modeling.optim import CautiousDecayAdam
 
@@ -886,15 +888,13 @@ def test_cautious_decay_adam_is_adam_then_decays_where_the_update_shrinks_the_we
     def run(cls, **group):
         p = torch.nn.Parameter(start.clone())
         opt = cls([{"params": [p], "lr": 0.05, "base_lr": 0.1, **group}], betas=(0.8, 0.95))
-        befores = []
         for grad in grads:
-            befores.append(p.detach().clone())
             p.grad = grad.clone()
             opt.step()
-        return p.detach(), befores
+        return p.detach(), opt
 
     plain, _ = run(torch.optim.Adam)
-    torch.testing.assert_close(run(CautiousDecayAdam)[0], plain, rtol=0, atol=0)
+    torch.testing.assert_close(run(CautiousDecayAdam)[0], plain, rtol=0, atol=0)  # no decay: torch's Adam itself
     # by hand: Adam's own steps from the decayed run's weights, then the decay where that step shrank the weight
     p = torch.nn.Parameter(start.clone())
     adam = torch.optim.Adam([{"params": [p], "lr": 0.05}], betas=(0.8, 0.95))
@@ -904,9 +904,24 @@ def test_cautious_decay_adam_is_adam_then_decays_where_the_update_shrinks_the_we
         adam.step()
         with torch.no_grad():
             p -= 0.2 * 0.25 * old * ((old - p) * old > 0)
-    decayed, befores = run(CautiousDecayAdam, cautious_wd=0.2)
-    torch.testing.assert_close(decayed, p.detach(), rtol=0, atol=1e-7)
+    decayed, _ = run(CautiousDecayAdam, cautious_wd=0.2)
+    torch.testing.assert_close(decayed, p.detach(), rtol=0, atol=1e-6)  # its own update: the same formula, other rounding
     assert not torch.equal(decayed, plain)
+    # the warm-up changes nothing; the state has Adam's keys, and a loaded state steps on as the original
+    q = torch.nn.Parameter(start.clone())
+    opt = CautiousDecayAdam([{"params": [q], "lr": 0.05, "base_lr": 0.1, "cautious_wd": 0.2}], betas=(0.8, 0.95))
+    opt.warm_up()
+    assert torch.equal(q.detach(), start) and not opt.state
+    q.grad = grads[0].clone()
+    opt.step()
+    assert set(opt.state[q]) == {"step", "exp_avg", "exp_avg_sq"}
+    twin = torch.nn.Parameter(q.detach().clone())
+    loaded = CautiousDecayAdam([{"params": [twin], "lr": 0.05, "base_lr": 0.1, "cautious_wd": 0.2}], betas=(0.8, 0.95))
+    loaded.load_state_dict(copy.deepcopy(opt.state_dict()))  # as from a checkpoint file: its own tensors
+    for param, optimizer in ((q, opt), (twin, loaded)):
+        param.grad = grads[1].clone()
+        optimizer.step()
+    assert torch.equal(twin.detach(), q.detach()) and torch.equal(q.detach(), decayed)
     cfg = parsed("--adam-cwd", "1")
     model = sr.build_model(cfg)
     adam = sr.build_optimizers(model, cfg)[0]

@@ -58,23 +58,81 @@ class Lion(torch.optim.Optimizer):
                 m.lerp_(p.grad, 1 - beta2)
 
 
+def adam_cautious_update(p, grad, exp_avg, exp_avg_sq, beta1: float, beta2: float, step_size, bias2_sqrt, eps, decay):
+    """One Adam step of p in place (torch's formula: p -= step_size * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)), plus
+    the cautious decay: decay * p, only where that update moves p toward zero. The tensors step_size, bias2_sqrt, eps
+    and decay are 0-d, so a compiled update serves every step."""
+    exp_avg.lerp_(grad, 1 - beta1)
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    update = exp_avg / (exp_avg_sq.sqrt() / bias2_sqrt + eps) * step_size
+    update = update + decay * p * (update * p > 0)
+    p.sub_(update)
+
+
 class CautiousDecayAdam(torch.optim.Adam):
     """Adam with cautious weight decay per group (the public speedrun record of 2025-12-18 extended it from Muon to
     Adam): a group's `cautious_wd` is the share of each weight it decays per step at its base LR, scaled by the
     square of lr / base_lr (the LR schedule's multiplier, squared, as the public record's lr^2 * wd), and only where
-    Adam's own update moves the weight toward zero (update and weight of the same sign). The rest is torch's Adam,
-    fused where asked; the decayed groups' weights are copied before its step to find the update's sign."""
+    Adam's update moves the weight toward zero (update and weight of the same sign). Those groups step through one
+    update that reads and writes each tensor once (adam_cautious_update, compiled on a GPU); the others are torch's
+    Adam, fused where asked. The state has torch's Adam's keys, so checkpoints load either way."""
+
+    def __init__(self, params, **kw):
+        super().__init__(params, **kw)
+        self._update = adam_cautious_update
+        self._scalars = {}  # device -> 0-d tensors (step size, sqrt(1 - beta2^t), eps, decay), refilled each step
+
+    def _decayed(self):
+        return [(group, p) for group in self.param_groups if group.get("cautious_wd") for p in group["params"] if p.grad is not None]
+
+    def _scalar_tensors(self, device):
+        if device not in self._scalars:
+            self._scalars[device] = [torch.zeros((), device=device) for _ in range(4)]
+            if device.type == "cuda":
+                self._update = torch.compile(adam_cautious_update, dynamic=True, fullgraph=True)  # one graph for every shape
+        return self._scalars[device]
 
     @torch.no_grad()
     def step(self, closure=None):
-        decaying = [(p, group["cautious_wd"] * (group["lr"] / group["base_lr"]) ** 2) for group in self.param_groups
-                    if group.get("cautious_wd") for p in group["params"] if p.grad is not None]
-        before = [p.clone() for p, _ in decaying]
-        loss = super().step(closure)
-        for (p, decay), old in zip(decaying, before):
-            toward_zero = (old - p) * old > 0  # Adam subtracted (old - p): same sign as the weight
-            p.addcmul_(old, toward_zero, value=-decay)
+        decayed = self._decayed()
+        grads = [p.grad for _, p in decayed]
+        for _, p in decayed:  # torch's Adam skips parameters without a gradient
+            p.grad = None
+        try:
+            loss = super().step(closure)
+        finally:
+            for (_, p), grad in zip(decayed, grads):
+                p.grad = grad
+        for group, p in decayed:
+            self._cautious_step(group, p)
         return loss
+
+    def _cautious_step(self, group, p):
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        if state["step"].device.type != "cpu":  # a fused Adam's checkpoint puts steps on the GPU: read on the host, no sync per step
+            state["step"] = state["step"].cpu()
+        state["step"] += 1
+        t = float(state["step"])
+        beta1, beta2 = group["betas"]
+        step_size, bias2_sqrt, eps, decay = self._scalar_tensors(p.device)
+        step_size.fill_(group["lr"] / (1 - beta1 ** t))
+        bias2_sqrt.fill_((1 - beta2 ** t) ** 0.5)
+        eps.fill_(group["eps"])
+        decay.fill_(group["cautious_wd"] * (group["lr"] / group["base_lr"]) ** 2)
+        self._update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, step_size, bias2_sqrt, eps, decay)
+
+    def warm_up(self):
+        """Compile the decayed groups' update (on a GPU: one graph for any shape, one per pair of betas) on small
+        scratch tensors, before the timed steps; parameters and state are not touched."""
+        for group in self.param_groups:
+            if group.get("cautious_wd") and group["params"]:
+                first = group["params"][0]
+                scratch = [torch.ones(4, 8, device=first.device, dtype=first.dtype) for _ in range(4)]
+                self._update(*scratch, *group["betas"], *self._scalar_tensors(first.device))
 
 
 def scaled_warmup_steps(cfg) -> int:
