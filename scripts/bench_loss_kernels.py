@@ -37,6 +37,21 @@ def time_ms(fn, repeats: int = 10) -> float:
     return start.elapsed_time(end) / repeats
 
 
+def report(rows, rate_header: str, rate_key: str, rate_of, digits: int, out, file_name: str, meta: dict) -> None:
+    """Print a markdown table of (label, ms, work) rows with each row's rate (rate_of(work, ms)), and write them with
+    meta as JSON into out/file_name where out is given."""
+    results = []
+    print(f"| kernel | ms | {rate_header} |\n|---|---|---|")
+    for label, ms, work in rows:
+        rate = rate_of(work, ms)
+        results.append({"kernel": label, "ms": round(ms, 3), rate_key: round(rate, 1)})
+        print(f"| {label} | {ms:.{digits}f} | {rate:,.0f} |", flush=True)
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, file_name), "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), **meta, "results": results}, f, indent=1)
+
+
 def reference_rows(z, targets):
     stats = torch.compile(lambda z, t: softcapped_logsumexp_and_loss(z, t, CAP))
     grad = torch.compile(lambda z, t, lse: (softcapped_grad_unscaled(z, t, lse, CAP) * E5M2_HEADROOM).to(E5M2).t().contiguous())
@@ -77,16 +92,9 @@ def main():
     g = torch.Generator(device="cuda").manual_seed(0)
     z = (8 * torch.randn(args.rows, args.vocab, device="cuda", generator=g)).to(torch.bfloat16)
     targets = torch.randint(0, args.vocab, (args.rows,), device="cuda", generator=g)
-    results = []
     print(f"{torch.cuda.get_device_name()}: logits {args.rows} x {args.vocab} bf16")
-    print("| kernel | ms | GB/s moved |\n|---|---|---|")
-    for label, ms, nbytes in (*reference_rows(z, targets), *triton_rows(z, targets)):
-        results.append({"kernel": label, "ms": round(ms, 3), "gb_per_s": round(nbytes / ms / 1e6, 1)})
-        print(f"| {label} | {ms:.2f} | {nbytes / ms / 1e6:,.0f} |", flush=True)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "bench_loss_kernels.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": args.rows, "vocab": args.vocab, "results": results}, f, indent=1)
+    report((*reference_rows(z, targets), *triton_rows(z, targets)), "GB/s moved", "gb_per_s", lambda nbytes, ms: nbytes / ms / 1e6, 2,
+           args.out, "bench_loss_kernels.json", {"rows": args.rows, "vocab": args.vocab})
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ below cuBLAS shows where a fused kernel loses what its epilogue saves. Writes be
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -18,7 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_loss_kernels import time_ms  # noqa: E402
+from bench_loss_kernels import report, time_ms  # noqa: E402
 
 from kit.core import gpus  # noqa: E402
 from kit.modeling import triton_mlp  # noqa: E402
@@ -73,16 +72,9 @@ def main():
     w_up = (0.02 * torch.randn(4 * args.width, args.width, device="cuda", generator=g)).bfloat16()
     w_down = (0.02 * torch.randn(args.width, 4 * args.width, device="cuda", generator=g)).bfloat16()
     flops = 2 * args.rows * args.width * 4 * args.width  # one of the MLP's products
-    results = []
     print(f"{torch.cuda.get_device_name()}: {args.rows} tokens, width {args.width} -> {4 * args.width}, bf16")
-    print("| kernel | ms | TFLOP/s of its products |\n|---|---|---|")
-    for label, ms, work in (*reference_rows(x, w_up, w_down, flops), *triton_rows(x, w_up, w_down, flops)):
-        results.append({"kernel": label, "ms": round(ms, 3), "tflops": round(work / ms / 1e9, 1)})
-        print(f"| {label} | {ms:.3f} | {work / ms / 1e9:,.0f} |", flush=True)
-    if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "bench_mlp_kernels.json"), "w") as f:
-            json.dump({"device": torch.cuda.get_device_name(), "rows": args.rows, "width": args.width, "results": results}, f, indent=1)
+    report((*reference_rows(x, w_up, w_down, flops), *triton_rows(x, w_up, w_down, flops)), "TFLOP/s of its products", "tflops",
+           lambda work, ms: work / ms / 1e9, 3, args.out, "bench_mlp_kernels.json", {"rows": args.rows, "width": args.width})
 
 
 if __name__ == "__main__":
