@@ -1,5 +1,5 @@
-"""GPU-only checks of the CUDA paths the CPU suite cannot reach (skipped without CUDA). On a lent
-GPU: `python3 -m pytest -q tests/test_gpu.py` (about a minute)."""
+"""GPU-only checks of the CUDA paths the CPU suite cannot reach (skipped without CUDA). On a CUDA
+machine: `python3 -m pytest -q tests/test_gpu.py` (about a minute)."""
 
 import re
 import subprocess
@@ -123,6 +123,14 @@ def test_speedrun_with_the_triton_mlp_trains_like_pytorchs(tmp_path, isolated_da
     fused = tiny_compiled_speedrun(tmp_path / "triton", isolated_data_dir, "--mlp-kernel", "triton")
     assert "relu^2 inside the up projection's Triton product" in fused and "relu^2 inside" not in pytorch
     assert abs(float(final.search(fused).group(1)) - float(final.search(pytorch).group(1))) < 0.02
+
+
+def test_compiled_fp8_up_model_trains_its_up_projections_on_cuda():
+    """A compiled run of --fp8-mlp up once trained far worse on an H200 while this check passed on the CPU: here it
+    runs with the GPU's kernels (FP8 where the GPU has it); the up projections' gradients, compiled and eager, agree."""
+    from test_fp8 import check_compiled_fp8_up_model_trains_its_up_projections
+
+    check_compiled_fp8_up_model_trains_its_up_projections("cuda")
 
 
 def test_cautious_decay_adam_compiled_on_cuda_steps_as_on_the_cpu():

@@ -933,3 +933,23 @@ def test_cautious_decay_adam_is_adam_then_decays_where_the_update_shrinks_the_we
     assert decay_of(model.lm_head.weight) == decay_of(model.embed.weight) == pytest.approx(4.8e-5)
     assert decay_of(model.bigram_embed.weight) == decay_of(model.value_embeds[0].weight) == pytest.approx(0.009)
     assert decay_of(model.blocks[0].residual_mix) == 0
+
+
+def test_cautious_decay_adams_warm_up_compiles_the_graph_its_steps_use():
+    """The compiled update (here compiled on the CPU) is built in the warm-up for the parameters' shapes, dtype and
+    type (nn.Parameter): the steps after it compile nothing, whatever a parameter's shape."""
+    import torch._dynamo
+
+    from kit.modeling.optim import CautiousDecayAdam
+
+    torch._dynamo.reset()
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in ((30, 16), (7, 5))]
+    opt = CautiousDecayAdam([{"params": params, "lr": 0.05, "base_lr": 0.1, "cautious_wd": 0.2}], betas=(0.8, 0.95))
+    opt.compiled_on = ("cpu",)
+    opt.warm_up()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for _ in range(2):
+            for p in params:
+                p.grad = torch.randn_like(p)
+            opt.step()
+    assert all(opt.state[p]["step"] == 2 for p in params)

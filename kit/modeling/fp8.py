@@ -87,7 +87,7 @@ class FP8ForwardMatmulWeightT(torch.autograd.Function):
     def forward(ctx, x, w):
         y, _ = fp8_product(x, w)
         ctx.save_for_backward(x, w)
-        return y.to(linear_output_dtype(x))
+        return y  # bf16; FP8ForwardLinear gives a plain Linear's dtype outside this function
 
     @staticmethod
     def backward(ctx, grad):
@@ -115,9 +115,16 @@ class FP8Head(nn.Linear):
 
 
 class FP8ForwardLinear(FP8Head):
-    """The same switch for an MLP projection: FP8 in the forward product only."""
+    """The same switch for an MLP projection: FP8 in the forward product only. Its output takes the dtype a plain
+    Linear would give (an fp32 model on a CPU: fp32), cast here, outside the autograd function: with that cast
+    inside it, the compiled record trained its up projections wrongly on an H200 (loss 0.2 higher all run, steps
+    12% cheaper) where the same code on a CPU matched eager, so the function stays as it was measured."""
 
     product = FP8ForwardMatmulWeightT
+
+    def forward(self, x):
+        y = super().forward(x)
+        return y.to(linear_output_dtype(x)) if self.fp8 and self.training else y
 
 
 E5M2_HEADROOM = 2.0 ** 15  # a power of two under e5m2's largest value (57,344)

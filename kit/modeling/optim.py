@@ -77,6 +77,8 @@ class CautiousDecayAdam(torch.optim.Adam):
     update that reads and writes each tensor once (adam_cautious_update, compiled on a GPU); the others are torch's
     Adam, fused where asked. The state has torch's Adam's keys, so checkpoints load either way."""
 
+    compiled_on = ("cuda",)  # devices whose decayed groups step through the compiled update
+
     def __init__(self, params, **kw):
         super().__init__(params, **kw)
         self._update = adam_cautious_update
@@ -88,7 +90,7 @@ class CautiousDecayAdam(torch.optim.Adam):
     def _scalar_tensors(self, device):
         if device not in self._scalars:
             self._scalars[device] = [torch.zeros((), device=device) for _ in range(4)]
-            if device.type == "cuda":
+            if device.type in self.compiled_on:
                 self._update = torch.compile(adam_cautious_update, dynamic=True, fullgraph=True)  # one graph for every shape
         return self._scalars[device]
 
@@ -123,8 +125,10 @@ class CautiousDecayAdam(torch.optim.Adam):
         bias2_sqrt.fill_((1 - beta2 ** t) ** 0.5)
         eps.fill_(group["eps"])
         decay.fill_(group["cautious_wd"] * (group["lr"] / group["base_lr"]) ** 2)
-        self._update(p, p.grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, step_size, bias2_sqrt, eps, decay)
+        # p.detach(): the same storage as a plain tensor, since dynamo keeps a Parameter's shape static (a graph per shape)
+        self._update(p.detach(), p.grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, step_size, bias2_sqrt, eps, decay)
 
+    @torch.no_grad()
     def warm_up(self):
         """Compile the decayed groups' update (on a GPU: one graph for any shape, one per pair of betas) on small
         scratch tensors, before the timed steps; parameters and state are not touched."""
