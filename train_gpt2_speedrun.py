@@ -34,9 +34,10 @@ interleaved sequence), --xsa-layers (gated XSA), --value-embed-layers with --val
 embedding per listed layer, entering each head through a gate), --attn-out-init uniform, --sublayer-scales.
 Together at 420 steps: 3.6451 against V2's 3.6613, at 514.6k against 548.6k tokens/s. Also off:
 --yarn (YaRN at each change of the window: slow rotary pairs slowed, the attention scale raised; alone on the
-default's windows it trained 0.003-0.006 higher), and, not yet measured, --window-stages (the long window by
-stages, e.g. 3,7,11 blocks over thirds of the run), --val-window-blocks (validation with a longer window than
-training's) and the others records/public_line_ports.md lists.
+default's windows it trained 0.003-0.006 higher), --window-stages (the long window by stages, e.g. 3,7,11 blocks
+over thirds of the run) and --val-window-blocks (validation with a longer window than training's): with YaRN,
+3,7,11 and 13 crossed at the default's step; --adam-cwd (cautious weight decay on Adam: 3.64 at step 816 against
+820 at one seed), and the others records/public_line_ports.md lists.
 
 webmix takes smaller steps than the public stages (sized for 8 GPUs): 65,536 -> 131,072 -> 196,608 tokens over
 830 steps. Measured on one H200 over three seeds and data orders: 3.64 at step 824, 828 and 824 in 197.2 to
@@ -109,7 +110,7 @@ class Hyperparameters(TrainConfig):
     adam_beta2: float = 0.95
     fused_adamw: bool = field(default=True, metadata={"help": "PyTorch's fused Adam (one kernel per step) for embeddings, head and scalars, on a GPU"})
     adam_every: int = field(default=1, metadata={"help": "Adam (embeddings, head, scalars) steps once every this many steps, on the sum of their "
-                                                     "gradients, and at the last step; Muon every step (the public record of 2025-09-30, with 2); unmeasured"})
+                                                     "gradients, and at the last step; Muon every step (the public record of 2025-09-30, with 2); with 2 the step is 0.8% cheaper on an H200, the loss unmeasured"})
     adam_eps: float = field(default=1e-10, metadata={"help": "Adam's epsilon for a loss summed over the step's tokens (the public record's convention); "
                                                         "divided by --batch-tokens here, where the loss is a mean, so rare tokens' rows still take full steps"})
     cooldown_frac: float = field(default=0.45, metadata={"help": "share of the steps over which the LR falls linearly to 10%"})
@@ -140,7 +141,7 @@ class Hyperparameters(TrainConfig):
     fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
     mlp_kernel: str = field(default="torch", metadata={"choices": ["auto", "torch", "triton"], "help": "the MLP while training: torch (two Linears around relu^2, "
                                                        "compiled with the model), triton (kit/modeling/triton_mlp.py: relu^2 inside the up projection's product and "
-                                                       "its gradient's, only relu(h)^2 kept; the public records of 2026-01-10 and -06-11); auto: triton where it can run; unmeasured"})
+                                                       "its gradient's, only relu(h)^2 kept; the public records of 2026-01-10 and -06-11); auto: triton where it can run; on an H200 no faster than torch in the whole step"})
     fp8_mlp: str = field(default="off", metadata={"choices": ["off", "up", "both"], "help": "the MLPs' forward products in FP8 while training (backward in bf16): "
                                                   "up: the up projections (the public record of 2026-05-21), both: also the down projections (2026-07-17); "
                                                   "on a GPU without FP8 (sm86) the MLPs stay bf16, as the log's kernel paths say"})
@@ -174,7 +175,7 @@ class Hyperparameters(TrainConfig):
     adam_cwd: float = field(default=0.0, metadata={"help": "cautious weight decay on Adam's embeddings and head (the public record of 2025-12-18): "
                                                        "1 decays as the public line's code (per step at the peak LR 4.8e-5 of the head and token "
                                                        "embedding, 0.009 of the value and bigram embeddings, falling with the LR squared), where "
-                                                       "Adam's update moves a weight toward zero; 0: off; unmeasured"})
+                                                       "Adam's update moves a weight toward zero; 0: off; 1 crossed 3.64 at step 816 against 820 at one seed, no step cost"})
     head_betas: str = field(default="", metadata={"help": "Adam's betas for the head and the token embedding, e.g. 0.5,0.95: a short memory for rows that "
                                                           "rare tokens touch (the public record of 2026-01-04); empty: --adam-beta1/2; unmeasured"})
     embed_betas: str = field(default="", metadata={"help": "Adam's betas for the value and bigram embeddings, e.g. 0.75,0.95 (the public record "
