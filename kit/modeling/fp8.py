@@ -116,9 +116,12 @@ class FP8Head(nn.Linear):
 
 class FP8ForwardLinear(FP8Head):
     """The same switch for an MLP projection: FP8 in the forward product only. Its output takes the dtype a plain
-    Linear would give (an fp32 model on a CPU: fp32), cast here, outside the autograd function: with that cast
-    inside it, the compiled record trained its up projections wrongly on an H200 (loss 0.2 higher all run, steps
-    12% cheaper) where the same code on a CPU matched eager, so the function stays as it was measured."""
+    Linear would give (an fp32 model on a CPU: fp32), cast here, outside the autograd function. With that cast
+    inside it (a no-op on a GPU, so the function returned an alias of its product), the compiled record trained
+    its up projections wrongly on an H200 under torch 2.11 (loss 0.2 higher all run, steps 12% cheaper), while
+    torch 2.13 on a CPU matched eager. Torch 2.11 can route an autograd function's gradient to the wrong slot under
+    compile when its output is the same tensor as an intermediate (pytorch/pytorch#180642, there through an
+    in-place op), which would fit. The function stays as measured."""
 
     product = FP8ForwardMatmulWeightT
 
