@@ -89,6 +89,15 @@ def test_kernels_and_the_fused_function_equal_the_reference_in_the_interpreter(i
     assert interpreted["function"] == "ok", interpreted["function"]
 
 
+def test_autotuning_chooses_a_tile_per_row_count():
+    """The autotuners key on the rows M too: a tile chosen (and kept on disk) at one row count is not reused at another."""
+    pytest.importorskip("triton")
+    from kit.modeling import triton_mlp
+
+    for tuned in triton_mlp._TUNED.values():
+        assert set(tuned.keys) == {"M", "N", "K", "B_ROWS_ARE_N", "EPILOGUE"}
+
+
 def test_fused_function_without_triton_is_autograds_plain_mlp():
     """Where Triton cannot run (a CPU without the interpreter), relu2_mlp takes the same products in PyTorch: in fp32
     its output and gradients equal autograd's through the plain MLP."""
