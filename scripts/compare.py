@@ -2,6 +2,7 @@
 
     python scripts/compare.py logs/base logs/variant [--baseline logs/base] [--out reports/x]
     python scripts/compare.py logs/a logs/b --throughput        # speed columns instead of time-to-target
+    python scripts/compare.py logs/speed_* --step-cost --windows 21-60,61-90,91-120   # speed runs one after the other
     python scripts/compare.py --records                         # rewrite records/RESULTS.md and README's results
     python scripts/compare.py --paired logs/base logs/a logs/b [--windows 300-399,400-499]   # same seed and data order
     python scripts/compare.py --screen-margins records/*/*/ --target 3.64   # what each --val-screen-margin would skip
@@ -33,6 +34,8 @@ def main(argv=None) -> int:
     parser.add_argument("runs", nargs="*", help="run directories (each with summary.json)")
     parser.add_argument("--baseline", help="the run the ratios are taken against (default: the first)")
     parser.add_argument("--throughput", action="store_true", help="speed table (ms/step, MFU, projected time)")
+    parser.add_argument("--step-cost", action="store_true", help="speed runs of one machine, in the order given: median step, "
+                        "--windows medians, step 1, tokens/s against the mean of the runs without a switch of their own")
     parser.add_argument("--out", help="folder for compare.md and the PNG plots")
     parser.add_argument("--target", type=float, help="target line on the plots (default: the runs' target)")
     parser.add_argument("--records", action="store_true", help="regenerate records/RESULTS.md and the README results section")
@@ -77,6 +80,9 @@ def main(argv=None) -> int:
     runs = [report.load_run(r) for r in args.runs]
     if args.wall:
         print(report.wall_table(runs))
+        return 0
+    if args.step_cost:
+        print(report.step_cost_table(runs, parse_windows(args.windows) if args.windows else [(6, runs[0].summary.get("steps", 6))]))
         return 0
     baseline = report.load_run(args.baseline) if args.baseline else runs[0]
     table = (report.throughput_table if args.throughput else report.training_table)(runs, baseline)

@@ -671,3 +671,26 @@ def test_evaluate_scores_a_run_at_its_own_window_as_its_last_validation_did_and_
     assert (wide["window_blocks"], narrow["window_blocks"]) == (2, 1) and abs(wide["loss"] - narrow["loss"]) > 1e-3
     with pytest.raises(SystemExit):
         evaluate.main([str(run), "--window-blocks", "x"])
+
+
+def test_compare_step_cost_puts_each_speed_run_against_the_defaults_mean(tmp_path, capsys):
+    """--step-cost: each run's switch (its flags beyond the shared ones), median step, window medians and first step,
+    and steady tokens/s against the mean of the runs with no switch of their own, whose spread it states."""
+    compare = load_script("compare")
+
+    def write_run(name, extra, rate, step_ms):
+        run = tmp_path / name
+        run.mkdir()
+        summary = {"flags": ["--max-steps", "830", *extra, "--out-dir", f"logs/{name}"], "steady_tokens_per_s": rate,
+                   "median_step_ms": step_ms, "fp8_flops_share": 0.312, "peak_mem_gib": 38.1, "warmup_s": 7.0, "steps": 4}
+        (run / "summary.json").write_text(json.dumps(summary))
+        events = [{"type": "train", "step": i, "step_ms": ms} for i, ms in enumerate([250.0, step_ms, step_ms + 2, step_ms + 4], start=1)]
+        (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        return str(run)
+
+    runs = [write_run("a", [], 100_000, 120.0), write_run("b", ["--adam-every", "2"], 103_000, 117.0), write_run("c", [], 102_000, 119.0)]
+    assert compare.main(["--step-cost", *runs, "--windows", "2-3,4-4"]) == 0
+    out = capsys.readouterr().out
+    assert "| a `(none)` | 120.0 ms | 121.0 / 124.0 ms | 250 ms | 100,000 | -0.99% |" in out
+    assert "| b `--adam-every 2` | 117.0 ms | 118.0 / 121.0 ms | 250 ms | 103,000 | +1.98% |" in out
+    assert "The defaults' mean: 101,000 tokens/s; their spread 100,000 to 102,000 (1.98%)." in out

@@ -332,6 +332,40 @@ def throughput_table(runs: list[Run], baseline: Run = None, reference_steps: int
     return "\n".join(lines)
 
 
+def extra_flags(run: Run, common: str) -> str:
+    """The run's flags beyond the words every compared run shares (its switch), or '(none)'."""
+    shared = set(shlex.split(common))
+    own = [word for word in shlex.split(run.flags) if word not in shared]
+    return shlex.join(own) if own else "(none)"
+
+
+def step_cost_table(runs: list[Run], windows: list) -> str:
+    """Runs of one machine, one after the other (speed runs with --stop-at-step): each run's median step over the
+    windows (steps FIRST-LAST), its first step, steady tokens/s against the mean of the runs without a switch of
+    their own (the defaults, whose spread bounds the order effect), FP8 share, peak memory and warm-up."""
+    common = set.intersection(*(set(shlex.split(r.flags)) for r in runs)) if runs else set()
+    common_text = shlex.join(sorted(common))
+    defaults = [r for r in runs if extra_flags(r, common_text) == "(none)"]
+    rates = [r.summary.get("steady_tokens_per_s") for r in defaults if r.summary.get("steady_tokens_per_s")]
+    reference = statistics.mean(rates) if rates else None
+    spans = " / ".join(f"{first}-{last}" for first, last in windows)
+    lines = [f"| run | median step | steps {spans} | step 1 | steady tokens/s | vs the defaults' mean | FP8 share | peak GiB | warm-up |",
+             "|" + "---|" * 9]
+    for r in runs:
+        step_ms = {e["step"]: e["step_ms"] for e in r.train}
+        medians = [statistics.median(v) if (v := [step_ms[i] for i in range(first, last + 1) if i in step_ms]) else None
+                   for first, last in windows]
+        s, rate = r.summary, r.summary.get("steady_tokens_per_s")
+        versus = f"{100 * (rate / reference - 1):+.2f}%" if rate and reference else "-"
+        lines.append(f"| {r.label} `{extra_flags(r, common_text)}` | {fmt(s.get('median_step_ms'), '.1f')} ms | "
+                     f"{' / '.join(fmt(m, '.1f') for m in medians)} ms | {fmt(step_ms.get(1), '.0f')} ms | {fmt(rate, ',.0f')} | {versus} | "
+                     f"{fmt(s.get('fp8_flops_share'), '.3f')} | {fmt(s.get('peak_mem_gib'), '.1f')} | {fmt(s.get('warmup_s'), '.1f')} s |")
+    if len(rates) > 1:
+        lines.append(f"\nThe defaults' mean: {reference:,.0f} tokens/s; their spread {min(rates):,.0f} to {max(rates):,.0f} "
+                     f"({100 * (max(rates) - min(rates)) / reference:.2f}%).")
+    return "\n".join(lines)
+
+
 def plot_curves(runs: list[Run], out_dir, target=None, training=False) -> list[Path]:
     """Validation loss against training time and against tokens: loss_vs_time.png, loss_vs_tokens.png;
     with training, also every step's training loss (train_loss_vs_tokens.png) where runs logged steps."""
