@@ -681,16 +681,18 @@ def test_compare_step_cost_puts_each_speed_run_against_the_defaults_mean(tmp_pat
     def write_run(name, extra, rate, step_ms):
         run = tmp_path / name
         run.mkdir()
-        summary = {"flags": ["--max-steps", "830", *extra, "--out-dir", f"logs/{name}"], "steady_tokens_per_s": rate,
+        summary = {"flags": ["--max-steps", "830", "--export", "0", *extra, "--out-dir", f"logs/{name}"], "steady_tokens_per_s": rate,
                    "median_step_ms": step_ms, "fp8_flops_share": 0.312, "peak_mem_gib": 38.1, "warmup_s": 7.0, "steps": 4}
         (run / "summary.json").write_text(json.dumps(summary))
         events = [{"type": "train", "step": i, "step_ms": ms} for i, ms in enumerate([250.0, step_ms, step_ms + 2, step_ms + 4], start=1)]
         (run / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
         return str(run)
 
-    runs = [write_run("a", [], 100_000, 120.0), write_run("b", ["--adam-every", "2"], 103_000, 117.0), write_run("c", [], 102_000, 119.0)]
+    runs = [write_run("a", [], 100_000, 120.0), write_run("b", ["--adam-every", "2"], 103_000, 117.0), write_run("c", [], 102_000, 119.0),
+            write_run("d", ["--yarn", "0"], 99_000, 121.0)]
     assert compare.main(["--step-cost", *runs, "--windows", "2-3,4-4"]) == 0
     out = capsys.readouterr().out
     assert "| a `(none)` | 120.0 ms | 121.0 / 124.0 ms | 250 ms | 100,000 | -0.99% |" in out
     assert "| b `--adam-every 2` | 117.0 ms | 118.0 / 121.0 ms | 250 ms | 103,000 | +1.98% |" in out
+    assert "| d `--yarn 0` |" in out  # a switch's value counts even where another flag shares it (--export 0)
     assert "The defaults' mean: 101,000 tokens/s; their spread 100,000 to 102,000 (1.98%)." in out

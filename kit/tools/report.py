@@ -332,10 +332,19 @@ def throughput_table(runs: list[Run], baseline: Run = None, reference_steps: int
     return "\n".join(lines)
 
 
-def extra_flags(run: Run, common: str) -> str:
-    """The run's flags beyond the words every compared run shares (its switch), or '(none)'."""
-    shared = set(shlex.split(common))
-    own = [word for word in shlex.split(run.flags) if word not in shared]
+def flag_pairs(flags: str) -> list:
+    """'--a 1 --b --c x' -> [('--a', '1'), ('--b', None), ('--c', 'x')]: each flag with its value, if it has one."""
+    pairs, words = [], shlex.split(flags)
+    for i, word in enumerate(words):
+        if word.startswith("--"):
+            value = words[i + 1] if i + 1 < len(words) and not words[i + 1].startswith("--") else None
+            pairs.append((word, value))
+    return pairs
+
+
+def own_flags(run: Run, shared: set) -> str:
+    """The run's flags (with their values) that not every compared run has: its switch, or '(none)'."""
+    own = [word for flag, value in flag_pairs(run.flags) if (flag, value) not in shared for word in (flag, value) if word is not None]
     return shlex.join(own) if own else "(none)"
 
 
@@ -343,10 +352,9 @@ def step_cost_table(runs: list[Run], windows: list) -> str:
     """Runs of one machine, one after the other (speed runs with --stop-at-step): each run's median step over the
     windows (steps FIRST-LAST), its first step, steady tokens/s against the mean of the runs without a switch of
     their own (the defaults, whose spread bounds the order effect), FP8 share, peak memory and warm-up."""
-    common = set.intersection(*(set(shlex.split(r.flags)) for r in runs)) if runs else set()
-    common_text = shlex.join(sorted(common))
-    defaults = [r for r in runs if extra_flags(r, common_text) == "(none)"]
-    rates = [r.summary.get("steady_tokens_per_s") for r in defaults if r.summary.get("steady_tokens_per_s")]
+    shared = set.intersection(*(set(flag_pairs(r.flags)) for r in runs)) if runs else set()
+    switches = {r.label: own_flags(r, shared) for r in runs}
+    rates = [r.summary.get("steady_tokens_per_s") for r in runs if switches[r.label] == "(none)" and r.summary.get("steady_tokens_per_s")]
     reference = statistics.mean(rates) if rates else None
     spans = " / ".join(f"{first}-{last}" for first, last in windows)
     lines = [f"| run | median step | steps {spans} | step 1 | steady tokens/s | vs the defaults' mean | FP8 share | peak GiB | warm-up |",
@@ -357,7 +365,7 @@ def step_cost_table(runs: list[Run], windows: list) -> str:
                    for first, last in windows]
         s, rate = r.summary, r.summary.get("steady_tokens_per_s")
         versus = f"{100 * (rate / reference - 1):+.2f}%" if rate and reference else "-"
-        lines.append(f"| {r.label} `{extra_flags(r, common_text)}` | {fmt(s.get('median_step_ms'), '.1f')} ms | "
+        lines.append(f"| {r.label} `{switches[r.label]}` | {fmt(s.get('median_step_ms'), '.1f')} ms | "
                      f"{' / '.join(fmt(m, '.1f') for m in medians)} ms | {fmt(step_ms.get(1), '.0f')} ms | {fmt(rate, ',.0f')} | {versus} | "
                      f"{fmt(s.get('fp8_flops_share'), '.3f')} | {fmt(s.get('peak_mem_gib'), '.1f')} | {fmt(s.get('warmup_s'), '.1f')} s |")
     if len(rates) > 1:
