@@ -37,7 +37,8 @@ Together at 420 steps: 3.6451 against V2's 3.6613, at 514.6k against 548.6k toke
 default's windows it trained 0.003-0.006 higher), --window-stages (the long window by stages, e.g. 3,7,11 blocks
 over thirds of the run) and --val-window-blocks (validation with a longer window than training's): with YaRN,
 3,7,11 and 13 crossed at the default's step; --adam-cwd (cautious weight decay on Adam: 3.64 at step 816 against
-820 at one seed), and the others records/public_line_ports.md lists.
+820 at one seed), --loss-one-pass (the FP8 head's loss and gradient in one kernel, unmeasured), and the others
+records/public_line_ports.md lists.
 
 webmix takes smaller steps than the public stages (sized for 8 GPUs): 65,536 -> 131,072 -> 196,608 tokens over
 830 steps. Measured on one H200 over three seeds and data orders: 3.64 at step 824, 828 and 824 in 197.2 to
@@ -138,6 +139,9 @@ class Hyperparameters(TrainConfig):
     fused_loss: bool = field(default=True, metadata={"help": "soft-capped cross-entropy whose backward keeps only the bf16 logits (FP8 head: gradient quantised with a known scale); 0: soft-cap + F.cross_entropy"})
     loss_kernel: str = field(default="auto", metadata={"choices": ["auto", "torch", "triton"], "help": "the fused loss's kernels: torch (its PyTorch code, compiled with the model), "
                                                             "triton (kit/modeling/triton_loss.py: one pass each way; 700 vs 757 ms/step on an H200), auto: triton where it can run (CUDA with Triton)"})
+    loss_one_pass: bool = field(default=False, metadata={"help": "with the FP8 head: the loss's statistics and its e5m2 gradient in one kernel in the forward, "
+                                                               "the gradient kept instead of the logits (the public record of 2026-04-04); the bf16 head "
+                                                               "ignores it and the log says so; unmeasured"})
     fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
     mlp_kernel: str = field(default="torch", metadata={"choices": ["auto", "torch", "triton"], "help": "the MLP while training: torch (two Linears around relu^2, "
                                                        "compiled with the model), triton (kit/modeling/triton_mlp.py: relu^2 inside the up projection's product and "
@@ -290,7 +294,7 @@ def build_model(cfg: Hyperparameters):
                                       no_mlp_layers=layer_list("" if cfg.skip_mlp_layers == "none" else cfg.skip_mlp_layers, "--skip-mlp-layers",
                                                                size.get("n_layer", ModernConfig.n_layer)),
                                       attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss,
-                                      bigram_buckets=cfg.bigram_buckets, bigram_sign_rows=cfg.bigram_sign_rows, loss_kernel=loss_kernel(cfg), mlp_kernel=mlp_kernel(cfg), softcap_form=cfg.softcap_form,
+                                      bigram_buckets=cfg.bigram_buckets, bigram_sign_rows=cfg.bigram_sign_rows, loss_kernel=loss_kernel(cfg), loss_one_pass=cfg.loss_one_pass, mlp_kernel=mlp_kernel(cfg), softcap_form=cfg.softcap_form,
                                       softcap=23.0 if cfg.softcap_form == "sigmoid" else 15.0, logit_mtp_weights=float_list(cfg.logit_mtp, "--logit-mtp"),
                                       smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset,
                                       **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),
@@ -624,7 +628,7 @@ class SpeedrunTrainer(Trainer):
         builds, cap = [], gpus.capability(self.device)
         if loss_kernel(self.cfg) == "triton":
             targets = 1 + len(float_list(self.cfg.logit_mtp, "--logit-mtp")) + (1 if self.cfg.prefix_target else 0)  # the loss's columns
-            builds += triton_loss.kernel_builds(gpus.fp8_capable(cap), targets)
+            builds += triton_loss.kernel_builds(gpus.fp8_capable(cap), targets, self.cfg.loss_one_pass)
         if mlp_kernel(self.cfg) == "triton":
             builds += triton_mlp.kernel_builds(gpus.small_shared_memory(cap))
         return builds

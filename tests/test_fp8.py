@@ -181,3 +181,34 @@ def check_compiled_fp8_up_model_trains_its_up_projections(device):
 
 def test_compiled_fp8_up_model_trains_its_up_projections():
     check_compiled_fp8_up_model_trains_its_up_projections("cpu")
+
+
+def test_loss_in_one_pass_trains_the_model_as_the_two_passes_do():
+    """loss_one_pass: the FP8 head's loss computes its e5m2 gradient in the forward and keeps it instead of the logits:
+    the same loss and gradients as the gradient computed in the backward; the kernel paths line says which runs, and
+    that the bf16 head ignores it."""
+    from kit.modeling.modern import MODERN_SIZES, ModernConfig, ModernGPT
+
+    def model(**kw):
+        torch.manual_seed(0)
+        m = ModernGPT(ModernConfig(**MODERN_SIZES["tiny"], vocab_size=1024, max_seq_len=128, attn="dense", fused_loss=True, **kw))
+        with torch.no_grad():
+            for p in m.parameters():  # zero-initialised projections would leave the blocks without gradients
+                if (p == 0).all():
+                    p.normal_(std=0.05)
+        return m
+
+    x, y = torch.randint(0, 1024, (2, 128)), torch.randint(0, 1024, (2, 128))
+    losses, grads = [], []
+    for one_pass in (False, True):
+        m = model(fp8_head=True, loss_one_pass=one_pass)
+        loss = m(x, y)
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append([p.grad for p in (m.lm_head.weight, m.blocks[0].attn.qkv.weight)])
+    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=0)
+    for one_pass_grad, grad in zip(*grads):
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(one_pass_grad, grad, rtol=1e-6, atol=0)
+    assert "e5m2 gradient computed with the statistics in one pass" in model(fp8_head=True, loss_one_pass=True).describe_paths()
+    assert "the one-pass gradient needs the FP8 head" in model(loss_one_pass=True).describe_paths()

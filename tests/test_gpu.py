@@ -85,6 +85,23 @@ def test_triton_loss_kernels_on_cuda_equal_the_reference():
     checks["check_losses_through_autograd"]("cuda", v=512)
     checks["check_multi_target_kernels"]("cuda")
     checks["check_multi_target_kernels"]("cuda", n=2048, v=50304)
+    checks["check_one_pass_kernel"]("cuda")
+    checks["check_one_pass_kernel"]("cuda", n=2048, v=50304)
+
+
+def test_loss_kernel_benchmark_times_every_config(tmp_path):
+    """scripts/bench_loss_kernels.py at the record's loss (three weighted targets, the sigmoid cap): every config of the
+    statistics, the gradient and both in one pass, the autotuned ops and the references."""
+    pytest.importorskip("triton")
+    import json
+
+    from kit.modeling import triton_loss
+
+    result = subprocess.run([sys.executable, "scripts/bench_loss_kernels.py", "--rows", "1024", "--vocab", "4096", "--out", str(tmp_path)],
+                            cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = json.loads((tmp_path / "bench_loss_kernels.json").read_text())["results"]
+    assert len(rows) == 2 + 2 * len(triton_loss.STATS_CONFIGS) + len(triton_loss.GRAD_CONFIGS) + 4 and all(row["ms"] > 0 for row in rows)
 
 
 def test_triton_mlp_kernels_on_cuda_equal_the_reference():

@@ -107,7 +107,8 @@ def test_the_kits_loss_kernels_fit_the_desktop_cards():
 
     audit = load_module("scripts/audit_shared_memory.py", "audit_shared_memory")
     rows = audit.audit(["rtx4090"], builds=list(triton_loss.kernel_builds(fp8=True)))
-    assert len(rows) == 4 + 6 and all(r["fits"] for r in rows), audit.table(rows)
+    assert len(rows) == 2 * 4 + 6 and all(r["fits"] for r in rows), audit.table(rows)  # statistics and the one-pass kernel: 4 configs each
+    assert "| rtx4090 | loss stats and gradient in one pass (BLOCK_V 8192, 16 warps) |" in audit.table(rows)
     assert "| rtx4090 | loss gradient (BLOCK_N 128, BLOCK_V 64, 4 warps) |" in audit.table(rows)
 
 
@@ -151,6 +152,9 @@ def test_the_record_script_audits_its_loss_kernels_where_it_takes_them(monkeypat
     names = [build[0] for build in trainer.own_kernel_builds()]
     assert len(names) == 10 and all(name.startswith("loss ") for name in names)
     assert {build[3]["K"] for build in trainer.own_kernel_builds()} == {3}  # the next token and two ahead (--v2's multi-token prediction)
+    one_pass = sr.SpeedrunTrainer(sr.RECIPE, [*FAST, "--data", "synthetic", "--loss-one-pass", "1"])
+    monkeypatch.setattr(gpus, "fp8_capable", lambda cap: True)  # as on a 4090 or an H200
+    assert sum("one pass" in build[0] for build in one_pass.own_kernel_builds()) == 4  # where the run takes it: with the FP8 gradient
     with_prefix = sr.SpeedrunTrainer(sr.RECIPE, [*FAST, "--data", "synthetic", "--prefix-target", "0.25"])
     assert {build[3]["K"] for build in with_prefix.own_kernel_builds()} == {4}  # and the prefix token: the kernels audited as they run
 

@@ -74,6 +74,26 @@ def check_multi_target_kernels(device, n=70, v=300):
         torch.testing.assert_close(grad, ref_grad * 0.37, rtol=0, atol=1e-6)
 
 
+def check_one_pass_kernel(device, n=70, v=300):
+    """The statistics and the gradient in one kernel equal the two kernels': the same lse and losses, and from that
+    lse the same gradient bit for bit (e5m2 and fp32), with one target and the tanh cap, and with three weighted
+    targets (some -1) and the sigmoid cap."""
+    g = torch.Generator().manual_seed(3)
+    z = (8 * torch.randn(n, v, generator=g)).to(torch.bfloat16).to(device)
+    several = torch.randint(0, v, (n, 3), generator=g)
+    several[::5, 2] = -1
+    settings = [(several[:, 0].to(device), 15.0, "tanh", None), (several.to(device), 23.0, "sigmoid", torch.tensor([1.0, 0.5, 0.25], device=device))]
+    for targets, cap, form, weights in settings:
+        lse, rows = triton_loss.softcapped_ce_stats(z, targets, cap, form, weights)
+        for dtype, scale in ((E5M2, E5M2_HEADROOM), (torch.float32, 0.37)):
+            scale = torch.tensor(scale, device=device)
+            one_lse, one_rows, one_grad = triton_loss.softcapped_ce_stats_grad(z, targets, scale, cap, dtype, form, weights)
+            torch.testing.assert_close(one_lse, lse, rtol=0, atol=1e-5)
+            torch.testing.assert_close(one_rows, rows, rtol=0, atol=1e-5)
+            grad = triton_loss.softcapped_ce_grad(z, targets, one_lse, scale, cap, dtype, form, weights)
+            assert one_grad.dtype == dtype and torch.equal(one_grad.float(), grad.float()), (form, dtype)
+
+
 def check_losses_through_autograd(device, v=500):
     """The fused losses give the same loss and gradients with either kernel (CUDA's FP8 products
     want every size a multiple of 16: v=512 there); once with one target and the tanh cap, once
@@ -94,6 +114,11 @@ def check_losses_through_autograd(device, v=500):
             x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
             fp8 = FP8SoftcappedHeadLoss.apply(x, w, targets, cap, kernel, form, weights, bound)
             (0.25 * fp8).backward()
+            x1, w1 = x0.clone().requires_grad_(), w0.clone().requires_grad_()  # the gradient computed in the forward's pass
+            one_pass = FP8SoftcappedHeadLoss.apply(x1, w1, targets, cap, kernel, form, weights, bound, True)
+            (0.25 * one_pass).backward()
+            for a, b in ((one_pass, fp8), (x1.grad, x.grad), (w1.grad, w.grad)):
+                torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=f"{kernel}, {form}: one pass")
             z = (x0 @ w0.t()).to(torch.bfloat16).requires_grad_()
             plain = softcapped_cross_entropy(z, targets, cap, kernel, form, weights)
             plain.backward()
@@ -122,7 +147,7 @@ def check_round_to_e5m2():
 '''
 
 INTERPRETED_CHECKS = {
-    "kernels": "check_kernels('cpu'); check_multi_target_kernels('cpu')",
+    "kernels": "check_kernels('cpu'); check_multi_target_kernels('cpu'); check_one_pass_kernel('cpu')",
     "losses_through_autograd": "check_losses_through_autograd('cpu')",
     "round_to_e5m2": "check_round_to_e5m2()",
 }

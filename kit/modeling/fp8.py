@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from kit.core import gpus
-from kit.modeling.losses import softcapped_grad, softcapped_stats
+from kit.modeling.losses import softcapped_grad, softcapped_stats, softcapped_stats_and_grad
 
 E4M3 = torch.float8_e4m3fn
 E5M2 = torch.float8_e5m2
@@ -150,20 +150,35 @@ class FP8SoftcappedHeadLoss(torch.autograd.Function):
     the cap's slope, so every element lies in [-1, 1] (in [-grad_bound, grad_bound] with several
     weighted targets: grad_bound >= their weights' sum) before the factor grad_loss / N; it goes
     to e5m2 with that known scale (no pass over the N x V gradient to find its maximum), in the
-    same pass that computes it, and feeds the two gradient products."""
+    same pass that computes it, and feeds the two gradient products.
+
+    one_pass: the e5m2 gradient is computed in the forward, in the statistics' pass (its scale does not
+    depend on grad_loss), and kept instead of the logits: a caller that will not run the backward pays
+    for it, so only the training loss sets it."""
 
     @staticmethod
-    def forward(ctx, x, w, targets, cap: float, kernel: str = "torch", form: str = "tanh", weights=None, grad_bound: float = 1.0):
+    def forward(ctx, x, w, targets, cap: float, kernel: str = "torch", form: str = "tanh", weights=None, grad_bound: float = 1.0,
+                one_pass: bool = False):
         z, operands = fp8_product(x, w)
-        lse, loss = softcapped_stats(z, targets, cap, kernel, form, weights)
-        ctx.save_for_backward(*operands, z, targets, lse, weights)
         ctx.cap, ctx.w_dtype, ctx.kernel, ctx.form, ctx.headroom = cap, w.dtype, kernel, form, e5m2_headroom(grad_bound)
+        ctx.rows = z.size(0)
+        if one_pass:
+            headroom = torch.full((), ctx.headroom, device=z.device)
+            _, loss, g8 = softcapped_stats_and_grad(z, targets, cap, headroom, E5M2, kernel, form, weights)
+            ctx.save_for_backward(*operands, g8)
+        else:
+            lse, loss = softcapped_stats(z, targets, cap, kernel, form, weights)
+            ctx.save_for_backward(*operands, z, targets, lse, weights)
+        ctx.one_pass = one_pass
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        *operands, z, targets, lse, weights = ctx.saved_tensors
-        headroom = torch.full((), ctx.headroom, device=z.device)
-        g8 = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel, ctx.form, weights)
-        g_inv = (grad_loss.float() / (z.size(0) * ctx.headroom)).reshape(())
-        return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype), None, None, None, None, None, None
+        if ctx.one_pass:
+            *operands, g8 = ctx.saved_tensors
+        else:
+            *operands, z, targets, lse, weights = ctx.saved_tensors
+            headroom = torch.full((), ctx.headroom, device=z.device)
+            g8 = softcapped_grad(z, targets, lse, ctx.cap, headroom, E5M2, ctx.kernel, ctx.form, weights)
+        g_inv = (grad_loss.float() / (ctx.rows * ctx.headroom)).reshape(())
+        return *fp8_gradient_products(g8, g_inv, operands, ctx.w_dtype), None, None, None, None, None, None, None

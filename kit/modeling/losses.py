@@ -156,3 +156,15 @@ def softcapped_cross_entropy(z, targets, cap: float, kernel: str = "torch", form
     rows = z.reshape(-1, z.size(-1))
     targets = targets.reshape(rows.size(0), -1) if weights is not None else targets.reshape(-1)
     return SoftcappedCrossEntropy.apply(rows, targets, cap, kernel, form, weights)
+
+
+def softcapped_stats_and_grad(z, targets, cap: float, scale, out_dtype, kernel: str = "torch", form: str = "tanh", weights=None):
+    """(logsumexp per row, mean loss, scale x d(summed loss)/dz in out_dtype) at once, for a gradient whose scale is
+    known before the backward (the FP8 head's): Triton's one-pass kernel, or the two steps above."""
+    if kernel == "triton":
+        from kit.modeling.triton_loss import softcapped_ce_stats_grad
+
+        lse, rows, grad = softcapped_ce_stats_grad(z, targets, scale, cap, out_dtype, form, weights)
+        return lse, rows.mean(), grad
+    lse, loss = softcapped_stats(z, targets, cap, kernel, form, weights)
+    return lse, loss, softcapped_grad(z, targets, lse, cap, scale, out_dtype, kernel, form, weights)

@@ -65,6 +65,7 @@ class ModernConfig:
     no_attn_layers: tuple = ()  # layers that keep only their MLP (the public record drops layer 7's attention)
     no_mlp_layers: tuple = ()  # layers that keep only their attention (the public record of 2025-09-05 drops layer 0's MLP)
     fused_loss: bool = False  # training loss through kit.modeling.losses / kit.modeling.fp8's soft-capped cross-entropy (keeps only bf16 logits)
+    loss_one_pass: bool = False  # with the FP8 head: the loss's e5m2 gradient computed in the forward, with its statistics, kept instead of the logits
     loss_kernel: str = "torch"  # the fused loss's kernels: kit.modeling.losses' PyTorch code (compiled with the model) or kit.modeling.triton_loss's
     bigram_buckets: int = 0  # >0: a hashed embedding of each (previous, current) token pair, added to every block's input
     bigram_sign_rows: int = 0  # >0: each bigram row read times a fixed random +-1 vector, one of this many picked by the pair (bigram_signs)
@@ -807,7 +808,8 @@ class ModernGPT(nn.Module):
         flat = targets.reshape(h.size(0), -1) if weights is not None else targets.reshape(-1)
         if self.lm_head.fp8:
             bound = 1.0 + sum(cfg.logit_mtp_weights) + cfg.prefix_target_weight  # the weights only fall from their starting values
-            return FP8SoftcappedHeadLoss.apply(h, self.lm_head.weight, flat, cfg.softcap, cfg.loss_kernel, cfg.softcap_form, weights, bound)
+            return FP8SoftcappedHeadLoss.apply(h, self.lm_head.weight, flat, cfg.softcap, cfg.loss_kernel, cfg.softcap_form, weights, bound,
+                                               cfg.loss_one_pass and torch.is_grad_enabled())
         return softcapped_cross_entropy(self.lm_head(h), flat, cfg.softcap, cfg.loss_kernel, cfg.softcap_form, weights)
 
     def same_logits_mtp_loss(self, x, targets):
@@ -845,7 +847,11 @@ class ModernGPT(nn.Module):
             mlp += (", relu^2 inside the up projection's Triton product and its gradient's (only relu(h)^2 kept) while training"
                     if triton_mlp.available(device) else ", the same products in PyTorch (Triton cannot run here), only relu(h)^2 kept, while training")
         kernels = {"torch": "PyTorch, compiled with the model", "triton": "Triton kernels"}[self.config.loss_kernel]
-        loss = f"fused soft-capped cross-entropy (bf16 logits kept; {kernels})" if self.config.fused_loss else "soft-cap + F.cross_entropy"
+        kept = "bf16 logits kept"
+        if self.config.loss_one_pass:
+            kept = ("e5m2 gradient computed with the statistics in one pass and kept instead of the logits" if self.config.fp8_head
+                    else "bf16 logits kept: the one-pass gradient needs the FP8 head")
+        loss = f"fused soft-capped cross-entropy ({kept}; {kernels})" if self.config.fused_loss else "soft-cap + F.cross_entropy"
         cap = f"{self.config.softcap:g} tanh(z/{self.config.softcap:g})" if self.config.softcap_form == "tanh" else f"{self.config.softcap:g} sigmoid((z+5)/7.5)"
         loss += f", cap {cap}"
         if self.config.logit_mtp_weights:

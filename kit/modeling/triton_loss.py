@@ -8,6 +8,11 @@ cap * sigmoid((z + 5) / 7.5)):
 - grad: one pass over (rows x columns) tiles gives d(loss)/dz = (softmax(c) * sum of weights -
   weighted one_hots) * dc/dz times a scale, written in the output dtype (bf16, or e5m2 for the
   FP8 head). tanh comes from one exp (tanh(u) = 1 - 2 / (exp(2u) + 1)) instead of libdevice's tanh.
+- stats and grad in one kernel (as the public record of 2026-04-04, #79 of its table), for the FP8
+  head, whose gradient's scale is known in the forward: each program takes one row, its statistics,
+  then its gradient while the row is still in L2 (100 KB at V = 50,304), so the logits are read
+  from memory once instead of twice and not kept for the backward (the e5m2 gradient is, at half
+  their size). Off until measured (--loss-one-pass).
 
 Measured on an H200 at the speedrun's micro-batch, 98,304 x 50,304 bf16 logits
 (records/2026-11-29_h200_loss_kernels): stats 4.1 ms against 12.3 ms for the compiled PyTorch
@@ -68,10 +73,9 @@ if triton is not None:
         return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
-    def _stats_kernel(z_ptr, targets_ptr, weights_ptr, lse_ptr, loss_ptr, V, stride_z, cap,
-                      K: tl.constexpr, WEIGHTED: tl.constexpr, SIGMOID: tl.constexpr, BLOCK_V: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        row_start = z_ptr + row * stride_z
+    def _row_stats(row_start, targets_ptr, weights_ptr, row, V, cap,
+                   K: tl.constexpr, WEIGHTED: tl.constexpr, SIGMOID: tl.constexpr, BLOCK_V: tl.constexpr):
+        """(lse, loss) of one row: one pass over its capped logits, then its K targets."""
         total = tl.zeros([BLOCK_V], dtype=tl.float32)
         for start in range(0, V, BLOCK_V):
             cols = start + tl.arange(0, BLOCK_V)
@@ -88,6 +92,34 @@ if triton is not None:
             else:
                 weight = 1.0
             loss += tl.where(target >= 0, weight * (lse - capped_target), 0.0)
+        return lse, loss
+
+    @triton.jit
+    def _grad_values(z, cols, lse, targets_ptr, weights_ptr, target_rows, in_rows, scale, cap,
+                     K: tl.constexpr, WEIGHTED: tl.constexpr, SIGMOID: tl.constexpr, E5M2: tl.constexpr):
+        """scale x d(summed loss)/dz for a tile z of rows target_rows (lse, in_rows per row) and columns cols:
+        (softmax x the row's weight sum - its weighted one-hots) x the cap's slope, rounded for e5m2 where asked."""
+        capped, slope = _capped_and_slope(z, cap, SIGMOID)
+        weight_sum = tl.zeros(lse.shape, dtype=tl.float32)
+        one_hots = tl.zeros(z.shape, dtype=tl.float32)
+        for k in tl.static_range(K):
+            target = tl.load(targets_ptr + target_rows * K + k, mask=in_rows, other=-1)
+            if WEIGHTED:
+                weight = tl.where(target >= 0, tl.load(weights_ptr + k), 0.0)
+            else:
+                weight = tl.where(target >= 0, 1.0, 0.0)
+            weight_sum += weight
+            one_hots += tl.where(cols[None, :] == target[:, None], weight[:, None], 0.0)
+        g = (tl.exp(capped - lse[:, None]) * weight_sum[:, None] - one_hots) * slope * scale
+        if E5M2:
+            g = _round_to_e5m2_precision(g)
+        return g
+
+    @triton.jit
+    def _stats_kernel(z_ptr, targets_ptr, weights_ptr, lse_ptr, loss_ptr, V, stride_z, cap,
+                      K: tl.constexpr, WEIGHTED: tl.constexpr, SIGMOID: tl.constexpr, BLOCK_V: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        lse, loss = _row_stats(z_ptr + row * stride_z, targets_ptr, weights_ptr, row, V, cap, K, WEIGHTED, SIGMOID, BLOCK_V)
         tl.store(lse_ptr + row, lse)
         tl.store(loss_ptr + row, loss)
 
@@ -102,22 +134,28 @@ if triton is not None:
         rows64, cols64 = rows.to(tl.int64), cols.to(tl.int64)
         z = tl.load(z_ptr + rows64[:, None] * stride_z + cols64[None, :], mask=inside, other=0.0).to(tl.float32)
         lse = tl.load(lse_ptr + rows, mask=in_rows, other=0.0)
-        capped, slope = _capped_and_slope(z, cap, SIGMOID)
-        weight_sum = tl.zeros([BLOCK_N], dtype=tl.float32)
-        one_hots = tl.zeros([BLOCK_N, BLOCK_V], dtype=tl.float32)
-        for k in tl.static_range(K):
-            target = tl.load(targets_ptr + rows64 * K + k, mask=in_rows, other=-1)
-            if WEIGHTED:
-                weight = tl.where(target >= 0, tl.load(weights_ptr + k), 0.0)
-            else:
-                weight = tl.where(target >= 0, 1.0, 0.0)
-            weight_sum += weight
-            one_hots += tl.where(cols[None, :] == target[:, None], weight[:, None], 0.0)
-        g = (tl.exp(capped - lse[:, None]) * weight_sum[:, None] - one_hots) * slope * tl.load(scale_ptr)
-        if E5M2:
-            g = _round_to_e5m2_precision(g)
+        g = _grad_values(z, cols, lse, targets_ptr, weights_ptr, rows64, in_rows, tl.load(scale_ptr), cap, K, WEIGHTED, SIGMOID, E5M2)
         g = g.to(g_ptr.dtype.element_ty, fp_downcast_rounding="rtne")
         tl.store(g_ptr + rows64[:, None] * V + cols64[None, :], g, mask=inside)
+
+    @triton.jit
+    def _stats_grad_kernel(z_ptr, targets_ptr, weights_ptr, lse_ptr, loss_ptr, scale_ptr, g_ptr, V, stride_z, cap,
+                           K: tl.constexpr, WEIGHTED: tl.constexpr, SIGMOID: tl.constexpr, BLOCK_V: tl.constexpr, E5M2: tl.constexpr):
+        """One row per program: its statistics (as _stats_kernel), then at once its gradient (as _grad_kernel), so the
+        second pass reads the row while it is still in L2 instead of from memory in the backward."""
+        row = tl.program_id(0).to(tl.int64)
+        row_start = z_ptr + row * stride_z
+        lse, loss = _row_stats(row_start, targets_ptr, weights_ptr, row, V, cap, K, WEIGHTED, SIGMOID, BLOCK_V)
+        tl.store(lse_ptr + row, lse)
+        tl.store(loss_ptr + row, loss)
+        scale = tl.load(scale_ptr)
+        row_tile = tl.zeros([1], dtype=tl.int64) + row  # the one row as a tile of rows, for _grad_values
+        lse_tile = tl.zeros([1], dtype=tl.float32) + lse
+        for start in range(0, V, BLOCK_V):
+            cols = start + tl.arange(0, BLOCK_V)
+            z = tl.load(row_start + cols[None, :], mask=cols[None, :] < V, other=0.0).to(tl.float32)
+            g = _grad_values(z, cols, lse_tile, targets_ptr, weights_ptr, row_tile, row_tile >= 0, scale, cap, K, WEIGHTED, SIGMOID, E5M2)
+            tl.store(g_ptr + row * V + cols[None, :], g.to(g_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=cols[None, :] < V)
 
     # On a GPU each shape is timed once per config at its first call (about a second) and the
     # fastest kept, on disk too where this Triton can (its cache, keyed by GPU, kernel and configs), so a
@@ -127,19 +165,25 @@ if triton is not None:
                                    **_CACHE_TUNING)(_stats_kernel)
     _grad_tuned = triton.autotune([triton.Config({"BLOCK_N": bn, "BLOCK_V": bv}, num_warps=w) for bn, bv, w in GRAD_CONFIGS],
                                   key=["N", "V", "K", "E5M2"], **_CACHE_TUNING)(_grad_kernel)
+    _stats_grad_tuned = triton.autotune([triton.Config({"BLOCK_V": b}, num_warps=w) for b, w in STATS_CONFIGS], key=["V", "K", "E5M2"],
+                                        **_CACHE_TUNING)(_stats_grad_kernel)
 
 
-def kernel_builds(fp8: bool = True, targets: int = 3):
+def kernel_builds(fp8: bool = True, targets: int = 3, one_pass: bool = True):
     """(name, kernel, signature, constexprs, num_warps) for every configuration the GPU's autotuning may
     pick, with the record's types (bf16 logits, `targets` targets per position (three by default), weighted,
     sigmoid cap; the gradient in e5m2 where the GPU has FP8, else bf16): what a shared-memory audit compiles
-    for a smaller card (scripts/audit_shared_memory.py)."""
+    for a smaller card (scripts/audit_shared_memory.py). The one-pass kernel where one_pass and fp8 (it serves
+    only the FP8 head)."""
     types = {"z_ptr": "*bf16", "targets_ptr": "*i64", "weights_ptr": "*fp32", "lse_ptr": "*fp32", "loss_ptr": "*fp32", "scale_ptr": "*fp32",
              "g_ptr": "*fp8e5" if fp8 else "*bf16", "N": "i32", "V": "i32", "stride_z": "i32", "cap": "fp32"}
-    stats, grad = ({name: types.get(name, "constexpr") for name in kernel.arg_names} for kernel in (_stats_kernel, _grad_kernel))
+    stats, grad, both = ({name: types.get(name, "constexpr") for name in kernel.arg_names} for kernel in (_stats_kernel, _grad_kernel, _stats_grad_kernel))
     flags = {"K": targets, "WEIGHTED": True, "SIGMOID": True}
     for block_v, warps in STATS_CONFIGS:
         yield f"loss stats (BLOCK_V {block_v}, {warps} warps)", _stats_kernel, stats, {**flags, "BLOCK_V": block_v}, warps
+        if one_pass and fp8:
+            yield (f"loss stats and gradient in one pass (BLOCK_V {block_v}, {warps} warps)", _stats_grad_kernel, both,
+                   {**flags, "BLOCK_V": block_v, "E5M2": True}, warps)
     for block_n, block_v, warps in GRAD_CONFIGS:
         yield (f"loss gradient (BLOCK_N {block_n}, BLOCK_V {block_v}, {warps} warps)", _grad_kernel, grad,
                {**flags, "BLOCK_N": block_n, "BLOCK_V": block_v, "E5M2": fp8}, warps)
@@ -201,3 +245,29 @@ def softcapped_ce_grad(z: torch.Tensor, targets: torch.Tensor, lse: torch.Tensor
 @softcapped_ce_grad.register_fake
 def _(z, targets, lse, scale, cap, out_dtype, form="tanh", weights=None):
     return z.new_empty(z.shape, dtype=out_dtype)
+
+
+@torch.library.custom_op("kit::softcapped_ce_stats_grad", mutates_args=())
+def softcapped_ce_stats_grad(z: torch.Tensor, targets: torch.Tensor, scale: torch.Tensor, cap: float, out_dtype: torch.dtype,
+                             form: str = "tanh", weights: typing.Optional[torch.Tensor] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """softcapped_ce_stats and softcapped_ce_grad in one kernel, one row per program: (lse, each row's loss,
+    scale x d(summed loss)/dz in out_dtype), for a gradient whose scale is known in the forward (the FP8 head's)."""
+    n, v = z.shape
+    z = z if z.stride(1) == 1 else z.contiguous()
+    targets, weights, k, weighted = _target_args(targets, weights)
+    lse = torch.empty(n, dtype=torch.float32, device=z.device)
+    loss = torch.empty_like(lse)
+    g = torch.empty(n, v, dtype=out_dtype, device=z.device)
+    args = (z, targets, weights, lse, loss, scale.float().reshape(1), g, v, z.stride(0), cap)
+    flags = dict(K=k, WEIGHTED=weighted, SIGMOID=form == "sigmoid", E5M2=out_dtype == torch.float8_e5m2)
+    if _interpreted(z):
+        _stats_grad_kernel[(n,)](*args, **flags, BLOCK_V=STATS_BLOCK_V)
+    else:
+        _stats_grad_tuned[(n,)](*args, **flags)
+    return lse, loss, g
+
+
+@softcapped_ce_stats_grad.register_fake
+def _(z, targets, scale, cap, out_dtype, form="tanh", weights=None):
+    rows = z.new_empty(z.size(0), dtype=torch.float32)
+    return rows, torch.empty_like(rows), z.new_empty(z.shape, dtype=out_dtype)
