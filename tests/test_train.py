@@ -688,6 +688,28 @@ def test_the_warm_up_says_what_it_found_in_the_compile_caches(tmp_path, monkeypa
     assert loop.cache_note({"autograd_cache_bypass": 1}) == " [AOTAutograd cache 0 hit 0 missed 1 bypassed]"
 
 
+def test_the_warm_up_names_the_parameters_no_step_gives_a_gradient(tmp_path):
+    """A parameter that none of the warm-up's states gives a gradient never trains (a lost gradient, or a part left
+    out of the graph): the log names it and summary.json lists it; the baseline itself has none."""
+    import dataclasses
+
+    import train_gpt2
+    from kit.loop.train import main
+
+    def with_an_unused_parameter(cfg):
+        model = train_gpt2.RECIPE.build_model(cfg)
+        model.unused_gate = torch.nn.Parameter(torch.ones(3))
+        return model
+
+    recipe = dataclasses.replace(train_gpt2.RECIPE, build_model=with_an_unused_parameter)
+    flags = [*FAST, "--data", "synthetic", "--max-steps", "1", "--val-every", "0", "--export", "0"]
+    assert main(recipe, [*flags, "--out-dir", str(tmp_path / "unused")]) == 0
+    assert json.loads((tmp_path / "unused" / "summary.json").read_text())["params_without_grad"] == ["unused_gate"]
+    assert "parameters that no warm-up step gave a gradient (they will not train): unused_gate" in (tmp_path / "unused" / "log.txt").read_text()
+    assert run_baseline([*flags, "--out-dir", tmp_path / "plain"])[0] == 0
+    assert json.loads((tmp_path / "plain" / "summary.json").read_text())["params_without_grad"] == []
+
+
 def test_the_warm_up_collects_why_a_graph_bypassed_a_compile_cache():
     """torch says why a graph cannot be cached at INFO, which nobody sees; during the warm-up those lines go to a list
     (once each, nothing else), and the loggers are as they were afterwards."""

@@ -503,6 +503,7 @@ class Trainer:
         self.start_step = self.step
         self.status, self.warmup_s, self.eval_time_s = "failed", None, 0.0
         self.startup_s, self.warmup_parts, self.warmup_cache, self.warmup_bypass_reasons, self.warmup_phases = None, {}, {}, [], {}
+        self.params_without_grad = []
         self.retries_before_loop = None  # the CUDA allocator's retries when the training loop began
         self.last_val, self.reached_at = None, None
         self.last_screen, self.next_screen_step = None, 0  # (step, loss) of the latest screen; checks before next_screen_step skipped
@@ -765,10 +766,15 @@ class Trainer:
         states = self.recipe.warm_up_states(self.model, self.cfg) if self.recipe.warm_up_states else [lambda: None]
         pending = {p: p.grad for p in self.model.parameters() if p.grad is not None}  # a resumed run's, for an optimizer not yet due
         self.model.zero_grad(set_to_none=True)
+        never = [name for name, p in self.model.named_parameters() if p.requires_grad]
         for enter_state in states:
             enter_state()
             self.forward_backward(self.train_model, batch)
+            # the states are every graph the run will meet: a parameter none of them gives a gradient never trains
+            no_grad = {name for name, p in self.model.named_parameters() if p.grad is None}
+            never = [name for name in never if name in no_grad]
             self.model.zero_grad(set_to_none=True)
+        self.params_without_grad = never
         for p, grad in pending.items():
             p.grad = grad
         part_done(f"training graph{'s' if len(states) > 1 else ''}")
@@ -913,6 +919,10 @@ class Trainer:
             self.log.print("warm-up by phase: " + "; ".join(f"{name}: {phase_note(phases)}" for name, phases in self.warmup_phases.items()))
         for reason in self.warmup_bypass_reasons:
             self.log.print(f"compile cache bypassed: {reason}")
+        if self.params_without_grad:
+            names = self.params_without_grad
+            more = f" and {len(names) - 8} more" if len(names) > 8 else ""
+            self.log.print(f"parameters that no warm-up step gave a gradient (they will not train): {', '.join(names[:8])}{more}")
         self.audit_inductor_kernels()  # what the warm-up compiled; untimed
         self.retries_before_loop = self.alloc_retries()  # a capped card's allocator may retry while compiling; what counts is the loop's
         self.clock.start()
@@ -1065,6 +1075,7 @@ class Trainer:
             "startup_s": self.startup_s, "imports_s": self.imports_s,  # this part of the run: its start-up (imports included),
             "startup_parts_s": self.startup_parts,  # the start-up after the imports, by part,
             "setup_s": self.setup_seconds(),  # of which the variant's own one-time work
+            "params_without_grad": self.params_without_grad,  # in every state of the warm-up: they never train
             "warmup_parts_s": self.warmup_parts,  # where its warm-up went,
             "warmup_compile_cache": self.warmup_cache,  # and what each part found in the compile caches,
             "warmup_cache_bypass_reasons": self.warmup_bypass_reasons,  # or why it could not use them
