@@ -301,7 +301,7 @@ def test_bench_mfu_is_the_hand_count(tmp_path, scripts_in_process):
     assert row["tokens"] == 4 * 256 and row["val_loss"] == summary["final_val_loss"]  # the loss at this row's token budget
     table = (tmp_path / "bench.md").read_text()
     assert "| tiny |" in table and f"| 1,024 | {summary['final_val_loss']:.4f} |" in table
-    # started again (a session cut short): the measured row is read back, not run again
+    # started again (a sweep cut short): the measured row is read back, not run again
     (tmp_path / "tiny.console.txt").write_text("kept\n")
     assert bench.main(["--row", "tiny=train_gpt2.py", "--common", common, "--steps", "3", "--warmup-steps", "1",
                        "--val-tokens", "512", "--peak-flops", "1e12", "--out", str(tmp_path)]) == 0
