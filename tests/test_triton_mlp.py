@@ -146,7 +146,7 @@ def test_record_script_mlp_kernel_choice(monkeypatch):
     assert sr.mlp_kernel(sr.Hyperparameters(device="cpu", mlp_kernel="auto")) == "torch"
     assert sr.mlp_kernel(sr.Hyperparameters(device="cpu", mlp_kernel="triton")) == "triton"  # PyTorch's products stand in
     with pytest.raises(UserError, match="choose one"):
-        sr.mlp_kernel(sr.Hyperparameters(device="cpu", mlp_kernel="triton", fp8_mlp="up"))
+        sr.build_model(sr.Hyperparameters(device="cpu", model_size="tiny", mlp_kernel="triton", fp8_mlp="up"))
     monkeypatch.setattr(sr, "on_gpu", lambda cfg: True)
     monkeypatch.setattr(triton_mlp, "available", lambda device: True)
     assert sr.mlp_kernel(sr.Hyperparameters(mlp_kernel="auto")) == "triton"

@@ -50,6 +50,11 @@ def available(device) -> bool:
     return torch.device(device).type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def autotune_caching() -> dict:
+    """triton.autotune's flag that keeps each choice on disk, where this Triton has it (else nothing)."""
+    return {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+
+
 if triton is not None:
 
     @triton.jit
@@ -160,7 +165,7 @@ if triton is not None:
     # On a GPU each shape is timed once per config at its first call (about a second) and the
     # fastest kept, on disk too where this Triton can (its cache, keyed by GPU, kernel and configs), so a
     # later run on the machine skips the timing in its warm-up; the interpreter runs the fixed tiles above.
-    _CACHE_TUNING = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
+    _CACHE_TUNING = autotune_caching()
     _stats_tuned = triton.autotune([triton.Config({"BLOCK_V": b}, num_warps=w) for b, w in STATS_CONFIGS], key=["V", "K"],
                                    **_CACHE_TUNING)(_stats_kernel)
     _grad_tuned = triton.autotune([triton.Config({"BLOCK_N": bn, "BLOCK_V": bv}, num_warps=w) for bn, bv, w in GRAD_CONFIGS],

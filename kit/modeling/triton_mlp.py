@@ -13,12 +13,11 @@ interpreter (TRITON_INTERPRET=1, as the tests do); elsewhere without Triton `rel
 products in PyTorch (the same values up to rounding), so a model with it runs on any machine.
 """
 
-import inspect
 
 import torch
 
 from kit.core import gpus
-from kit.modeling.triton_loss import available, triton
+from kit.modeling.triton_loss import autotune_caching, available, triton
 
 INTERPRETER_BLOCKS = (32, 32, 32)  # (BLOCK_M, BLOCK_N, BLOCK_K) under the interpreter; on a GPU autotuning picks below
 # (BLOCK_M, BLOCK_N, BLOCK_K, stages, warps): large tiles for sm90's 228 KB of shared memory per block, and tiles that
@@ -89,9 +88,8 @@ if triton is not None:
         where this Triton can (as kit.modeling.triton_loss). M is in the key (a run's rows per micro-batch are fixed):
         on an H200 the op ran 15-18% slower at 65,536 rows than the best tile there, after a test had tuned it at
         4,096 rows, and the disk cache keeps one choice per key."""
-        caching = {"cache_results": True} if "cache_results" in inspect.signature(triton.autotune).parameters else {}
         configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_stages=s, num_warps=w) for m, n, k, s, w in tiles]
-        return triton.autotune(configs, key=["M", "N", "K", "B_ROWS_ARE_N", "EPILOGUE"], **caching)(_matmul_kernel)
+        return triton.autotune(configs, key=["M", "N", "K", "B_ROWS_ARE_N", "EPILOGUE"], **autotune_caching())(_matmul_kernel)
 
     _TUNED = {False: _tuned(LARGE_TILES), True: _tuned(SMALL_TILES)}
 
