@@ -26,7 +26,9 @@ embedding): the later records' changes ported so far, each its own switch (--hel
     output taken back before the head), key offset (the long-window layers' position-free key
     dimensions from the previous token). Smear and key offset stop at document starts;
   - the bigram sign trick: each bigram row read times one of 8192 fixed random +-1 vectors, picked
-    by (previous token XOR token) (the public record of 2026-05-20).
+    by (previous token XOR token) (the public record of 2026-05-20);
+  - cautious weight decay on Adam's head and embeddings, falling with the LR squared, only where Adam's
+    update moves a weight toward zero (the public record of 2025-12-18).
 
 Later parts of the public line, switches off by default (records/2026-12-02_h200_speedrun_later_parts: at
 equal steps they gain, at equal time they do not): --paired-head-layers (heads attend in pairs over one
@@ -36,15 +38,16 @@ Together at 420 steps: 3.6451 against V2's 3.6613, at 514.6k against 548.6k toke
 --yarn (YaRN at each change of the window: slow rotary pairs slowed, the attention scale raised; alone on the
 default's windows it trained 0.003-0.006 higher), --window-stages (the long window by stages, e.g. 3,7,11 blocks
 over thirds of the run) and --val-window-blocks (validation with a longer window than training's): with YaRN,
-3,7,11 and 13 crossed at the default's step; --adam-cwd (cautious weight decay on Adam: 3.64 at step 816 against
-820 at one seed), --loss-one-pass (the FP8 head's loss and gradient in one kernel, unmeasured), and the others
-records/public_line_ports.md lists.
+3,7,11 and 13 crossed at the default's step; --loss-one-pass (the FP8 head's loss and gradient in one kernel: 0.7%
+cheaper steps in one reading), --fp8-mlp up (1.7% cheaper steps; its loss at the full schedule alone not yet
+measured), and the others records/public_line_ports.md lists.
 
 webmix takes smaller steps than the public stages (sized for 8 GPUs): 65,536 -> 131,072 -> 196,608 tokens over
 830 steps. Measured on one H200 over three seeds and data orders: 3.64 at step 824, 828 and 824 in 197.2 to
 199.2 s of training, 107.5M to 108.3M tokens (records/2026-12-02_h200_speedrun_record_200s), before the bigram
-signs joined V2: with them, paired at seeds 1 and 2, 3.64 at step 820 instead of 824 at the same step cost
-(records/2026-12-03_h200_speedrun_combo_second_seeds; its time alone not yet measured). With the public
+signs and Adam's cautious weight decay joined V2: with the signs, paired at seeds 1 and 2, 3.64 at step 820
+instead of 824, and with the decay too at 816, each at the same step cost (records/2026-12-03_h200_speedrun_combo_second_seeds,
+records/2026-12-03_h200_speedrun_cwd_second_seed_fp8_fixed; the time alone not yet measured). With the public
 stages (--batch-tokens 393216 --batch-stage-lrs 0.578,0.879,1 --max-steps 460) it took 118.9M tokens
 (records/2026-12-01_h200_speedrun_v2, three seeds); the --v2 0 recipe 159.3M tokens
 (records/2026-11-29_h200_speedrun_steps410). Under torchrun on 8 GPUs
@@ -179,7 +182,7 @@ class Hyperparameters(TrainConfig):
     adam_cwd: float = field(default=0.0, metadata={"help": "cautious weight decay on Adam's embeddings and head (the public record of 2025-12-18): "
                                                        "1 decays as the public line's code (per step at the peak LR 4.8e-5 of the head and token "
                                                        "embedding, 0.009 of the value and bigram embeddings, falling with the LR squared), where "
-                                                       "Adam's update moves a weight toward zero; 0: off; 1 crossed 3.64 at step 816 against 820 at one seed, no step cost"})
+                                                       "Adam's update moves a weight toward zero; 0: off; 1 (V2's) crossed 3.64 at step 816 against 820 at two seeds, no step cost"})
     head_betas: str = field(default="", metadata={"help": "Adam's betas for the head and the token embedding, e.g. 0.5,0.95: a short memory for rows that "
                                                           "rare tokens touch (the public record of 2026-01-04); empty: --adam-beta1/2; unmeasured"})
     embed_betas: str = field(default="", metadata={"help": "Adam's betas for the value and bigram embeddings, e.g. 0.75,0.95 (the public record "
@@ -236,8 +239,10 @@ class Hyperparameters(TrainConfig):
 V2 = {"batch_stages": "1,2,3", "batch_stage_lrs": "0.578,0.879,1", "cooldown_frac": 0.6, "muon_momentum_cooldown": 20,
       "normuon": True, "muon_coefficients": "polar", "muon_cwd": 1.2, "logit_mtp": "0.5,0.25", "softcap_form": "sigmoid",
       "smear": True, "key_offset": True,  # and backout from 2/3 of the layers (layer 8 of 12, as the public record's)
-      "bigram_sign_rows": 8192}  # paired with the default at seeds 1 and 2: 0.003-0.006 lower, 3.64 at step 820 against 824, the
+      "bigram_sign_rows": 8192,  # paired with the default at seeds 1 and 2: 0.003-0.006 lower, 3.64 at step 820 against 824, the
 # same step cost alone (records/2026-12-03_h200_speedrun_ports_skip_fp8_sign, records/2026-12-03_h200_speedrun_combo_second_seeds)
+      "adam_cwd": 1.0}  # paired at seeds 1 and 2: 3.64 at step 816 against 820 both times, 0.002-0.004 lower over the last 60
+# steps, the same step cost alone (records/2026-12-03_h200_speedrun_cwd_stages_mlp_kernel, records/2026-12-03_h200_speedrun_cwd_second_seed_fp8_fixed)
 # webmix: smaller steps. On one GPU a step of 65,536 tokens costs little more per token than one of 393,216, so the
 # public line's stages (sized for 8 GPUs) are halved: 65,536 -> 131,072 -> 196,608 tokens, LR x (tokens / 393,216)^0.5
 # (the public 0.578 kept for 131,072). 820 steps crossed 3.64 at step 820 with 107.4M tokens, where the public stages

@@ -602,7 +602,8 @@ def test_scalar_betas_apply_to_the_scalars_group_alone():
 
 def test_head_and_embedding_betas_by_part_and_the_default_groups_unchanged():
     """--head-betas: the head and the token embedding; --embed-betas: the value and bigram embeddings (the public record
-    of 2026-01-04's per-part betas); without them the Adam groups are the ones earlier checkpoints hold."""
+    of 2026-01-04's per-part betas); without them and Adam's cautious decay the Adam groups are the ones earlier
+    checkpoints hold."""
     import train_gpt2_speedrun as sr
     from kit.core.errors import UserError
 
@@ -616,7 +617,7 @@ def test_head_and_embedding_betas_by_part_and_the_default_groups_unchanged():
     assert betas_of(model.lm_head.weight) == betas_of(model.embed.weight) == (0.5, 0.95)
     assert betas_of(model.bigram_embed.weight) == betas_of(model.value_embeds[0].weight) == (0.75, 0.95)
     assert betas_of(model.blocks[0].residual_mix) == (cfg.adam_beta1, cfg.adam_beta2)
-    plain = sr.build_optimizers(model, parsed())[0]
+    plain = sr.build_optimizers(model, parsed("--adam-cwd", "0"))[0]
     assert sorted(id(p) for g in adam.param_groups for p in g["params"]) == sorted(id(p) for g in plain.param_groups for p in g["params"])
     assert [len(g["params"]) for g in plain.param_groups][:2] == [1, len(adam.param_groups[1]["params"]) + len(adam.param_groups[2]["params"])]
     assert len(adam.param_groups) == len(plain.param_groups) + 1
@@ -925,7 +926,8 @@ def test_cautious_decay_adam_is_adam_then_decays_where_the_update_shrinks_the_we
     cfg = parsed("--adam-cwd", "1")
     model = sr.build_model(cfg)
     adam = sr.build_optimizers(model, cfg)[0]
-    assert isinstance(adam, CautiousDecayAdam) and not isinstance(sr.build_optimizers(model, parsed())[0], CautiousDecayAdam)
+    assert isinstance(adam, CautiousDecayAdam) and not isinstance(sr.build_optimizers(model, parsed("--adam-cwd", "0"))[0], CautiousDecayAdam)
+    assert parsed().adam_cwd == 1 and parsed("--v2", "0").adam_cwd == 0  # V2's default since it crossed 4 steps sooner at two seeds
 
     def decay_of(param):
         return next(g.get("cautious_wd", 0) for g in adam.param_groups if any(q is param for q in g["params"]))
