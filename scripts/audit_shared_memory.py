@@ -5,7 +5,8 @@
 Each configuration the GPU's autotuning may pick (kit/modeling/triton_loss.py's loss kernels) and
 each tile choice of the MLA decode kernel (kit/modeling/mla_decode.py) is
 compiled for the card's compute capability with Triton's own compiler, no GPU needed, and its
-shared memory per block is set against the card's limit (101,376 bytes on sm86/sm89). Exits 1
+shared memory per block is set against the card's limit (101,376 bytes on sm86/sm89; with
+--cards h200 the sm90 tiles, the MLP kernels' TMA ones included, against its 232,448). Exits 1
 where one does not fit. Inductor's kernels (FlexAttention, fused ops) are generated at run time
 on the GPU and are not covered here. Writes audit_shared_memory.json with --out.
 """
@@ -28,7 +29,7 @@ def kit_kernel_builds(profile):
     the card at the DeepSeek shape (latent 512 + 64) and the GPT-2 MLA model's (256 + 32)."""
     small = gpus.small_shared_memory(profile.capability)
     yield from triton_loss.kernel_builds(gpus.fp8_capable(profile.capability))
-    yield from triton_mlp.kernel_builds(small)
+    yield from triton_mlp.kernel_builds(small, tma=tuple(profile.capability) >= (9, 0))
     yield from mla_decode.kernel_builds(512, 64, small)
     yield from mla_decode.kernel_builds(256, 32, small)
 

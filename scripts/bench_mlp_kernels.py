@@ -4,8 +4,8 @@ record script's shapes, on a CUDA GPU.
     python3 scripts/bench_mlp_kernels.py [--rows 65536] [--width 768] [--out DIR]
 
 Rows: the up product alone in cuBLAS (the floor a fused forward can reach), the compiled plain MLP forward and
-forward + backward, each Triton tile config of the card's list for both kernels, the autotuned custom ops, and the
-fused MLP forward + backward. Each prints milliseconds per call and the TFLOP/s of its matrix products, so a tile far
+forward + backward, each Triton tile config of the card's list for both kernels (on sm90 the TMA tiles too), the
+autotuned custom ops, and the fused MLP forward + backward (on sm90 with pointer loads, then TMA loads). Each prints milliseconds per call and the TFLOP/s of its matrix products, so a tile far
 below cuBLAS shows where a fused kernel loses what its epilogue saves. Writes bench_mlp_kernels.json.
 """
 
@@ -36,27 +36,51 @@ def reference_rows(x, w_up, w_down, flops):
     yield "plain MLP forward + backward (compiled)", time_ms(lambda: forward(inputs, *params).sum().backward()), 6 * flops
 
 
-def triton_rows(x, w_up, w_down, flops):
+def tile_rows(x, w_up, w_down, flops, tiles, tma: bool):
+    """Each tile of the list for both kernels, launched directly; with tma, their tiles loaded through descriptors."""
     m, k = x.shape
     n = w_up.size(0)
-    tiles = triton_mlp.SMALL_TILES if gpus.small_shared_memory(gpus.capability(x.device)) else triton_mlp.LARGE_TILES
     a = torch.empty(m, n, dtype=x.dtype, device=x.device)
     dy = torch.randn_like(x)
     for block_m, block_n, block_k, stages, warps in tiles:
         grid = (triton_mlp.triton.cdiv(m, block_m) * triton_mlp.triton.cdiv(n, block_n),)
-        tile = dict(INTERPRETED=False, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP=triton_mlp.GROUP_M,
+        tile = dict(INTERPRETED=False, TMA=tma, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, GROUP=triton_mlp.GROUP_M,
                     num_stages=stages, num_warps=warps)
-        up = lambda: triton_mlp._matmul_kernel[grid](x, w_up, a, a, m, n, k, k, k, n, B_ROWS_ARE_N=True,
+        name = f"{block_m}x{block_n}x{block_k} stages={stages} warps={warps}{' TMA' if tma else ''}"
+        up_sources, grad_sources = (x, w_up), (dy, w_down)
+        if tma:
+            up_sources = (triton_mlp.TensorDescriptor.from_tensor(x, [block_m, block_k]), triton_mlp.TensorDescriptor.from_tensor(w_up, [block_n, block_k]))
+            grad_sources = (triton_mlp.TensorDescriptor.from_tensor(dy, [block_m, block_k]), triton_mlp.TensorDescriptor.from_tensor(w_down, [block_k, block_n]))
+        up = lambda: triton_mlp._matmul_kernel[grid](*up_sources, a, a, m, n, k, k, k, n, B_ROWS_ARE_N=True,
                                                      EPILOGUE=triton_mlp.RELU_SQUARE, **tile)
-        yield f"triton up + relu^2 {block_m}x{block_n}x{block_k} stages={stages} warps={warps}", time_ms(up), flops
-        grad = lambda: triton_mlp._matmul_kernel[grid](dy, w_down, a, torch.empty_like(a), m, n, k, k, n, n, B_ROWS_ARE_N=False,
+        yield f"triton up + relu^2 {name}", time_ms(up), flops
+        grad = lambda: triton_mlp._matmul_kernel[grid](*grad_sources, a, torch.empty_like(a), m, n, k, k, n, n, B_ROWS_ARE_N=False,
                                                        EPILOGUE=triton_mlp.TIMES_TWICE_SQRT, **tile)
-        yield f"triton dh {block_m}x{block_n}x{block_k} stages={stages} warps={warps}", time_ms(grad), flops
-    yield "triton up + relu^2 (autotuned op)", time_ms(lambda: triton_mlp.relu_square_up(x, w_up)), flops
-    yield "triton dh (autotuned op)", time_ms(lambda: triton_mlp.relu_square_up_grad(dy, w_down, a)), flops
+        yield f"triton dh {name}", time_ms(grad), flops
+
+
+def op_rows(x, w_up, w_down, flops, loads: str):
+    """The autotuned custom ops and the fused MLP's forward + backward, with the kernels' loads set to `loads`."""
+    triton_mlp.LOADS = loads
+    a = triton_mlp.relu_square_up(x, w_up)
+    dy = torch.randn_like(x)
+    yield f"triton up + relu^2 (autotuned op, {loads} loads)", time_ms(lambda: triton_mlp.relu_square_up(x, w_up)), flops
+    yield f"triton dh (autotuned op, {loads} loads)", time_ms(lambda: triton_mlp.relu_square_up_grad(dy, w_down, a)), flops
     params = [w.detach().clone().requires_grad_() for w in (w_up, w_down)]
     inputs = x.detach().clone().requires_grad_()
-    yield "fused MLP forward + backward", time_ms(lambda: triton_mlp.relu2_mlp(inputs, *params).sum().backward()), 6 * flops
+    yield f"fused MLP forward + backward ({loads} loads)", time_ms(lambda: triton_mlp.relu2_mlp(inputs, *params).sum().backward()), 6 * flops
+    triton_mlp.LOADS = "auto"
+
+
+def triton_rows(x, w_up, w_down, flops):
+    """The card's pointer tiles, and on sm90 the TMA tiles too; then the ops with each kind of load."""
+    tma = triton_mlp.tma_loads(x.device, x, w_up, w_down)
+    tiles = triton_mlp.SMALL_TILES if gpus.small_shared_memory(gpus.capability(x.device)) else triton_mlp.LARGE_TILES
+    yield from tile_rows(x, w_up, w_down, flops, tiles, tma=False)
+    if tma:
+        yield from tile_rows(x, w_up, w_down, flops, triton_mlp.TMA_TILES, tma=True)
+    for loads in ("pointers", "tma") if tma else ("pointers",):
+        yield from op_rows(x, w_up, w_down, flops, loads)
 
 
 def main():

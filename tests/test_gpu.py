@@ -106,15 +106,24 @@ def test_loss_kernel_benchmark_times_every_config(tmp_path):
 
 def test_triton_mlp_kernels_on_cuda_equal_the_reference():
     """The fused ReLU^2 MLP's kernels with odd sizes and at the record's shapes (width 768, 3072 hidden; the GPU's
-    autotuned tiles), and through autograd in bf16 against the plain MLP."""
+    autotuned tiles), and through autograd in bf16 against the plain MLP: with pointer loads, and on sm90 with TMA
+    loads too."""
     pytest.importorskip("triton")
+    from kit.modeling import triton_mlp
     from test_triton_mlp import KERNEL_CHECKS
 
     checks = {}
     exec(KERNEL_CHECKS, checks)
-    checks["check_kernels"]("cuda")
-    checks["check_kernels"]("cuda", m=4096, k=768, n=3072)
-    checks["check_function_against_autograd"]("cuda", torch.bfloat16, 2.0 ** -6)
+    probe = torch.empty(64, 64, dtype=torch.bfloat16, device="cuda")
+    loads = ("pointers", "tma") if triton_mlp.tma_loads("cuda", probe) else ("pointers",)
+    try:
+        for mode in loads:
+            triton_mlp.LOADS = mode
+            checks["check_kernels"]("cuda")
+            checks["check_kernels"]("cuda", m=4096, k=768, n=3072)
+            checks["check_function_against_autograd"]("cuda", torch.bfloat16, 2.0 ** -6)
+    finally:
+        triton_mlp.LOADS = "auto"
 
 
 def test_mlp_kernel_benchmark_times_every_tile_of_the_card(tmp_path):
@@ -129,7 +138,9 @@ def test_mlp_kernel_benchmark_times_every_tile_of_the_card(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:]
     rows = json.loads((tmp_path / "bench_mlp_kernels.json").read_text())["results"]
     tiles = triton_mlp.SMALL_TILES if gpus.small_shared_memory(torch.cuda.get_device_capability()) else triton_mlp.LARGE_TILES
-    assert len(rows) == 3 + 2 * len(tiles) + 3 and all(row["ms"] > 0 for row in rows)
+    probe = torch.empty(64, 64, dtype=torch.bfloat16, device="cuda")
+    tma_rows = 2 * len(triton_mlp.TMA_TILES) + 3 if triton_mlp.tma_loads("cuda", probe) else 0  # sm90: its TMA tiles and ops too
+    assert len(rows) == 3 + 2 * len(tiles) + 3 + tma_rows and all(row["ms"] > 0 for row in rows)
 
 
 def test_speedrun_with_the_triton_mlp_trains_like_pytorchs(tmp_path, isolated_data_dir):

@@ -73,6 +73,9 @@ def check_function_against_autograd(device, dtype=torch.float32, tolerance=1e-5)
 INTERPRETED_CHECKS = {
     "kernels": "check_kernels('cpu'); check_kernels('cpu', m=64, k=64, n=64)",
     "function": "check_function_against_autograd('cpu', torch.bfloat16, 2.0 ** -6)",
+    # the same through tensor descriptors (the sm90 path; the interpreter runs their loads, zeros outside the tensors)
+    "kernels, TMA loads": "triton_mlp.LOADS = 'tma'; check_kernels('cpu'); check_kernels('cpu', m=64, k=64, n=64)",
+    "function, TMA loads": "triton_mlp.LOADS = 'tma'; check_function_against_autograd('cpu', torch.bfloat16, 2.0 ** -6)",
 }
 
 
@@ -84,9 +87,35 @@ def interpreted():
 
 
 def test_kernels_and_the_fused_function_equal_the_reference_in_the_interpreter(interpreted):
-    """Both kernels, partial tiles and whole ones, and the fused MLP through autograd in bf16 with the kernels."""
-    assert interpreted["kernels"] == "ok", interpreted["kernels"]
-    assert interpreted["function"] == "ok", interpreted["function"]
+    """Both kernels, partial tiles and whole ones, and the fused MLP through autograd in bf16 with the kernels, their
+    tiles loaded through pointers and through tensor descriptors (TMA)."""
+    for check in INTERPRETED_CHECKS:
+        assert interpreted[check] == "ok", (check, interpreted[check])
+
+
+def test_tma_loads_only_on_sm90_with_aligned_tensors(monkeypatch):
+    """TMA where the GPU has it and the large shared memory (sm90/sm100, not an sm86/sm89/sm120 card or a run emulating one) and
+    every tensor starts and steps its rows on 16 bytes; pointer loads elsewhere; LOADS overrides either way."""
+    pytest.importorskip("triton")
+    from kit.core import gpus
+    from kit.modeling import triton_mlp
+
+    if triton_mlp.TensorDescriptor is None:
+        pytest.skip("this Triton has no host-side tensor descriptors")
+    aligned, odd_rows = torch.zeros(64, 64, dtype=torch.bfloat16), torch.zeros(64, 7, dtype=torch.bfloat16)
+    offset = torch.zeros(64 * 64 + 1, dtype=torch.bfloat16)[1:].view(64, 64)  # starts 2 bytes into its storage
+    capability = {}
+    monkeypatch.setattr(gpus, "capability", lambda device: capability["cap"])
+    for cap, tensors, want in [((9, 0), (aligned,), True), ((10, 0), (aligned, aligned), True), ((8, 9), (aligned,), False),
+                               ((8, 6), (aligned,), False), ((8, 0), (aligned,), False), ((12, 0), (aligned,), False), (None, (aligned,), False),
+                               ((9, 0), (aligned, odd_rows), False), ((9, 0), (offset,), False)]:
+        capability["cap"] = cap
+        assert triton_mlp.tma_loads("cuda", *tensors) is want, (cap, [t.shape for t in tensors])
+    capability["cap"] = (9, 0)
+    for loads, want in (("pointers", False), ("tma", True)):
+        monkeypatch.setattr(triton_mlp, "LOADS", loads)
+        assert triton_mlp.tma_loads("cuda", odd_rows) is want
+    assert triton_mlp.describe_loads("cuda") == "TMA tile loads (sm90)"
 
 
 def test_autotuning_chooses_a_tile_per_row_count():

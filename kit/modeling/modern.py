@@ -844,7 +844,7 @@ class ModernGPT(nn.Module):
         mlp = {"off": "bf16", "up": "FP8 forward product of the up projection (e4m3), bf16 backward",
                "both": "FP8 forward products of both projections (e4m3), bf16 backward"}[self.config.fp8_mlp]
         if self.config.mlp_kernel == "triton":
-            mlp += (", relu^2 inside the up projection's Triton product and its gradient's (only relu(h)^2 kept) while training"
+            mlp += (f", relu^2 inside the up projection's Triton product and its gradient's ({triton_mlp.describe_loads(device)}; only relu(h)^2 kept) while training"
                     if triton_mlp.available(device) else ", the same products in PyTorch (Triton cannot run here), only relu(h)^2 kept, while training")
         kernels = {"torch": "PyTorch, compiled with the model", "triton": "Triton kernels"}[self.config.loss_kernel]
         kept = "bf16 logits kept"

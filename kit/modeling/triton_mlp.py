@@ -8,7 +8,11 @@ backward; the backward writes dy W2, reads it back with h, and writes dh. Here:
 - backward: relu(h) = sqrt(a), so dh = (dy W2) * 2 sqrt(a): a second kernel computes dy W2 and writes dh
   from its epilogue. dW2 = dy^T a, dx = dh W1 and dW1 = dh^T x stay with cuBLAS.
 Both are one kernel (`_matmul_epilogue_kernel`) with the epilogue as a compile-time switch, wrapped as
-torch.library custom ops so a compiled model calls them as they are. On a CPU they run under Triton's
+torch.library custom ops so a compiled model calls them as they are. On sm90 (H100/H200) the kernel loads its
+tiles through tensor descriptors (TMA: one instruction copies a tile, with no per-element addresses) where the
+tensors allow it; with per-element pointer loads its products ran 29-51% slower there than cuBLAS's, about what
+the fused ReLU^2 passes save (records/NOT_RUN.md). Elsewhere (sm86/sm89, which have no TMA) it loads through
+pointers; `LOADS` picks the path by hand (a benchmark compares both). On a CPU they run under Triton's
 interpreter (TRITON_INTERPRET=1, as the tests do); elsewhere without Triton `relu2_mlp` takes the same
 products in PyTorch (the same values up to rounding), so a model with it runs on any machine.
 """
@@ -26,7 +30,14 @@ LARGE_TILES = [(128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 8),
 SMALL_TILES = [(128, 128, 64, 3, 8), (128, 128, 32, 4, 4), (128, 128, 64, 2, 8), (64, 64, 64, 4, 4), (128, 64, 32, 4, 4)]
 GROUP_M = 8  # programs in a column of output tiles that run together, so the B tiles they share stay in L2
 
+# sm90 with TMA loads: the tiles of A and B in shared memory for each stage (at most (128 + 256) x 64 x 2 bytes x 3 =
+# 144 KB of the 227 KB), the epilogue straight from registers
+TMA_TILES = [(128, 256, 64, 3, 8), (256, 128, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 3, 4), (128, 256, 64, 4, 8)]
+LOADS = "auto"  # "auto": TMA where the GPU and tensors allow it, else pointers; "pointers" or "tma" forces one (tma also under the interpreter)
+
 RELU_SQUARE, TIMES_TWICE_SQRT = 0, 1  # the epilogues
+
+TensorDescriptor = None  # Triton's host-side tensor descriptor, where this Triton has one (below)
 
 if triton is not None:
     import triton.language as tl
@@ -34,10 +45,12 @@ if triton is not None:
     @triton.jit
     def _matmul_epilogue_kernel(a_ptr, b_ptr, aux_ptr, c_ptr, M, N, K, stride_am, stride_b, stride_cm,
                                 B_ROWS_ARE_N: tl.constexpr, EPILOGUE: tl.constexpr, EVEN: tl.constexpr, INTERPRETED: tl.constexpr,
-                                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
+                                TMA: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP: tl.constexpr):
         """c (M, N) = epilogue(a @ b): relu(.)^2, or (.) * 2 sqrt(aux) for aux laid out as c. Rows are contiguous:
         a (M, K) with row stride stride_am; b (N, K) (B_ROWS_ARE_N, a Linear's weight: the product takes its transpose)
-        or (K, N), with row stride stride_b; c and aux with row stride stride_cm."""
+        or (K, N), with row stride stride_b; c and aux with row stride stride_cm. With TMA, a_ptr and b_ptr are tensor
+        descriptors of a and b whose blocks are (BLOCK_M, BLOCK_K) and (BLOCK_N, BLOCK_K) or (BLOCK_K, BLOCK_N); their
+        loads fill what lies outside the tensors with zeros."""
         pid = tl.program_id(0)
         tiles_m, tiles_n = tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N)
         group_size = GROUP * tiles_n
@@ -47,6 +60,25 @@ if triton is not None:
         pid_n = (pid % group_size) // rows_in_group
         rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        if TMA:
+            acc = _product_tma(a_ptr, b_ptr, K, pid_m * BLOCK_M, pid_n * BLOCK_N, B_ROWS_ARE_N, INTERPRETED, BLOCK_M, BLOCK_N, BLOCK_K)
+        else:
+            acc = _product_pointers(a_ptr, b_ptr, M, N, K, stride_am, stride_b, rows, cols, B_ROWS_ARE_N, EVEN, INTERPRETED,
+                                    BLOCK_M, BLOCK_N, BLOCK_K)
+        offsets = rows.to(tl.int64)[:, None] * stride_cm + cols[None, :]
+        inside = (rows[:, None] < M) & (cols[None, :] < N)
+        if EPILOGUE == 0:
+            positive = tl.maximum(acc, 0.0)
+            out = positive * positive
+        else:
+            aux = tl.load(aux_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
+            out = acc * 2.0 * tl.sqrt(aux)
+        tl.store(c_ptr + offsets, out.to(c_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
+
+    @triton.jit
+    def _product_pointers(a_ptr, b_ptr, M, N, K, stride_am, stride_b, rows, cols, B_ROWS_ARE_N: tl.constexpr, EVEN: tl.constexpr,
+                          INTERPRETED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """The (BLOCK_M, BLOCK_N) fp32 tile of a @ b at rows x cols, its tiles loaded element by element."""
         ks = tl.arange(0, BLOCK_K)
         a_ptrs = a_ptr + rows.to(tl.int64)[:, None] * stride_am + ks[None, :]
         if B_ROWS_ARE_N:
@@ -69,29 +101,63 @@ if triton is not None:
             acc = tl.dot(a, b, acc)
             a_ptrs += BLOCK_K
             b_ptrs += b_step
-        offsets = rows.to(tl.int64)[:, None] * stride_cm + cols[None, :]
-        inside = (rows[:, None] < M) & (cols[None, :] < N)
-        if EPILOGUE == 0:
-            positive = tl.maximum(acc, 0.0)
-            out = positive * positive
-        else:
-            aux = tl.load(aux_ptr + offsets, mask=inside, other=0.0).to(tl.float32)
-            out = acc * 2.0 * tl.sqrt(aux)
-        tl.store(c_ptr + offsets, out.to(c_ptr.dtype.element_ty, fp_downcast_rounding="rtne"), mask=inside)
+        return acc
+
+    @triton.jit
+    def _product_tma(a_desc, b_desc, K, first_row, first_col, B_ROWS_ARE_N: tl.constexpr, INTERPRETED: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """The same tile, its tiles loaded whole by tensor descriptors (TMA on sm90)."""
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(0, tl.cdiv(K, BLOCK_K)):
+            a = a_desc.load([first_row, k * BLOCK_K])
+            if B_ROWS_ARE_N:
+                b = b_desc.load([first_col, k * BLOCK_K]).T
+            else:
+                b = b_desc.load([k * BLOCK_K, first_col])
+            if INTERPRETED:
+                a, b = a.to(tl.float32), b.to(tl.float32)
+            acc = tl.dot(a, b, acc)
+        return acc
 
     def _even(args) -> bool:
         return args["M"] % args["BLOCK_M"] == 0 and args["N"] % args["BLOCK_N"] == 0 and args["K"] % args["BLOCK_K"] == 0
 
     _matmul_kernel = triton.heuristics({"EVEN": _even})(_matmul_epilogue_kernel)
-    def _tuned(tiles):
+    def _descriptor_blocks(nargs) -> None:
+        """Autotuning's hook before each launch with TMA: the descriptors' blocks become the config's tiles."""
+        block_m, block_n, block_k = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_K"]
+        nargs["a_ptr"].block_shape = [block_m, block_k]
+        nargs["b_ptr"].block_shape = [block_n, block_k] if nargs["B_ROWS_ARE_N"] else [block_k, block_n]
+
+    def _tuned(tiles, hook=None):
         """The kernel autotuned over these tiles, timed once per (M, N, K, epilogue) at its first call, on disk too
         where this Triton can (as kit.modeling.triton_loss). M is in the key (a run's rows per micro-batch are fixed):
         on an H200 the op ran 15-18% slower at 65,536 rows than the best tile there, after a test had tuned it at
         4,096 rows, and the disk cache keeps one choice per key."""
-        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_stages=s, num_warps=w) for m, n, k, s, w in tiles]
+        configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_stages=s, num_warps=w, pre_hook=hook) for m, n, k, s, w in tiles]
         return triton.autotune(configs, key=["M", "N", "K", "B_ROWS_ARE_N", "EPILOGUE"], **autotune_caching())(_matmul_kernel)
 
-    _TUNED = {False: _tuned(LARGE_TILES), True: _tuned(SMALL_TILES)}
+    _TUNED = {False: _tuned(LARGE_TILES), True: _tuned(SMALL_TILES), "tma": _tuned(TMA_TILES, _descriptor_blocks)}
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # a Triton without host-side tensor descriptors: pointer loads only
+        pass
+
+
+def tma_loads(device, *tensors) -> bool:
+    """Whether the kernels load their tiles through tensor descriptors here: on sm90/sm100 (H100, H200, B200: TMA and
+    227 KB of shared memory for TMA_TILES; not an sm86/sm89 card, a run emulating one, nor sm120's ~100 KB), where
+    every tensor starts and every row stride falls on 16 bytes (TMA's rule); `LOADS` overrides."""
+    if LOADS != "auto" or triton is None:
+        return LOADS == "tma"
+    cap = gpus.capability(torch.device(device))
+    return (TensorDescriptor is not None and cap is not None and (9, 0) <= tuple(cap) < (11, 0)
+            and all(t.data_ptr() % 16 == 0 and t.stride(0) * t.element_size() % 16 == 0 for t in tensors))
+
+
+def describe_loads(device) -> str:
+    """Which loads the fused MLP's kernels take on this device, for the run's log."""
+    return "TMA tile loads (sm90)" if tma_loads(device) else "pointer loads"
 
 
 def _launch(a: torch.Tensor, b: torch.Tensor, b_rows_are_n: bool, aux, epilogue: int) -> torch.Tensor:
@@ -102,15 +168,21 @@ def _launch(a: torch.Tensor, b: torch.Tensor, b_rows_are_n: bool, aux, epilogue:
     n = b.size(0) if b_rows_are_n else b.size(1)
     c = torch.empty(m, n, dtype=a.dtype, device=a.device)
     aux = c if aux is None else aux.contiguous()
-    args = (a, b, aux, c, m, n, k, a.stride(0), b.stride(0), c.stride(0))
-    flags = dict(B_ROWS_ARE_N=b_rows_are_n, EPILOGUE=epilogue, GROUP=GROUP_M)
+    tma = tma_loads(a.device, a, b)
+    sources = (TensorDescriptor.from_tensor(a, [1, 1]), TensorDescriptor.from_tensor(b, [1, 1])) if tma else (a, b)  # blocks: set below
+    args = (*sources, aux, c, m, n, k, a.stride(0), b.stride(0), c.stride(0))
+    flags = dict(B_ROWS_ARE_N=b_rows_are_n, EPILOGUE=epilogue, GROUP=GROUP_M, TMA=tma)
     if a.device.type != "cuda":
         block_m, block_n, block_k = INTERPRETER_BLOCKS
+        if tma:
+            _descriptor_blocks({"a_ptr": sources[0], "b_ptr": sources[1], "B_ROWS_ARE_N": b_rows_are_n,
+                                "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k})
         grid = (triton.cdiv(m, block_m) * triton.cdiv(n, block_n),)
         _matmul_kernel[grid](*args, **flags, INTERPRETED=True, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k)
     else:
         small = gpus.small_shared_memory(gpus.capability(a.device))  # the card's (or the one --emulate-gpu runs as)
-        _TUNED[small][lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags, INTERPRETED=False)
+        tuned = _TUNED["tma" if tma else small]
+        tuned[lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)](*args, **flags, INTERPRETED=False)
     return c
 
 
@@ -180,14 +252,22 @@ def relu2_mlp(x: torch.Tensor, w_up: torch.Tensor, w_down: torch.Tensor) -> torc
     return FusedReluSquareMLP.apply(x, w_up, w_down)
 
 
-def kernel_builds(small_shared_memory: bool = True):
+def kernel_builds(small_shared_memory: bool = True, tma: bool = False):
     """(name, kernel, signature, constexprs, num_warps, num_stages) for every configuration the card's autotuning may
-    pick, in the record's types (bf16): what a shared-memory audit compiles for it (scripts/audit_shared_memory.py)."""
+    pick, in the record's types (bf16): what a shared-memory audit compiles for it (scripts/audit_shared_memory.py).
+    tma: the TMA tiles too (sm90), their tiles loaded through tensor descriptors."""
     types = {"a_ptr": "*bf16", "b_ptr": "*bf16", "aux_ptr": "*bf16", "c_ptr": "*bf16", "M": "i32", "N": "i32", "K": "i32",
              "stride_am": "i32", "stride_b": "i32", "stride_cm": "i32"}
-    signature = {name: types.get(name, "constexpr") for name in _matmul_epilogue_kernel.arg_names}
-    for block_m, block_n, block_k, stages, warps in SMALL_TILES if small_shared_memory else LARGE_TILES:
+    kinds = [(False, tile) for tile in (SMALL_TILES if small_shared_memory else LARGE_TILES)] + [(True, tile) for tile in TMA_TILES if tma]
+    for with_tma, (block_m, block_n, block_k, stages, warps) in kinds:
         for rows_are_n, epilogue, what in ((True, RELU_SQUARE, "up + ReLU^2"), (False, TIMES_TWICE_SQRT, "its gradient")):
-            yield (f"MLP {what} (BLOCK {block_m}x{block_n}x{block_k}, {stages} stages, {warps} warps)", _matmul_epilogue_kernel, signature,
-                   {"B_ROWS_ARE_N": rows_are_n, "EPILOGUE": epilogue, "EVEN": True, "INTERPRETED": False, "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP": GROUP_M},
+            loads = {}
+            if with_tma:  # the descriptors' blocks are part of the kernel's signature
+                b_block = f"[{block_n},{block_k}]" if rows_are_n else f"[{block_k},{block_n}]"
+                loads = {"a_ptr": f"tensordesc<bf16[{block_m},{block_k}]>", "b_ptr": f"tensordesc<bf16{b_block}>"}
+            signature = {name: {**types, **loads}.get(name, "constexpr") for name in _matmul_epilogue_kernel.arg_names}
+            yield (f"MLP {what} (BLOCK {block_m}x{block_n}x{block_k}, {stages} stages, {warps} warps{', TMA' if with_tma else ''})",
+                   _matmul_epilogue_kernel, signature,
+                   {"B_ROWS_ARE_N": rows_are_n, "EPILOGUE": epilogue, "EVEN": True, "INTERPRETED": False, "TMA": with_tma,
+                    "BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_K": block_k, "GROUP": GROUP_M},
                    warps, stages)
