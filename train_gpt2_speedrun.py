@@ -146,6 +146,8 @@ class Hyperparameters(TrainConfig):
                                                                "the gradient kept instead of the logits (the public record of 2026-04-04); the bf16 head "
                                                                "ignores it and the log says so; unmeasured"})
     fp8_head: str = field(default="auto", metadata={"choices": ["auto", "0", "1"], "help": "FP8 output head; auto: on GPUs with FP8 (sm89+)"})
+    flex_options: str = field(default="", metadata={"help": "FlexAttention kernel options as JSON, laid over the GPU's own, e.g. '{\"USE_TMA\": true}' "
+                                                         "or '{\"bwd_num_stages\": 4}' (scripts/bench_flex_attention.py times candidates); empty: FlexAttention's choice"})
     mlp_kernel: str = field(default="torch", metadata={"choices": ["auto", "torch", "triton"], "help": "the MLP while training: torch (two Linears around relu^2, "
                                                        "compiled with the model), triton (kit/modeling/triton_mlp.py: relu^2 inside the up projection's product and "
                                                        "its gradient's, only relu(h)^2 kept; the public records of 2026-01-10 and -06-11); auto: triton where it can run; on an H200 no faster than torch in the whole step, 4.5 GiB less memory at micro-batch 4"})
@@ -299,7 +301,7 @@ def build_model(cfg: Hyperparameters):
                                       no_mlp_layers=layer_list("" if cfg.skip_mlp_layers == "none" else cfg.skip_mlp_layers, "--skip-mlp-layers",
                                                                size.get("n_layer", ModernConfig.n_layer)),
                                       attn_gate_dims=min(cfg.attn_gate, size.get("n_embd", ModernConfig.n_embd)), fused_loss=cfg.fused_loss,
-                                      bigram_buckets=cfg.bigram_buckets, bigram_sign_rows=cfg.bigram_sign_rows, loss_kernel=loss_kernel(cfg), loss_one_pass=cfg.loss_one_pass, mlp_kernel=mlp_kernel(cfg), softcap_form=cfg.softcap_form,
+                                      bigram_buckets=cfg.bigram_buckets, bigram_sign_rows=cfg.bigram_sign_rows, loss_kernel=loss_kernel(cfg), loss_one_pass=cfg.loss_one_pass, mlp_kernel=mlp_kernel(cfg), flex_options=cfg.flex_options, softcap_form=cfg.softcap_form,
                                       softcap=23.0 if cfg.softcap_form == "sigmoid" else 15.0, logit_mtp_weights=float_list(cfg.logit_mtp, "--logit-mtp"),
                                       smear=cfg.smear, backout_layer=cfg.backout_layer, key_offset=cfg.key_offset,
                                       **layer_parts(cfg, size.get("n_layer", ModernConfig.n_layer)),

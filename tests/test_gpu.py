@@ -143,6 +143,18 @@ def test_mlp_kernel_benchmark_times_every_tile_of_the_card(tmp_path):
     assert len(rows) == 3 + 2 * len(tiles) + 3 + tma_rows and all(row["ms"] > 0 for row in rows)
 
 
+def test_flex_attention_benchmark_times_the_default_and_checks_each_candidate(tmp_path):
+    import json
+
+    result = subprocess.run([sys.executable, "scripts/bench_flex_attention.py", "--batch", "1", "--seq-len", "2048", "--only", "tma",
+                             "--out", str(tmp_path)], cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:]
+    rows = json.loads((tmp_path / "bench_flex_attention.json").read_text())["results"]
+    assert rows[0]["kernel"] == "default: forward (max diff from the default 0.00e+00)" and rows[0]["percent_of_default"] == 100
+    assert len(rows) in (2, 4) and all(row["ms"] > 0 for row in rows)  # 2: this torch has no TMA flex loads (the output says why)
+
+
 def test_speedrun_with_the_triton_mlp_trains_like_pytorchs(tmp_path, isolated_data_dir):
     """--mlp-kernel triton in the whole-model compile (custom ops): no recompiles, the same final loss as the plain MLP."""
     pytest.importorskip("triton")

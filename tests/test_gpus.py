@@ -40,6 +40,37 @@ def test_an_emulated_card_decides_the_kernel_paths_and_caps_the_memory(h200, car
     assert gpus.capability(CUDA) == (9, 0) and gpu_has_fp8(CUDA)
 
 
+def test_flex_options_lie_over_the_gpus_own_and_reach_flexattention(h200, monkeypatch):
+    """--flex-options (JSON) is laid over the GPU's own kernel options (none on an H200, the small tiles on an
+    emulated 4090), reaches every FlexAttention call of the model, and names itself in the kernel paths; what is not a
+    JSON object stops the run in one line."""
+    import train_gpt2_speedrun as sr
+    from kit.core.config import parse_config
+    from kit.modeling import modern
+
+    assert modern.flex_kernel_options(CUDA, {"USE_TMA": True}) == {"USE_TMA": True}
+    gpus.emulate("rtx4090", CUDA)
+    assert modern.flex_kernel_options(CUDA, {"BLOCK_M": 32})["BLOCK_M"] == 32 and modern.flex_kernel_options(CUDA)["BLOCK_N1"] == 64
+    gpus.stop_emulating()
+    cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", "--attn", "flex", "--flex-options", '{"USE_TMA": true}'])
+    model = sr.build_model(cfg)
+    seen = []
+
+    def flex_stand_in(q, k, v, block_mask, scale, kernel_options):
+        seen.append(kernel_options)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=True)
+
+    monkeypatch.setattr(modern, "flex_attention_fn", lambda q: flex_stand_in)
+    idx = torch.randint(0, 100, (1, cfg.seq_len))
+    model(idx, idx)
+    attention_layers = sum(block.attn is not None for block in model.blocks)
+    assert seen == [{"USE_TMA": True}] * attention_layers and 'kernel options {"USE_TMA": true}' in model.describe_paths()
+    for bad in ("USE_TMA", "[1, 2]"):
+        cfg, _ = parse_config(sr.Hyperparameters, ["--model-size", "tiny", "--device", "cpu", "--flex-options", bad])
+        with pytest.raises(UserError, match="flex_options"):
+            sr.build_model(cfg)
+
+
 def test_emulation_needs_a_larger_nvidia_gpu(h200, monkeypatch):
     with pytest.raises(UserError, match="on the cpu"):
         gpus.emulate("rtx4090", torch.device("cpu"))

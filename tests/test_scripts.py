@@ -4,6 +4,7 @@ import json
 import statistics
 
 import pytest
+import torch
 
 from conftest import FAST, REPO, load_module
 from kit.tools import report
@@ -696,3 +697,36 @@ def test_compare_step_cost_puts_each_speed_run_against_the_defaults_mean(tmp_pat
     assert "| b `--adam-every 2` | 117.0 ms | 118.0 / 121.0 ms | 250 ms | 103,000 | +1.98% |" in out
     assert "| d `--yarn 0` |" in out  # a switch's value counts even where another flag shares it (--export 0)
     assert "The defaults' mean: 101,000 tokens/s; their spread 100,000 to 102,000 (1.98%)." in out
+
+
+def test_flex_attention_bench_times_each_candidate_per_micro_step_and_compares_it_with_the_default():
+    """scripts/bench_flex_attention.py's bookkeeping on a CPU (FlexAttention has no CPU backward: plain causal attention
+    stands in): each mask's time counts once per layer of its window (4 long, 7 short), random documents end at 50256s,
+    and a candidate is compared with the first one, output and gradients."""
+    import sys
+
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    bench = load_module("scripts/bench_flex_attention.py", "bench_flex_attention_tool")
+    from kit.modeling.modern import document_ids, flex_block_mask
+
+    args = type("Args", (), {"tokens": "", "doc_len": 40})()
+    tokens = bench.document_tokens(args, 512)
+    assert 4 <= int((tokens == 50256).sum()) <= 30  # ~512 / 40 documents
+    docs = document_ids(tokens.view(2, 256))
+    masks = [(flex_block_mask(docs, 2), bench.LONG_LAYERS), (flex_block_mask(docs, 1), bench.SHORT_LAYERS)]
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 256, 16, generator=g).requires_grad_() for _ in range(3))
+    times = iter(range(1, 100))
+    shift = {"default": 0.0, "again": 0.0, "off": 0.5}
+
+    def stand_in(q, k, v, block_mask, scale, kernel_options):
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=True) + shift[kernel_options["name"]]
+
+    candidates = {name: {"name": name} for name in shift}
+    rows = list(bench.attention_rows(q, k, v, masks, 0.25, candidates, timer=lambda fn: (fn(), next(times))[1], attention=stand_in))
+    assert [name for name, *_ in rows] == ["default", "again", "off"]
+    (_, forward, backward, difference), (_, _, _, again), (_, _, _, off) = rows
+    assert (forward, backward) == (4 * 1 + 7 * 3, 4 * 2 + 7 * 4)  # long: timings 1 and 2, short: 3 and 4
+    assert difference == 0 and again == 0 and off == pytest.approx(0.5)  # a candidate whose output differs shows by how much

@@ -22,6 +22,7 @@ Attention runs through FlexAttention with a block-sparse mask built from the bat
 same mask, materialised, given to SDPA) that the tests and CPU runs use.
 """
 
+import json
 import math
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ class ModernConfig:
     residual_start: float = 1.0  # each block's weight on the stream (x = a x + b x0) starts here (the public record of 2025-11-18: 1.1)
     fp8_head: bool = False  # the output head's matmul in FP8 (sm89+ GPUs; kit/modeling/fp8.py)
     fp8_mlp: str = "off"  # the MLPs' forward products in FP8 while training: off, up (the up projections) or both (kit/modeling/fp8.py)
+    flex_options: str = ""  # JSON of FlexAttention kernel_options laid over the GPU's own (flex_kernel_options), e.g. {"USE_TMA": true}
     mlp_kernel: str = "torch"  # the MLP while training: torch (two Linears around relu^2), or triton (kit/modeling/triton_mlp.py: relu^2 inside the products)
     compile_mode: str = "regional"  # regional (blocks and head compiled one by one) | whole
     mtp_offsets: int = 0  # multi-token prediction: also predict tokens t+2 .. t+1+mtp_offsets while training
@@ -148,12 +150,27 @@ def flex_block_mask(docs, window_blocks):
     return BlockMask.from_kv_blocks(*ordered_blocks(partial), *ordered_blocks(full), BLOCK_SIZE=BLOCK, mask_mod=element_rule)
 
 
-def flex_kernel_options(device):
+def flex_kernel_options(device, extra: dict = None):
     """Smaller tiles on GPUs with less shared memory per SM than Ampere/Hopper datacenter parts
-    (sm86/sm89: ~100 KB), where the default tiles for head_dim 128 do not fit."""
+    (sm86/sm89: ~100 KB), where the default tiles for head_dim 128 do not fit; `extra` (a config's
+    flex_options, parsed) laid over them. None: FlexAttention's own choice."""
+    options = {}
     if gpus.small_shared_memory(gpus.capability(device)):  # the GPU's, or the card's that --emulate-gpu runs as
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 32}
-    return None
+        options = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_M1": 32, "BLOCK_N1": 64, "BLOCK_M2": 64, "BLOCK_N2": 32}
+    return {**options, **(extra or {})} or None
+
+
+def parse_flex_options(text: str) -> dict:
+    """A config's flex_options: a JSON object of FlexAttention kernel options, or empty."""
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"flex_options {text!r}: not JSON ({error})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"flex_options {text!r}: a JSON object of FlexAttention kernel options, e.g. '{{\"USE_TMA\": true}}'")
+    return options
 
 
 def flex_attention_fn(q):
@@ -313,6 +330,7 @@ class ModernAttention(nn.Module):
     def __init__(self, cfg: ModernConfig, key_offset: bool = False, paired: bool = False, xsa: bool = False):
         super().__init__()
         self.cfg = cfg
+        self.flex_options = parse_flex_options(cfg.flex_options)  # parsed once: the compiled forward reads a dict
         self.key_offset = key_offset
         self.paired = paired
         if paired and (key_offset or cfg.n_head % 2):
@@ -398,7 +416,7 @@ class ModernAttention(nn.Module):
 
     def attend(self, q, k, v, mask):
         if self.cfg.attn == "flex":
-            return flex_attention_fn(q)(q, k, v, block_mask=mask, scale=self.cfg.attn_scale, kernel_options=flex_kernel_options(q.device))
+            return flex_attention_fn(q)(q, k, v, block_mask=mask, scale=self.cfg.attn_scale, kernel_options=flex_kernel_options(q.device, self.flex_options))
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.cfg.attn_scale)
 
 
@@ -840,6 +858,8 @@ class ModernGPT(nn.Module):
         attention = {"flex": "FlexAttention (block-sparse, compiled)", "dense": "dense reference (SDPA + materialised mask)"}[self.config.attn]
         if self.config.attn == "flex" and flex_kernel_options(device):
             attention += ", small tiles for ~100 KB shared memory (sm86/sm89)"
+        if self.config.attn == "flex" and self.config.flex_options:
+            attention += f", kernel options {self.config.flex_options}"
         head = "FP8 in training (e4m3 inputs, e5m2 gradients, torch._scaled_mm), bf16 in evaluation" if self.config.fp8_head else "bf16/fp32 (no FP8)"
         mlp = {"off": "bf16", "up": "FP8 forward product of the up projection (e4m3), bf16 backward",
                "both": "FP8 forward products of both projections (e4m3), bf16 backward"}[self.config.fp8_mlp]
