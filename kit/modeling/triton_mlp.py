@@ -10,8 +10,8 @@ backward; the backward writes dy W2, reads it back with h, and writes dh. Here:
 Both are one kernel (`_matmul_epilogue_kernel`) with the epilogue as a compile-time switch, wrapped as
 torch.library custom ops so a compiled model calls them as they are. On sm90 (H100/H200) the kernel loads its
 tiles through tensor descriptors (TMA: one instruction copies a tile, with no per-element addresses) where the
-tensors allow it; with per-element pointer loads its products ran 29-51% slower there than cuBLAS's, about what
-the fused ReLU^2 passes save (records/NOT_RUN.md). Elsewhere (sm86/sm89, which have no TMA) it loads through
+tensors allow it; with per-element pointer loads its products ran 29-73% slower there than cuBLAS's product of
+the same size, about what the fused ReLU^2 passes save (records/NOT_RUN.md). Elsewhere (sm86/sm89, which have no TMA) it loads through
 pointers; `LOADS` picks the path by hand (a benchmark compares both). On a CPU they run under Triton's
 interpreter (TRITON_INTERPRET=1, as the tests do); elsewhere without Triton `relu2_mlp` takes the same
 products in PyTorch (the same values up to rounding), so a model with it runs on any machine.
