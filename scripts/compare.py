@@ -45,6 +45,8 @@ def main(argv=None) -> int:
                         "their training-loss differences over --windows and the validation screens they share")
     parser.add_argument("--windows", default="", help="for --paired: steps FIRST-LAST, comma-separated (default: "
                         "five equal windows over the first run's steps)")
+    parser.add_argument("--spread", action="store_true", help="repeats of one recipe (other seeds and data orders): the median, "
+                        "lowest, highest and range of the time and tokens to the target, the crossing step and losses")
     parser.add_argument("--wall", action="store_true", help="where each run's wall time went: imports, start-up, warm-up by part "
                         "and phase, training, screens, full validations, the rest")
     parser.add_argument("--screen-margins", action="store_true", help="the runs' screened validations against --margins "
@@ -80,6 +82,9 @@ def main(argv=None) -> int:
     runs = [report.load_run(r) for r in args.runs]
     if args.wall:
         print(report.wall_table(runs))
+        return 0
+    if args.spread:
+        print(report.spread_table(runs))
         return 0
     if args.step_cost:
         print(report.step_cost_table(runs, parse_windows(args.windows) if args.windows else [(6, runs[0].summary.get("steps", 6))]))

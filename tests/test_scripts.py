@@ -730,3 +730,17 @@ def test_flex_attention_bench_times_each_candidate_per_micro_step_and_compares_i
     (_, forward, backward, difference), (_, _, _, again), (_, _, _, off) = rows
     assert (forward, backward) == (4 * 1 + 7 * 3, 4 * 2 + 7 * 4)  # long: timings 1 and 2, short: 3 and 4
     assert difference == 0 and again == 0 and off == pytest.approx(0.5)  # a candidate whose output differs shows by how much
+
+
+def test_compare_spread_gives_median_and_range_over_the_repeats_that_reached(tmp_path, capsys):
+    """--spread: each measure's median, lowest, highest and range over the runs that reached the target; a run that
+    did not is named and left out (its time would only flatter the median)."""
+    compare = load_script("compare")
+    runs = [fake_run(tmp_path / f"s{i}", reached=True, time_s=t, tokens_per_s=550_000, val_curve=[10.9, 4.0, v])
+            for i, (t, v) in enumerate([(198.0, 3.639), (195.0, 3.637), (201.0, 3.640)], start=1)]
+    missed = fake_run(tmp_path / "s4", reached=False, time_s=150.0, tokens_per_s=550_000, val_curve=[10.9, 3.9])
+    assert compare.main(["--spread", *map(str, runs), str(missed)]) == 0
+    out = capsys.readouterr().out
+    assert "| training time to the target (s) | 198.0 | 195.0 | 201.0 | 6.0 | s1 198.0, s2 195.0, s3 201.0 |" in out
+    assert "| validation loss at the crossing | 3.6390 | 3.6370 | 3.6400 | 0.0030 |" in out and "3 of 4 reached 3.64" in out
+    assert "Not reached: s4" in out and "s4 150.0" not in out

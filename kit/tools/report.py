@@ -374,6 +374,32 @@ def step_cost_table(runs: list[Run], windows: list) -> str:
     return "\n".join(lines)
 
 
+SPREAD_MEASURES = [("training time to the target (s)", "time_to_target_s", ".1f"), ("wall time (s)", "wall_time_s", ".1f"),
+                   ("tokens to the target", "tokens_to_target", ",.0f"), ("step of the crossing", "steps", ".0f"),
+                   ("validation loss at the crossing", "final_val_loss", ".4f"), ("fineweb_sample loss", "final_val_loss_fineweb_sample", ".4f"),
+                   ("steady tokens/s", "steady_tokens_per_s", ",.0f")]
+
+
+def spread_table(runs: list[Run]) -> str:
+    """Repeats of one recipe (other seeds and data orders): each measure's median, lowest, highest and range over the
+    runs that reached the target, and which did not (their times would only flatter the median)."""
+    reached = [r for r in runs if r.summary.get("reached_target")]
+    lines = [f"| measure | median | lowest | highest | range | runs ({len(reached)} of {len(runs)} reached {fmt(runs[0].summary.get('target_loss'), 'g')}) |",
+             "|---|---|---|---|---|---|"]
+    for name, key, spec in SPREAD_MEASURES:
+        values = {r.label: r.summary[key] for r in reached if r.summary.get(key) is not None}
+        if not values:
+            continue
+        numbers = list(values.values())
+        each = ", ".join(f"{label} {fmt(v, spec)}" for label, v in values.items())
+        lines.append(f"| {name} | {fmt(statistics.median(numbers), spec)} | {fmt(min(numbers), spec)} | {fmt(max(numbers), spec)} | "
+                     f"{fmt(max(numbers) - min(numbers), spec)} | {each} |")
+    missed = [r.label for r in runs if not r.summary.get("reached_target")]
+    if missed:
+        lines.append(f"\nNot reached: {', '.join(missed)} (left out of every row above).")
+    return "\n".join(lines)
+
+
 def plot_curves(runs: list[Run], out_dir, target=None, training=False) -> list[Path]:
     """Validation loss against training time and against tokens: loss_vs_time.png, loss_vs_tokens.png;
     with training, also every step's training loss (train_loss_vs_tokens.png) where runs logged steps."""
