@@ -4,8 +4,8 @@ record script's shapes, on a CUDA GPU.
     python3 scripts/bench_mlp_kernels.py [--rows 65536] [--width 768] [--out DIR]
 
 Rows: the up product alone in cuBLAS (the floor a fused forward can reach), the compiled plain MLP forward and
-forward + backward, each Triton tile config of the card's list for both kernels (on sm90 the TMA tiles too), the
-autotuned custom ops, and the fused MLP forward + backward (on sm90 with pointer loads, then TMA loads). Each prints milliseconds per call and the TFLOP/s of its matrix products, so a tile far
+forward + backward, each Triton tile config of the card's list for both kernels, the autotuned custom ops, and the
+fused MLP forward + backward; on sm90 all of it twice, with TMA loads first, then with pointer loads. Each prints milliseconds per call and the TFLOP/s of its matrix products, so a tile far
 below cuBLAS shows where a fused kernel loses what its epilogue saves. Writes bench_mlp_kernels.json.
 """
 
@@ -73,14 +73,14 @@ def op_rows(x, w_up, w_down, flops, loads: str):
 
 
 def triton_rows(x, w_up, w_down, flops):
-    """The card's pointer tiles, and on sm90 the TMA tiles too; then the ops with each kind of load."""
-    tma = triton_mlp.tma_loads(x.device, x, w_up, w_down)
+    """On sm90 the TMA tiles and the ops with TMA loads first (the newer path), then the card's pointer tiles and the
+    ops with pointer loads."""
+    if triton_mlp.tma_loads(x.device, x, w_up, w_down):
+        yield from tile_rows(x, w_up, w_down, flops, triton_mlp.TMA_TILES, tma=True)
+        yield from op_rows(x, w_up, w_down, flops, "tma")
     tiles = triton_mlp.SMALL_TILES if gpus.small_shared_memory(gpus.capability(x.device)) else triton_mlp.LARGE_TILES
     yield from tile_rows(x, w_up, w_down, flops, tiles, tma=False)
-    if tma:
-        yield from tile_rows(x, w_up, w_down, flops, triton_mlp.TMA_TILES, tma=True)
-    for loads in ("pointers", "tma") if tma else ("pointers",):
-        yield from op_rows(x, w_up, w_down, flops, loads)
+    yield from op_rows(x, w_up, w_down, flops, "pointers")
 
 
 def main():
