@@ -937,6 +937,38 @@ def test_cautious_decay_adam_is_adam_then_decays_where_the_update_shrinks_the_we
     assert decay_of(model.blocks[0].residual_mix) == 0
 
 
+def test_cautious_decay_adam_fills_its_scalars_once_a_group_and_each_group_steps_with_its_own():
+    """The step's 0-d scalars are filled once per group (its parameters share the step count, LR and decay), and
+    each of several groups with several parameters steps exactly as that group alone would."""
+    from kit.modeling.optim import CautiousDecayAdam
+
+    g = torch.Generator().manual_seed(1)
+    starts = [torch.randn(6, 4, generator=g) for _ in range(4)]
+    grads = [[torch.randn(6, 4, generator=g) for _ in starts] for _ in range(3)]
+    specs = [{"lr": 0.05, "base_lr": 0.1, "cautious_wd": 0.2}, {"lr": 0.3, "base_lr": 0.3, "cautious_wd": 0.01, "betas": (0.5, 0.9)}]
+
+    def run(groups_of):  # groups_of: lists of parameter indices, one list per optimizer group
+        params = [torch.nn.Parameter(t.clone()) for t in starts]
+        opts = [CautiousDecayAdam([{"params": [params[i] for i in ids], **specs[k]} for k, ids in group], betas=(0.8, 0.95))
+                for group in groups_of]
+        fills = []
+        for opt in opts:
+            real_fill = opt._fill
+            opt._fill = lambda scalars, group, t, real_fill=real_fill: (fills.append(t), real_fill(scalars, group, t))
+        for step_grads in grads:
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            for opt in opts:
+                opt.step()
+        return [p.detach() for p in params], fills
+
+    together, fills = run([[(0, [0, 1]), (1, [2, 3])]])
+    apart, _ = run([[(0, [0])], [(0, [1])], [(1, [2])], [(1, [3])]])
+    for a, b in zip(together, apart):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert fills == [1.0, 1.0, 2.0, 2.0, 3.0, 3.0]  # two groups, three steps: one fill each
+
+
 def test_cautious_decay_adams_warm_up_compiles_the_graph_its_steps_use():
     """The compiled update (here compiled on the CPU) is built in the warm-up for the parameters' shapes, dtype and
     type (nn.Parameter): the steps after it compile nothing, whatever a parameter's shape."""

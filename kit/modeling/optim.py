@@ -82,12 +82,14 @@ class CautiousDecayAdam(torch.optim.Adam):
     def __init__(self, params, **kw):
         super().__init__(params, **kw)
         self._update = adam_cautious_update
-        self._scalars = {}  # device -> 0-d tensors (step size, sqrt(1 - beta2^t), eps, decay), refilled each step
+        self._scalars = {}  # device -> 0-d tensors (step size, sqrt(1 - beta2^t), eps, decay), refilled per group and step
 
     def _decayed(self):
         return [(group, p) for group in self.param_groups if group.get("cautious_wd") for p in group["params"] if p.grad is not None]
 
     def _scalar_tensors(self, device):
+        """The 0-d tensors the update reads on this device; the first time on a device of compiled_on, the update
+        compiles there (it reads these, not Python numbers, so one graph serves every step)."""
         if device not in self._scalars:
             self._scalars[device] = [torch.zeros((), device=device) for _ in range(4)]
             if device.type in self.compiled_on:
@@ -105,11 +107,20 @@ class CautiousDecayAdam(torch.optim.Adam):
         finally:
             for (_, p), grad in zip(decayed, grads):
                 p.grad = grad
+        filled = None  # (group, step count, device) the scalars hold: a group's parameters share them, so one fill a group
         for group, p in decayed:
-            self._cautious_step(group, p)
+            t = self._count_step(p)
+            scalars = self._scalar_tensors(p.device)
+            if filled != (id(group), t, p.device):
+                self._fill(scalars, group, t)
+                filled = (id(group), t, p.device)
+            state = self.state[p]
+            # p.detach(): the same storage as a plain tensor, since dynamo keeps a Parameter's shape static (a graph per shape)
+            self._update(p.detach(), p.grad, state["exp_avg"], state["exp_avg_sq"], *group["betas"], *scalars)
         return loss
 
-    def _cautious_step(self, group, p):
+    def _count_step(self, p) -> float:
+        """Count this step in p's state (created as torch's Adam would) and return the count."""
         state = self.state[p]
         if not state:
             state["step"] = torch.zeros((), dtype=torch.float32)
@@ -118,15 +129,16 @@ class CautiousDecayAdam(torch.optim.Adam):
         if state["step"].device.type != "cpu":  # a fused Adam's checkpoint puts steps on the GPU: read on the host, no sync per step
             state["step"] = state["step"].cpu()
         state["step"] += 1
-        t = float(state["step"])
+        return float(state["step"])
+
+    @staticmethod
+    def _fill(scalars, group, t: float) -> None:
         beta1, beta2 = group["betas"]
-        step_size, bias2_sqrt, eps, decay = self._scalar_tensors(p.device)
+        step_size, bias2_sqrt, eps, decay = scalars
         step_size.fill_(group["lr"] / (1 - beta1 ** t))
         bias2_sqrt.fill_((1 - beta2 ** t) ** 0.5)
         eps.fill_(group["eps"])
         decay.fill_(group["cautious_wd"] * (group["lr"] / group["base_lr"]) ** 2)
-        # p.detach(): the same storage as a plain tensor, since dynamo keeps a Parameter's shape static (a graph per shape)
-        self._update(p.detach(), p.grad, state["exp_avg"], state["exp_avg_sq"], beta1, beta2, step_size, bias2_sqrt, eps, decay)
 
     @torch.no_grad()
     def warm_up(self):
